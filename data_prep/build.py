@@ -1,0 +1,154 @@
+"""Build a prepared data set from a DICOM folder and a label CSV.
+
+Output (immutable, content-addressed: the directory name is a hash of the inputs and every
+parameter, so the same inputs and settings give the same directory):
+    images.npy     N x S x S uint8, bright = dense; np.load(mmap_mode="r")
+    labels.csv     image_key, patient_key, one 0/1 column per label (row i = image i)
+    folds.csv      image_key, fold
+    rejected.csv   csv_row, image_key, reason (quarantined files)
+    manifest.json  label names, size, parameters, input hashes, counts
+Keys are keyed pseudonyms; no file name or DICOM header value is written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from data_prep.dicom import read_dicom
+from data_prep.errors import DataPrepError, ImageRejected
+from data_prep.folds import patient_folds
+from data_prep.labels import read_label_csv
+from data_prep.pseudonym import Pseudonymizer, load_or_create_key
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    size: int = 512
+    folds: int = 5
+    seed: int = 0
+    label_names: tuple[str, ...] | None = None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_hashes(image_dir: Path, table: pd.DataFrame, labels_csv: Path) -> dict[str, str]:
+    """Hashes of the label CSV and of all listed images (paths and bytes), without naming files."""
+    images = hashlib.sha256()
+    for rel in sorted(table["file"]):
+        path = image_dir / rel
+        images.update(rel.encode() + b"\0" + (_sha256_file(path).encode() if path.is_file() else b"missing"))
+    return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    resized = Image.fromarray(image, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.clip(np.round(np.asarray(resized) * 255.0), 0, 255).astype(np.uint8)
+
+
+def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
+          name: str = "target", key: bytes | None = None, log=print) -> Path:
+    """Build (or reuse) the prepared data set; return its directory."""
+    image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
+    if not image_dir.is_dir():
+        raise DataPrepError(f"image folder {image_dir} does not exist")
+    table, names = read_label_csv(labels_csv, list(params.label_names) if params.label_names else None)
+    pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
+    manifest = {
+        "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
+        "params": {**asdict(params), "label_names": names, "key_id": pseudonym.key_id},
+        "inputs": input_hashes(image_dir, table, labels_csv),
+    }
+    dataset_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    out_dir = out_root / f"{name}-{dataset_id}"
+    if (out_dir / "manifest.json").is_file():
+        log(f"[data_prep] reusing prepared data set {out_dir}")
+        return out_dir
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_root))
+    try:
+        counts = _write(work, image_dir, table, names, params, pseudonym, log)
+        manifest.update(dataset_id=dataset_id, counts=counts)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(work, out_dir)  # atomic: a half-built set is never visible
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"[data_prep] wrote {out_dir} ({counts['images']} images, {counts['rejected']} rejected)")
+    return out_dir
+
+
+def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
+    kept, rejected = [], []
+    images = np.lib.format.open_memmap(work / "images.tmp.npy", "w+", np.uint8, (len(table), params.size, params.size))
+    label_matrix = table[names].to_numpy()
+    patients = table["patient"] if "patient" in table.columns else [""] * len(table)
+    for i, (rel, patient) in enumerate(zip(table["file"], patients)):
+        image_key = pseudonym("image", rel)
+        try:
+            pixels, patient_id = read_dicom(image_dir / rel)
+            patient = patient or patient_id
+            if not patient:
+                raise ImageRejected("no PatientID in the file and no patient column in the CSV")
+        except ImageRejected as exc:
+            rejected.append({"csv_row": i + 2, "image_key": image_key, "reason": str(exc)})
+            continue
+        images[len(kept)] = _resize(pixels, params.size)
+        kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient),
+                     **dict(zip(names, map(int, label_matrix[i])))})
+        if (i + 1) % 500 == 0:
+            log(f"[data_prep] decoded {i + 1}/{len(table)} images")
+    if not kept:
+        raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
+    final = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (len(kept),) + images.shape[1:])
+    final[:] = images[: len(kept)]
+    final.flush()
+    del images, final
+    (work / "images.tmp.npy").unlink()
+    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", *names])
+    labels.to_csv(work / "labels.csv", index=False)
+    folds = patient_folds(labels["patient_key"], labels[names].to_numpy(), params.folds, params.seed)
+    pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
+    pd.DataFrame(rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv", index=False)
+    return {"images": len(kept), "rejected": len(rejected), "patients": int(labels["patient_key"].nunique()),
+            "positives": {n: int(labels[n].sum()) for n in names}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
+    parser.add_argument("image_dir", type=Path)
+    parser.add_argument("labels_csv", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
+    parser.add_argument("--name", default="target")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        out = build(args.image_dir, args.labels_csv, args.out, BuildParams(args.size, args.folds, args.seed), args.name)
+    except DataPrepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

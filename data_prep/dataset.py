@@ -1,0 +1,64 @@
+"""Reading side of a prepared data set: what trainables may import from data_prep."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.errors import DataPrepError
+from data_prep.folds import inner_split
+
+
+@dataclass(frozen=True)
+class Split:
+    """Image indices of one outer fold: train and val come from the outer training part."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+class PreparedDataset:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        manifest_path = self.root / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataPrepError(f"{self.root} is not a prepared data set (no manifest.json); build it with data_prep.build")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.label_names: list[str] = self.manifest["label_names"]
+        table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str})
+        folds = pd.read_csv(self.root / "folds.csv", dtype={"image_key": str})
+        self.images = np.load(self.root / "images.npy", mmap_mode="r")
+        size = self.manifest["size"]
+        if self.images.shape != (len(table), size, size) or not table["image_key"].equals(folds["image_key"]):
+            raise DataPrepError(f"{self.root}: images.npy {self.images.shape}, labels.csv ({len(table)} rows) and "
+                                f"folds.csv disagree; expected ({len(table)}, {size}, {size}) with matching keys")
+        self.image_keys = table["image_key"].to_numpy()
+        self.patient_keys = table["patient_key"].to_numpy()
+        self.labels = table[self.label_names].to_numpy(np.float32)
+        self.folds = folds["fold"].to_numpy()
+
+    @property
+    def dataset_id(self) -> str:
+        return self.manifest["dataset_id"]
+
+    @property
+    def num_folds(self) -> int:
+        return int(self.manifest["params"]["folds"])
+
+    def split(self, outer_fold: int, val_fraction: float = 0.2, seed: int = 0) -> Split:
+        """Outer test fold, plus a patient-grouped inner validation split of the rest."""
+        if not 0 <= outer_fold < self.num_folds:
+            raise DataPrepError(f"outer fold {outer_fold} does not exist; {self.root.name} has folds 0..{self.num_folds - 1}")
+        test = np.flatnonzero(self.folds == outer_fold)
+        train, val = inner_split(self.patient_keys, self.labels, np.flatnonzero(self.folds != outer_fold),
+                                 val_fraction, seed)
+        return Split(train=train, val=val, test=test)
+
+    def all_for_training(self, val_fraction: float = 0.1, seed: int = 0) -> Split:
+        """Every image for a pretraining stage: no test part, a small validation split."""
+        train, val = inner_split(self.patient_keys, self.labels, np.arange(len(self.labels)), val_fraction, seed)
+        return Split(train=train, val=val, test=np.empty(0, np.int64))

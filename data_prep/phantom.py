@@ -1,0 +1,171 @@
+"""Synthetic ("phantom") chest radiographs written as real DICOM files plus a label CSV.
+
+Each finding is drawn where it would show on a film (a big heart for cardiac hypertrophy,
+a bright aortic knob for calcification, a curved spine for spinal lesions, ...), so a model
+can learn the labels from the pixels. Files are 12-bit MONOCHROME1 with a window, like the
+seed study's, and carry planted identifiers (name, ID, birth date, accession number, UIDs)
+that must never reach an output.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    return y, x
+
+
+def _ellipse(y, x, cy, cx, ry, rx) -> np.ndarray:
+    return (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2) <= 1.0
+
+
+def _draw_big_heart(img, y, x, rng, anatomy):
+    anatomy["heart_scale"] = rng.uniform(1.45, 1.65)
+
+
+def _draw_aortic_calcification(img, y, x, rng, anatomy):
+    cy, cx = 0.36 + rng.uniform(-0.02, 0.02), 0.45 + rng.uniform(-0.02, 0.02)
+    ring = np.abs(np.hypot(y - cy, x - cx) - 0.06) < 0.015
+    img[ring & (y < cy + 0.01)] = 0.97
+
+
+def _draw_lung_patterns(img, y, x, rng, anatomy):
+    lungs = anatomy["lungs"]
+    for _ in range(int(rng.integers(10, 16))):
+        cy, cx = rng.uniform(0.3, 0.75), rng.choice([rng.uniform(0.22, 0.4), rng.uniform(0.6, 0.78)])
+        angle = rng.uniform(0, np.pi)
+        along = (y - cy) * np.cos(angle) + (x - cx) * np.sin(angle)
+        across = -(y - cy) * np.sin(angle) + (x - cx) * np.cos(angle)
+        streak = (np.abs(along) < 0.09) & (np.abs(across) < 0.012) & lungs
+        img[streak] = np.maximum(img[streak], 0.5)
+
+
+def _draw_nodules(img, y, x, rng, anatomy):
+    lungs = anatomy["lungs"]
+    for _ in range(int(rng.integers(2, 5))):
+        cy, cx = rng.uniform(0.3, 0.7), rng.choice([rng.uniform(0.25, 0.38), rng.uniform(0.62, 0.75)])
+        spot = _ellipse(y, x, cy, cx, 0.035, 0.035) & lungs
+        img[spot] = 0.8
+
+
+def _draw_pleural_thickening(img, y, x, rng, anatomy):
+    for cx, side in ((0.3, -1), (0.7, 1)):
+        edge = _ellipse(y, x, 0.52, cx, 0.3, 0.17) & ~_ellipse(y, x, 0.52, cx - side * 0.02, 0.28, 0.14)
+        img[edge & (y > 0.35)] = 0.75
+
+
+def _draw_scoliosis(img, y, x, rng, anatomy):
+    anatomy["spine_curve"] = rng.choice([-1, 1]) * rng.uniform(0.05, 0.08)
+
+
+# Finding name -> how it shows. Target names follow seed 000's categories; the "nih" set
+# follows NIH ChestX-ray14 names, so a recipe can pretrain on one and fine-tune on the other.
+PHANTOM_SETS: dict[str, dict[str, object]] = {
+    "target": {
+        "cardiac hypertrophy": _draw_big_heart,
+        "aortic sclerosis/calcification": _draw_aortic_calcification,
+        "increased lung patterns": _draw_lung_patterns,
+        "spinal lesions": _draw_scoliosis,
+        "abnormal lung fields": _draw_nodules,
+    },
+    "nih": {
+        "Cardiomegaly": _draw_big_heart,
+        "Infiltration": _draw_lung_patterns,
+        "Nodule": _draw_nodules,
+        "Pleural_Thickening": _draw_pleural_thickening,
+    },
+}
+
+
+def render(findings: list[str], drawers: dict, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One radiograph as density in [0, 1] (bright = dense)."""
+    y, x = _grid(size)
+    anatomy = {"heart_scale": rng.uniform(0.9, 1.1), "spine_curve": rng.uniform(-0.01, 0.01)}
+    for name in findings:
+        if drawers[name] in (_draw_big_heart, _draw_scoliosis):
+            drawers[name](None, y, x, rng, anatomy)
+    img = np.full((size, size), 0.05, np.float32)
+    img[_ellipse(y, x, 0.55, 0.5, 0.5, 0.42)] = 0.4  # body
+    lungs = _ellipse(y, x, 0.5, 0.3, 0.3, 0.15) | _ellipse(y, x, 0.5, 0.7, 0.3, 0.15)
+    anatomy["lungs"] = lungs
+    img[lungs] = 0.15
+    for k in range(6):  # ribs
+        rib = np.abs(y - (0.3 + 0.08 * k) - 0.05 * np.cos((x - 0.5) * 6)) < 0.008
+        img[rib & lungs] = 0.3
+    spine_x = 0.5 + anatomy["spine_curve"] * np.sin((y - 0.2) * np.pi / 0.7)
+    img[(np.abs(x - spine_x) < 0.04) & (y > 0.1)] = 0.7
+    s = anatomy["heart_scale"]
+    img[_ellipse(y, x, 0.66, 0.54, 0.13 * s, 0.14 * s)] = 0.55
+    for name in findings:
+        if drawers[name] not in (_draw_big_heart, _draw_scoliosis):
+            drawers[name](img, y, x, rng, anatomy)
+    img = img * rng.uniform(0.85, 1.1) + rng.normal(0, 0.03, img.shape)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def _write_dicom(path: Path, density: np.ndarray, patient: dict, rng: np.random.Generator) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.ViewPosition = "CR", "PA"
+    ds.PatientName, ds.PatientID = patient["name"], patient["id"]
+    ds.PatientBirthDate, ds.PatientSex = patient["birth_date"], patient["sex"]
+    ds.AccessionNumber = f"ACC{rng.integers(10**7, 10**8)}"
+    ds.StudyDate = f"20{rng.integers(15, 21)}0{rng.integers(1, 9)}1{rng.integers(0, 9)}"
+    ds.Rows, ds.Columns = density.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
+    stored = np.round((1.0 - density) * 4095).astype("<u2")  # MONOCHROME1: low value = white
+    ds.PixelData = stored.tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def make_phantom_set(
+    out_dir: Path, kind: str = "target", n_patients: int = 60, size: int = 128,
+    prevalence: float = 0.3, seed: int = 0,
+) -> Path:
+    """Write `out_dir/images/*.dcm` and `out_dir/labels.csv` (file, findings). Returns the CSV."""
+    if kind not in PHANTOM_SETS:
+        raise ValueError(f"unknown phantom set {kind!r}; expected one of {sorted(PHANTOM_SETS)}")
+    drawers = PHANTOM_SETS[kind]
+    names = list(drawers)
+    rng = np.random.default_rng(seed)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(n_patients):
+        patient = {
+            "name": f"PHANTOM^{rng.choice(['ALICE', 'BOB', 'CAROL', 'DAVE'])}{p:04d}",
+            "id": f"PID{seed:03d}{p:05d}X",
+            "birth_date": f"19{rng.integers(30, 99)}0{rng.integers(1, 9)}1{rng.integers(0, 9)}",
+            "sex": str(rng.choice(["F", "M"])),
+        }
+        has = rng.random(len(names)) < prevalence
+        for i in range(int(rng.integers(1, 4))):  # 1-3 images per patient
+            keep = has & (rng.random(len(names)) < 0.9)  # findings mostly persist per patient
+            findings = [n for n, k in zip(names, keep) if k]
+            rel = f"images/{patient['id']}_{i}.dcm"  # identifier in the path, on purpose
+            _write_dicom(out_dir / rel, render(findings, drawers, size, rng), patient, rng)
+            rows.append({"file": rel, "findings": "|".join(findings) or "normal"})
+    csv_path = out_dir / "labels.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "findings"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
