@@ -1,0 +1,180 @@
+"""Open the results DB and write to it: upserts keyed by trial, so replayed work after a
+resume overwrites instead of duplicating (DESIGN.md decision 4).
+
+SQLite runs in WAL mode with a busy timeout, and writes take the lock up front with
+BEGIN IMMEDIATE. The same code runs on PostgreSQL.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from results.schema import MACRO, SCHEMA_VERSION, VIEWS, Base, LearningCurve, SchemaMeta, Sweep, Trial, TrialMetric
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreError(Exception):
+    """The DB cannot be opened or used; the message says which URL and what to do."""
+
+
+def _sqlite_path(url) -> Path | None:
+    return Path(url.database) if url.database and url.database != ":memory:" else None
+
+
+def _parse(url: str):
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"--db {url!r} is not a SQLAlchemy URL; expected e.g. sqlite:///results.db "
+                         f"or postgresql+psycopg://user@host/db") from exc
+
+
+def _sqlite_engine(url, readonly: bool) -> Engine:
+    path = _sqlite_path(url)
+    if path is not None and not path.parent.exists():
+        raise StoreError(f"DB {url}: directory {path.parent} does not exist; create it or pass another --db")
+    if readonly:
+        if path is None or not path.is_file():
+            raise StoreError(f"DB {url}: no such database file")
+        engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    else:
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            cursor.execute("PRAGMA query_only = ON")
+        elif path is not None:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def open_engine(url: str, readonly: bool = False) -> Engine:
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, readonly)
+    engine = create_engine(parsed)
+    if readonly:
+        @event.listens_for(engine, "begin")
+        def _read_only(connection):
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    return engine
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def upsert(conn, table, rows: list[dict], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL."""
+    if not rows:
+        return
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+    if dialect is None:
+        raise StoreError(f"unsupported database {conn.dialect.name!r}; use SQLite or PostgreSQL")
+    stmt = dialect.insert(table).values(rows)
+    updates = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates
+                 else stmt.on_conflict_do_nothing(index_elements=keys))
+
+
+class ResultsStore:
+    """The writer side. Only the sweep driver creates one (DESIGN.md decision 4)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = open_engine(url)
+        try:
+            self._create()
+        except OperationalError as exc:
+            raise StoreError(f"DB {url} cannot be opened for writing: {exc.orig}") from exc
+
+    def _create(self) -> None:
+        with self.engine.begin() as conn:
+            if inspect(conn).has_table("schema_meta"):
+                found = conn.scalar(select(SchemaMeta.value).where(SchemaMeta.key == "schema_version"))
+                if found is not None and int(found) > SCHEMA_VERSION:
+                    raise StoreError(f"DB {self.url} has schema version {found}; this code writes version "
+                                     f"{SCHEMA_VERSION}. Upgrade cxr-sweep or use another --db")
+            Base.metadata.create_all(conn)
+            create = "CREATE VIEW IF NOT EXISTS" if conn.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
+            for name, body in VIEWS.items():
+                conn.execute(text(f"{create} {name} AS {body}"))
+            upsert(conn, SchemaMeta.__table__, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}], ["key"])
+
+    def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str) -> int:
+        """Create the sweep row, or mark an existing one (a resume) as running again."""
+        with self.engine.begin() as conn:
+            upsert(conn, Sweep.__table__, [{"name": name, "spec_name": spec_name, "spec_text": spec_text,
+                                            "code_version": code_version, "status": "RUNNING",
+                                            "started_at": _now(), "finished_at": None}], ["name"])
+            return conn.scalar(select(Sweep.id).where(Sweep.name == name))
+
+    def finish_sweep(self, sweep_id: int, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(Sweep.__table__.update().where(Sweep.id == sweep_id)
+                         .values(status=status, finished_at=_now()))
+
+    def _trial_id(self, conn, sweep_id: int, trial_key: str) -> int:
+        return conn.scalar(select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
+
+    def trial_started(self, sweep_id: int, trial_key: str, info: dict) -> None:
+        """`info`: backbone, recipe, fold, study, optuna_number, params."""
+        with self.engine.begin() as conn:
+            upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **info,
+                                            "status": "RUNNING", "error": None, "started_at": _now()}],
+                   ["sweep_id", "trial_key"])
+
+    def epoch_reported(self, sweep_id: int, trial_key: str, result: dict) -> None:
+        with self.engine.begin() as conn:
+            trial_id = self._trial_id(conn, sweep_id, trial_key)
+            row = {"trial_id": trial_id, "epoch": int(result["epoch"]), "seconds": _finite(result.get("epoch_seconds")),
+                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap")}}
+            upsert(conn, LearningCurve.__table__, [row], ["trial_id", "epoch"])
+            conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
+                         .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
+
+    def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None) -> None:
+        """Final status, plus val/test metrics at the best epoch from the last result."""
+        with self.engine.begin() as conn:
+            trial_id = self._trial_id(conn, sweep_id, trial_key)
+            conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
+                         .values(status=status, error=error, finished_at=_now()))
+            if result and "best_val_auc" in result:
+                upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result),
+                       ["trial_id", "split", "metric", "class_name"])
+
+
+def _metric_rows(trial_id: int, result: dict) -> list[dict]:
+    rows = [{"trial_id": trial_id, "split": "val", "metric": "auc", "class_name": MACRO,
+             "value": _finite(result["best_val_auc"])}]
+    for metric in ("auc", "ap", "hamming", "binary_acc", "exact_match", "loss"):
+        if f"test_{metric}" in result:
+            rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": MACRO,
+                         "value": _finite(result[f"test_{metric}"])})
+    for metric in ("auc", "ap"):
+        for label, value in zip(result.get("label_names", []), result.get(f"test_{metric}_per_class", [])):
+            rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": label,
+                         "value": _finite(value)})
+    return rows
