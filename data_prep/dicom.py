@@ -62,25 +62,31 @@ def _validate_header(ds) -> None:
             raise ImageRejected(f"PixelData holds {actual} bytes; {rows}x{cols}x{allocated} bits needs {expected}")
 
 
-def _validate_values(ds, stored: np.ndarray) -> None:
+def _stored_range(ds) -> tuple[int, int]:
     bits = int(ds.BitsStored)
     if int(ds.get("PixelRepresentation", 0)) == 0:
-        low, high = 0, 2**bits - 1
-    else:
-        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    vmin, vmax = int(stored.min()), int(stored.max())
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _validate_values(ds, stored: np.ndarray) -> None:
+    """Values must fit BitsStored. pydicom masks the high bits away, so look at the raw buffer."""
+    low, high = _stored_range(ds)
+    values = stored
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        dtype = np.dtype(f"{'<' if ds.file_meta.TransferSyntaxUID.is_little_endian else '>'}"
+                         f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
+        values = np.frombuffer(ds.PixelData, dtype=dtype, count=int(ds.Rows) * int(ds.Columns))
+    vmin, vmax = int(values.min()), int(values.max())
     if vmin < low or vmax > high:
-        raise ImageRejected(f"pixel values {vmin}..{vmax} outside BitsStored={bits} range {low}..{high}")
+        raise ImageRejected(f"pixel values {vmin}..{vmax} outside BitsStored={ds.BitsStored} range {low}..{high}")
 
 
 def _to_unit_range(ds, stored: np.ndarray) -> np.ndarray:
     """Modality LUT then VOI LUT, scaled to [0, 1] by the range the VOI output lives in."""
     values = apply_modality_lut(stored, ds)
-    bits = int(ds.BitsStored)
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        low, high = 0.0, float(2**bits - 1)
-    else:
-        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    low, high = map(float, _stored_range(ds))
     if "RescaleSlope" in ds and "RescaleIntercept" in ds:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         low, high = sorted((low * slope + intercept, high * slope + intercept))

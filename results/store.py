@@ -155,18 +155,19 @@ class ResultsStore:
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
 
-    def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None) -> None:
+    def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
+                       label_names: list[str] = ()) -> None:
         """Final status, plus val/test metrics at the best epoch from the last result."""
         with self.engine.begin() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(status=status, error=error, finished_at=_now()))
             if result and "best_val_auc" in result:
-                upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result),
+                upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result, label_names),
                        ["trial_id", "split", "metric", "class_name"])
 
 
-def _metric_rows(trial_id: int, result: dict) -> list[dict]:
+def _metric_rows(trial_id: int, result: dict, label_names) -> list[dict]:
     rows = [{"trial_id": trial_id, "split": "val", "metric": "auc", "class_name": MACRO,
              "value": _finite(result["best_val_auc"])}]
     for metric in ("auc", "ap", "hamming", "binary_acc", "exact_match", "loss"):
@@ -174,7 +175,7 @@ def _metric_rows(trial_id: int, result: dict) -> list[dict]:
             rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": MACRO,
                          "value": _finite(result[f"test_{metric}"])})
     for metric in ("auc", "ap"):
-        for label, value in zip(result.get("label_names", []), result.get(f"test_{metric}_per_class", [])):
+        for label, value in zip(label_names, result.get(f"test_{metric}_per_class", [])):
             rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": label,
                          "value": _finite(value)})
     return rows

@@ -89,6 +89,7 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
         best = state["best"]
     images = torch.from_numpy(np.array(data.images))  # into memory; tiny next to a model
     loss_fn = make_loss(cfg.loss, data.labels[split.train], device)
@@ -104,10 +105,10 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
             "val_ap": val["ap"], "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
-            "epoch_seconds": time.perf_counter() - started, "label_names": data.label_names,
+            "epoch_seconds": time.perf_counter() - started,
             **{f"test_{k}": v for k, v in best["test"].items()},
         }
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "generator": generator.get_state(), "best": best, "config": asdict(cfg)}
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best": best, "config": asdict(cfg)}
         report(metrics, state)
     return metrics

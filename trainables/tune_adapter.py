@@ -3,6 +3,7 @@ and resume from the last checkpoint when Ray restarts the trial."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _report(metrics: dict, state: dict) -> None:
 
 
 def tune_fit(config: dict) -> None:
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -1,0 +1,67 @@
+"""Writes every trial to the results DB from the driver (DESIGN.md decision 4).
+
+Ray runs Callback hooks in the driver process, so this is the only writer. The object is
+pickled into Ray's experiment state; the DB connection is opened lazily and never pickled.
+"""
+from __future__ import annotations
+
+from ray.tune import Callback
+
+from results.store import ResultsStore
+
+MAX_ERROR_CHARS = 8000
+
+
+class ResultsCallback(Callback):
+    def __init__(self, db_url: str, sweep_id: int, final_epoch: int, total_trials: int, label_names: list[str],
+                 log=print):
+        self.db_url = db_url
+        self.label_names = list(label_names)
+        self.total_trials = total_trials
+        self.finished = 0
+        self.log = log
+        self.sweep_id = sweep_id
+        self.final_epoch = final_epoch
+        self._store: ResultsStore | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> ResultsStore:
+        if self._store is None:
+            self._store = ResultsStore(self.db_url)
+        return self._store
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        c = trial.config
+        self.store.trial_started(self.sweep_id, trial.trial_id, {
+            "backbone": c["backbone"], "recipe": c["recipe"], "fold": c["outer_fold"], "study": c["study"],
+            "optuna_number": c["optuna_number"], "params": {"lr": c["lr"], "dropout": c["dropout"]},
+        })
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.store.epoch_reported(self.sweep_id, trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        status = "COMPLETE" if int(result.get("epoch", 0)) >= self.final_epoch else "PRUNED"
+        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names)
+        self._progress(trial, status, result)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_error()
+        message = str(error)[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
+        self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", trial.last_result or None, message,
+                                  self.label_names)
+        self._progress(trial, "ERROR", trial.last_result or {}, message.strip().splitlines()[-1:] or [""])
+
+    def _progress(self, trial, status: str, result: dict, error: list[str] | None = None) -> None:
+        self.finished += 1
+        c = trial.config
+        line = (f"[sweeper] {self.finished}/{self.total_trials} {c['study']} #{c['optuna_number']} "
+                f"lr={c['lr']:.2g} dropout={c['dropout']:.2f}: {status}")
+        if "best_val_auc" in result:
+            line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
+                     f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")
+        self.log(line + (f" - {error[0]}" if error else ""))

@@ -1,0 +1,75 @@
+"""The sweep driver: data sets, Ray, one Tuner for the whole grid, DB, report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from data_prep.dataset import PreparedDataset
+from results.report import report
+from results.store import ResultsStore
+from sweeper.callbacks import ResultsCallback
+from sweeper.datasets import ensure_datasets
+from sweeper.plan import search_space, study_plans
+from sweeper.scheduler import PerStudyASHA
+from sweeper.search import PerStudyOptunaSearcher
+from sweeper.spec import SweepSpec
+from trainables.tune_adapter import tune_fit
+
+METRIC, MODE = "val_auc", "max"
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id  # the config would make long, unportable names
+
+
+def _trainable(spec: SweepSpec):
+    return tune.with_resources(tune_fit, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+
+
+def _new_tuner(spec: SweepSpec, plans, name: str, storage: Path, callback: ResultsCallback) -> tune.Tuner:
+    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, final_epoch=spec.train.epochs)
+    scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
+                             reduction_factor=spec.asha.reduction_factor)
+    return tune.Tuner(
+        _trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=sum(p.n_trials for p in plans),
+            max_concurrent_trials=spec.resources.max_concurrent, trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), callbacks=[callback], verbose=0,  # progress comes from ResultsCallback
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url: str, home: Path, storage: Path,
+              address: str | None, resume: bool, num_cpus: int | None, version: str) -> int:
+    store = ResultsStore(db_url)  # a bad --db stops before data or Ray
+    data = ensure_datasets(spec, home)
+    plans = study_plans(spec, data, pretrain_cache=home / "pretrained")
+    sweep_id = store.start_sweep(name, spec_arg, spec_text, version)
+    print(f"[sweeper] sweep {name}: {len(plans)} studies x {spec.search.trials} trials; DB {db_url}")
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+             ignore_reinit_error=True, log_to_driver=True)
+    try:
+        path = storage / name
+        if resume:
+            if not tune.Tuner.can_restore(str(path)):
+                raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
+            tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec), resume_errored=True)
+        else:
+            callback = ResultsCallback(db_url, sweep_id, spec.train.epochs, sum(p.n_trials for p in plans),
+                                       PreparedDataset(data["target"]).label_names)
+            tuner = _new_tuner(spec, plans, name, storage, callback)
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    errors = [r.error for r in grid if r.error is not None]
+    store.finish_sweep(sweep_id, "FINISHED" if not errors else "FINISHED_WITH_ERRORS")
+    print(report(db_url, name))
+    print(f"[sweeper] {len(grid)} trials, {len(errors)} failed; results in {db_url}")
+    return 0 if not errors else 1

@@ -1,0 +1,81 @@
+"""`python -m sweeper.run`: run a sweep spec on Ray Tune and write every trial to the DB.
+
+With no arguments: the built-in `demo` spec on phantom data, a local Ray on this
+machine's CPUs, results in sqlite:///.cxr-sweep/results.db, and the report printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+DEFAULT_HOME = Path(".cxr-sweep")
+DEFAULT_DB = f"sqlite:///{DEFAULT_HOME}/results.db"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m sweeper.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default="demo", help="built-in spec name or path of a TOML file (default: demo)")
+    parser.add_argument("--db", default=None, help=f"SQLAlchemy URL of the results DB (default: {DEFAULT_DB})")
+    parser.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec (or --name)")
+    parser.add_argument("--name", default=None, help="sweep name (default: SPEC-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME,
+                        help="folder for data sets, Ray results and the default DB (default: .cxr-sweep)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    return parser.parse_args(argv)
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _sweep_name(args, spec_name: str, storage: Path) -> str:
+    if args.name:
+        return args.name
+    if args.resume:
+        runs = sorted(p.name for p in storage.glob(f"{spec_name}-*") if p.is_dir())
+        if not runs:
+            raise FileNotFoundError(f"--resume: no earlier sweep of spec {spec_name!r} under {storage}")
+        return runs[-1]
+    return f"{spec_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.errors import DataPrepError
+    from results.store import StoreError
+    from sweeper.spec import SpecError, load_spec
+
+    args = parse_args(argv)
+    try:
+        spec, spec_text = load_spec(args.spec)  # before anything slow: a bad spec stops here
+        home = args.home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        db_url = args.db or f"sqlite:///{home / 'results.db'}"
+        storage = home / "ray"
+        name = _sweep_name(args, spec.name, storage)
+        from sweeper.driver import run_sweep
+
+        return run_sweep(spec, spec_text, args.spec, name, db_url, home, storage, args.address, args.resume,
+                         args.num_cpus, code_version())
+    except (SpecError, StoreError, DataPrepError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with: python -m sweeper.run --resume "
+              + (f"--spec {args.spec}" if args.spec != "demo" else ""), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    # Snapshots of a local experiment take milliseconds; Ray warns about them at every checkpoint.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""One Optuna study per (cell, fold), asked and told from a single Ray Tune searcher.
+
+Ray's OptunaSearch keeps one study and cannot take grid_search, so this searcher holds a
+study per (cell, fold) (DESIGN.md decision 3) and lets Ray schedule every trial of the
+whole grid at once. Trials that ASHA stops are told to Optuna as PRUNED; each study's
+sampler is seeded from its key so cells do not all start from the same learning rates.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class StudyPlan:
+    """What one study runs: its key, the fixed part of each trial's config, and its budget."""
+
+    key: str
+    config: dict
+    n_trials: int
+    seed: int = 0
+    asked: int = field(default=0)
+
+
+def study_seed(key: str, base_seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base_seed}:{key}".encode()).digest()[:4], "little")
+
+
+class PerStudyOptunaSearcher(Searcher):
+    def __init__(self, plans: list[StudyPlan], space: dict[str, BaseDistribution], metric: str = "val_auc",
+                 mode: str = "max", final_epoch: int | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self._plans = {p.key: p for p in plans}
+        self._space = space
+        self._final_epoch = final_epoch
+        direction = "maximize" if mode == "max" else "minimize"
+        self._studies = {
+            p.key: optuna.create_study(study_name=p.key, direction=direction,
+                                       sampler=optuna.samplers.TPESampler(seed=study_seed(p.key, p.seed)))
+            for p in plans
+        }
+        self._live: dict[str, tuple[str, optuna.Trial]] = {}
+
+    @property
+    def studies(self) -> dict[str, optuna.Study]:
+        return self._studies
+
+    def suggest(self, trial_id: str):
+        open_plans = [p for p in self._plans.values() if p.asked < p.n_trials]
+        if not open_plans:
+            return Searcher.FINISHED
+        plan = min(open_plans, key=lambda p: p.asked)  # round-robin: every cell progresses
+        trial = self._studies[plan.key].ask(self._space)
+        plan.asked += 1
+        self._live[trial_id] = (plan.key, trial)
+        return {**plan.config, **trial.params, "study": plan.key, "optuna_number": trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._live and _finite(result.get(self.metric)):
+            _, trial = self._live[trial_id]
+            trial.report(float(result[self.metric]), step=int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._live:
+            return
+        key, trial = self._live.pop(trial_id)
+        study = self._studies[key]
+        best = (result or {}).get("best_val_auc")
+        if error or not _finite(best):
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        elif self._final_epoch and int(result.get("epoch", 0)) < self._final_epoch:
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(trial, float(best), skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,175 @@
+"""Sweep specs: TOML files validated completely before Ray starts.
+
+Every problem is reported with its key (pydantic's locations), unknown keys included.
+Built-in specs live in sweeper/specs/ and are named by `--spec NAME`; any other value is
+a path to a TOML file.
+"""
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.losses import LOSSES
+from trainables.models import INITS, TRUNKS
+
+PHANTOM = "phantom"
+
+
+class SpecError(Exception):
+    """A spec cannot be used; the message names the file and every bad key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class Search(Strict):
+    trials: int = Field(4, ge=1, description="Optuna trials per (cell, fold)")
+    lr: Range = Range(low=1e-4, high=1e-2, log=True)
+    dropout: Range = Range(low=0.0, high=0.5)
+    seed: int = 0
+
+
+class Asha(Strict):
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Train(Strict):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=2)
+    loss: Literal[LOSSES] = "bce"  # type: ignore[valid-type]
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class Recipe(Strict):
+    init: Literal[INITS] = "scratch"  # type: ignore[valid-type]
+    strategy: Literal["regular"] = "regular"
+    sources: list[str] = Field([], max_length=1, description="source data sets to pretrain on (one, for now)")
+    pretrain_epochs: int = Field(2, ge=1)
+    pretrain_lr: float = Field(1e-3, gt=0)
+
+
+class Phantom(Strict):
+    n_patients: int = Field(120, ge=4)
+    image_px: int = Field(128, ge=16, description="size of the generated DICOM files")
+    seed: int = 0
+
+
+class Data(Strict):
+    target: str = Field(PHANTOM, description="'phantom' or the path of a prepared data set")
+    sources: dict[str, str] = Field({}, description="source name -> 'phantom:nih' or a prepared data set path")
+    size: int = Field(64, ge=16)
+    folds: int = Field(5, ge=2)
+    phantom: Phantom = Phantom()
+
+
+class Grid(Strict):
+    backbone: list[str] = Field(min_length=1)
+    recipe: list[str] = Field(min_length=1)
+    fold: list[int] | None = Field(None, min_length=1, description="outer folds to run (default: all)")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbones(cls, names):
+        unknown = [n for n in names if n not in TRUNKS]
+        if unknown:
+            raise ValueError(f"unknown backbone(s) {unknown}; expected any of {sorted(TRUNKS)}")
+        return names
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    data: Data = Data()
+    grid: Grid
+    recipes: dict[str, Recipe]
+    search: Search = Search()
+    asha: Asha = Asha()
+    train: Train = Train()
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _references(self):
+        problems = [f"grid.recipe: {r!r} is not defined; defined recipes: {sorted(self.recipes)}"
+                    for r in self.grid.recipe if r not in self.recipes]
+        for name, recipe in self.recipes.items():
+            problems += [f"recipes.{name}.sources: {s!r} is not in data.sources ({sorted(self.data.sources)})"
+                         for s in recipe.sources if s not in self.data.sources]
+        problems += [f"grid.fold: {f} is outside 0..{self.data.folds - 1} (data.folds = {self.data.folds})"
+                     for f in self.grid.fold or [] if not 0 <= f < self.data.folds]
+        if self.asha.grace_period > self.train.epochs:
+            problems.append(f"asha.grace_period ({self.asha.grace_period}) exceeds train.epochs ({self.train.epochs})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def folds(self) -> list[int]:
+        return list(self.grid.fold) if self.grid.fold is not None else list(range(self.data.folds))
+
+
+def builtin_specs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("sweeper.specs").iterdir() if p.name.endswith(".toml"))
+
+
+def read_spec_text(name_or_path: str) -> tuple[str, str]:
+    """(source description, TOML text) of a built-in spec name or a file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        return str(path), path.read_text(encoding="utf-8")
+    if name_or_path in builtin_specs():
+        return f"built-in spec {name_or_path!r}", resources.files("sweeper.specs").joinpath(f"{name_or_path}.toml").read_text()
+    raise SpecError(f"no spec named {name_or_path!r}; built-in specs: {', '.join(builtin_specs())}; "
+                    f"or pass the path of a .toml file")
+
+
+def parse_spec(text: str, origin: str = "<spec>") -> SweepSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{origin}: not valid TOML: {exc}") from exc
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {_message(e)}" for e in exc.errors()]
+        raise SpecError(f"{origin}: {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def load_spec(name_or_path: str) -> tuple[SweepSpec, str]:
+    """(validated spec, its TOML text, kept verbatim in the DB)."""
+    origin, text = read_spec_text(name_or_path)
+    return parse_spec(text, origin), text

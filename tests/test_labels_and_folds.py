@@ -1,0 +1,95 @@
+"""Label CSVs fail loudly with the row; folds keep every patient in one fold."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from data_prep.errors import DataPrepError
+from data_prep.folds import inner_split, patient_folds
+from data_prep.labels import read_label_csv
+from tests.conftest import FIXTURES
+
+NIH = FIXTURES / "nih_data_entry_first1500patients.csv.gz"
+
+
+def _write(tmp_path, text: str, name="labels.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_findings_become_multi_hot_and_normal_is_all_zero(tmp_path):
+    table, names = read_label_csv(_write(tmp_path, "file,findings\na.dcm,x|y\nb.dcm,normal\nc.dcm,y\n"))
+    assert names == ["x", "y"]
+    assert table[names].to_numpy().tolist() == [[1, 1], [0, 0], [0, 1]]
+
+
+def test_unknown_finding_names_file_row_and_name(tmp_path):
+    path = _write(tmp_path, "file,findings\na.dcm,x\nb.dcm,oops\n")
+    with pytest.raises(DataPrepError, match=r"labels.csv: row 3: unknown finding 'oops'"):
+        read_label_csv(path, label_names=["x"])
+
+
+def test_duplicate_file_rows_are_named(tmp_path):
+    with pytest.raises(DataPrepError, match=r"rows \[2, 3\]"):
+        read_label_csv(_write(tmp_path, "file,findings\na.dcm,x\na.dcm,normal\n"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty"), ("name,findings\na,x\n", "no 'file' column"), ("file,findings\n", "no data rows"),
+    ("file,x\na.dcm,2\n", "row 2, column 'x': '2'; expected 0 or 1"),
+])
+def test_bad_csvs_get_a_clear_message(tmp_path, content, message):
+    with pytest.raises(DataPrepError, match=message):
+        read_label_csv(_write(tmp_path, content))
+
+
+def test_non_utf8_csv_is_refused(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("file,findings\nä.dcm,x\n".encode("latin-1"))
+    with pytest.raises(DataPrepError, match="not UTF-8"):
+        read_label_csv(path)
+
+
+def _nih_labels():
+    table = pd.read_csv(NIH)
+    names = sorted({n for v in table["Finding Labels"] for n in v.split("|")} - {"No Finding"})
+    labels = np.array([[n in v.split("|") for n in names] for v in table["Finding Labels"]], dtype=np.uint8)
+    return table["Patient ID"].astype(str).to_numpy(), labels
+
+
+def test_patient_folds_on_real_nih_table_never_split_a_patient():
+    patients, labels = _nih_labels()
+    folds = patient_folds(patients, labels, k=5, seed=0)
+    per_patient = pd.Series(folds).groupby(patients).nunique()
+    assert (per_patient == 1).all()
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3, 4]
+    prevalence = np.array([labels[folds == f].mean(0) for f in range(5)])
+    common = labels.mean(0) > 0.05
+    assert np.abs(prevalence[:, common] - labels.mean(0)[common]).max() < 0.04  # stratified
+
+
+def test_row_level_stratification_would_leak_patients_on_the_same_table():
+    """Why folds are patient-grouped: image-level folds share patients between train and test."""
+    patients, labels = _nih_labels()
+    _, test = next(MultilabelStratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(labels, labels))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    leaked = np.isin(np.unique(patients[test]), patients[train]).mean()
+    assert leaked > 0.2
+
+
+def test_inner_split_is_patient_grouped_and_inside_the_training_part():
+    patients, labels = _nih_labels()
+    folds = patient_folds(patients, labels, k=5, seed=0)
+    train_part = np.flatnonzero(folds != 0)
+    train, val = inner_split(patients, labels, train_part, val_fraction=0.2, seed=0)
+    assert set(train) | set(val) == set(train_part) and not set(train) & set(val)
+    assert not set(patients[train]) & set(patients[val])
+    assert 0.1 < len(val) / len(train_part) < 0.3
+
+
+def test_too_few_patients_for_the_folds_is_an_error():
+    with pytest.raises(DataPrepError, match="2 patients cannot fill 3 folds"):
+        patient_folds(["a", "a", "b"], np.array([[1], [0], [1]]), k=3, seed=0)

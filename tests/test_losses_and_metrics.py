@@ -1,0 +1,77 @@
+"""Losses against hand-computed values; metrics against known cases, NaN where undefined."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.losses import batch_weighted_bce, bce, make_loss
+from trainables.metrics import multilabel_metrics
+
+
+def _bce_terms(p, y):
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def test_batch_weighted_bce_matches_the_seed_formula():
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-1.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    probs = torch.sigmoid(logits).numpy()
+    expected = 0.0
+    for k in range(2):
+        pos = targets[:, k].sum().item()
+        neg = 3 - pos
+        for i in range(3):
+            y = targets[i, k].item()
+            beta = (pos + neg) / pos if y == 1 else (pos + neg) / neg
+            expected += beta * _bce_terms(probs[i, k], y)
+    assert batch_weighted_bce(logits, targets).item() == pytest.approx(expected / 6, rel=1e-5)
+
+
+def test_batch_weighted_bce_is_finite_without_positives_or_negatives():
+    logits = torch.randn(4, 3, requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0, 0.0]] * 4)  # class 0 and 2: no positives; class 1: no negatives
+    loss = batch_weighted_bce(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_masked_entries_do_not_count():
+    logits = torch.tensor([[0.3, 5.0]])
+    targets = torch.tensor([[1.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0]])
+    assert bce(logits, targets, mask).item() == pytest.approx(_bce_terms(torch.sigmoid(torch.tensor(0.3)).item(), 1))
+
+
+def test_weighted_bce_weights_positives_by_negative_frequency():
+    train = np.array([[1], [0], [0], [0]])  # positive frequency 0.25
+    loss = make_loss("weighted_bce", train, torch.device("cpu"))
+    logits, p = torch.tensor([[0.0]]), 0.5
+    assert loss(logits, torch.tensor([[1.0]])).item() == pytest.approx(0.75 * _bce_terms(p, 1))
+    assert loss(logits, torch.tensor([[0.0]])).item() == pytest.approx(0.25 * _bce_terms(p, 0))
+
+
+def test_unknown_loss_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="expected one of .*batch_weighted_bce"):
+        make_loss("focal", np.zeros((2, 1)), torch.device("cpu"))
+
+
+def test_metrics_known_values():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = np.array([[0.9, 0.2], [0.2, 0.8], [0.7, 0.4], [0.1, 0.6]])
+    m = multilabel_metrics(y, p)
+    assert m["auc_per_class"] == [1.0, 0.75]
+    assert m["auc"] == pytest.approx(0.875)
+    assert m["hamming"] == pytest.approx(2 / 8)  # (3,1) and (4,1) are wrong at 0.5
+    assert m["binary_acc"] == pytest.approx(0.75)
+    assert m["exact_match"] == pytest.approx(0.5)
+
+
+def test_class_without_positives_is_nan_and_left_out_of_the_macro_mean():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    p = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.2], [0.1, 0.4]])
+    m = multilabel_metrics(y, p)
+    assert math.isnan(m["auc_per_class"][1]) and math.isnan(m["ap_per_class"][1])
+    assert m["auc"] == 1.0 and m["n_defined"] == 1
