@@ -1,0 +1,74 @@
+"""Prepared data sets: layout, content addressing, quarantine, and no identifiers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from data_prep.build import BuildParams, build
+from data_prep.dataset import PreparedDataset
+from data_prep.errors import DataPrepError
+from tests.conftest import TEST_KEY
+
+QUIET = {"key": TEST_KEY, "log": lambda *_: None}
+
+
+def test_layout_matches_the_contract(prepared_dir, phantom_dir):
+    images = np.load(prepared_dir / "images.npy", mmap_mode="r")
+    labels = pd.read_csv(prepared_dir / "labels.csv")
+    folds = pd.read_csv(prepared_dir / "folds.csv")
+    manifest = json.loads((prepared_dir / "manifest.json").read_text())
+    source = pd.read_csv(phantom_dir / "labels.csv")
+    assert images.dtype == np.uint8 and images.shape == (len(source), 32, 32)
+    assert list(labels.columns[:2]) == ["image_key", "patient_key"]
+    assert list(labels.columns[2:]) == manifest["label_names"]
+    assert folds["image_key"].tolist() == labels["image_key"].tolist()
+    assert set(folds["fold"]) == {0, 1, 2}
+    assert manifest["size"] == 32 and set(manifest["inputs"]) == {"labels_csv", "images"}
+    positives = {n: int(source["findings"].str.contains(n, regex=False).sum()) for n in manifest["label_names"]}
+    assert manifest["counts"]["positives"] == positives
+
+
+def test_same_inputs_and_parameters_reuse_the_same_directory(prepared_dir, phantom_dir):
+    again = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildParams(size=32, folds=3), **QUIET)
+    assert again == prepared_dir
+    other = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildParams(size=24, folds=3), **QUIET)
+    assert other != prepared_dir and PreparedDataset(other).images.shape[1:] == (24, 24)
+
+
+def test_a_corrupt_file_is_quarantined_and_the_build_goes_on(phantom_dir, tmp_path):
+    copy = tmp_path / "src"
+    shutil.copytree(phantom_dir, copy)
+    table = pd.read_csv(copy / "labels.csv")
+    victim = copy / table["file"][3]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(victim)
+    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=3), **QUIET)
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["csv_row"].tolist() == [5] and "PixelData holds 100 bytes" in rejected["reason"][0]
+    assert PreparedDataset(out).images.shape[0] == len(table) - 1
+
+
+def test_a_set_with_every_image_rejected_is_an_error(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.dcm").write_bytes(b"junk")
+    (tmp_path / "labels.csv").write_text("file,findings\na.dcm,x\n")
+    with pytest.raises(DataPrepError, match="every image was rejected"):
+        build(tmp_path / "img", tmp_path / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=2), **QUIET)
+
+
+def test_no_identifier_from_the_dicom_headers_or_paths_reaches_the_output(prepared_dir, phantom_dir):
+    planted = set()
+    for path in (phantom_dir / "images").glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        planted |= {str(ds.PatientID), str(ds.PatientName), ds.PatientBirthDate, ds.AccessionNumber,
+                    ds.StudyInstanceUID, ds.SOPInstanceUID, path.name}
+    for output in prepared_dir.iterdir():
+        text = output.read_bytes().decode("latin-1")
+        found = [p for p in planted if p in text]
+        assert not found, f"{output.name} contains {found[:3]}"

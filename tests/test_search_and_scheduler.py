@@ -1,0 +1,77 @@
+"""One Optuna study per (cell, fold), asked round-robin; ASHA brackets never mix studies."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
+
+from sweeper.scheduler import PerStudyASHA
+from sweeper.search import PerStudyOptunaSearcher, StudyPlan, study_seed
+
+SPACE = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.5)}
+
+
+def _searcher(n_studies=2, n_trials=2):
+    plans = [StudyPlan(key=f"cell{i}/fold0", config={"backbone": f"b{i}"}, n_trials=n_trials) for i in range(n_studies)]
+    return PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", final_epoch=4)
+
+
+def test_every_study_gets_its_budget_round_robin_then_finished():
+    searcher = _searcher()
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert [c["study"] for c in configs] == ["cell0/fold0", "cell1/fold0"] * 2
+    assert all(1e-4 <= c["lr"] <= 1e-2 and 0 <= c["dropout"] <= 0.5 for c in configs)
+    assert configs[0]["backbone"] == "b0" and configs[1]["backbone"] == "b1"
+    assert searcher.suggest("t4") == "FINISHED"
+
+
+def test_studies_are_seeded_from_their_key_so_first_suggestions_differ():
+    searcher = _searcher()
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert study_seed("cell0/fold0", 0) != study_seed("cell1/fold0", 0)
+    assert first["lr"] != second["lr"]
+
+
+def test_completed_pruned_and_failed_trials_are_told_to_optuna():
+    searcher = _searcher(n_studies=1, n_trials=3)
+    for t in ("done", "stopped", "broken"):
+        searcher.suggest(t)
+    for epoch in (1, 2):
+        searcher.on_trial_result("stopped", {"epoch": epoch, "val_auc": 0.6})
+    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85})
+    searcher.on_trial_complete("stopped", {"epoch": 2, "best_val_auc": 0.6, "val_auc": 0.6})
+    searcher.on_trial_complete("broken", None, error=True)
+    trials = searcher.studies["cell0/fold0"].trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == 0.9 and trials[1].intermediate_values == {1: 0.6, 2: 0.6}
+
+
+def test_searcher_state_survives_save_and_restore(tmp_path):
+    searcher = _searcher()
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "s.pkl"))
+    restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)  # Ray restores without __init__
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert [restored.suggest(f"t{i}")["study"] for i in (1, 2, 3)] == ["cell1/fold0", "cell0/fold0", "cell1/fold0"]
+    assert restored.suggest("t4") == "FINISHED"
+
+
+def _trial(trial_id, study):
+    return SimpleNamespace(trial_id=trial_id, config={"study": study})
+
+
+def test_asha_compares_trials_only_within_their_study():
+    scheduler = PerStudyASHA("val_auc", "max", max_t=4, grace_period=1, reduction_factor=2)
+    strong = [_trial(f"s{i}", "strong/fold0") for i in range(3)]
+    weak = [_trial(f"w{i}", "weak/fold0") for i in range(3)]
+    for trial in strong + weak:
+        scheduler.on_trial_add(None, trial)
+    for i, trial in enumerate(strong):
+        scheduler.on_trial_result(None, trial, {"training_iteration": 1, "val_auc": 0.90 + 0.01 * i})
+    # The weak study's trials score far below the strong study's cutoff, but each is judged only
+    # against its own study: the first one at a rung always continues.
+    assert scheduler.on_trial_result(None, weak[0], {"training_iteration": 1, "val_auc": 0.55}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, weak[1], {"training_iteration": 1, "val_auc": 0.60}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, weak[2], {"training_iteration": 1, "val_auc": 0.50}) == TrialScheduler.STOP

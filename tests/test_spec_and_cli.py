@@ -1,0 +1,79 @@
+"""Specs are checked completely before Ray starts; the CLI turns errors into one line + exit 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sweeper.spec import SpecError, builtin_specs, load_spec, parse_spec
+from tests.conftest import REPO
+
+GOOD = """
+name = "t"
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch"]
+[recipes.scratch]
+"""
+
+
+@pytest.mark.parametrize("name", builtin_specs())
+def test_builtin_specs_validate(name):
+    spec, text = load_spec(name)
+    assert spec.name == name and text
+
+
+def test_unknown_keys_are_all_reported_with_their_path():
+    text = GOOD + "[train]\nepochz = 3\n[search]\nlr = { low = 1e-4, high = 1e-2, lgo = true }\n"
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "my.toml")
+    message = str(info.value)
+    assert "my.toml: 2 problem(s)" in message
+    assert "train.epochz: unknown key" in message and "search.lr.lgo: unknown key" in message
+
+
+@pytest.mark.parametrize("change, expected", [
+    (('["resnet18"]', '["resnet51"]'), "unknown backbone(s) ['resnet51']"),
+    (('recipe = ["scratch"]', 'recipe = ["scratch", "nope"]'), "'nope' is not defined"),
+    (('recipe = ["scratch"]', 'recipe = []'), "grid.recipe: List should have at least 1 item"),
+    (('[recipes.scratch]', '[recipes.scratch]\nsources = ["chexpert"]'), "'chexpert' is not in data.sources"),
+])
+def test_bad_values_name_their_key(change, expected):
+    with pytest.raises(SpecError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(GOOD.replace(*change))
+
+
+def test_a_bad_range_is_refused():
+    with pytest.raises(SpecError, match=r"search.lr: low \(0.1\) must be below high \(0.01\)"):
+        parse_spec(GOOD + "[search]\nlr = { low = 0.1, high = 0.01 }\n")
+
+
+def _run(*args, cwd):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "sweeper.run", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+    return proc, time.monotonic() - started
+
+
+def test_cli_nonexistent_spec_stops_before_ray(tmp_path):
+    proc, _ = _run("--spec", "nonexistent", "--home", str(tmp_path), cwd=REPO)
+    assert proc.returncode == 2
+    assert "error: no spec named 'nonexistent'; built-in specs: demo, tiny" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr
+
+
+def test_cli_spec_with_unknown_key_stops_before_ray(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(GOOD + "[train]\nepochz = 3\n")
+    proc, _ = _run("--spec", str(spec), "--home", str(tmp_path), cwd=REPO)
+    assert proc.returncode == 2 and "train.epochz: unknown key" in proc.stderr
+    assert "Started a local Ray" not in proc.stdout + proc.stderr
+
+
+def test_cli_db_in_a_missing_directory_is_a_clear_error(tmp_path):
+    proc, _ = _run("--spec", "tiny", "--home", str(tmp_path), "--db", f"sqlite:///{tmp_path}/no/such/dir/r.db", cwd=REPO)
+    assert proc.returncode == 2
+    assert f"directory {tmp_path}/no/such/dir does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
