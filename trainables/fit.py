@@ -60,7 +60,8 @@ def _evaluate(model, data, images, indices, cfg, device, loss_fn) -> dict:
     probs = engine.predict(model, images, indices, cfg.batch_size, device)
     truth = data.labels[indices]
     metrics = multilabel_metrics(truth, probs)
-    metrics["loss"] = float(loss_fn(torch.as_tensor(probs).logit(eps=1e-6), torch.as_tensor(truth)))
+    logits = torch.as_tensor(probs, device=device).logit(eps=1e-6)  # loss weights live on `device`
+    metrics["loss"] = float(loss_fn(logits, torch.as_tensor(truth, device=device)))
     return metrics
 
 
