@@ -28,7 +28,7 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(tune_fit, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
 
 
-def _new_tuner(spec: SweepSpec, plans, name: str, storage: Path, callback: ResultsCallback) -> tune.Tuner:
+def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback) -> tune.Tuner:
     searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, final_epoch=spec.train.epochs)
     scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
                              reduction_factor=spec.asha.reduction_factor)
@@ -39,14 +39,14 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: Path, callback: Resul
             max_concurrent_trials=spec.resources.max_concurrent, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=[callback], verbose=0,  # progress comes from ResultsCallback
+            name=name, storage_path=storage, callbacks=[callback], verbose=0,  # progress comes from ResultsCallback
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url: str, home: Path, storage: Path,
+def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url: str, home: Path, storage: str,
               address: str | None, resume: bool, num_cpus: int | None, version: str) -> int:
     store = ResultsStore(db_url)  # a bad --db stops before data or Ray
     data = ensure_datasets(spec, home)
@@ -56,11 +56,11 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url:
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=True)
     try:
-        path = storage / name
+        path = f"{storage.rstrip('/')}/{name}"
         if resume:
-            if not tune.Tuner.can_restore(str(path)):
+            if not tune.Tuner.can_restore(path):
                 raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
-            tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec), resume_errored=True)
+            tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
         else:
             callback = ResultsCallback(db_url, sweep_id, spec.train.epochs, sum(p.n_trials for p in plans),
                                        PreparedDataset(data["target"]).label_names)

@@ -25,6 +25,9 @@ def parse_args(argv):
     parser.add_argument("--name", default=None, help="sweep name (default: SPEC-YYYYmmdd-HHMMSS)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME,
                         help="folder for data sets, Ray results and the default DB (default: .cxr-sweep)")
+    parser.add_argument("--storage", default=None,
+                        help="Ray Tune storage: a path or s3:// URI, shared by all nodes on a cluster "
+                             "(default: HOME/ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     return parser.parse_args(argv)
 
@@ -38,11 +41,13 @@ def code_version() -> str:
         return "unknown"
 
 
-def _sweep_name(args, spec_name: str, storage: Path) -> str:
+def _sweep_name(args, spec_name: str, storage: str) -> str:
     if args.name:
         return args.name
     if args.resume:
-        runs = sorted(p.name for p in storage.glob(f"{spec_name}-*") if p.is_dir())
+        if "://" in storage:
+            raise FileNotFoundError("--resume with a remote --storage needs --name (the sweep to continue)")
+        runs = sorted(p.name for p in Path(storage).glob(f"{spec_name}-*") if p.is_dir())
         if not runs:
             raise FileNotFoundError(f"--resume: no earlier sweep of spec {spec_name!r} under {storage}")
         return runs[-1]
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         home = args.home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         db_url = args.db or f"sqlite:///{home / 'results.db'}"
-        storage = home / "ray"
+        storage = args.storage or str(home / "ray")
         name = _sweep_name(args, spec.name, storage)
         from sweeper.driver import run_sweep
 
