@@ -30,7 +30,7 @@ def run_query(url: str, sql: str) -> pd.DataFrame:
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except (DBAPIError, ProgrammingError) as exc:
         message = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
-        if "readonly" in message or "read-only" in message or "read only" in message:
+        if any(word in message for word in ("readonly", "read-only", "read only", "not authorized")):
             message += " (results.query is read-only: write and DDL statements are refused)"
         raise QueryError(message) from exc
     finally:

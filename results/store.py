@@ -7,6 +7,7 @@ BEGIN IMMEDIATE. The same code runs on PostgreSQL.
 from __future__ import annotations
 
 import math
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def _parse(url: str):
                          f"or postgresql+psycopg://user@host/db") from exc
 
 
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
+                 sqlite3.SQLITE_TRANSACTION}
+
+
+def _read_only_authorizer(action, *_args) -> int:
+    """SQLite asks before every operation: reads yes; writes, DDL, ATTACH, PRAGMA no."""
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
 def _sqlite_engine(url, readonly: bool) -> Engine:
     path = _sqlite_path(url)
     if path is not None and not path.parent.exists():
@@ -55,6 +65,7 @@ def _sqlite_engine(url, readonly: bool) -> Engine:
         cursor.execute("PRAGMA foreign_keys = ON")
         if readonly:
             cursor.execute("PRAGMA query_only = ON")
+            dbapi_connection.set_authorizer(_read_only_authorizer)
         elif path is not None:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
@@ -86,15 +97,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def upsert(conn, table, rows: list[dict], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL."""
+def upsert(conn, table, rows: list[dict], keys: list[str], keep: tuple[str, ...] = ()) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE (all but `keep`), on SQLite and PostgreSQL."""
     if not rows:
         return
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
     if dialect is None:
         raise StoreError(f"unsupported database {conn.dialect.name!r}; use SQLite or PostgreSQL")
     stmt = dialect.insert(table).values(rows)
-    updates = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+    updates = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c not in keep}
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates
                  else stmt.on_conflict_do_nothing(index_elements=keys))
 
@@ -128,7 +139,8 @@ class ResultsStore:
         with self.engine.begin() as conn:
             upsert(conn, Sweep.__table__, [{"name": name, "spec_name": spec_name, "spec_text": spec_text,
                                             "code_version": code_version, "status": "RUNNING",
-                                            "started_at": _now(), "finished_at": None}], ["name"])
+                                            "started_at": _now(), "finished_at": None}], ["name"],
+                   keep=("started_at", "spec_text"))
             return conn.scalar(select(Sweep.id).where(Sweep.name == name))
 
     def finish_sweep(self, sweep_id: int, status: str) -> None:

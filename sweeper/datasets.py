@@ -32,9 +32,13 @@ def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: 
     if not (path / "manifest.json").is_file():
         raise SpecError(f"{key} = {location!r}: not a prepared data set (no manifest.json); "
                         f"build one with python -m data_prep.build, or use 'phantom'")
-    size = PreparedDataset(path).manifest["size"]
-    if size != spec.data.size:
-        raise SpecError(f"{key} = {location!r}: images are {size} px but data.size is {spec.data.size}")
+    prepared = PreparedDataset(path)
+    if prepared.manifest["size"] != spec.data.size:
+        raise SpecError(f"{key} = {location!r}: images are {prepared.manifest['size']} px but data.size is "
+                        f"{spec.data.size}")
+    if key == "data.target" and prepared.num_folds != spec.data.folds:
+        raise SpecError(f"{key} = {location!r}: built with {prepared.num_folds} folds but data.folds is "
+                        f"{spec.data.folds}")
     return path
 
 

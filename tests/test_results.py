@@ -98,7 +98,8 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
 
 
 @pytest.mark.parametrize("sql", ["DELETE FROM trials", "DROP TABLE trials", "CREATE TABLE x (a int)",
-                                 "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM trials"])
+                                 "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM trials",
+                                 "ATTACH DATABASE ':memory:' AS other", "PRAGMA query_only = OFF"])
 def test_query_refuses_writes_and_leaves_the_db_unchanged(db, sql):
     url, _ = db
     before = run_query(url, "SELECT COUNT(*) FROM trials").iloc[0, 0]
@@ -124,3 +125,19 @@ def test_bad_db_urls_are_clear_errors(tmp_path):
         ResultsStore(f"sqlite:///{tmp_path}/missing/r.db")
     with pytest.raises(StoreError, match="no such database file"):
         run_query(f"sqlite:///{tmp_path}/none.db", "SELECT 1")
+
+
+def test_query_reads_views_and_recursive_ctes(db):
+    url, _ = db
+    assert run_query(url, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+                          "SELECT COUNT(*) FROM n").iloc[0, 0] == 3
+    assert len(run_query(url, "SELECT * FROM cell_summary")) > 0
+
+
+def test_resuming_a_sweep_keeps_its_start_time(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = ResultsStore(url)
+    store.start_sweep("s", "tiny", "first", "v1")
+    first = run_query(url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist()
+    store.start_sweep("s", "tiny", "second", "v2")
+    assert run_query(url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist() == first

@@ -77,3 +77,16 @@ def test_cli_db_in_a_missing_directory_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert f"directory {tmp_path}/no/such/dir does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_prepared_target_must_match_the_specs_size_and_folds(prepared_dir, tmp_path):
+    from sweeper.datasets import ensure_datasets
+
+    base = GOOD + f'[data]\ntarget = "{prepared_dir}"\n'
+    assert ensure_datasets(parse_spec(base + "size = 32\nfolds = 3\n"), tmp_path)["target"] == prepared_dir
+    with pytest.raises(SpecError, match="built with 3 folds but data.folds is 5"):
+        ensure_datasets(parse_spec(base + "size = 32\nfolds = 5\n"), tmp_path)
+    with pytest.raises(SpecError, match="images are 32 px but data.size is 64"):
+        ensure_datasets(parse_spec(base + "size = 64\nfolds = 3\n"), tmp_path)
+    with pytest.raises(SpecError, match="not a prepared data set"):
+        ensure_datasets(parse_spec(GOOD + f'[data]\ntarget = "{tmp_path}"\n'), tmp_path)
