@@ -1,6 +1,7 @@
 """A real tiny sweep through the CLI: local Ray, real SQLite file, report, resume."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,20 +12,27 @@ import pytest
 
 from results.query import run_query
 from results.report import cell_table
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_KEY
 
 pytestmark = pytest.mark.slow
 
 CELLS = {(b, r) for b in ("resnet18", "mobilenet_v2") for r in ("scratch", "nih_pretrained")}
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=900)
+def _cli(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env=ENV)
+
+
+ENV: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
+    """Module-scoped, so set up before the autouse key fixture: give the CLI its own key file."""
     home = tmp_path_factory.mktemp("home")
+    (home.parent / "e2e.key").write_text(TEST_KEY.decode())
+    ENV.update(os.environ, CXR_SWEEP_PSEUDONYM_KEY_FILE=str(home.parent / "e2e.key"))
     db = f"sqlite:///{home}/results.db"
     proc = _cli("-m", "sweeper.run", "--spec", "tiny", "--home", str(home), "--db", db, "--num-cpus", "2",
                 "--name", "tiny-e2e")
