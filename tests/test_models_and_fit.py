@@ -59,3 +59,17 @@ def test_regular_transfer_pretrains_once_and_reuses_the_checkpoint(prepared_dir,
                     pretrain_cache=str(cache)), report=lambda m, s: None, log=logs.append)
     assert len(list(cache.glob("*.pt"))) == 1
     assert sum("[pretrain]" in line for line in logs) == 1
+
+
+def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepared_dir, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / "all_negative"
+    shutil.copytree(prepared_dir, copy)
+    labels = pd.read_csv(copy / "labels.csv")
+    labels.iloc[:, 2:] = 0
+    labels.to_csv(copy / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="outer fold 0: the inner validation split .* validation AUC is undefined"):
+        fit(_config(copy), report=lambda m, s: None)

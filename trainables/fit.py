@@ -65,6 +65,15 @@ def _evaluate(model, data, images, indices, cfg, device, loss_fn) -> dict:
     return metrics
 
 
+def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitConfig) -> None:
+    """Tuning needs a validation AUC: at least one label with positives and negatives."""
+    positives = data.labels[val_idx].sum(0)
+    if not ((positives > 0) & (positives < len(val_idx))).any():
+        raise ValueError(f"{data.root.name}, outer fold {cfg.outer_fold}: the inner validation split "
+                         f"({len(val_idx)} images) has no label with both positive and negative images, so "
+                         f"validation AUC is undefined; use a larger val_fraction or more data")
+
+
 def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = None, log=print) -> dict:
     """Train; call `report(metrics, state)` after every epoch; return the last metrics.
 
@@ -76,6 +85,7 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
     torch.manual_seed(cfg.seed)
     data = PreparedDataset(cfg.data_dir)
     split = data.split(cfg.outer_fold, cfg.val_fraction, seed=cfg.seed)
+    _require_defined_auc(data, split.val, cfg)
     model = build_model(cfg.backbone, len(data.label_names), cfg.dropout, cfg.init)
     if cfg.pretrain_dir and state is None:
         cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")
@@ -100,9 +110,8 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         train_loss = engine.train_one_epoch(model, loss_fn, optimizer, images, data.labels, split.train,
                                             cfg.batch_size, device, generator)
         val = _evaluate(model, data, images, split.val, cfg, device, loss_fn)
-        score = val["auc"] if np.isfinite(val["auc"]) else -val["loss"]
-        if score > best["val_auc"]:
-            best = {"epoch": epoch, "val_auc": score, "test": _evaluate(model, data, images, split.test, cfg, device, loss_fn)}
+        if val["auc"] > best["val_auc"]:
+            best = {"epoch": epoch, "val_auc": val["auc"], "test": _evaluate(model, data, images, split.test, cfg, device, loss_fn)}
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
             "val_ap": val["ap"], "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
