@@ -28,7 +28,7 @@ from PIL import Image
 from data_prep.dicom import read_dicom
 from data_prep.errors import DataPrepError, ImageRejected
 from data_prep.folds import patient_folds
-from data_prep.labels import read_label_csv
+from data_prep.labels import DEFAULT_TARGET_MAPPING, load_mapping, read_target_labels
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
@@ -39,7 +39,8 @@ class BuildParams:
     size: int = 512
     folds: int = 5
     seed: int = 0
-    label_names: tuple[str, ...] | None = None
+    mapping: str | None = DEFAULT_TARGET_MAPPING  # None: the label names are the findings seen
+    discarded_only: str = "drop"
 
 
 def _sha256_file(path: Path) -> str:
@@ -70,11 +71,15 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
     if not image_dir.is_dir():
         raise DataPrepError(f"image folder {image_dir} does not exist")
-    table, names = read_label_csv(labels_csv, list(params.label_names) if params.label_names else None)
+    mapping = load_mapping(params.mapping) if params.mapping else None
+    label_set = read_target_labels(labels_csv, mapping, params.discarded_only)
+    table, names = label_set.frame, label_set.names
     pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
-        "params": {**asdict(params), "label_names": names, "key_id": pseudonym.key_id},
+        "params": {**asdict(params), "label_names": names, "key_id": pseudonym.key_id,
+                   "mapping_table": asdict(mapping) if mapping else None},
+        "label_stats": label_set.stats,
         "inputs": input_hashes(image_dir, table, labels_csv),
     }
     dataset_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
@@ -98,9 +103,8 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
     kept, rejected = [], []
     images = np.lib.format.open_memmap(work / "images.tmp.npy", "w+", np.uint8, (len(table), params.size, params.size))
-    label_matrix = table[names].to_numpy()
-    patients = table["patient"] if "patient" in table.columns else [""] * len(table)
-    for i, (rel, patient) in enumerate(zip(table["file"], patients)):
+    label_matrix = table[names].to_numpy(np.float32)
+    for i, (rel, patient) in enumerate(zip(table["file"], table["patient"])):
         image_key = pseudonym("image", rel)
         try:
             pixels, patient_id = read_dicom(image_dir / rel)
@@ -111,8 +115,8 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
             rejected.append({"csv_row": i + 2, "image_key": image_key, "reason": str(exc)})
             continue
         images[len(kept)] = _resize(pixels, params.size)
-        kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient),
-                     **dict(zip(names, map(int, label_matrix[i])))})
+        kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
+                     **dict(zip(names, label_matrix[i]))})
         if (i + 1) % 500 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
     if not kept:
@@ -122,13 +126,14 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     final.flush()
     del images, final
     (work / "images.tmp.npy").unlink()
-    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", *names])
-    labels.to_csv(work / "labels.csv", index=False)
-    folds = patient_folds(labels["patient_key"], labels[names].to_numpy(), params.folds, params.seed)
+    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *names])
+    labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
+    folds = patient_folds(labels["patient_key"], labels[names].to_numpy(np.float32), params.folds, params.seed)
     pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
     pd.DataFrame(rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv", index=False)
     return {"images": len(kept), "rejected": len(rejected), "patients": int(labels["patient_key"].nunique()),
-            "positives": {n: int(labels[n].sum()) for n in names}}
+            "positives": {n: int(labels[n].sum()) for n in names},
+            "masked": {n: int(labels[n].isna().sum()) for n in names}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ class PreparedDataset:
             raise DataPrepError(f"{self.root} is not a prepared data set (no manifest.json); build it with data_prep.build")
         self.manifest = json.loads(manifest_path.read_text())
         self.label_names: list[str] = self.manifest["label_names"]
-        table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str})
+        table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str, "view": str},
+                            keep_default_na=False, na_values={n: [""] for n in self.label_names})
         folds = pd.read_csv(self.root / "folds.csv", dtype={"image_key": str})
         self.images = np.load(self.root / "images.npy", mmap_mode="r")
         size = self.manifest["size"]
@@ -38,7 +39,7 @@ class PreparedDataset:
                                 f"folds.csv disagree; expected ({len(table)}, {size}, {size}) with matching keys")
         self.image_keys = table["image_key"].to_numpy()
         self.patient_keys = table["patient_key"].to_numpy()
-        self.labels = table[self.label_names].to_numpy(np.float32)
+        self.labels = table[self.label_names].to_numpy(np.float32)  # NaN = masked (unknown)
         self.folds = folds["fold"].to_numpy()
 
     @property

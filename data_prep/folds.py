@@ -13,7 +13,7 @@ from data_prep.errors import DataPrepError
 
 
 def _patient_table(patient_keys, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    frame = pd.DataFrame(labels).assign(patient=np.asarray(patient_keys))
+    frame = pd.DataFrame(np.nan_to_num(labels, nan=0.0)).assign(patient=np.asarray(patient_keys))  # masked: not positive
     per_patient = frame.groupby("patient", sort=True).max()
     codes = pd.Index(per_patient.index).get_indexer(np.asarray(patient_keys))
     return per_patient.index.to_numpy(), per_patient.to_numpy(), codes

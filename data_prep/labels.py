@@ -1,6 +1,18 @@
-"""Read a target label CSV (`file` plus `findings` of '|'-separated names, or 0/1 columns)."""
+"""Label tables of the three source kinds, in one shape, and `python -m data_prep.labels`.
+
+Every reader returns a LabelSet: a frame with `file` (path relative to the image root),
+`patient` (raw ID, '' if it must come from the DICOM header), `view` ('' if unknown) and
+one float column per label (1, 0, or NaN = masked: unknown for this image), plus the
+label names and counts for the manifest. Raw IDs never leave data_prep: the CLI and the
+builder write keyed pseudonyms only.
+"""
 from __future__ import annotations
 
+import argparse
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -9,52 +21,138 @@ import pandas as pd
 from data_prep.errors import DataPrepError
 
 NORMAL = "normal"
+DEFAULT_TARGET_MAPPING = "seed000_target"
 
 
-def read_label_csv(path: Path, label_names: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Return (table with `file`, optional `patient`, one 0/1 column per label; label names).
+@dataclass
+class LabelSet:
+    frame: pd.DataFrame  # file, patient, view, <labels...>
+    names: list[str]
+    stats: dict = field(default_factory=dict)
 
-    With `findings`, label names are `label_names` or, if None, every name seen (sorted).
-    A name outside `label_names`, a missing column or a duplicate file stops with the row.
-    """
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame[self.names].to_numpy(np.float32)
+
+
+def read_csv(path: Path, required: list[str], **kwargs) -> pd.DataFrame:
+    """Read a CSV as text, with errors that name the file and what was expected."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", **kwargs)
+    except FileNotFoundError as exc:
+        raise DataPrepError(f"{path}: no such file") from exc
     except UnicodeDecodeError as exc:
         raise DataPrepError(f"{path}: not UTF-8 text ({exc})") from exc
     except pd.errors.EmptyDataError as exc:
-        raise DataPrepError(f"{path}: the file is empty; expected a header with a 'file' column") from exc
-    if "file" not in table.columns:
-        raise DataPrepError(f"{path}: no 'file' column; columns are {list(table.columns)}")
+        raise DataPrepError(f"{path}: the file is empty; expected a header with columns {required}") from exc
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataPrepError(f"{path}: missing column(s) {missing}; columns are {list(table.columns)}")
     if table.empty:
         raise DataPrepError(f"{path}: no data rows")
-    duplicated = table["file"].duplicated(keep=False)
+    return table
+
+
+def refuse_duplicates(path: Path, column: pd.Series) -> None:
+    duplicated = column.duplicated(keep=False)
     if duplicated.any():
         rows = [int(i) + 2 for i in np.flatnonzero(duplicated)][:10]
-        raise DataPrepError(f"{path}: file listed more than once at rows {rows} (row 1 is the header)")
-    if "findings" in table.columns:
-        labels, names = _from_findings(path, table["findings"], label_names)
+        raise DataPrepError(f"{path}: {column.name} {column[duplicated].iloc[0]!r} listed more than once, "
+                            f"at rows {rows} (row 1 is the header)")
+
+
+@dataclass(frozen=True)
+class TargetMapping:
+    """Sub-category -> category, from a TOML file (see data_prep/mappings/)."""
+
+    categories: dict[str, list[str]]
+    discard: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c in self.categories if c not in self.discard]
+
+    def lookup(self) -> dict[str, str]:
+        table = {}
+        for category, subs in self.categories.items():
+            for name in [category, *subs]:
+                table[_norm(name)] = category
+        return table
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def load_mapping(name_or_path: str | Path) -> TargetMapping:
+    """A shipped mapping by name (e.g. 'seed000_target') or a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        shipped = resources.files("data_prep.mappings").joinpath(f"{name_or_path}.toml")
+        if not shipped.is_file():
+            raise DataPrepError(f"no mapping named {name_or_path!r}; shipped: {DEFAULT_TARGET_MAPPING}, or a .toml path")
+        text, origin = shipped.read_text(), f"mapping {name_or_path}"
     else:
-        names = label_names or [c for c in table.columns if c not in ("file", "patient")]
-        labels = _from_columns(path, table, names)
-    out = table[["file"] + (["patient"] if "patient" in table.columns else [])].copy()
-    for k, name in enumerate(names):
-        out[name] = labels[:, k]
-    return out, names
+        if not path.is_file():
+            raise DataPrepError(f"mapping file {path} does not exist")
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DataPrepError(f"{origin}: not valid TOML: {exc}") from exc
+    unknown = set(raw) - {"categories", "discard"}
+    if unknown or not isinstance(raw.get("categories"), dict):
+        raise DataPrepError(f"{origin}: expected a [categories] table and an optional discard list; "
+                            f"unknown keys {sorted(unknown)}")
+    discard = tuple(raw.get("discard", []))
+    missing = [d for d in discard if d not in raw["categories"]]
+    if missing:
+        raise DataPrepError(f"{origin}: discard lists {missing}, which are not categories")
+    return TargetMapping({k: list(v) for k, v in raw["categories"].items()}, discard)
 
 
-def _from_findings(path, findings: pd.Series, label_names):
-    parsed = [[n.strip() for n in str(v).split("|") if n.strip()] for v in findings]
-    names = list(label_names) if label_names else sorted({n for row in parsed for n in row} - {NORMAL})
-    index = {n: k for k, n in enumerate(names)}
-    labels = np.zeros((len(parsed), len(names)), np.uint8)
+def read_target_labels(path: Path, mapping: TargetMapping | None = None, discarded_only: str = "drop") -> LabelSet:
+    """Target CSV: `file`, `findings` ('|'-separated, mapped through `mapping`) or 0/1 columns,
+    optional `patient`. Without a mapping, the label names are every finding seen."""
+    table = read_csv(path, ["file"])
+    refuse_duplicates(path, table["file"])
+    if "findings" in table.columns:
+        labels, names, dropped = _map_findings(path, table["findings"], mapping, discarded_only)
+    else:
+        names = mapping.names if mapping else [c for c in table.columns if c not in ("file", "patient", "view")]
+        labels, dropped = _from_columns(path, table, names), np.zeros(len(table), bool)
+    frame = pd.DataFrame({"file": table["file"], "patient": table.get("patient", ""), "view": table.get("view", "")})
+    frame[names] = labels
+    frame = frame[~dropped].reset_index(drop=True)
+    return LabelSet(frame, names, {"rows": len(table), "dropped_only_discarded": int(dropped.sum())})
+
+
+def _map_findings(path, findings: pd.Series, mapping: TargetMapping | None, discarded_only: str):
+    if discarded_only not in ("drop", "normal"):
+        raise DataPrepError(f"discarded_only={discarded_only!r}; expected 'drop' or 'normal'")
+    parsed = [[n for n in (p.strip() for p in str(v).split("|")) if n] for v in findings]
+    if mapping is None:
+        seen = sorted({n for row in parsed for n in row if _norm(n) != NORMAL})
+        mapping = TargetMapping({n: [] for n in seen})
+    lookup, names = mapping.lookup(), mapping.names
+    labels = np.zeros((len(parsed), len(names)), np.float32)
+    dropped = np.zeros(len(parsed), bool)
+    column = {n: k for k, n in enumerate(names)}
     for i, row in enumerate(parsed):
+        if not row:
+            raise DataPrepError(f"{path}: row {i + 2}: empty findings; write 'normal' for an image with none")
+        categories = set()
         for name in row:
-            if name == NORMAL:
+            if _norm(name) == NORMAL:
                 continue
-            if name not in index:
-                raise DataPrepError(f"{path}: row {i + 2}: unknown finding {name!r}; expected one of {names + [NORMAL]}")
-            labels[i, index[name]] = 1
-    return labels, names
+            if _norm(name) not in lookup:
+                raise DataPrepError(f"{path}: row {i + 2}: unknown finding {name!r}; expected 'normal' or one of "
+                                    f"{sorted(lookup)}")
+            categories.add(lookup[_norm(name)])
+        kept = [c for c in categories if c in column]
+        labels[i, [column[c] for c in kept]] = 1
+        dropped[i] = bool(categories) and not kept and discarded_only == "drop"
+    return labels, names, dropped
 
 
 def _from_columns(path, table: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -62,8 +160,99 @@ def _from_columns(path, table: pd.DataFrame, names: list[str]) -> np.ndarray:
     if missing or not names:
         raise DataPrepError(f"{path}: label columns {missing or names} missing; columns are {list(table.columns)}")
     values = table[names]
-    bad = ~values.isin(["0", "1"])
+    bad = ~values.isin(["0", "1", ""])
     if bad.any().any():
         i, j = np.argwhere(bad.to_numpy())[0]
-        raise DataPrepError(f"{path}: row {i + 2}, column {names[j]!r}: {values.iat[i, j]!r}; expected 0 or 1")
-    return values.to_numpy().astype(np.uint8)
+        raise DataPrepError(f"{path}: row {i + 2}, column {names[j]!r}: {values.iat[i, j]!r}; expected 0, 1 or empty")
+    return values.replace("", np.nan).to_numpy().astype(np.float32)
+
+
+def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
+    """The labels.csv of a prepared data set: image_key, patient_key, view, labels (NaN = masked)."""
+    frame = label_set.frame
+    if (frame["patient"] == "").any():
+        row = int(np.flatnonzero(frame["patient"] == "")[0]) + 2
+        raise DataPrepError(f"row {row}: no patient; add a 'patient' column or pass the DICOM folder "
+                            f"(--dicom-dir) so the PatientID can be read")
+    out = pd.DataFrame({"image_key": [pseudonym("image", f) for f in frame["file"]],
+                        "patient_key": [pseudonym("patient", p) for p in frame["patient"]],
+                        "view": frame["view"]})
+    out[label_set.names] = frame[label_set.names].to_numpy()
+    return out
+
+
+def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
+    """Fill missing patients from the DICOM headers (pixels are not read)."""
+    import pydicom
+
+    for i in np.flatnonzero(label_set.frame["patient"] == ""):
+        path = dicom_dir / label_set.frame.at[i, "file"]
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        except Exception as exc:  # pydicom raises many types for unreadable files
+            raise DataPrepError(f"{path}: cannot read the PatientID ({type(exc).__name__}: {exc})") from exc
+        label_set.frame.at[i, "patient"] = str(ds.get("PatientID", "")).strip()
+
+
+def read_labels(kind: str, csv_path: Path, args: argparse.Namespace) -> LabelSet:
+    """The reader for `kind` with the options of the `labels` and `build` command lines."""
+    from data_prep.chexpert import ChexpertOptions, read_chexpert_labels, ALL_LABELS, COMPETITION
+    from data_prep.nih import SEED003, NihOptions, read_nih_labels
+
+    if kind == "target":
+        label_set = read_target_labels(csv_path, load_mapping(args.mapping), args.discarded_only)
+        if getattr(args, "dicom_dir", None):
+            _patients_from_dicom(label_set, Path(args.dicom_dir))
+        return label_set
+    if kind == "nih":
+        options = SEED003 if args.preset == "seed003" else NihOptions()
+        return read_nih_labels(csv_path, NihOptions(**{**options.__dict__, "seed": args.seed}))
+    options = ChexpertOptions(policy=args.policy, labels=ALL_LABELS[1:] if args.all_labels else COMPETITION,
+                              blank=args.blank, frontal_only=args.frontal_only)
+    return read_chexpert_labels(csv_path, options)
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every source kind (used by `labels` and `build`)."""
+    parser.add_argument("--mapping", default=DEFAULT_TARGET_MAPPING,
+                        help=f"target: finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING})")
+    parser.add_argument("--discarded-only", choices=("drop", "normal"), default="drop",
+                        help="target: an image whose only findings are discarded classes is dropped (default) "
+                             "or kept as normal")
+    parser.add_argument("--preset", choices=("seed003", "none"), default="seed003",
+                        help="nih: seed 003's merges, AP/PA only, no 'No Finding', top-4 undersampled to 4000 "
+                             "(default), or none of these")
+    parser.add_argument("--policy", choices=("u_ignore", "u_zeros", "u_ones", "u_mixed"), default="u_ones",
+                        help="chexpert: what an uncertain (-1) label becomes (default u_ones)")
+    parser.add_argument("--blank", choices=("negative", "mask"), default="negative",
+                        help="chexpert: what a blank (unmentioned) label becomes (default negative)")
+    parser.add_argument("--all-labels", action="store_true", help="chexpert: all 13 findings, not the 5 competition ones")
+    parser.add_argument("--frontal-only", action="store_true", help="chexpert: drop lateral views")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.pseudonym import Pseudonymizer, load_or_create_key
+
+    parser = argparse.ArgumentParser(prog="python -m data_prep.labels",
+                                     description="Write a prepared data set's labels.csv from a source's label table "
+                                                 "(no images needed).")
+    parser.add_argument("kind", choices=("target", "nih", "chexpert"))
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="labels.csv to write")
+    parser.add_argument("--dicom-dir", type=Path, help="target: read PatientIDs from these DICOM files")
+    add_source_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        label_set = read_labels(args.kind, args.csv, args)
+        out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
+    except DataPrepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.to_csv(args.out, index=False)
+    print(f"wrote {args.out}: {len(out)} images, {out['patient_key'].nunique()} patients, labels {label_set.names}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
+from data_prep.labels import DEFAULT_TARGET_MAPPING
 from data_prep.phantom import PHANTOM_SETS, make_phantom_set
 from sweeper.spec import PHANTOM, SpecError, SweepSpec
 
@@ -21,7 +22,8 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
     if not (raw / "labels.csv").is_file():
         log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
         make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset)
-    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed)
+    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed,
+                         mapping=DEFAULT_TARGET_MAPPING if kind == "target" else None)
     return build(raw, raw / "labels.csv", home / "prepared", params, name=f"phantom_{kind}", log=log)
 
 

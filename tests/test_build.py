@@ -24,8 +24,8 @@ def test_layout_matches_the_contract(prepared_dir, phantom_dir):
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     source = pd.read_csv(phantom_dir / "labels.csv")
     assert images.dtype == np.uint8 and images.shape == (len(source), 32, 32)
-    assert list(labels.columns[:2]) == ["image_key", "patient_key"]
-    assert list(labels.columns[2:]) == manifest["label_names"]
+    assert list(labels.columns[:3]) == ["image_key", "patient_key", "view"]
+    assert list(labels.columns[3:]) == manifest["label_names"]
     assert folds["image_key"].tolist() == labels["image_key"].tolist()
     assert set(folds["fold"]) == {0, 1, 2}
     assert manifest["size"] == 32 and set(manifest["inputs"]) == {"labels_csv", "images"}
@@ -57,7 +57,7 @@ def test_a_corrupt_file_is_quarantined_and_the_build_goes_on(phantom_dir, tmp_pa
 def test_a_set_with_every_image_rejected_is_an_error(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.dcm").write_bytes(b"junk")
-    (tmp_path / "labels.csv").write_text("file,findings\na.dcm,x\n")
+    (tmp_path / "labels.csv").write_text("file,findings\na.dcm,scoliosis\n")
     with pytest.raises(DataPrepError, match="every image was rejected"):
         build(tmp_path / "img", tmp_path / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=2), **QUIET)
 

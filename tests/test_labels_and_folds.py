@@ -8,7 +8,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from data_prep.errors import DataPrepError
 from data_prep.folds import inner_split, patient_folds
-from data_prep.labels import read_label_csv
+from data_prep.labels import load_mapping, read_target_labels
 from tests.conftest import FIXTURES
 
 NIH = FIXTURES / "nih_data_entry_first1500patients.csv.gz"
@@ -21,36 +21,62 @@ def _write(tmp_path, text: str, name="labels.csv"):
 
 
 def test_findings_become_multi_hot_and_normal_is_all_zero(tmp_path):
-    table, names = read_label_csv(_write(tmp_path, "file,findings\na.dcm,x|y\nb.dcm,normal\nc.dcm,y\n"))
-    assert names == ["x", "y"]
-    assert table[names].to_numpy().tolist() == [[1, 1], [0, 0], [0, 1]]
+    labels = read_target_labels(_write(tmp_path, "file,findings\na.dcm,x|y\nb.dcm,normal\nc.dcm,y\n"))
+    assert labels.names == ["x", "y"]
+    assert labels.labels.tolist() == [[1, 1], [0, 0], [0, 1]]
+
+
+def test_seed000_mapping_maps_subcategories_case_insensitively(tmp_path):
+    csv = _write(tmp_path, "file,findings\na.dcm,Aortic Arch Calcification|scoliosis\nb.dcm,aortic curvature\n"
+                           "c.dcm,normal\n")
+    labels = read_target_labels(csv, load_mapping("seed000_target"))
+    assert "heart pacemaker placement" not in labels.names and len(labels.names) == 7
+    frame = labels.frame.set_index("file")[labels.names]
+    assert frame.loc["a.dcm"][lambda r: r == 1].index.tolist() == ["aortic sclerosis/calcification", "spinal lesions"]
+    assert frame.loc["b.dcm"][lambda r: r == 1].index.tolist() == ["arterial curvature"]
+    assert frame.loc["c.dcm"].sum() == 0
+
+
+def test_an_image_whose_only_finding_is_discarded_is_dropped_or_kept_as_normal(tmp_path):
+    csv = _write(tmp_path, "file,findings\na.dcm,heart pacemaker placement\nb.dcm,heart pacemaker placement|scoliosis\n")
+    mapping = load_mapping("seed000_target")
+    dropped = read_target_labels(csv, mapping)
+    assert dropped.frame["file"].tolist() == ["b.dcm"] and dropped.stats["dropped_only_discarded"] == 1
+    kept = read_target_labels(csv, mapping, discarded_only="normal")
+    assert kept.frame["file"].tolist() == ["a.dcm", "b.dcm"] and kept.labels[0].sum() == 0
 
 
 def test_unknown_finding_names_file_row_and_name(tmp_path):
-    path = _write(tmp_path, "file,findings\na.dcm,x\nb.dcm,oops\n")
+    path = _write(tmp_path, "file,findings\na.dcm,scoliosis\nb.dcm,oops\n")
     with pytest.raises(DataPrepError, match=r"labels.csv: row 3: unknown finding 'oops'"):
-        read_label_csv(path, label_names=["x"])
+        read_target_labels(path, load_mapping("seed000_target"))
 
 
 def test_duplicate_file_rows_are_named(tmp_path):
-    with pytest.raises(DataPrepError, match=r"rows \[2, 3\]"):
-        read_label_csv(_write(tmp_path, "file,findings\na.dcm,x\na.dcm,normal\n"))
+    with pytest.raises(DataPrepError, match=r"file 'a.dcm' listed more than once, at rows \[2, 3\]"):
+        read_target_labels(_write(tmp_path, "file,findings\na.dcm,x\na.dcm,normal\n"))
 
 
 @pytest.mark.parametrize("content, message", [
-    ("", "empty"), ("name,findings\na,x\n", "no 'file' column"), ("file,findings\n", "no data rows"),
-    ("file,x\na.dcm,2\n", "row 2, column 'x': '2'; expected 0 or 1"),
+    ("", "empty"), ("name,findings\na,x\n", r"missing column\(s\) \['file'\]"), ("file,findings\n", "no data rows"),
+    ("file,x\na.dcm,2\n", "row 2, column 'x': '2'; expected 0, 1 or empty"),
+    ("file,findings\na.dcm,\n", "row 2: empty findings; write 'normal'"),
 ])
 def test_bad_csvs_get_a_clear_message(tmp_path, content, message):
     with pytest.raises(DataPrepError, match=message):
-        read_label_csv(_write(tmp_path, content))
+        read_target_labels(_write(tmp_path, content))
+
+
+def test_empty_cells_in_label_columns_are_masked(tmp_path):
+    labels = read_target_labels(_write(tmp_path, "file,x,y\na.dcm,1,\nb.dcm,0,1\n"))
+    assert np.isnan(labels.labels[0, 1]) and labels.labels[1].tolist() == [0, 1]
 
 
 def test_non_utf8_csv_is_refused(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("file,findings\nä.dcm,x\n".encode("latin-1"))
     with pytest.raises(DataPrepError, match="not UTF-8"):
-        read_label_csv(path)
+        read_target_labels(path)
 
 
 def _nih_labels():

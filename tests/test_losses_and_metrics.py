@@ -75,3 +75,12 @@ def test_class_without_positives_is_nan_and_left_out_of_the_macro_mean():
     m = multilabel_metrics(y, p)
     assert math.isnan(m["auc_per_class"][1]) and math.isnan(m["ap_per_class"][1])
     assert m["auc"] == 1.0 and m["n_defined"] == 1
+
+
+def test_masked_truth_is_left_out_of_every_metric():
+    y = np.array([[1, np.nan], [0, 1], [1, 0], [0, np.nan]])
+    p = np.array([[0.9, 0.9], [0.2, 0.8], [0.7, 0.9], [0.6, 0.1]])
+    m = multilabel_metrics(y, p)
+    assert m["auc_per_class"] == [1.0, 0.0]  # class 1 on its known rows 1, 2: positive 0.8 < negative 0.9
+    assert m["hamming"] == pytest.approx(2 / 6)  # (2,1) and (3,0) wrong among 6 known entries
+    assert m["exact_match"] == pytest.approx(2 / 4)

@@ -73,3 +73,19 @@ def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepa
     labels.to_csv(copy / "labels.csv", index=False)
     with pytest.raises(ValueError, match="outer fold 0: the inner validation split .* validation AUC is undefined"):
         fit(_config(copy), report=lambda m, s: None)
+
+
+def test_masked_labels_train_with_finite_losses(prepared_dir, tmp_path):
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    copy = tmp_path / "masked"
+    shutil.copytree(prepared_dir, copy)
+    labels = pd.read_csv(copy / "labels.csv")
+    labels.iloc[::3, 3] = np.nan  # a third of the first label unknown (e.g. CheXpert U-Ignore)
+    labels.to_csv(copy / "labels.csv", index=False)
+    for loss in ("bce", "weighted_bce", "batch_weighted_bce"):
+        final = fit(_config(copy, epochs=1, loss=loss), report=lambda m, s: None)
+        assert np.isfinite(final["train_loss"]) and np.isfinite(final["val_loss"]) and 0 <= final["val_auc"] <= 1

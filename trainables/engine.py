@@ -11,6 +11,15 @@ def _batch(images: torch.Tensor, idx: np.ndarray, device: torch.device) -> torch
     return images[torch.as_tensor(idx)].to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
 
 
+def targets_and_mask(labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """0/1 targets, and a 0/1 mask where labels are NaN (masked, e.g. CheXpert U-Ignore); None if none are."""
+    y = torch.as_tensor(labels, device=device)
+    known = ~torch.isnan(y)
+    if bool(known.all()):
+        return y, None
+    return torch.nan_to_num(y, nan=0.0), known.float()
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the learning rate is too high or the data is broken."""
 
@@ -23,8 +32,9 @@ def train_one_epoch(model, loss_fn, optimizer, images, labels, indices, batch_si
         idx = order[start:start + batch_size]
         if len(idx) < 2 and start > 0:  # a batch of one breaks batch norm; its image is seen next epoch
             continue
-        x, y = _batch(images, idx, device), torch.as_tensor(labels[idx], device=device)
-        loss = loss_fn(model(x), y)
+        x = _batch(images, idx, device)
+        y, mask = targets_and_mask(labels[idx], device)
+        loss = loss_fn(model(x), y, mask)
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(f"training loss is {loss.item()} at batch {start // batch_size}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

@@ -61,14 +61,15 @@ def _evaluate(model, data, images, indices, cfg, device, loss_fn) -> dict:
     truth = data.labels[indices]
     metrics = multilabel_metrics(truth, probs)
     logits = torch.as_tensor(probs, device=device).logit(eps=1e-6)  # loss weights live on `device`
-    metrics["loss"] = float(loss_fn(logits, torch.as_tensor(truth, device=device)))
+    metrics["loss"] = float(loss_fn(logits, *engine.targets_and_mask(truth, device)))
     return metrics
 
 
 def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitConfig) -> None:
     """Tuning needs a validation AUC: at least one label with positives and negatives."""
-    positives = data.labels[val_idx].sum(0)
-    if not ((positives > 0) & (positives < len(val_idx))).any():
+    labels = data.labels[val_idx]
+    positives, known = np.nansum(labels, axis=0), (~np.isnan(labels)).sum(axis=0)
+    if not ((positives > 0) & (positives < known)).any():
         raise ValueError(f"{data.root.name}, outer fold {cfg.outer_fold}: the inner validation split "
                          f"({len(val_idx)} images) has no label with both positive and negative images, so "
                          f"validation AUC is undefined; use a larger val_fraction or more data")

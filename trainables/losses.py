@@ -54,6 +54,6 @@ def make_loss(name: str, train_labels: np.ndarray, device: torch.device):
     if name == "batch_weighted_bce":
         return batch_weighted_bce
     if name == "weighted_bce":
-        pos_freq = torch.as_tensor(train_labels.mean(0), dtype=torch.float32, device=device)
+        pos_freq = torch.as_tensor(np.nanmean(train_labels, axis=0), dtype=torch.float32, device=device)
         return weighted_bce(pos_weight=1 - pos_freq, neg_weight=pos_freq)
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")

@@ -1,0 +1,99 @@
+"""NIH ChestX-ray14 labels (`Data_Entry_2017*.csv`): merges, view filter, undersampling.
+
+Seed 003's recipe is `SEED003`: Mass+Nodule -> Nodule, Infiltration+Consolidation+Pneumonia
+-> Consolidation, AP and PA only, images with no finding dropped, and the four most
+frequent labels undersampled. Everything is deterministic by seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.errors import DataPrepError
+from data_prep.labels import LabelSet, read_csv, refuse_duplicates
+
+NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
+              "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")
+NO_FINDING = "No Finding"
+COLUMNS = ["Image Index", "Finding Labels", "Patient ID", "View Position"]
+
+
+@dataclass(frozen=True)
+class NihOptions:
+    merges: dict[str, tuple[str, ...]] = field(default_factory=dict)  # new label -> NIH labels it replaces
+    views: tuple[str, ...] | None = None  # keep only these View Positions (None: all)
+    drop_no_finding: bool = False
+    undersample_top: int = 0  # undersample this many most frequent labels...
+    undersample_to: int = 0  # ...to at most this many images each
+    seed: int = 0
+
+
+SEED003 = NihOptions(
+    merges={"Nodule": ("Mass", "Nodule"), "Consolidation": ("Infiltration", "Consolidation", "Pneumonia")},
+    views=("AP", "PA"), drop_no_finding=True, undersample_top=4, undersample_to=4000,  # ~20,000 images left
+)
+
+
+def _parse(path: Path, table: pd.DataFrame) -> np.ndarray:
+    index = {n: k for k, n in enumerate(NIH_LABELS)}
+    labels = np.zeros((len(table), len(NIH_LABELS)), np.float32)
+    for i, value in enumerate(table["Finding Labels"]):
+        for name in (n.strip() for n in value.split("|")):
+            if name == NO_FINDING:
+                continue
+            if name not in index:
+                raise DataPrepError(f"{path}: row {i + 2}: unknown finding {name!r}; expected {NO_FINDING!r} "
+                                    f"or one of {list(NIH_LABELS)}")
+            labels[i, index[name]] = 1
+    return labels
+
+
+def _merge(labels: pd.DataFrame, merges: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+    for new, olds in merges.items():
+        unknown = [o for o in olds if o not in NIH_LABELS]
+        if unknown:
+            raise DataPrepError(f"merge into {new!r}: {unknown} are not NIH labels; expected any of {list(NIH_LABELS)}")
+    merged = labels.drop(columns=sorted({o for olds in merges.values() for o in olds}))
+    for new, olds in merges.items():
+        merged[new] = labels[list(olds)].max(axis=1)
+    return merged[sorted(merged.columns)]
+
+
+def undersample(labels: pd.DataFrame, top: int, to: int, seed: int) -> np.ndarray:
+    """Boolean keep-mask: for each of the `top` most frequent labels in turn, drop random
+    images carrying it until at most `to` remain. Dropping an image lowers its other labels too."""
+    keep = np.ones(len(labels), bool)
+    rng = np.random.default_rng(seed)
+    for name in labels.sum().sort_values(ascending=False, kind="stable").index[:top]:
+        carriers = np.flatnonzero(keep & (labels[name].to_numpy() == 1))
+        if len(carriers) > to:
+            keep[rng.choice(carriers, size=len(carriers) - to, replace=False)] = False
+    return keep
+
+
+def read_nih_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
+    table = read_csv(path, COLUMNS)
+    refuse_duplicates(path, table["Image Index"])
+    labels = pd.DataFrame(_parse(path, table), columns=list(NIH_LABELS))
+    stats = {"rows": len(table), "counts_raw": labels.sum().astype(int).to_dict()}
+    labels = _merge(labels, options.merges) if options.merges else labels
+    stats["counts_merged"] = labels.sum().astype(int).to_dict()
+    keep = np.ones(len(table), bool)
+    if options.views is not None:
+        keep &= table["View Position"].isin(options.views).to_numpy()
+    if options.drop_no_finding:
+        keep &= labels.to_numpy().max(axis=1) > 0
+    stats["after_filters"] = int(keep.sum())
+    if options.undersample_top:
+        kept = labels[keep].reset_index(drop=True)
+        keep[np.flatnonzero(keep)] = undersample(kept, options.undersample_top, options.undersample_to, options.seed)
+    frame = pd.DataFrame({"file": table["Image Index"], "patient": table["Patient ID"],
+                          "view": table["View Position"]})
+    names = list(labels.columns)
+    frame[names] = labels
+    frame = frame[keep].reset_index(drop=True)
+    stats.update(images=len(frame), counts_final=frame[names].sum().astype(int).to_dict())
+    return LabelSet(frame, names, stats)
