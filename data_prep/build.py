@@ -104,7 +104,7 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     kept, rejected = [], []
     images = np.lib.format.open_memmap(work / "images.tmp.npy", "w+", np.uint8, (len(table), params.size, params.size))
     label_matrix = table[names].to_numpy(np.float32)
-    for i, (rel, patient) in enumerate(zip(table["file"], table["patient"])):
+    for i, (row, rel, patient) in enumerate(zip(table["csv_row"], table["file"], table["patient"])):
         image_key = pseudonym("image", rel)
         try:
             pixels, patient_id = read_dicom(image_dir / rel)
@@ -112,7 +112,7 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
             if not patient:
                 raise ImageRejected("no PatientID in the file and no patient column in the CSV")
         except ImageRejected as exc:
-            rejected.append({"csv_row": i + 2, "image_key": image_key, "reason": str(exc)})
+            rejected.append({"csv_row": int(row), "image_key": image_key, "reason": str(exc)})
             continue
         images[len(kept)] = _resize(pixels, params.size)
         kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
@@ -138,16 +138,24 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
-    parser.add_argument("image_dir", type=Path)
-    parser.add_argument("labels_csv", type=Path)
+    parser.add_argument("kind", choices=("target",), help="source kind (nih and chexpert images: not yet)")
+    parser.add_argument("--dicom-dir", type=Path, required=True, help="folder the CSV's `file` paths are relative to")
+    parser.add_argument("--labels", type=Path, required=True, help="label CSV (file, findings or 0/1 columns)")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
-    parser.add_argument("--name", default="target")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--name", default="target", help="name prefix of the output directory")
+    parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
+    parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mapping", default=DEFAULT_TARGET_MAPPING,
+                        help=f"finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING}); 'none': "
+                             "the findings seen are the labels")
+    parser.add_argument("--discarded-only", choices=("drop", "normal"), default="drop",
+                        help="an image whose only findings are discarded classes is dropped (default) or normal")
     args = parser.parse_args(argv)
+    params = BuildParams(args.size, args.folds, args.seed, None if args.mapping == "none" else args.mapping,
+                         args.discarded_only)
     try:
-        out = build(args.image_dir, args.labels_csv, args.out, BuildParams(args.size, args.folds, args.seed), args.name)
+        out = build(args.dicom_dir, args.labels, args.out, params, args.name)
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,7 +67,7 @@ def read_chexpert_labels(path: Path, options: ChexpertOptions = ChexpertOptions(
         row = int(np.flatnonzero(patients.isna())[0]) + 2
         raise DataPrepError(f"{path}: row {row}: no 'patientNNNNN' in Path {table['Path'].iloc[row - 2]!r}")
     frontal = table["Frontal/Lateral"].str.strip() == "Frontal"
-    frame = pd.DataFrame({"file": table["Path"], "patient": patients,
+    frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["Path"], "patient": patients,
                           "view": np.where(frontal, table["AP/PA"].str.strip(), "LATERAL")})
     for label in options.labels:
         frame[label] = _values(path, table, label, options)

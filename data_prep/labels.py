@@ -1,6 +1,6 @@
 """Label tables of the three source kinds, in one shape, and `python -m data_prep.labels`.
 
-Every reader returns a LabelSet: a frame with `file` (path relative to the image root),
+Every reader returns a LabelSet: a frame with `csv_row` (the row in the source CSV), `file` (path relative to the image root),
 `patient` (raw ID, '' if it must come from the DICOM header), `view` ('' if unknown) and
 one float column per label (1, 0, or NaN = masked: unknown for this image), plus the
 label names and counts for the manifest. Raw IDs never leave data_prep: the CLI and the
@@ -26,7 +26,7 @@ DEFAULT_TARGET_MAPPING = "seed000_target"
 
 @dataclass
 class LabelSet:
-    frame: pd.DataFrame  # file, patient, view, <labels...>
+    frame: pd.DataFrame  # csv_row (in the source CSV, header = 1), file, patient, view, <labels...>
     names: list[str]
     stats: dict = field(default_factory=dict)
 
@@ -121,7 +121,8 @@ def read_target_labels(path: Path, mapping: TargetMapping | None = None, discard
     else:
         names = mapping.names if mapping else [c for c in table.columns if c not in ("file", "patient", "view")]
         labels, dropped = _from_columns(path, table, names), np.zeros(len(table), bool)
-    frame = pd.DataFrame({"file": table["file"], "patient": table.get("patient", ""), "view": table.get("view", "")})
+    frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["file"],
+                          "patient": table.get("patient", ""), "view": table.get("view", "")})
     frame[names] = labels
     frame = frame[~dropped].reset_index(drop=True)
     return LabelSet(frame, names, {"rows": len(table), "dropped_only_discarded": int(dropped.sum())})
@@ -171,7 +172,7 @@ def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
     """The labels.csv of a prepared data set: image_key, patient_key, view, labels (NaN = masked)."""
     frame = label_set.frame
     if (frame["patient"] == "").any():
-        row = int(np.flatnonzero(frame["patient"] == "")[0]) + 2
+        row = frame["csv_row"][frame["patient"] == ""].iloc[0]
         raise DataPrepError(f"row {row}: no patient; add a 'patient' column or pass the DICOM folder "
                             f"(--dicom-dir) so the PatientID can be read")
     out = pd.DataFrame({"image_key": [pseudonym("image", f) for f in frame["file"]],

@@ -90,7 +90,7 @@ def read_nih_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
     if options.undersample_top:
         kept = labels[keep].reset_index(drop=True)
         keep[np.flatnonzero(keep)] = undersample(kept, options.undersample_top, options.undersample_to, options.seed)
-    frame = pd.DataFrame({"file": table["Image Index"], "patient": table["Patient ID"],
+    frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["Image Index"], "patient": table["Patient ID"],
                           "view": table["View Position"]})
     names = list(labels.columns)
     frame[names] = labels

@@ -63,6 +63,22 @@ def _draw_pleural_thickening(img, y, x, rng, anatomy):
         img[edge & (y > 0.35)] = 0.75
 
 
+def _draw_tortuous_aorta(img, y, x, rng, anatomy):
+    """Arterial curvature: a wavy bright descending aorta left of the spine."""
+    amplitude, phase = rng.uniform(0.025, 0.04), rng.uniform(0, 2 * np.pi)
+    centre = 0.43 + amplitude * np.sin((y - 0.35) * 4 * np.pi + phase)
+    img[(np.abs(x - centre) < 0.012) & (y > 0.35) & (y < 0.8)] = 0.75
+
+
+def _draw_pacemaker(img, y, x, rng, anatomy):
+    """A dense generator box below the left clavicle with a lead into the heart."""
+    cy, cx = rng.uniform(0.18, 0.24), rng.uniform(0.68, 0.78)
+    img[(np.abs(y - cy) < 0.03) & (np.abs(x - cx) < 0.045)] = 1.0
+    t = np.clip((y - cy) / (0.62 - cy), 0, 1)
+    lead = np.abs(x - (cx + (0.56 - cx) * t)) < 0.006
+    img[lead & (y > cy) & (y < 0.62)] = 0.95
+
+
 def _draw_scoliosis(img, y, x, rng, anatomy):
     anatomy["spine_curve"] = rng.choice([-1, 1]) * rng.uniform(0.05, 0.08)
 
@@ -76,6 +92,9 @@ PHANTOM_SETS: dict[str, dict[str, object]] = {
         "increased lung patterns": _draw_lung_patterns,
         "spinal lesions": _draw_scoliosis,
         "abnormal lung fields": _draw_nodules,
+        "arterial curvature": _draw_tortuous_aorta,
+        "intercostal pleural thickening": _draw_pleural_thickening,
+        "heart pacemaker placement": _draw_pacemaker,  # discarded by the seed 000 mapping
     },
     "nih": {
         "Cardiomegaly": _draw_big_heart,

@@ -23,7 +23,9 @@ def test_layout_matches_the_contract(prepared_dir, phantom_dir):
     folds = pd.read_csv(prepared_dir / "folds.csv")
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     source = pd.read_csv(phantom_dir / "labels.csv")
-    assert images.dtype == np.uint8 and images.shape == (len(source), 32, 32)
+    only_pacemaker = (source["findings"] == "heart pacemaker placement").sum()
+    assert manifest["label_stats"]["dropped_only_discarded"] == only_pacemaker
+    assert images.dtype == np.uint8 and images.shape == (len(source) - only_pacemaker, 32, 32)
     assert list(labels.columns[:3]) == ["image_key", "patient_key", "view"]
     assert list(labels.columns[3:]) == manifest["label_names"]
     assert folds["image_key"].tolist() == labels["image_key"].tolist()
@@ -44,14 +46,18 @@ def test_a_corrupt_file_is_quarantined_and_the_build_goes_on(phantom_dir, tmp_pa
     copy = tmp_path / "src"
     shutil.copytree(phantom_dir, copy)
     table = pd.read_csv(copy / "labels.csv")
-    victim = copy / table["file"][3]
+    table = pd.concat([table[table["findings"] == "heart pacemaker placement"], table]).drop_duplicates("file")
+    table.to_csv(copy / "labels.csv", index=False)  # dropped rows first: csv_row must still be the CSV's row
+    dropped = int((table["findings"] == "heart pacemaker placement").sum())
+    victim = copy / table["file"].iloc[dropped + 3]
     ds = pydicom.dcmread(victim)
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(victim)
     out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=3), **QUIET)
     rejected = pd.read_csv(out / "rejected.csv")
-    assert rejected["csv_row"].tolist() == [5] and "PixelData holds 100 bytes" in rejected["reason"][0]
-    assert PreparedDataset(out).images.shape[0] == len(table) - 1
+    assert dropped >= 1
+    assert rejected["csv_row"].tolist() == [dropped + 5] and "PixelData holds 100 bytes" in rejected["reason"][0]
+    assert PreparedDataset(out).images.shape[0] == len(table) - dropped - 1
 
 
 def test_a_set_with_every_image_rejected_is_an_error(tmp_path):
@@ -72,3 +78,19 @@ def test_no_identifier_from_the_dicom_headers_or_paths_reaches_the_output(prepar
         text = output.read_bytes().decode("latin-1")
         found = [p for p in planted if p in text]
         assert not found, f"{output.name} contains {found[:3]}"
+
+
+def test_build_cli_builds_a_target_and_refuses_a_bad_mapping(phantom_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [sys.executable, "-m", "data_prep.build", "target", "--dicom-dir", str(phantom_dir), "--labels",
+            str(phantom_dir / "labels.csv"), "--out", str(tmp_path), "--size", "32", "--folds", "3"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    dataset = PreparedDataset(proc.stdout.strip().splitlines()[-1])
+    assert len(dataset.label_names) == 7 and dataset.manifest["params"]["mapping"] == "seed000_target"
+    bad = subprocess.run(args + ["--mapping", str(tmp_path / "nope.toml")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "mapping file" in bad.stderr and "does not exist" in bad.stderr

@@ -7,7 +7,7 @@ import pytest
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from data_prep.errors import DataPrepError
-from data_prep.folds import inner_split, patient_folds
+from data_prep.folds import holdout_split, inner_split, patient_folds
 from data_prep.labels import load_mapping, read_target_labels
 from tests.conftest import FIXTURES
 
@@ -119,3 +119,33 @@ def test_inner_split_is_patient_grouped_and_inside_the_training_part():
 def test_too_few_patients_for_the_folds_is_an_error():
     with pytest.raises(DataPrepError, match="2 patients cannot fill 3 folds"):
         patient_folds(["a", "a", "b"], np.array([[1], [0], [1]]), k=3, seed=0)
+
+
+def test_holdout_split_60_20_20_on_real_nih_table_is_patient_grouped():
+    patients, labels = _nih_labels()
+    split = holdout_split(patients, labels, (0.6, 0.2, 0.2), seed=0)
+    shares = {s: (split == s).mean() for s in ("train", "val", "test")}
+    assert shares["train"] == pytest.approx(0.6, abs=0.05) and shares["test"] == pytest.approx(0.2, abs=0.05)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(patients[split == a]) & set(patients[split == b])
+    assert (holdout_split(patients, labels, (0.6, 0.2, 0.2), seed=0) == split).all()
+
+
+def test_folds_cli_writes_folds_and_holdout(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    patients, labels = _nih_labels()
+    table = pd.DataFrame(labels, columns=[f"l{k}" for k in range(labels.shape[1])])
+    table.insert(0, "patient_key", patients)
+    table.insert(0, "image_key", [f"i{n}" for n in range(len(table))])
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    for extra, column in ((["--k", "3"], "fold"), (["--holdout", "60/20/20"], "split")):
+        proc = subprocess.run([sys.executable, "-m", "data_prep.folds", str(tmp_path / "labels.csv"), *extra,
+                               "--out", str(tmp_path / "out.csv")], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        out = pd.read_csv(tmp_path / "out.csv")
+        assert list(out.columns) == ["image_key", column] and len(out) == len(table)
+        assert out.groupby(pd.Series(patients))[column].nunique().max() == 1
