@@ -1,8 +1,10 @@
 """Decode one DICOM radiograph to a float image in [0, 1] where bright means dense.
 
-Order (PS3.4 grayscale pipeline): Modality LUT -> VOI LUT (first window, else the full
-BitsStored range) -> "bright = dense" made exactly once (MONOCHROME1). pydicom does not
-check that the pixel data fits the header, so we do, before trusting any pixel
+Order (PS3.4 grayscale pipeline): Modality LUT (rescale or LUT sequence) -> VOI LUT (LUT
+sequence, else the first window, else the full range of the modality output) -> "bright =
+dense" made exactly once: MONOCHROME1 and Presentation LUT Shape INVERSE say the same thing
+(low value = white), and files often carry both. RGB becomes grey by luminance. pydicom
+does not check that the pixel data fits the header, so we do, before trusting any pixel
 (DESIGN.md "things known to bite").
 """
 from __future__ import annotations
@@ -11,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
 from data_prep.errors import ImageRejected
 
-SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB")
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, as PIL's convert("L")
 MAX_SIDE = 16384
 
 
@@ -31,9 +35,12 @@ def read_dicom(path: Path) -> tuple[np.ndarray, str | None]:
     except Exception as exc:
         raise ImageRejected(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     _validate_values(ds, stored)
-    image = _to_unit_range(ds, stored)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        image = 1.0 - image
+    if ds.PhotometricInterpretation == "RGB":
+        image = (stored.astype(np.float64) @ LUMA) / (2 ** int(ds.BitsStored) - 1)
+    else:
+        image = _grey_to_unit(ds, stored)
+        if _inverted(ds):
+            image = 1.0 - image
     patient_id = str(ds.PatientID) if "PatientID" in ds and str(ds.PatientID).strip() else None
     return image.astype(np.float32), patient_id
 
@@ -52,11 +59,16 @@ def _validate_header(ds) -> None:
     allocated, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
     if allocated not in (8, 16) or not 1 <= stored <= allocated:
         raise ImageRejected(f"BitsAllocated {allocated} / BitsStored {stored}; expected 8 or 16 / 1..BitsAllocated")
-    for lut in ("ModalityLUTSequence", "VOILUTSequence"):
-        if lut in ds:  # their output ranges differ from the window's; not decoded yet (issue 3)
-            raise ImageRejected(f"{lut} present; only rescale and window transforms are supported")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples != (3 if photometric == "RGB" else 1):
+        raise ImageRejected(f"SamplesPerPixel {samples} with {photometric}; expected 3 for RGB, 1 for monochrome")
+    if "WindowWidth" in ds and "VOILUTSequence" not in ds and _first(ds.WindowWidth) < 1:
+        raise ImageRejected(f"WindowWidth {_first(ds.WindowWidth)}; a window must be at least 1 wide")
+    shape = str(ds.get("PresentationLUTShape", "IDENTITY")).strip().upper()
+    if shape not in ("IDENTITY", "INVERSE"):
+        raise ImageRejected(f"PresentationLUTShape {shape!r}; expected IDENTITY or INVERSE")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
-        expected = rows * cols * allocated // 8
+        expected = rows * cols * samples * allocated // 8
         actual = len(ds.PixelData)
         if actual not in (expected, expected + 1):  # one pad byte keeps the value length even
             raise ImageRejected(f"PixelData holds {actual} bytes; {rows}x{cols}x{allocated} bits needs {expected}")
@@ -77,20 +89,43 @@ def _validate_values(ds, stored: np.ndarray) -> None:
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         dtype = np.dtype(f"{'<' if ds.file_meta.TransferSyntaxUID.is_little_endian else '>'}"
                          f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
-        values = np.frombuffer(ds.PixelData, dtype=dtype, count=int(ds.Rows) * int(ds.Columns))
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+        values = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
     vmin, vmax = int(values.min()), int(values.max())
     if vmin < low or vmax > high:
         raise ImageRejected(f"pixel values {vmin}..{vmax} outside BitsStored={ds.BitsStored} range {low}..{high}")
 
 
-def _to_unit_range(ds, stored: np.ndarray) -> np.ndarray:
-    """Modality LUT then VOI LUT, scaled to [0, 1] by the range the VOI output lives in."""
-    values = apply_modality_lut(stored, ds)
+def _first(value) -> float:
+    """The first of a multi-valued element (window centre/width), as a float."""
+    return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """The range of the Modality LUT's output: the LUT's entry bits, or the rescaled stored range."""
+    if "ModalityLUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     low, high = map(float, _stored_range(ds))
     if "RescaleSlope" in ds and "RescaleIntercept" in ds:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         low, high = sorted((low * slope + intercept, high * slope + intercept))
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        values = apply_voi_lut(values, ds, index=0)  # maps into [low, high]
+    return low, high
+
+
+def _grey_to_unit(ds, stored: np.ndarray) -> np.ndarray:
+    """Modality LUT then VOI LUT, scaled to [0, 1] by the range the last step's output lives in."""
+    values = apply_modality_lut(stored, ds)
+    low, high = _modality_range(ds)
+    if "VOILUTSequence" in ds:
+        values = apply_voi(values, ds, index=0)
+        low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_windowing(values, ds, index=0)  # first window; output spans [low, high]
     image = (np.asarray(values, dtype=np.float64) - low) / max(high - low, 1e-12)
     return np.clip(image, 0.0, 1.0)
+
+
+def _inverted(ds) -> bool:
+    """Low value = white: said by MONOCHROME1 or by Presentation LUT Shape INVERSE (or both: once)."""
+    shape = str(ds.get("PresentationLUTShape", "IDENTITY")).strip().upper()
+    return ds.PhotometricInterpretation == "MONOCHROME1" or shape == "INVERSE"

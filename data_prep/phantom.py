@@ -147,6 +147,7 @@ def _write_dicom(path: Path, density: np.ndarray, patient: dict, rng: np.random.
     ds.StudyDate = f"20{rng.integers(15, 21)}0{rng.integers(1, 9)}1{rng.integers(0, 9)}"
     ds.Rows, ds.Columns = density.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.PresentationLUTShape = "INVERSE"  # as in the seed's files: says the same as MONOCHROME1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     ds.WindowCenter, ds.WindowWidth = 2048, 4096

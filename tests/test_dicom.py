@@ -29,6 +29,7 @@ def test_monochrome1_phantom_decodes_bright_where_dense(phantom_dir):
 def test_same_pixels_as_monochrome2_decode_inverted(phantom_dir, tmp_path):
     ds = pydicom.dcmread(_first_dicom(phantom_dir))
     ds.PhotometricInterpretation = "MONOCHROME2"
+    del ds.PresentationLUTShape  # IDENTITY: no inversion at all
     ds.save_as(tmp_path / "m2.dcm")
     mono1, _ = read_dicom(_first_dicom(phantom_dir))
     mono2, _ = read_dicom(tmp_path / "m2.dcm")
@@ -69,3 +70,123 @@ def test_real_signed_rescaled_file_maps_the_full_stored_range_to_unit(tmp_path):
     low, high = -(2**15) * slope + intercept, (2**15 - 1) * slope + intercept
     expected = (ds.pixel_array * slope + intercept - low) / (high - low)
     np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def _variant(phantom_dir: Path, tmp_path: Path, name: str, change) -> Path:
+    ds = pydicom.dcmread(_first_dicom(phantom_dir))
+    change(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path)
+    return path
+
+
+def _without_inverse(ds):
+    del ds.PresentationLUTShape
+
+
+def test_monochrome1_with_inverse_is_inverted_once(phantom_dir, tmp_path):
+    both, _ = read_dicom(_first_dicom(phantom_dir))  # MONOCHROME1 + INVERSE, like the seed's files
+    only_mono1, _ = read_dicom(_variant(phantom_dir, tmp_path, "m1", _without_inverse))
+    np.testing.assert_allclose(both, only_mono1)
+
+
+def test_monochrome2_with_inverse_equals_monochrome1(phantom_dir, tmp_path):
+    def mono2_inverse(ds):
+        ds.PhotometricInterpretation = "MONOCHROME2"
+
+    np.testing.assert_allclose(read_dicom(_variant(phantom_dir, tmp_path, "m2i", mono2_inverse))[0],
+                               read_dicom(_first_dicom(phantom_dir))[0], atol=1e-6)
+
+
+def test_voi_lut_sequence_is_applied_with_its_own_output_range(phantom_dir, tmp_path):
+    """A 4096-entry VOI LUT that squares the normalised input: the output must be that square."""
+    from pydicom.dataset import Dataset
+
+    def voi_square(ds):
+        del ds.WindowCenter, ds.WindowWidth
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.LUTData = np.round((np.arange(4096) / 4095) ** 2 * 65535).astype("<u2").tobytes()  # OW
+        ds.VOILUTSequence = [item]
+
+    stored = pydicom.dcmread(_first_dicom(phantom_dir)).pixel_array / 4095
+    image, _ = read_dicom(_variant(phantom_dir, tmp_path, "voi", voi_square))
+    np.testing.assert_allclose(image, 1.0 - stored**2, atol=1e-4)  # then MONOCHROME1 inversion
+
+
+def test_first_of_several_windows_is_used(phantom_dir, tmp_path):
+    def two_windows(ds):
+        ds.WindowCenter, ds.WindowWidth = [1024, 2048], [1024, 4096]
+
+    stored = pydicom.dcmread(_first_dicom(phantom_dir)).pixel_array.astype(float)
+    image, _ = read_dicom(_variant(phantom_dir, tmp_path, "win", two_windows))
+    expected = np.clip(((stored - 1024) / 1024 + 0.5), 0, 1)  # centre 1024, width 1024 (pydicom LINEAR ~)
+    np.testing.assert_allclose(image, 1.0 - expected, atol=2e-3)
+
+
+def test_rgb_becomes_luminance_grey(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.PatientID = meta, "X"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 8, 3, "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+    ds.PixelData = rgb.tobytes()
+    pydicom.dcmwrite(tmp_path / "rgb.dcm", ds, enforce_file_format=True)
+    image, _ = read_dicom(tmp_path / "rgb.dcm")
+    np.testing.assert_allclose(image, (rgb @ np.array([0.299, 0.587, 0.114])) / 255, atol=1e-6)
+
+
+def _header_only(ds):
+    del ds.PixelData
+
+
+def _extra_bytes(ds):
+    ds.PixelData = ds.PixelData + b"\x00\x01" * 64
+
+
+def _multi_frame(ds):
+    ds.NumberOfFrames = 2
+
+
+def _signed_mismatch(ds):
+    ds.PixelRepresentation = 1  # 12-bit signed holds -2048..2047; the data go up to 4095
+
+
+def _window_zero(ds):
+    ds.WindowWidth = 0
+
+
+def _palette(ds):
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+
+
+def _bits_stored_too_small(ds):
+    ds.BitsStored, ds.HighBit = 8, 7  # values above 255 must not be masked silently
+
+
+@pytest.mark.parametrize("change, reason", [
+    (_header_only, "no PixelData"), (_extra_bytes, "PixelData holds"), (_multi_frame, "NumberOfFrames 2"),
+    (_signed_mismatch, "outside BitsStored=12 range -2048..2047"), (_window_zero, "WindowWidth 0"),
+    (_palette, "PhotometricInterpretation 'PALETTE COLOR'"), (_bits_stored_too_small, "outside BitsStored=8"),
+])
+def test_bad_files_are_rejected_with_their_reason(phantom_dir, tmp_path, change, reason):
+    path = _variant(phantom_dir, tmp_path, change.__name__, change)
+    with pytest.raises(ImageRejected, match=reason):
+        read_dicom(path)
+
+
+def test_compressed_syntax_without_a_decoder_is_rejected(phantom_dir, tmp_path):
+    from pydicom.encaps import encapsulate
+
+    def jpeg2000(ds):
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000, no decoder installed here
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 32])
+
+    with pytest.raises(ImageRejected, match="pixel data cannot be decoded"):
+        read_dicom(_variant(phantom_dir, tmp_path, "j2k", jpeg2000))
