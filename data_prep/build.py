@@ -14,16 +14,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+import cv2
+from tqdm import tqdm
 
 from data_prep.dicom import read_dicom
 from data_prep.errors import DataPrepError, ImageRejected
@@ -32,6 +35,7 @@ from data_prep.labels import DEFAULT_TARGET_MAPPING, load_mapping, read_target_l
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
+PARALLEL_MIN_IMAGES = 64  # below this, worker start-up costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ class BuildParams:
     seed: int = 0
     mapping: str | None = DEFAULT_TARGET_MAPPING  # None: the label names are the findings seen
     discarded_only: str = "drop"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
+
+
+def _hashed(params: BuildParams) -> dict:
+    """Parameters that change the output (the worker count does not)."""
+    return {k: v for k, v in asdict(params).items() if k != "workers"}
 
 
 def _sha256_file(path: Path) -> str:
@@ -61,8 +71,15 @@ def input_hashes(image_dir: Path, table: pd.DataFrame, labels_csv: Path) -> dict
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    resized = Image.fromarray(image, mode="F").resize((size, size), Image.Resampling.BILINEAR)
-    return np.clip(np.round(np.asarray(resized) * 255.0), 0, 255).astype(np.uint8)
+    """Area averaging when shrinking (antialiased, 2x faster than PIL's bilinear here), linear
+    when growing; then 8-bit."""
+    shrinking = image.shape[0] >= size and image.shape[1] >= size
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+def _one_thread_per_worker() -> None:
+    cv2.setNumThreads(1)  # the pool already uses every core
 
 
 def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
@@ -77,7 +94,7 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
-        "params": {**asdict(params), "label_names": names, "key_id": pseudonym.key_id,
+        "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id,
                    "mapping_table": asdict(mapping) if mapping else None},
         "label_stats": label_set.stats,
         "inputs": input_hashes(image_dir, table, labels_csv),
@@ -100,24 +117,46 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     return out_dir
 
 
+def decode_and_resize(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(uint8 size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
+    only the small result crosses the process boundary, so memory stays bounded."""
+    try:
+        pixels, patient_id = read_dicom(path)
+    except ImageRejected as exc:
+        return None, None, str(exc)
+    return _resize(pixels, size), patient_id, None
+
+
+def decoded(paths: list[Path], size: int, workers: int):
+    """decode_and_resize over `paths`, in order, on `workers` processes (in-process for small jobs)."""
+    if workers <= 1 or len(paths) < PARALLEL_MIN_IMAGES:
+        yield from (decode_and_resize(p, size) for p in paths)
+        return
+    # spawn, not fork: the caller may hold threads (torch, Ray) that fork would copy half-way
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread_per_worker) as pool:
+        yield from pool.map(decode_and_resize, paths, [size] * len(paths), chunksize=4)
+
+
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
     kept, rejected = [], []
     images = np.lib.format.open_memmap(work / "images.tmp.npy", "w+", np.uint8, (len(table), params.size, params.size))
     label_matrix = table[names].to_numpy(np.float32)
-    for i, (row, rel, patient) in enumerate(zip(table["csv_row"], table["file"], table["patient"])):
-        image_key = pseudonym("image", rel)
-        try:
-            pixels, patient_id = read_dicom(image_dir / rel)
-            patient = patient or patient_id
-            if not patient:
-                raise ImageRejected("no PatientID in the file and no patient column in the CSV")
-        except ImageRejected as exc:
-            rejected.append({"csv_row": int(row), "image_key": image_key, "reason": str(exc)})
+    paths = [image_dir / rel for rel in table["file"]]
+    results = tqdm(decoded(paths, params.size, params.workers), total=len(paths), desc="decode", unit="img",
+                   disable=None, file=sys.stderr)
+    for i, (pixels, patient_id, reason) in enumerate(results):
+        image_key = pseudonym("image", table["file"][i])
+        patient = table["patient"][i] or patient_id
+        if reason is None and not patient:
+            reason = "no PatientID in the file and no patient column in the CSV"
+        if reason is not None:
+            rejected.append({"csv_row": int(table["csv_row"][i]), "image_key": image_key, "reason": reason})
             continue
-        images[len(kept)] = _resize(pixels, params.size)
+        images[len(kept)] = pixels
         kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
                      **dict(zip(names, label_matrix[i]))})
-        if (i + 1) % 500 == 0:
+        if (i + 1) % 1000 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
     if not kept:
         raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
@@ -146,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
     parser.add_argument("--mapping", default=DEFAULT_TARGET_MAPPING,
                         help=f"finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING}); 'none': "
                              "the findings seen are the labels")
@@ -153,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an image whose only findings are discarded classes is dropped (default) or normal")
     args = parser.parse_args(argv)
     params = BuildParams(args.size, args.folds, args.seed, None if args.mapping == "none" else args.mapping,
-                         args.discarded_only)
+                         args.discarded_only, workers=args.workers)
     try:
         out = build(args.dicom_dir, args.labels, args.out, params, args.name)
     except DataPrepError as exc:

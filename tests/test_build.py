@@ -94,3 +94,17 @@ def test_build_cli_builds_a_target_and_refuses_a_bad_mapping(phantom_dir, tmp_pa
     assert len(dataset.label_names) == 7 and dataset.manifest["params"]["mapping"] == "seed000_target"
     bad = subprocess.run(args + ["--mapping", str(tmp_path / "nope.toml")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "mapping file" in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
+    from data_prep.build import PARALLEL_MIN_IMAGES
+    from data_prep.phantom import make_phantom_set
+
+    raw = tmp_path / "raw"
+    make_phantom_set(raw, n_patients=40, size=48, seed=5)
+    assert len(pd.read_csv(raw / "labels.csv")) >= PARALLEL_MIN_IMAGES  # so the process pool is used
+    serial = build(raw, raw / "labels.csv", tmp_path / "a", BuildParams(size=32, folds=3, workers=1), **QUIET)
+    parallel = build(raw, raw / "labels.csv", tmp_path / "b", BuildParams(size=32, folds=3, workers=2), **QUIET)
+    assert serial.name == parallel.name  # the worker count is not part of the content address
+    for name in ("images.npy", "labels.csv", "folds.csv", "rejected.csv"):
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name

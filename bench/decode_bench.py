@@ -1,0 +1,69 @@
+"""Decode + resize throughput of full-size 12-bit DICOM radiographs (issue 3's target: at least
+100 images/s per core for uncompressed input, scaling with cores).
+
+    python bench/decode_bench.py [--n 48] [--rows 2500] [--cols 2048] [--size 512] [--workers 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from data_prep.build import decoded  # noqa: E402
+from data_prep.phantom import PHANTOM_SETS, _write_dicom, render  # noqa: E402
+
+
+def make_files(directory: Path, n: int, rows: int, cols: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    side = max(rows, cols)
+    base = render(["cardiac hypertrophy"], PHANTOM_SETS["target"], side, rng)[:rows, :cols]
+    paths = []
+    for i in range(n):
+        noisy = np.clip(base + rng.normal(0, 0.01, base.shape), 0, 1)
+        path = directory / f"{i}.dcm"
+        _write_dicom(path, noisy, {"name": "BENCH^X", "id": f"B{i}", "birth_date": "19700101", "sex": "F"}, rng)
+        paths.append(path)
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=48)
+    parser.add_argument("--rows", type=int, default=2500)
+    parser.add_argument("--cols", type=int, default=2048)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_files(Path(tmp), args.n, args.rows, args.cols)
+        mb = sum(p.stat().st_size for p in paths) / 1e6
+        os.sync()  # no write-back competing with the timed reads
+        for path in paths:  # measure decoding, not the disk: every file in the page cache
+            path.read_bytes()
+        print(f"{args.n} files of {args.rows}x{args.cols} 12-bit ({mb:.0f} MB), to {args.size} px; "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+        for workers in args.workers:
+            list(decoded(paths[:2], args.size, 1))  # warm the page cache and imports
+            started = time.perf_counter()
+            results, first = [], None
+            for result in decoded(paths, args.size, workers):
+                first = first or time.perf_counter()
+                results.append(result)
+            total = time.perf_counter() - started
+            steady = (args.n - 1) / (time.perf_counter() - first)  # after start-up (process spawn, imports)
+            assert all(r[2] is None for r in results), [r[2] for r in results if r[2]][:1]
+            print(f"workers={workers}: {steady:.1f} images/s steady ({steady / workers:.1f} per worker); "
+                  f"{args.n / total:.1f} images/s including {first - started:.2f} s start-up")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
