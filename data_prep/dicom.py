@@ -131,6 +131,8 @@ def _grey_to_unit(ds, stored: np.ndarray) -> np.ndarray:
     values = apply_modality_lut(stored, ds)
     low, high = _modality_range(ds)
     if "VOILUTSequence" in ds:
+        if np.array_equal(values, np.round(values)):  # a rescale gives floats; LUT entries are indexed by integers
+            values = np.asarray(values).astype(np.int64)
         values = apply_voi(values, ds, index=0)
         low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
