@@ -28,10 +28,10 @@ import pandas as pd
 import cv2
 from tqdm import tqdm
 
-from data_prep.dicom import read_dicom
+from data_prep.dicom import read_image
 from data_prep.errors import DataPrepError, ImageRejected
 from data_prep.folds import patient_folds
-from data_prep.labels import DEFAULT_TARGET_MAPPING, load_mapping, read_target_labels
+from data_prep.labels import KINDS, SourceOptions, add_source_options, load_mapping, read_labels
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
@@ -43,14 +43,13 @@ class BuildParams:
     size: int = 512
     folds: int = 5
     seed: int = 0
-    mapping: str | None = DEFAULT_TARGET_MAPPING  # None: the label names are the findings seen
-    discarded_only: str = "drop"
+    source: SourceOptions = SourceOptions()
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
 
 
 def _hashed(params: BuildParams) -> dict:
     """Parameters that change the output (the worker count does not)."""
-    return {k: v for k, v in asdict(params).items() if k != "workers"}
+    return {"size": params.size, "folds": params.folds, "seed": params.seed, "source": params.source.hashed()}
 
 
 def _sha256_file(path: Path) -> str:
@@ -88,14 +87,14 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
     if not image_dir.is_dir():
         raise DataPrepError(f"image folder {image_dir} does not exist")
-    mapping = load_mapping(params.mapping) if params.mapping else None
-    label_set = read_target_labels(labels_csv, mapping, params.discarded_only)
+    label_set = read_labels(labels_csv, params.source)
     table, names = label_set.frame, label_set.names
     pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
-        "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id,
-                   "mapping_table": asdict(mapping) if mapping else None},
+        "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id},
+        "mapping_table": asdict(load_mapping(params.source.mapping))
+        if params.source.kind == "target" and params.source.mapping else None,
         "label_stats": label_set.stats,
         "inputs": input_hashes(image_dir, table, labels_csv),
     }
@@ -121,7 +120,7 @@ def decode_and_resize(path: Path, size: int) -> tuple[np.ndarray | None, str | N
     """(uint8 size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
     only the small result crosses the process boundary, so memory stays bounded."""
     try:
-        pixels, patient_id = read_dicom(path)
+        pixels, patient_id = read_image(path)
     except ImageRejected as exc:
         return None, None, str(exc)
     return _resize(pixels, size), patient_id, None
@@ -177,25 +176,21 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=("target",), help="source kind (nih and chexpert images: not yet)")
-    parser.add_argument("--dicom-dir", type=Path, required=True, help="folder the CSV's `file` paths are relative to")
-    parser.add_argument("--labels", type=Path, required=True, help="label CSV (file, findings or 0/1 columns)")
+    parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG)")
+    parser.add_argument("--images", "--dicom-dir", dest="images", type=Path, required=True,
+                        help="folder the label table's image paths are relative to")
+    parser.add_argument("--labels", type=Path, required=True,
+                        help="label table: target CSV, NIH Data_Entry_2017*.csv, or CheXpert train.csv")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
-    parser.add_argument("--name", default="target", help="name prefix of the output directory")
+    parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
-    parser.add_argument("--mapping", default=DEFAULT_TARGET_MAPPING,
-                        help=f"finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING}); 'none': "
-                             "the findings seen are the labels")
-    parser.add_argument("--discarded-only", choices=("drop", "normal"), default="drop",
-                        help="an image whose only findings are discarded classes is dropped (default) or normal")
+    add_source_options(parser)
     args = parser.parse_args(argv)
-    params = BuildParams(args.size, args.folds, args.seed, None if args.mapping == "none" else args.mapping,
-                         args.discarded_only, workers=args.workers)
+    params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.workers)
     try:
-        out = build(args.dicom_dir, args.labels, args.out, params, args.name)
+        out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

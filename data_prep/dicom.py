@@ -40,6 +40,17 @@ def read_dicom(path: Path) -> tuple[np.ndarray, str | None]:
     return image.astype(np.float32, copy=False), patient_id
 
 
+def read_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """Any supported file: DICOM (PatientID from the header) or PNG/JPG (no patient inside)."""
+    from data_prep.raster import RASTER_SUFFIXES, read_raster
+
+    if not Path(path).is_file():
+        raise ImageRejected("file not found")
+    if Path(path).suffix.lower() in RASTER_SUFFIXES:
+        return read_raster(path), None
+    return read_dicom(path)
+
+
 def _validate_header(ds) -> None:
     if "PixelData" not in ds:
         raise ImageRejected("no PixelData element")

@@ -195,28 +195,62 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
         label_set.frame.at[i, "patient"] = str(ds.get("PatientID", "")).strip()
 
 
-def read_labels(kind: str, csv_path: Path, args: argparse.Namespace) -> LabelSet:
-    """The reader for `kind` with the options of the `labels` and `build` command lines."""
-    from data_prep.chexpert import ChexpertOptions, read_chexpert_labels, ALL_LABELS, COMPETITION
+KINDS = ("target", "nih", "chexpert")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a source's label table is read; `hashed()` is what the content address sees."""
+
+    kind: str = "target"
+    mapping: str | None = DEFAULT_TARGET_MAPPING  # target; None: the findings seen are the labels
+    discarded_only: str = "drop"  # target
+    nih_preset: str = "seed003"  # nih: "seed003" or "none"
+    policy: str = "u_ones"  # chexpert
+    blank: str = "negative"  # chexpert
+    all_labels: bool = False  # chexpert
+    frontal_only: bool = False  # chexpert
+    seed: int = 0  # nih undersampling
+
+    FIELDS = {"target": ("mapping", "discarded_only"), "nih": ("nih_preset", "seed"),
+              "chexpert": ("policy", "blank", "all_labels", "frontal_only")}
+
+    def hashed(self) -> dict:
+        if self.kind not in KINDS:
+            raise DataPrepError(f"source kind {self.kind!r}; expected one of {KINDS}")
+        return {"kind": self.kind, **{f: getattr(self, f) for f in self.FIELDS[self.kind]}}
+
+    @classmethod
+    def from_args(cls, kind: str, args: argparse.Namespace) -> "SourceOptions":
+        return cls(kind=kind, mapping=None if args.mapping == "none" else args.mapping,
+                   discarded_only=args.discarded_only, nih_preset=args.preset, policy=args.policy,
+                   blank=args.blank, all_labels=args.all_labels, frontal_only=args.frontal_only, seed=args.seed)
+
+
+def read_labels(csv_path: Path, options: SourceOptions) -> LabelSet:
+    """The label table of any source kind."""
+    from data_prep.chexpert import ALL_LABELS, COMPETITION, ChexpertOptions, read_chexpert_labels
     from data_prep.nih import SEED003, NihOptions, read_nih_labels
 
-    if kind == "target":
-        label_set = read_target_labels(csv_path, load_mapping(args.mapping), args.discarded_only)
-        if getattr(args, "dicom_dir", None):
-            _patients_from_dicom(label_set, Path(args.dicom_dir))
-        return label_set
-    if kind == "nih":
-        options = SEED003 if args.preset == "seed003" else NihOptions()
-        return read_nih_labels(csv_path, NihOptions(**{**options.__dict__, "seed": args.seed}))
-    options = ChexpertOptions(policy=args.policy, labels=ALL_LABELS[1:] if args.all_labels else COMPETITION,
-                              blank=args.blank, frontal_only=args.frontal_only)
-    return read_chexpert_labels(csv_path, options)
+    options.hashed()  # validates the kind
+    if options.kind == "target":
+        mapping = load_mapping(options.mapping) if options.mapping else None
+        return read_target_labels(csv_path, mapping, options.discarded_only)
+    if options.kind == "nih":
+        if options.nih_preset not in ("seed003", "none"):
+            raise DataPrepError(f"NIH preset {options.nih_preset!r}; expected 'seed003' or 'none'")
+        preset = SEED003 if options.nih_preset == "seed003" else NihOptions()
+        return read_nih_labels(csv_path, NihOptions(**{**preset.__dict__, "seed": options.seed}))
+    return read_chexpert_labels(csv_path, ChexpertOptions(
+        policy=options.policy, labels=ALL_LABELS[1:] if options.all_labels else COMPETITION,
+        blank=options.blank, frontal_only=options.frontal_only))
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
     """Options of every source kind (used by `labels` and `build`)."""
     parser.add_argument("--mapping", default=DEFAULT_TARGET_MAPPING,
-                        help=f"target: finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING})")
+                        help=f"target: finding mapping, shipped name or .toml (default {DEFAULT_TARGET_MAPPING}); "
+                             "'none': the findings seen are the labels")
     parser.add_argument("--discarded-only", choices=("drop", "normal"), default="drop",
                         help="target: an image whose only findings are discarded classes is dropped (default) "
                              "or kept as normal")
@@ -238,19 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.labels",
                                      description="Write a prepared data set's labels.csv from a source's label table "
                                                  "(no images needed).")
-    parser.add_argument("kind", choices=("target", "nih", "chexpert"))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("csv", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="labels.csv to write")
     parser.add_argument("--dicom-dir", type=Path, help="target: read PatientIDs from these DICOM files")
     add_source_options(parser)
     args = parser.parse_args(argv)
     try:
-        label_set = read_labels(args.kind, args.csv, args)
+        label_set = read_labels(args.csv, SourceOptions.from_args(args.kind, args))
+        if args.kind == "target" and args.dicom_dir:
+            _patients_from_dicom(label_set, args.dicom_dir)
         out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out.to_csv(args.out, index=False)
+    out.to_csv(args.out, index=False, float_format="%g")  # masked (NaN) -> empty
     print(f"wrote {args.out}: {len(out)} images, {out['patient_key'].nunique()} patients, labels {label_set.names}")
     return 0
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from PIL import Image
+
+from data_prep.chexpert import ALL_LABELS as CHEXPERT_COLUMNS
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -79,6 +82,35 @@ def _draw_pacemaker(img, y, x, rng, anatomy):
     img[lead & (y > cy) & (y < 0.62)] = 0.95
 
 
+def _draw_effusion(img, y, x, rng, anatomy):
+    """Fluid in a costophrenic angle: the lung base turns dense under a meniscus."""
+    cx = rng.choice([0.3, 0.7])
+    level = rng.uniform(0.66, 0.72) + 0.04 * np.abs(x - cx) / 0.15
+    img[anatomy["lungs"] & (np.abs(x - cx) < 0.16) & (y > level)] = 0.6
+
+
+def _draw_consolidation(img, y, x, rng, anatomy):
+    cy, cx = rng.uniform(0.4, 0.65), rng.choice([rng.uniform(0.25, 0.35), rng.uniform(0.65, 0.75)])
+    img[_ellipse(y, x, cy, cx, 0.08, 0.06) & anatomy["lungs"]] = 0.55
+
+
+def _draw_edema(img, y, x, rng, anatomy):
+    """Perihilar haze over both lungs."""
+    haze = np.exp(-(((x - 0.5) / 0.22) ** 2) - (((y - 0.5) / 0.2) ** 2)) * 0.3
+    img[anatomy["lungs"]] += haze[anatomy["lungs"]]
+
+
+def _draw_atelectasis(img, y, x, rng, anatomy):
+    """A plate-like band of collapsed lung."""
+    cy, cx = rng.uniform(0.55, 0.7), rng.choice([0.3, 0.7])
+    img[(np.abs(y - cy - 0.1 * (x - cx)) < 0.015) & (np.abs(x - cx) < 0.12) & anatomy["lungs"]] = 0.6
+
+
+def _draw_mass(img, y, x, rng, anatomy):
+    cy, cx = rng.uniform(0.35, 0.6), rng.choice([rng.uniform(0.25, 0.35), rng.uniform(0.65, 0.75)])
+    img[_ellipse(y, x, cy, cx, 0.06, 0.06) & anatomy["lungs"]] = 0.8
+
+
 def _draw_scoliosis(img, y, x, rng, anatomy):
     anatomy["spine_curve"] = rng.choice([-1, 1]) * rng.uniform(0.05, 0.08)
 
@@ -100,7 +132,19 @@ PHANTOM_SETS: dict[str, dict[str, object]] = {
         "Cardiomegaly": _draw_big_heart,
         "Infiltration": _draw_lung_patterns,
         "Nodule": _draw_nodules,
+        "Mass": _draw_mass,
         "Pleural_Thickening": _draw_pleural_thickening,
+        "Effusion": _draw_effusion,
+        "Consolidation": _draw_consolidation,
+        "Edema": _draw_edema,
+        "Atelectasis": _draw_atelectasis,
+    },
+    "chexpert": {
+        "Cardiomegaly": _draw_big_heart,
+        "Edema": _draw_edema,
+        "Consolidation": _draw_consolidation,
+        "Atelectasis": _draw_atelectasis,
+        "Pleural Effusion": _draw_effusion,
     },
 }
 
@@ -157,35 +201,107 @@ def _write_dicom(path: Path, density: np.ndarray, patient: dict, rng: np.random.
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
-def make_phantom_set(
-    out_dir: Path, kind: str = "target", n_patients: int = 60, size: int = 128,
-    prevalence: float = 0.3, seed: int = 0,
-) -> Path:
-    """Write `out_dir/images/*.dcm` and `out_dir/labels.csv` (file, findings). Returns the CSV."""
-    if kind not in PHANTOM_SETS:
-        raise ValueError(f"unknown phantom set {kind!r}; expected one of {sorted(PHANTOM_SETS)}")
-    drawers = PHANTOM_SETS[kind]
-    names = list(drawers)
-    rng = np.random.default_rng(seed)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+def _patients(n_patients: int, seed: int, rng: np.random.Generator):
     for p in range(n_patients):
-        patient = {
+        yield p, {
             "name": f"PHANTOM^{rng.choice(['ALICE', 'BOB', 'CAROL', 'DAVE'])}{p:04d}",
             "id": f"PID{seed:03d}{p:05d}X",
             "birth_date": f"19{rng.integers(30, 99)}0{rng.integers(1, 9)}1{rng.integers(0, 9)}",
             "sex": str(rng.choice(["F", "M"])),
         }
+
+
+def make_phantom_set(
+    out_dir: Path, kind: str = "target", n_patients: int = 60, size: int = 128,
+    prevalence: float = 0.3, seed: int = 0, uncertain: float = 0.1,
+) -> Path:
+    """Write a phantom source in its real format; return its label table.
+
+    target: images/*.dcm + labels.csv (file, findings); nih: images/*.png +
+    Data_Entry_2017.csv; chexpert: CheXpert-v1.0-small/train/patientN/studyM/view1_frontal.jpg
+    + train.csv (a fraction `uncertain` of each image's labels written as -1, some blank).
+    """
+    if kind not in PHANTOM_SETS:
+        raise ValueError(f"unknown phantom set {kind!r}; expected one of {sorted(PHANTOM_SETS)}")
+    drawers = PHANTOM_SETS[kind]
+    names = list(drawers)
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p, patient in _patients(n_patients, seed, rng):
         has = rng.random(len(names)) < prevalence
         for i in range(int(rng.integers(1, 4))):  # 1-3 images per patient
             keep = has & (rng.random(len(names)) < 0.9)  # findings mostly persist per patient
             findings = [n for n, k in zip(names, keep) if k]
-            rel = f"images/{patient['id']}_{i}.dcm"  # identifier in the path, on purpose
-            _write_dicom(out_dir / rel, render(findings, drawers, size, rng), patient, rng)
-            rows.append({"file": rel, "findings": "|".join(findings) or "normal"})
-    csv_path = out_dir / "labels.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "findings"])
+            density = render(findings, drawers, size, rng)
+            rows.append(_WRITERS[kind](out_dir, p, i, patient, findings, density, rng, names, uncertain))
+    return _write_table(out_dir, kind, rows)
+
+
+def _target_image(out_dir, p, i, patient, findings, density, rng, names, uncertain) -> dict:
+    rel = f"images/{patient['id']}_{i}.dcm"  # identifier in the path, on purpose
+    (out_dir / "images").mkdir(exist_ok=True)
+    _write_dicom(out_dir / rel, density, patient, rng)
+    return {"file": rel, "findings": "|".join(findings) or "normal"}
+
+
+def _nih_image(out_dir, p, i, patient, findings, density, rng, names, uncertain) -> dict:
+    rel = f"{p + 1:08d}_{i:03d}.png"
+    (out_dir / "images").mkdir(exist_ok=True)
+    Image.fromarray(np.round(density * 255).astype(np.uint8)).save(out_dir / "images" / rel)
+    return {"Image Index": rel, "Finding Labels": "|".join(findings) or "No Finding", "Follow-up #": i,
+            "Patient ID": p + 1, "Patient Age": int(rng.integers(20, 90)), "Patient Gender": patient["sex"],
+            "View Position": str(rng.choice(["PA", "AP"]))}
+
+
+def _chexpert_image(out_dir, p, i, patient, findings, density, rng, names, uncertain) -> dict:
+    rel = f"CheXpert-v1.0-small/train/patient{p + 1:05d}/study{i + 1}/view1_frontal.jpg"
+    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(density * 255).astype(np.uint8)).save(out_dir / rel, quality=92)
+    row = {"Path": rel, "Sex": "Female" if patient["sex"] == "F" else "Male", "Age": int(rng.integers(20, 90)),
+           "Frontal/Lateral": "Frontal", "AP/PA": str(rng.choice(["AP", "PA"]))}
+    for name in CHEXPERT_COLUMNS:  # every column of the real train.csv
+        draw = rng.random()
+        if name in findings:
+            row[name] = "-1.0" if draw < uncertain else "1.0"
+        elif name in names:
+            row[name] = "-1.0" if draw < uncertain / 2 else ("" if draw < 0.5 else "0.0")
+        else:
+            row[name] = ""
+    row["No Finding"] = "" if findings else "1.0"
+    return row
+
+
+_WRITERS = {"target": _target_image, "nih": _nih_image, "chexpert": _chexpert_image}
+TABLES = {"target": "labels.csv", "nih": "Data_Entry_2017.csv", "chexpert": "train.csv"}
+IMAGE_ROOTS = {"target": ".", "nih": "images", "chexpert": "."}  # what the table's paths are relative to
+
+
+def _write_table(out_dir: Path, kind: str, rows: list[dict]) -> Path:
+    path = out_dir / TABLES[kind]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return csv_path
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m data_prep.phantom",
+                                     description="Write a phantom source set in its real format.")
+    parser.add_argument("kind", choices=sorted(PHANTOM_SETS))
+    parser.add_argument("--n", type=int, default=60, help="patients (1-3 images each; default 60)")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    parser.add_argument("--prevalence", type=float, default=0.3, help="chance of each finding per patient")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    table = make_phantom_set(args.out, args.kind, args.n, args.size, args.prevalence, args.seed)
+    print(f"wrote {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,9 +9,16 @@ from pathlib import Path
 
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
-from data_prep.labels import DEFAULT_TARGET_MAPPING
-from data_prep.phantom import PHANTOM_SETS, make_phantom_set
+from data_prep.labels import SourceOptions
+from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
 from sweeper.spec import PHANTOM, SpecError, SweepSpec
+
+
+PHANTOM_SOURCE_OPTIONS = {
+    "target": SourceOptions(kind="target"),
+    "nih": SourceOptions(kind="nih", nih_preset="none"),  # a small set: no undersampling
+    "chexpert": SourceOptions(kind="chexpert", policy="u_ones"),
+}
 
 
 def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
@@ -19,12 +26,13 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
     raw = home / "phantom" / f"{kind}-n{p.n_patients}-px{p.image_px}-seed{p.seed + seed_offset}"
-    if not (raw / "labels.csv").is_file():
+    table = raw / TABLES[kind]
+    if not table.is_file():
         log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
         make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset)
     params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed,
-                         mapping=DEFAULT_TARGET_MAPPING if kind == "target" else None)
-    return build(raw, raw / "labels.csv", home / "prepared", params, name=f"phantom_{kind}", log=log)
+                         source=PHANTOM_SOURCE_OPTIONS[kind])
+    return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)
 
 
 def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:

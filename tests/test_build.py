@@ -91,7 +91,7 @@ def test_build_cli_builds_a_target_and_refuses_a_bad_mapping(phantom_dir, tmp_pa
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     dataset = PreparedDataset(proc.stdout.strip().splitlines()[-1])
-    assert len(dataset.label_names) == 7 and dataset.manifest["params"]["mapping"] == "seed000_target"
+    assert len(dataset.label_names) == 7 and dataset.manifest["params"]["source"]["mapping"] == "seed000_target"
     bad = subprocess.run(args + ["--mapping", str(tmp_path / "nope.toml")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "mapping file" in bad.stderr and "does not exist" in bad.stderr
 
