@@ -16,16 +16,15 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, field
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
-import cv2
+from filelock import FileLock
 from tqdm import tqdm
 
 from data_prep.dicom import read_image
@@ -36,6 +35,8 @@ from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
 PARALLEL_MIN_IMAGES = 64  # below this, worker start-up costs more than it saves
+JOURNAL = "progress.jsonl"  # what an interrupted build had finished
+JOURNAL_EVERY = 256  # images between journal writes
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,40 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
         log(f"[data_prep] reusing prepared data set {out_dir}")
         return out_dir
     out_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_root))
-    try:
+    work = out_root / f".{name}-{dataset_id}.partial"  # same inputs and settings, same place: a rerun resumes
+    with FileLock(str(work) + ".lock"):  # two drivers building the same set: one builds, one waits
+        if (out_dir / "manifest.json").is_file():
+            return out_dir
+        work.mkdir(exist_ok=True)
         counts = _write(work, image_dir, table, names, params, pseudonym, log)
         manifest.update(dataset_id=dataset_id, counts=counts)
+        (work / JOURNAL).unlink()
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(work, out_dir)  # atomic: a half-built set is never visible
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log(f"[data_prep] wrote {out_dir} ({counts['images']} images, {counts['rejected']} rejected)")
     return out_dir
+
+
+def _journal(work: Path) -> tuple[list[dict], list[dict]]:
+    """(kept rows, rejected rows) recorded by an interrupted run; a torn last line is ignored."""
+    kept, rejected = [], []
+    path = work / JOURNAL
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        (kept if record["kept"] else rejected).append(record["row"])
+    return kept, rejected
+
+
+def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
+    images.flush()  # pixels reach the file before the journal says they are there
+    with (work / JOURNAL).open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    records.clear()
 
 
 def decode_and_resize(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
@@ -138,25 +163,36 @@ def decoded(paths: list[Path], size: int, workers: int):
 
 
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
-    kept, rejected = [], []
-    images = np.lib.format.open_memmap(work / "images.tmp.npy", "w+", np.uint8, (len(table), params.size, params.size))
+    kept, rejected = _journal(work)
+    start = len(kept) + len(rejected)
+    tmp = work / "images.tmp.npy"
+    shape = (len(table), params.size, params.size)
+    images = np.load(tmp, mmap_mode="r+") if start else np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    if start:
+        log(f"[data_prep] resuming an interrupted build at image {start + 1}/{len(table)}")
     label_matrix = table[names].to_numpy(np.float32)
-    paths = [image_dir / rel for rel in table["file"]]
-    results = tqdm(decoded(paths, params.size, params.workers), total=len(paths), desc="decode", unit="img",
-                   disable=None, file=sys.stderr)
-    for i, (pixels, patient_id, reason) in enumerate(results):
+    paths = [image_dir / rel for rel in table["file"][start:]]
+    results = tqdm(decoded(paths, params.size, params.workers), total=len(table), initial=start, desc="decode",
+                   unit="img", disable=None, file=sys.stderr)
+    pending: list[dict] = []
+    for i, (pixels, patient_id, reason) in enumerate(results, start=start):
+        if len(pending) >= JOURNAL_EVERY:
+            _append_journal(work, images, pending)
         image_key = pseudonym("image", table["file"][i])
         patient = table["patient"][i] or patient_id
         if reason is None and not patient:
             reason = "no PatientID in the file and no patient column in the CSV"
         if reason is not None:
             rejected.append({"csv_row": int(table["csv_row"][i]), "image_key": image_key, "reason": reason})
+            pending.append({"kept": False, "row": rejected[-1]})
             continue
         images[len(kept)] = pixels
         kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
-                     **dict(zip(names, label_matrix[i]))})
+                     **{n: float(v) for n, v in zip(names, label_matrix[i])}})
+        pending.append({"kept": True, "row": kept[-1]})
         if (i + 1) % 1000 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
+    _append_journal(work, images, pending)
     if not kept:
         raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
     final = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (len(kept),) + images.shape[1:])

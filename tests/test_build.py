@@ -108,3 +108,33 @@ def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
     assert serial.name == parallel.name  # the worker count is not part of the content address
     for name in ("images.npy", "labels.csv", "folds.csv", "rejected.csv"):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, monkeypatch):
+    import data_prep.build as builder
+
+    clean = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "clean", BuildParams(size=32, folds=3), **QUIET)
+    real, calls = builder.decode_and_resize, []
+
+    def interrupted_at_20(path, size):
+        calls.append(path)
+        if len(calls) == 20:
+            raise KeyboardInterrupt  # Ctrl-C, or a killed job, mid-build
+        return real(path, size)
+
+    monkeypatch.setattr(builder, "JOURNAL_EVERY", 8)
+    monkeypatch.setattr(builder, "decode_and_resize", interrupted_at_20)
+    params = BuildParams(size=32, folds=3, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, **QUIET)
+    assert not (tmp_path / "out" / clean.name).exists()  # nothing half-built is visible
+    calls.clear()
+    monkeypatch.setattr(builder, "decode_and_resize", lambda path, size: calls.append(path) or real(path, size))
+    logs = []
+    resumed = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, key=TEST_KEY, log=logs.append)
+    counts = json.loads((clean / "manifest.json").read_text())["counts"]
+    assert len(calls) == counts["images"] + counts["rejected"] - 16  # two journal batches of 8 were done before the interruption
+    assert any("resuming an interrupted build at image 17" in line for line in logs)
+    for name in ("images.npy", "labels.csv", "folds.csv", "rejected.csv"):
+        assert (resumed / name).read_bytes() == (clean / name).read_bytes(), name
+    assert not list((tmp_path / "out").glob(".*.partial"))
