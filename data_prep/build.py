@@ -6,6 +6,7 @@ parameter, so the same inputs and settings give the same directory):
     labels.csv     image_key, patient_key, one 0/1 column per label (row i = image i)
     folds.csv      image_key, fold
     rejected.csv   csv_row, image_key, reason (quarantined files)
+    duplicates.csv csv_row, image_key, duplicate_of, kind (exact: the same prepared pixels)
     manifest.json  label names, size, parameters, input hashes, counts
 Keys are keyed pseudonyms; no file name or DICOM header value is written.
 """
@@ -119,17 +120,35 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     return out_dir
 
 
-def _journal(work: Path) -> tuple[list[dict], list[dict]]:
-    """(kept rows, rejected rows) recorded by an interrupted run; a torn last line is ignored."""
-    kept, rejected = [], []
-    path = work / JOURNAL
+@dataclass
+class _Progress:
+    """What has been decided so far; rebuilt from the journal on resume."""
+
+    kept: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
+    seen: dict = field(default_factory=dict)  # pixel hash -> image_key of the first image with it
+
+    @property
+    def done(self) -> int:
+        return len(self.kept) + len(self.rejected) + len(self.duplicates)
+
+    def add(self, record: dict) -> None:
+        getattr(self, record["list"]).append(record["row"])
+        for digest in record.get("hashes", ()):
+            self.seen.setdefault(digest, record["row"]["image_key"])
+
+
+def _journal(work: Path) -> _Progress:
+    """What an interrupted run recorded; a torn last line is ignored."""
+    progress, path = _Progress(), work / JOURNAL
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             break
-        (kept if record["kept"] else rejected).append(record["row"])
-    return kept, rejected
+        progress.add(record)
+    return progress
 
 
 def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
@@ -163,8 +182,8 @@ def decoded(paths: list[Path], size: int, workers: int):
 
 
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
-    kept, rejected = _journal(work)
-    start = len(kept) + len(rejected)
+    progress = _journal(work)
+    start = progress.done
     tmp = work / "images.tmp.npy"
     shape = (len(table), params.size, params.size)
     images = np.load(tmp, mmap_mode="r+") if start else np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
@@ -178,21 +197,28 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     for i, (pixels, patient_id, reason) in enumerate(results, start=start):
         if len(pending) >= JOURNAL_EVERY:
             _append_journal(work, images, pending)
-        image_key = pseudonym("image", table["file"][i])
+        image_key, row = pseudonym("image", table["file"][i]), int(table["csv_row"][i])
         patient = table["patient"][i] or patient_id
         if reason is None and not patient:
             reason = "no PatientID in the file and no patient column in the CSV"
         if reason is not None:
-            rejected.append({"csv_row": int(table["csv_row"][i]), "image_key": image_key, "reason": reason})
-            pending.append({"kept": False, "row": rejected[-1]})
-            continue
-        images[len(kept)] = pixels
-        kept.append({"image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
-                     **{n: float(v) for n, v in zip(names, label_matrix[i])}})
-        pending.append({"kept": True, "row": kept[-1]})
+            record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
+        else:
+            hashes = [hashlib.sha256(pixels.tobytes()).hexdigest()]  # near-duplicates: not yet (see README)
+            if hashes[0] in progress.seen:
+                record = {"list": "duplicates", "row": {"csv_row": row, "image_key": image_key,
+                                                        "duplicate_of": progress.seen[hashes[0]], "kind": "exact"}}
+            else:
+                images[len(progress.kept)] = pixels
+                record = {"list": "kept", "hashes": hashes, "row": {
+                    "image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
+                    **{n: float(v) for n, v in zip(names, label_matrix[i])}}}
+        progress.add(record)
+        pending.append(record)
         if (i + 1) % 1000 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
     _append_journal(work, images, pending)
+    kept, rejected = progress.kept, progress.rejected
     if not kept:
         raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
     final = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (len(kept),) + images.shape[1:])
@@ -205,7 +231,9 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     folds = patient_folds(labels["patient_key"], labels[names].to_numpy(np.float32), params.folds, params.seed)
     pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
     pd.DataFrame(rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv", index=False)
-    return {"images": len(kept), "rejected": len(rejected), "patients": int(labels["patient_key"].nunique()),
+    pd.DataFrame(progress.duplicates, columns=["csv_row", "image_key", "duplicate_of", "kind"]).to_csv(
+        work / "duplicates.csv", index=False)
+    return {"images": len(kept), "rejected": len(rejected), "duplicates": len(progress.duplicates), "patients": int(labels["patient_key"].nunique()),
             "positives": {n: int(labels[n].sum()) for n in names},
             "masked": {n: int(labels[n].isna().sum()) for n in names}}
 

@@ -188,6 +188,12 @@ def _write_dicom(path: Path, density: np.ndarray, patient: dict, rng: np.random.
     ds.PatientName, ds.PatientID = patient["name"], patient["id"]
     ds.PatientBirthDate, ds.PatientSex = patient["birth_date"], patient["sex"]
     ds.AccessionNumber = f"ACC{rng.integers(10**7, 10**8)}"
+    ds.InstitutionName, ds.ReferringPhysicianName = "PHANTOM GENERAL HOSPITAL", f"DR^{patient['name'][8:]}"
+    request = Dataset()  # identifiers nested in a sequence, as real RIS headers carry them
+    request.RequestedProcedureID, request.ScheduledProcedureStepID = f"RP{patient['id']}", f"SPS{patient['id']}"
+    ds.RequestAttributesSequence = [request]
+    block = ds.private_block(0x0029, "PHANTOM PRIVATE", create=True)
+    block.add_new(0x10, "LO", f"PRIV-{patient['id']}")  # and in a private tag
     ds.StudyDate = f"20{rng.integers(15, 21)}0{rng.integers(1, 9)}1{rng.integers(0, 9)}"
     ds.Rows, ds.Columns = density.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"

@@ -69,11 +69,15 @@ def test_a_set_with_every_image_rejected_is_an_error(tmp_path):
 
 
 def test_no_identifier_from_the_dicom_headers_or_paths_reaches_the_output(prepared_dir, phantom_dir):
+    """Top-level, nested-sequence and private-tag identifiers, dates, UIDs and file names."""
     planted = set()
     for path in (phantom_dir / "images").glob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        request = ds.RequestAttributesSequence[0]
+        private = ds.private_block(0x0029, "PHANTOM PRIVATE")[0x10].value
         planted |= {str(ds.PatientID), str(ds.PatientName), ds.PatientBirthDate, ds.AccessionNumber,
-                    ds.StudyInstanceUID, ds.SOPInstanceUID, path.name}
+                    ds.StudyInstanceUID, ds.SOPInstanceUID, ds.StudyDate, str(ds.InstitutionName),
+                    str(ds.ReferringPhysicianName), request.RequestedProcedureID, private, path.name}
     for output in prepared_dir.iterdir():
         text = output.read_bytes().decode("latin-1")
         found = [p for p in planted if p in text]
@@ -138,3 +142,18 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
     for name in ("images.npy", "labels.csv", "folds.csv", "rejected.csv"):
         assert (resumed / name).read_bytes() == (clean / name).read_bytes(), name
     assert not list((tmp_path / "out").glob(".*.partial"))
+
+
+def test_exact_pixel_duplicates_are_removed_and_listed(phantom_dir, tmp_path):
+    copy = tmp_path / "src"
+    shutil.copytree(phantom_dir, copy)
+    table = pd.read_csv(copy / "labels.csv")
+    shutil.copy(copy / table["file"][0], copy / "images" / "copy_of_first.dcm")  # the same file filed twice
+    extra = pd.DataFrame({"file": ["images/copy_of_first.dcm"], "findings": [table["findings"][0]]})
+    pd.concat([table, extra]).to_csv(copy / "labels.csv", index=False)
+    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=3), **QUIET)
+    duplicates = pd.read_csv(out / "duplicates.csv")
+    labels = pd.read_csv(out / "labels.csv")
+    assert duplicates["csv_row"].tolist() == [len(table) + 2] and duplicates["kind"].tolist() == ["exact"]
+    assert duplicates["duplicate_of"][0] == labels["image_key"][0]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["duplicates"] == 1
