@@ -2,7 +2,7 @@
 
 Output (immutable, content-addressed: the directory name is a hash of the inputs and every
 parameter, so the same inputs and settings give the same directory):
-    images.npy     N x S x S uint8, bright = dense; np.load(mmap_mode="r")
+    images.npy     N x S x S uint8 (or uint16 with bits=16), bright = dense; np.load(mmap_mode="r")
     labels.csv     image_key, patient_key, one 0/1 column per label (row i = image i)
     folds.csv      image_key, fold
     rejected.csv   csv_row, image_key, reason (quarantined files)
@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 PARALLEL_MIN_IMAGES = 64  # below this, worker start-up costs more than it saves
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
+DTYPES = {8: np.uint8, 16: np.uint16}
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,16 @@ class BuildParams:
     folds: int = 5
     seed: int = 0
     source: SourceOptions = SourceOptions()
+    bits: int = 8  # 8 or 16 bits per output pixel
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
 
 
 def _hashed(params: BuildParams) -> dict:
     """Parameters that change the output (the worker count does not)."""
-    return {"size": params.size, "folds": params.folds, "seed": params.seed, "source": params.source.hashed()}
+    if params.bits not in DTYPES:
+        raise DataPrepError(f"bits={params.bits}; expected 8 or 16")
+    return {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
+            "source": params.source.hashed()}
 
 
 def _sha256_file(path: Path) -> str:
@@ -71,12 +76,13 @@ def input_hashes(image_dir: Path, table: pd.DataFrame, labels_csv: Path) -> dict
     return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def _resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:
     """Area averaging when shrinking (antialiased, 2x faster than PIL's bilinear here), linear
-    when growing; then 8-bit."""
+    when growing; then 8- or 16-bit."""
     shrinking = image.shape[0] >= size and image.shape[1] >= size
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)
+    top = 2**bits - 1
+    return np.clip(np.round(resized * top), 0, top).astype(DTYPES[bits])
 
 
 def _one_thread_per_worker() -> None:
@@ -160,25 +166,25 @@ def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
     records.clear()
 
 
-def decode_and_resize(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(uint8 size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
+def decode_and_resize(path: Path, size: int, bits: int = 8) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
     only the small result crosses the process boundary, so memory stays bounded."""
     try:
         pixels, patient_id = read_image(path)
     except ImageRejected as exc:
         return None, None, str(exc)
-    return _resize(pixels, size), patient_id, None
+    return _resize(pixels, size, bits), patient_id, None
 
 
-def decoded(paths: list[Path], size: int, workers: int):
+def decoded(paths: list[Path], size: int, workers: int, bits: int = 8):
     """decode_and_resize over `paths`, in order, on `workers` processes (in-process for small jobs)."""
     if workers <= 1 or len(paths) < PARALLEL_MIN_IMAGES:
-        yield from (decode_and_resize(p, size) for p in paths)
+        yield from (decode_and_resize(p, size, bits) for p in paths)
         return
     # spawn, not fork: the caller may hold threads (torch, Ray) that fork would copy half-way
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread_per_worker) as pool:
-        yield from pool.map(decode_and_resize, paths, [size] * len(paths), chunksize=4)
+        yield from pool.map(decode_and_resize, paths, [size] * len(paths), [bits] * len(paths), chunksize=4)
 
 
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
@@ -186,12 +192,13 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     start = progress.done
     tmp = work / "images.tmp.npy"
     shape = (len(table), params.size, params.size)
-    images = np.load(tmp, mmap_mode="r+") if start else np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    dtype = DTYPES[params.bits]
+    images = np.load(tmp, mmap_mode="r+") if start else np.lib.format.open_memmap(tmp, "w+", dtype, shape)
     if start:
         log(f"[data_prep] resuming an interrupted build at image {start + 1}/{len(table)}")
     label_matrix = table[names].to_numpy(np.float32)
     paths = [image_dir / rel for rel in table["file"][start:]]
-    results = tqdm(decoded(paths, params.size, params.workers), total=len(table), initial=start, desc="decode",
+    results = tqdm(decoded(paths, params.size, params.workers, params.bits), total=len(table), initial=start, desc="decode",
                    unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
     for i, (pixels, patient_id, reason) in enumerate(results, start=start):
@@ -221,7 +228,7 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     kept, rejected = progress.kept, progress.rejected
     if not kept:
         raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
-    final = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (len(kept),) + images.shape[1:])
+    final = np.lib.format.open_memmap(work / "images.npy", "w+", dtype, (len(kept),) + images.shape[1:])
     final[:] = images[: len(kept)]
     final.flush()
     del images, final
@@ -249,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per output pixel (default 8)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
     add_source_options(parser)
     args = parser.parse_args(argv)
-    params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.workers)
+    params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.bits,
+                         args.workers)
     try:
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:

@@ -120,11 +120,11 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
     clean = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "clean", BuildParams(size=32, folds=3), **QUIET)
     real, calls = builder.decode_and_resize, []
 
-    def interrupted_at_20(path, size):
+    def interrupted_at_20(path, *args):
         calls.append(path)
         if len(calls) == 20:
             raise KeyboardInterrupt  # Ctrl-C, or a killed job, mid-build
-        return real(path, size)
+        return real(path, *args)
 
     monkeypatch.setattr(builder, "JOURNAL_EVERY", 8)
     monkeypatch.setattr(builder, "decode_and_resize", interrupted_at_20)
@@ -133,7 +133,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
         build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, **QUIET)
     assert not (tmp_path / "out" / clean.name).exists()  # nothing half-built is visible
     calls.clear()
-    monkeypatch.setattr(builder, "decode_and_resize", lambda path, size: calls.append(path) or real(path, size))
+    monkeypatch.setattr(builder, "decode_and_resize", lambda path, *args: calls.append(path) or real(path, *args))
     logs = []
     resumed = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, key=TEST_KEY, log=logs.append)
     counts = json.loads((clean / "manifest.json").read_text())["counts"]
@@ -157,3 +157,16 @@ def test_exact_pixel_duplicates_are_removed_and_listed(phantom_dir, tmp_path):
     assert duplicates["csv_row"].tolist() == [len(table) + 2] and duplicates["kind"].tolist() == ["exact"]
     assert duplicates["duplicate_of"][0] == labels["image_key"][0]
     assert json.loads((out / "manifest.json").read_text())["counts"]["duplicates"] == 1
+
+
+def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
+    from trainables.fit import FitConfig, fit
+
+    eight = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path, BuildParams(size=32, folds=3), **QUIET))
+    sixteen = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path,
+                                    BuildParams(size=32, folds=3, bits=16), **QUIET))
+    assert sixteen.images.dtype == np.uint16 and sixteen.root != eight.root
+    assert np.abs(sixteen.images / 65535.0 - eight.images / 255.0).max() <= 0.5 / 255 + 1e-6
+    final = fit(FitConfig(data_dir=str(sixteen.root), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8,
+                          threads=1), report=lambda m, s: None)
+    assert 0 <= final["val_auc"] <= 1

@@ -8,7 +8,9 @@ import torch
 
 
 def _batch(images: torch.Tensor, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return images[torch.as_tensor(idx)].to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    """Grey images in [0, 1] from the 8- or 16-bit prepared pixels."""
+    top = 255.0 if images.dtype == torch.uint8 else 65535.0
+    return images[torch.as_tensor(idx)].to(device, non_blocking=True).unsqueeze(1).float().div_(top)
 
 
 def targets_and_mask(labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
