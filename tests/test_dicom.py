@@ -190,3 +190,31 @@ def test_compressed_syntax_without_a_decoder_is_rejected(phantom_dir, tmp_path):
 
     with pytest.raises(ImageRejected, match="pixel data cannot be decoded"):
         read_dicom(_variant(phantom_dir, tmp_path, "j2k", jpeg2000))
+
+
+def _pydicom_test_files(pattern: str) -> list[Path]:
+    import pydicom.data
+
+    return sorted(Path(pydicom.data.__file__).parent.joinpath("test_files").glob(pattern))
+
+
+@pytest.mark.parametrize("path", _pydicom_test_files("dicomdirtests/77654033/CR*/*"), ids=lambda p: p.parent.name)
+def test_pydicoms_real_cr_files_match_pydicoms_own_per_pixel_pipeline(path):
+    """Real MONOCHROME1 12-bit CR films: our lookup-table path equals pydicom's arithmetic, inverted once."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    image, _ = read_dicom(path)
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(float)
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)  # these files rescale
+    low, high = intercept, (2 ** int(ds.BitsStored) - 1) * slope + intercept  # pydicom's window output range
+    expected = 1.0 - np.clip((values - low) / (high - low), 0, 1)
+    np.testing.assert_allclose(image, expected, atol=1e-5)
+    assert image.std() > 0.01
+
+
+def test_pydicoms_truncated_file_is_rejected():
+    (path,) = _pydicom_test_files("MR_truncated.dcm")
+    with pytest.raises(ImageRejected, match="PixelData holds"):
+        read_dicom(path)
