@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data_prep.dicom import read_image
 from data_prep.errors import DataPrepError, ImageRejected
 from data_prep.folds import patient_folds
-from data_prep.labels import KINDS, SourceOptions, add_source_options, load_mapping, read_labels
+from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
@@ -101,9 +101,7 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
         "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id},
-        "mapping_table": asdict(load_mapping(params.source.mapping))
-        if params.source.kind == "target" and params.source.mapping else None,
-        "label_stats": label_set.stats,
+        "label_stats": label_set.stats,  # for a target: the mapping table used
         "inputs": input_hashes(image_dir, table, labels_csv),
     }
     dataset_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]

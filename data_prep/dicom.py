@@ -70,7 +70,7 @@ def _validate_header(ds) -> None:
         raise ImageRejected(f"SamplesPerPixel {samples} with {photometric}; expected 3 for RGB, 1 for monochrome")
     if "WindowWidth" in ds and "VOILUTSequence" not in ds and _first(ds.WindowWidth) < 1:
         raise ImageRejected(f"WindowWidth {_first(ds.WindowWidth)}; a window must be at least 1 wide")
-    shape = str(ds.get("PresentationLUTShape", "IDENTITY")).strip().upper()
+    shape = _presentation_shape(ds)
     if shape not in ("IDENTITY", "INVERSE"):
         raise ImageRejected(f"PresentationLUTShape {shape!r}; expected IDENTITY or INVERSE")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -154,5 +154,8 @@ def _grey_to_unit(ds, stored: np.ndarray) -> np.ndarray:
 
 def _inverted(ds) -> bool:
     """Low value = white: said by MONOCHROME1 or by Presentation LUT Shape INVERSE (or both: once)."""
-    shape = str(ds.get("PresentationLUTShape", "IDENTITY")).strip().upper()
-    return ds.PhotometricInterpretation == "MONOCHROME1" or shape == "INVERSE"
+    return ds.PhotometricInterpretation == "MONOCHROME1" or _presentation_shape(ds) == "INVERSE"
+
+
+def _presentation_shape(ds) -> str:
+    return str(ds.get("PresentationLUTShape", "IDENTITY")).strip().upper()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -125,7 +125,9 @@ def read_target_labels(path: Path, mapping: TargetMapping | None = None, discard
                           "patient": table.get("patient", ""), "view": table.get("view", "")})
     frame[names] = labels
     frame = frame[~dropped].reset_index(drop=True)
-    return LabelSet(frame, names, {"rows": len(table), "dropped_only_discarded": int(dropped.sum())})
+    stats = {"rows": len(table), "dropped_only_discarded": int(dropped.sum()),
+             "mapping": asdict(mapping) if mapping else None}
+    return LabelSet(frame, names, stats)
 
 
 def _map_findings(path, findings: pd.Series, mapping: TargetMapping | None, discarded_only: str):

@@ -149,12 +149,17 @@ PHANTOM_SETS: dict[str, dict[str, object]] = {
 }
 
 
+# Drawers that change the anatomy itself (heart size, spine shape) run before it is drawn;
+# the others paint on top of it.
+ANATOMY_CHANGES = (_draw_big_heart, _draw_scoliosis)
+
+
 def render(findings: list[str], drawers: dict, size: int, rng: np.random.Generator) -> np.ndarray:
     """One radiograph as density in [0, 1] (bright = dense)."""
     y, x = _grid(size)
     anatomy = {"heart_scale": rng.uniform(0.9, 1.1), "spine_curve": rng.uniform(-0.01, 0.01)}
     for name in findings:
-        if drawers[name] in (_draw_big_heart, _draw_scoliosis):
+        if drawers[name] in ANATOMY_CHANGES:
             drawers[name](None, y, x, rng, anatomy)
     img = np.full((size, size), 0.05, np.float32)
     img[_ellipse(y, x, 0.55, 0.5, 0.5, 0.42)] = 0.4  # body
@@ -169,7 +174,7 @@ def render(findings: list[str], drawers: dict, size: int, rng: np.random.Generat
     s = anatomy["heart_scale"]
     img[_ellipse(y, x, 0.66, 0.54, 0.13 * s, 0.14 * s)] = 0.55
     for name in findings:
-        if drawers[name] not in (_draw_big_heart, _draw_scoliosis):
+        if drawers[name] not in ANATOMY_CHANGES:
             drawers[name](img, y, x, rng, anatomy)
     img = img * rng.uniform(0.85, 1.1) + rng.normal(0, 0.03, img.shape)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
