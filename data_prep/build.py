@@ -15,30 +15,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from data_prep.dicom import read_image
-from data_prep.errors import DataPrepError, ImageRejected
+from data_prep.decode import DTYPES, decoded
+from data_prep.errors import DataPrepError
 from data_prep.folds import patient_folds
 from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
-PARALLEL_MIN_IMAGES = 64  # below this, worker start-up costs more than it saves
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
-DTYPES = {8: np.uint8, 16: np.uint16}
 
 
 @dataclass(frozen=True)
@@ -74,19 +69,6 @@ def input_hashes(image_dir: Path, table: pd.DataFrame, labels_csv: Path) -> dict
         path = image_dir / rel
         images.update(rel.encode() + b"\0" + (_sha256_file(path).encode() if path.is_file() else b"missing"))
     return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
-
-
-def _resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:
-    """Area averaging when shrinking (antialiased, 2x faster than PIL's bilinear here), linear
-    when growing; then 8- or 16-bit."""
-    shrinking = image.shape[0] >= size and image.shape[1] >= size
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    top = 2**bits - 1
-    return np.clip(np.round(resized * top), 0, top).astype(DTYPES[bits])
-
-
-def _one_thread_per_worker() -> None:
-    cv2.setNumThreads(1)  # the pool already uses every core
 
 
 def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
@@ -162,27 +144,6 @@ def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
         f.flush()
         os.fsync(f.fileno())
     records.clear()
-
-
-def decode_and_resize(path: Path, size: int, bits: int = 8) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
-    only the small result crosses the process boundary, so memory stays bounded."""
-    try:
-        pixels, patient_id = read_image(path)
-    except ImageRejected as exc:
-        return None, None, str(exc)
-    return _resize(pixels, size, bits), patient_id, None
-
-
-def decoded(paths: list[Path], size: int, workers: int, bits: int = 8):
-    """decode_and_resize over `paths`, in order, on `workers` processes (in-process for small jobs)."""
-    if workers <= 1 or len(paths) < PARALLEL_MIN_IMAGES:
-        yield from (decode_and_resize(p, size, bits) for p in paths)
-        return
-    # spawn, not fork: the caller may hold threads (torch, Ray) that fork would copy half-way
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_thread_per_worker) as pool:
-        yield from pool.map(decode_and_resize, paths, [size] * len(paths), [bits] * len(paths), chunksize=4)
 
 
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:

@@ -107,7 +107,8 @@ def _stored_pixels(ds) -> np.ndarray:
         if len(shape) == 3 and shape[0] == samples:
             values = np.moveaxis(values, 0, -1)
     low, high = _stored_range(ds)
-    vmin, vmax = int(values.min()), int(values.max())
+    vmax = int(values.max())
+    vmin = int(values.min()) if low < 0 or vmax > high else 0  # unsigned and in range: min cannot be below 0
     if vmin < low or vmax > high:
         raise ImageRejected(f"pixel values {vmin}..{vmax} outside BitsStored={ds.BitsStored} range {low}..{high}")
     return values

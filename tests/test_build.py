@@ -101,7 +101,7 @@ def test_build_cli_builds_a_target_and_refuses_a_bad_mapping(phantom_dir, tmp_pa
 
 
 def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
-    from data_prep.build import PARALLEL_MIN_IMAGES
+    from data_prep.decode import PARALLEL_MIN_IMAGES
     from data_prep.phantom import make_phantom_set
 
     raw = tmp_path / "raw"
@@ -116,9 +116,10 @@ def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
 
 def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, monkeypatch):
     import data_prep.build as builder
+    import data_prep.decode as decoding
 
     clean = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "clean", BuildParams(size=32, folds=3), **QUIET)
-    real, calls = builder.decode_and_resize, []
+    real, calls = decoding.decode_and_resize, []
 
     def interrupted_at_20(path, *args):
         calls.append(path)
@@ -127,13 +128,13 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
         return real(path, *args)
 
     monkeypatch.setattr(builder, "JOURNAL_EVERY", 8)
-    monkeypatch.setattr(builder, "decode_and_resize", interrupted_at_20)
+    monkeypatch.setattr(decoding, "decode_and_resize", interrupted_at_20)
     params = BuildParams(size=32, folds=3, workers=1)
     with pytest.raises(KeyboardInterrupt):
         build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, **QUIET)
     assert not (tmp_path / "out" / clean.name).exists()  # nothing half-built is visible
     calls.clear()
-    monkeypatch.setattr(builder, "decode_and_resize", lambda path, *args: calls.append(path) or real(path, *args))
+    monkeypatch.setattr(decoding, "decode_and_resize", lambda path, *args: calls.append(path) or real(path, *args))
     logs = []
     resumed = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, key=TEST_KEY, log=logs.append)
     counts = json.loads((clean / "manifest.json").read_text())["counts"]
