@@ -18,13 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from data_prep.decode import _init_worker, decoded  # noqa: E402
-from data_prep.phantom import PHANTOM_SETS, _write_dicom, render  # noqa: E402
+from data_prep.phantom import _write_dicom  # noqa: E402
+from data_prep.phantom_anatomy import film, film_pose, patient_anatomy  # noqa: E402
 
 
 def make_files(directory: Path, n: int, rows: int, cols: int) -> list[Path]:
     rng = np.random.default_rng(0)
-    side = max(rows, cols)
-    base = render(["cardiac hypertrophy"], PHANTOM_SETS["target"], side, rng)[:rows, :cols]
+    base = film((rows, cols), patient_anatomy(rng), film_pose(rng), lambda *_: None, rng)
     paths = []
     for i in range(n):
         noisy = np.clip(base + rng.normal(0, 0.01, base.shape), 0, 1)

@@ -35,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     raw = work / "raw"
-    make_phantom_set(raw, n_patients=args.patients, size=256, seed=0)
+    make_phantom_set(raw, n_patients=args.patients, size=256, prevalence=0.3, seed=0)
     data = build(raw, raw / "labels.csv", work / "prep", BuildParams(size=args.size, folds=5), key=b"k" * 32)
     report = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -25,11 +25,12 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
-    raw = home / "phantom" / f"{kind}-n{p.n_patients}-px{p.image_px}-seed{p.seed + seed_offset}"
+    raw = home / "phantom" / f"{kind}-n{p.n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
     table = raw / TABLES[kind]
     if not table.is_file():
         log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
-        make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset)
+        make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset,
+                         prevalence=None if p.prevalence == "real" else p.prevalence)
     params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed,
                          source=PHANTOM_SOURCE_OPTIONS[kind])
     return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)

@@ -71,8 +71,18 @@ class Recipe(Strict):
 
 class Phantom(Strict):
     n_patients: int = Field(120, ge=4)
-    image_px: int = Field(128, ge=16, description="size of the generated DICOM files")
+    image_px: int = Field(128, ge=16, description="largest side of the generated films")
+    prevalence: float | Literal["real"] = Field(
+        0.3, description="share of films positive for each label, or 'real' for the real sources' shares "
+                         "(rare labels then need many patients)")
     seed: int = 0
+
+    @field_validator("prevalence")
+    @classmethod
+    def _share(cls, value):
+        if value != "real" and not 0 < value < 1:
+            raise ValueError("must be between 0 and 1 (exclusive), or 'real'")
+        return value
 
 
 class Data(Strict):

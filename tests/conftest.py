@@ -26,7 +26,7 @@ def private_key_file(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
-    make_phantom_set(out, kind="target", n_patients=24, size=64, seed=3)
+    make_phantom_set(out, kind="target", n_patients=24, size=64, prevalence=0.3, seed=3)
     return out
 
 

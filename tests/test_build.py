@@ -105,7 +105,7 @@ def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
     from data_prep.phantom import make_phantom_set
 
     raw = tmp_path / "raw"
-    make_phantom_set(raw, n_patients=40, size=48, seed=5)
+    make_phantom_set(raw, n_patients=40, size=48, prevalence=0.3, seed=5)
     assert len(pd.read_csv(raw / "labels.csv")) >= PARALLEL_MIN_IMAGES  # so the process pool is used
     serial = build(raw, raw / "labels.csv", tmp_path / "a", BuildParams(size=32, folds=3, workers=1), **QUIET)
     parallel = build(raw, raw / "labels.csv", tmp_path / "b", BuildParams(size=32, folds=3, workers=2), **QUIET)
