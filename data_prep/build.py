@@ -6,7 +6,9 @@ parameter, so the same inputs and settings give the same directory):
     labels.csv     image_key, patient_key, one 0/1 column per label (row i = image i)
     folds.csv      image_key, fold
     rejected.csv   csv_row, image_key, reason (quarantined files)
-    duplicates.csv csv_row, image_key, duplicate_of, kind (exact: the same prepared pixels)
+    duplicates.csv csv_row, image_key, duplicate_of, kind, similarity, same_patient, same_labels
+                   (exact: the same prepared pixels; near: the same exposure re-exported,
+                   see data_prep.duplicates); the earliest row of each group is kept
     manifest.json  label names, size, parameters, input hashes, counts
 Keys are keyed pseudonyms; no file name or DICOM header value is written.
 """
@@ -26,6 +28,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from data_prep.decode import DTYPES, decoded
+from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import patient_folds
 from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
@@ -34,6 +37,7 @@ from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 FORMAT_VERSION = 1
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
+DUPLICATE_COLUMNS = ["csv_row", "image_key", "duplicate_of", "kind", "similarity", "same_patient", "same_labels"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class BuildParams:
     seed: int = 0
     source: SourceOptions = SourceOptions()
     bits: int = 8  # 8 or 16 bits per output pixel
+    near_duplicates: float | None = 0.9  # detail correlation that makes two films one; None: keep them all
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
 
 
@@ -50,8 +55,10 @@ def _hashed(params: BuildParams) -> dict:
     """Parameters that change the output (the worker count does not)."""
     if params.bits not in DTYPES:
         raise DataPrepError(f"bits={params.bits}; expected 8 or 16")
+    if params.near_duplicates is not None and not 0 < params.near_duplicates <= 1:
+        raise DataPrepError(f"near_duplicates={params.near_duplicates}; expected a correlation in (0, 1] or None")
     return {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
-            "source": params.source.hashed()}
+            "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
 
 
 def _sha256_file(path: Path) -> str:
@@ -114,12 +121,15 @@ class _Progress:
     rejected: list = field(default_factory=list)
     duplicates: list = field(default_factory=list)
     seen: dict = field(default_factory=dict)  # pixel hash -> image_key of the first image with it
+    index: dict = field(default_factory=dict)  # image_key of a kept film -> its row in `kept`
 
     @property
     def done(self) -> int:
         return len(self.kept) + len(self.rejected) + len(self.duplicates)
 
     def add(self, record: dict) -> None:
+        if record["list"] == "kept":
+            self.index[record["row"]["image_key"]] = len(self.kept)
         getattr(self, record["list"]).append(record["row"])
         for digest in record.get("hashes", ()):
             self.seen.setdefault(digest, record["row"]["image_key"])
@@ -137,8 +147,9 @@ def _journal(work: Path) -> _Progress:
     return progress
 
 
-def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
-    images.flush()  # pixels reach the file before the journal says they are there
+def _append_journal(work: Path, arrays: tuple[np.memmap, ...], records: list[dict]) -> None:
+    for array in arrays:
+        array.flush()  # pixels reach the file before the journal says they are there
     with (work / JOURNAL).open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
         f.flush()
@@ -146,23 +157,53 @@ def _append_journal(work: Path, images: np.memmap, records: list[dict]) -> None:
     records.clear()
 
 
+def _scratch(work: Path, name: str, resume: bool, dtype, shape) -> np.memmap:
+    path = work / f"{name}.tmp.npy"
+    return np.load(path, mmap_mode="r+") if resume else np.lib.format.open_memmap(path, "w+", dtype, shape)
+
+
 def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
     progress = _journal(work)
+    resume = progress.done > 0
+    images = _scratch(work, "images", resume, DTYPES[params.bits], (len(table), params.size, params.size))
+    thumbs = _scratch(work, "thumbnails", resume, np.float32, (len(table), THUMB * THUMB))
+    if resume:
+        log(f"[data_prep] resuming an interrupted build at image {progress.done + 1}/{len(table)}")
+    _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log)
+    if not progress.kept:
+        rejected = progress.rejected
+        raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
+    n = len(progress.kept)
+    if params.near_duplicates is not None:
+        log("[data_prep] looking for near-duplicate films")
+        found = near_duplicates(images[:n], thumbs[:n], params.near_duplicates)
+        survivor = {progress.kept[d]["image_key"]: progress.kept[k]["image_key"] for d, k, _ in found}
+        for dup in progress.duplicates:  # an exact copy of a film that turned out a near-duplicate
+            dup["duplicate_of"] = survivor.get(dup["duplicate_of"], dup["duplicate_of"])
+        for dropped, kept, score in found:
+            progress.duplicates.append({**progress.kept[dropped], "duplicate_of": progress.kept[kept]["image_key"],
+                                        "kind": "near", "similarity": round(score, 4)})
+    keep = np.setdiff1d(np.arange(n), [progress.index[d["image_key"]] for d in progress.duplicates
+                                       if d["kind"] == "near"])
+    _copy_rows(images, keep, work / "images.npy")
+    del images, thumbs
+    for name in ("images", "thumbnails"):
+        (work / f"{name}.tmp.npy").unlink()
+    return _write_tables(work, [progress.kept[k] for k in keep], progress, names, params)
+
+
+def _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log) -> None:
+    """Decode every row not yet journalled: kept films go to `images`, their thumbnails to
+    `thumbs`; rejections and exact duplicates are recorded."""
     start = progress.done
-    tmp = work / "images.tmp.npy"
-    shape = (len(table), params.size, params.size)
-    dtype = DTYPES[params.bits]
-    images = np.load(tmp, mmap_mode="r+") if start else np.lib.format.open_memmap(tmp, "w+", dtype, shape)
-    if start:
-        log(f"[data_prep] resuming an interrupted build at image {start + 1}/{len(table)}")
     label_matrix = table[names].to_numpy(np.float32)
     paths = [image_dir / rel for rel in table["file"][start:]]
-    results = tqdm(decoded(paths, params.size, params.workers, params.bits), total=len(table), initial=start, desc="decode",
-                   unit="img", disable=None, file=sys.stderr)
+    results = tqdm(decoded(paths, params.size, params.workers, params.bits), total=len(table), initial=start,
+                   desc="decode", unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
     for i, (pixels, patient_id, reason) in enumerate(results, start=start):
         if len(pending) >= JOURNAL_EVERY:
-            _append_journal(work, images, pending)
+            _append_journal(work, (images, thumbs), pending)
         image_key, row = pseudonym("image", table["file"][i]), int(table["csv_row"][i])
         patient = table["patient"][i] or patient_id
         if reason is None and not patient:
@@ -170,38 +211,65 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
         if reason is not None:
             record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
         else:
-            hashes = [hashlib.sha256(pixels.tobytes()).hexdigest()]  # near-duplicates: not yet (see README)
-            if hashes[0] in progress.seen:
-                record = {"list": "duplicates", "row": {"csv_row": row, "image_key": image_key,
-                                                        "duplicate_of": progress.seen[hashes[0]], "kind": "exact"}}
+            film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
+                    "view": table["view"][i], **{n: float(v) for n, v in zip(names, label_matrix[i])}}
+            digest = hashlib.sha256(pixels.tobytes()).hexdigest()
+            if digest in progress.seen:
+                record = {"list": "duplicates", "row": {**film, "duplicate_of": progress.seen[digest],
+                                                        "kind": "exact", "similarity": 1.0}}
             else:
-                images[len(progress.kept)] = pixels
-                record = {"list": "kept", "hashes": hashes, "row": {
-                    "image_key": image_key, "patient_key": pseudonym("patient", patient), "view": table["view"][i],
-                    **{n: float(v) for n, v in zip(names, label_matrix[i])}}}
+                images[len(progress.kept)], thumbs[len(progress.kept)] = pixels, thumbnail(pixels)
+                record = {"list": "kept", "hashes": [digest], "row": film}
         progress.add(record)
         pending.append(record)
         if (i + 1) % 1000 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
-    _append_journal(work, images, pending)
-    kept, rejected = progress.kept, progress.rejected
-    if not kept:
-        raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
-    final = np.lib.format.open_memmap(work / "images.npy", "w+", dtype, (len(kept),) + images.shape[1:])
-    final[:] = images[: len(kept)]
-    final.flush()
-    del images, final
-    (work / "images.tmp.npy").unlink()
+    _append_journal(work, (images, thumbs), pending)
+
+
+def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 256) -> None:
+    """source[rows] into a new .npy file, a chunk at a time (never the whole set in memory)."""
+    out = np.lib.format.open_memmap(path, "w+", source.dtype, (len(rows),) + source.shape[1:])
+    for begin in range(0, len(rows), chunk):
+        out[begin:begin + chunk] = source[rows[begin:begin + chunk]]
+    out.flush()
+
+
+def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
     labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *names])
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     folds = patient_folds(labels["patient_key"], labels[names].to_numpy(np.float32), params.folds, params.seed)
     pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
-    pd.DataFrame(rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv", index=False)
-    pd.DataFrame(progress.duplicates, columns=["csv_row", "image_key", "duplicate_of", "kind"]).to_csv(
-        work / "duplicates.csv", index=False)
-    return {"images": len(kept), "rejected": len(rejected), "duplicates": len(progress.duplicates), "patients": int(labels["patient_key"].nunique()),
+    pd.DataFrame(progress.rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv",
+                                                                                      index=False)
+    _duplicates_table(progress, names).to_csv(work / "duplicates.csv", index=False)
+    return {"images": len(kept), "rejected": len(progress.rejected), "duplicates": len(progress.duplicates),
+            "patients": int(labels["patient_key"].nunique()),
             "positives": {n: int(labels[n].sum()) for n in names},
             "masked": {n: int(labels[n].isna().sum()) for n in names}}
+
+
+def _duplicates_table(progress: _Progress, names) -> pd.DataFrame:
+    """One row per removed film, with whether it came under the same patient and labels as the
+    film kept: a duplicate filed under another patient, or with other labels, is worth a look."""
+    rows = []
+    for dup in progress.duplicates:
+        original = progress.kept[progress.index[dup["duplicate_of"]]]
+        rows.append({"csv_row": dup["csv_row"], "image_key": dup["image_key"], "duplicate_of": dup["duplicate_of"],
+                     "kind": dup["kind"], "similarity": dup["similarity"],
+                     "same_patient": dup["patient_key"] == original["patient_key"],
+                     "same_labels": np.array_equal([dup[n] for n in names], [original[n] for n in names],
+                                                   equal_nan=True)})
+    return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
+
+
+def _threshold(text: str) -> float | None:
+    if text == "off":
+        return None
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a correlation in (0, 1] or 'off'")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per output pixel (default 8)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
+    parser.add_argument("--near-duplicates", type=_threshold, default=0.9, metavar="CORR|off",
+                        help="fine-detail correlation at which two films count as one exposure filed twice "
+                             "(default 0.9; 'off' keeps them all)")
     add_source_options(parser)
     args = parser.parse_args(argv)
     params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.bits,
-                         args.workers)
+                         args.near_duplicates, args.workers)
     try:
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 from PIL import Image
@@ -77,7 +78,7 @@ class PhantomOptions:
     label_noise: float = 0.0  # share of positive labels written negative (and as many negatives positive)
     uncertain: float | None = None  # chexpert: share of each label written -1; None: the real shares
     blank: float = 0.8  # chexpert: share of negative labels left blank (unmentioned)
-    near_duplicates: float = 0.0  # share of films filed twice, the copy re-exported (shifted, other gamma)
+    near_duplicates: float = 0.0  # share of films filed twice, the copy re-exported (other size and gamma)
     seed: int = 0
 
 
@@ -131,10 +132,10 @@ def _film_shape(kind: str, size: int | None, rng) -> tuple[int, int]:
 
 
 def _re_exported(density: np.ndarray, rng) -> np.ndarray:
-    """The same film sent again: shifted by about 1% and through another gamma."""
-    shift = np.round(np.array(density.shape) * rng.uniform(-0.012, 0.012, 2)).astype(int)
-    moved = np.roll(density, tuple(shift), axis=(0, 1))
-    return np.clip(moved, 0, 1) ** rng.uniform(0.9, 1.1)
+    """The same film sent again: through another grey curve, at another matrix size."""
+    scale = rng.uniform(0.7, 0.9)
+    shape = (max(8, round(density.shape[1] * scale)), max(8, round(density.shape[0] * scale)))
+    return np.clip(cv2.resize(density, shape, interpolation=cv2.INTER_AREA), 0, 1) ** rng.uniform(0.85, 1.15)
 
 
 def _patients(n_patients: int, seed: int, rng: np.random.Generator):

@@ -172,3 +172,48 @@ def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
     final = fit(FitConfig(data_dir=str(sixteen.root), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8,
                           threads=1), report=lambda m, s: None)
     assert 0 <= final["val_auc"] <= 1
+
+
+def _nih_with_copies(tmp_path):
+    from data_prep.labels import SourceOptions
+    from data_prep.phantom import make_phantom_set
+
+    raw = tmp_path / "raw"
+    table = pd.read_csv(make_phantom_set(raw, "nih", n_patients=40, size=128, prevalence=0.3, seed=4,
+                                         images_per_patient=(1, 4), near_duplicates=0.3))
+    return raw, table, SourceOptions(kind="nih", nih_preset="none")
+
+
+def test_near_duplicate_films_are_removed_and_listed_and_follow_up_films_are_kept(tmp_path):
+    raw, table, source = _nih_with_copies(tmp_path)
+    copies = table[table["Follow-up #"] >= 100]
+    assert len(copies) >= 5 and (table.groupby("Patient ID").size() > 2).sum() >= 5  # many follow-ups too
+    out = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep",
+                BuildParams(size=64, folds=3, source=source), **QUIET)
+    duplicates = pd.read_csv(out / "duplicates.csv")
+    assert sorted(duplicates["csv_row"]) == sorted(copies.index + 2)  # exactly the re-exports, no follow-up
+    assert (duplicates["kind"] == "near").all() and (duplicates["similarity"] >= 0.9).all()
+    assert duplicates["same_patient"].all() and duplicates["same_labels"].all()
+    labels = pd.read_csv(out / "labels.csv")
+    assert len(labels) == len(table) - len(copies) == len(np.load(out / "images.npy", mmap_mode="r"))
+    assert set(duplicates["duplicate_of"]) <= set(labels["image_key"])
+    kept_all = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep",
+                     BuildParams(size=64, folds=3, source=source, near_duplicates=None), **QUIET)
+    assert len(pd.read_csv(kept_all / "labels.csv")) == len(table)
+
+
+def test_a_film_filed_again_under_another_patient_is_flagged(tmp_path):
+    from PIL import Image
+
+    raw, table, source = _nih_with_copies(tmp_path)
+    table = table[table["Follow-up #"] < 100].reset_index(drop=True)
+    first = Image.open(raw / "images" / table["Image Index"][0])
+    first.resize((100, 100), Image.LANCZOS).save(raw / "images" / "refiled.png")  # another matrix size
+    extra = table.iloc[[0]].assign(**{"Image Index": "refiled.png", "Patient ID": 999, "Finding Labels": "Hernia"})
+    pd.concat([table, extra]).to_csv(raw / "Data_Entry_2017.csv", index=False)
+    out = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep", BuildParams(size=64, folds=3, source=source),
+                **QUIET)
+    duplicates = pd.read_csv(out / "duplicates.csv")
+    assert duplicates["csv_row"].tolist() == [len(table) + 2]
+    assert not duplicates["same_patient"][0] and not duplicates["same_labels"][0]
+    assert duplicates["duplicate_of"][0] == pd.read_csv(out / "labels.csv")["image_key"][0]
