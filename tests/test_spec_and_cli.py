@@ -39,6 +39,7 @@ def test_unknown_keys_are_all_reported_with_their_path():
     (('recipe = ["scratch"]', 'recipe = ["scratch", "nope"]'), "'nope' is not defined"),
     (('recipe = ["scratch"]', 'recipe = []'), "grid.recipe: List should have at least 1 item"),
     (('[recipes.scratch]', '[recipes.scratch]\nsources = ["chexpert"]'), "'chexpert' is not in data.sources"),
+    (('[grid]', '[data.phantom]\nprevalence = 1.5\n[grid]'), "data.phantom.prevalence: must be between 0 and 1 (exclusive), or 'real'"),
 ])
 def test_bad_values_name_their_key(change, expected):
     with pytest.raises(SpecError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
