@@ -174,22 +174,28 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
         rejected = progress.rejected
         raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
     n = len(progress.kept)
-    if params.near_duplicates is not None:
-        log("[data_prep] looking for near-duplicate films")
-        found = near_duplicates(images[:n], thumbs[:n], params.near_duplicates)
-        survivor = {progress.kept[d]["image_key"]: progress.kept[k]["image_key"] for d, k, _ in found}
-        for dup in progress.duplicates:  # an exact copy of a film that turned out a near-duplicate
-            dup["duplicate_of"] = survivor.get(dup["duplicate_of"], dup["duplicate_of"])
-        for dropped, kept, score in found:
-            progress.duplicates.append({**progress.kept[dropped], "duplicate_of": progress.kept[kept]["image_key"],
-                                        "kind": "near", "similarity": round(score, 4)})
-    keep = np.setdiff1d(np.arange(n), [progress.index[d["image_key"]] for d in progress.duplicates
-                                       if d["kind"] == "near"])
+    dropped = _near_duplicates(progress, images[:n], thumbs[:n], params.near_duplicates, log)
+    keep = np.setdiff1d(np.arange(n), dropped)
     _copy_rows(images, keep, work / "images.npy")
     del images, thumbs
     for name in ("images", "thumbnails"):
         (work / f"{name}.tmp.npy").unlink()
     return _write_tables(work, [progress.kept[k] for k in keep], progress, names, params)
+
+
+def _near_duplicates(progress: _Progress, images, thumbs, threshold: float | None, log) -> list[int]:
+    """Record the kept films that are near-duplicates of earlier ones; return their indices."""
+    if threshold is None:
+        return []
+    log("[data_prep] looking for near-duplicate films")
+    found = near_duplicates(images, thumbs, threshold)
+    survivor = {progress.kept[d]["image_key"]: progress.kept[k]["image_key"] for d, k, _ in found}
+    for dup in progress.duplicates:  # an exact copy of a film that turned out a near-duplicate
+        dup["duplicate_of"] = survivor.get(dup["duplicate_of"], dup["duplicate_of"])
+    for dropped, kept, score in found:
+        progress.duplicates.append({**progress.kept[dropped], "duplicate_of": progress.kept[kept]["image_key"],
+                                    "kind": "near", "similarity": round(score, 4)})
+    return [d for d, _, _ in found]
 
 
 def _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log) -> None:
