@@ -1,13 +1,16 @@
 """Backbones by name (torchvision builders) with a GAP + dropout + linear head.
 
 Grey input in [0, 1] is replicated to 3 channels and normalised with the ImageNet
-statistics that torchvision's weights were trained with.
+statistics that torchvision's weights were trained with. `init="imagenet"` loads those
+weights (see `trainables.weights`); `"scratch"` starts from random ones.
 """
 from __future__ import annotations
 
 import torch
 import torchvision
 from torch import nn
+
+from trainables.weights import load_imagenet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +34,7 @@ TRUNKS = {
     "mobilenet_v3_large": lambda m: m.features,
     "alexnet": lambda m: m.features,
 }
-INITS = ("scratch",)
+INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
 
 
 class Classifier(nn.Module):
@@ -58,7 +61,10 @@ def build_model(backbone: str, num_classes: int, dropout: float, init: str = "sc
     check_backbone(backbone)
     if init not in INITS:
         raise ValueError(f"unknown initialisation {init!r}; expected one of {INITS}")
-    trunk = TRUNKS[backbone](torchvision.models.get_model(backbone, weights=None))
+    model = torchvision.models.get_model(backbone, weights=None)
+    if init == "imagenet":
+        load_imagenet(model, backbone)
+    trunk = TRUNKS[backbone](model)
     with torch.no_grad():
         channels = trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
     return Classifier(trunk.train(), channels, num_classes, dropout)
