@@ -48,10 +48,12 @@ def near_duplicates(images: np.ndarray, thumbnails: np.ndarray, threshold: float
     radius = float(np.sqrt(2 - 2 * CANDIDATE))  # unit vectors: |a - b|^2 = 2 - 2 corr
     graph = NearestNeighbors(radius=radius, algorithm="brute").fit(thumbnails).radius_neighbors_graph(mode="connectivity")
     rows, cols = graph.nonzero()
-    pairs, scores = [], {}
-    for i, j in zip(rows, cols):
+    pairs, scores, current = [], {}, (-1, None)
+    for i, j in zip(rows, cols):  # row-major: all of film i's candidates come together
         if i < j:
-            score = float(_detail(images[i]) @ _detail(images[j]))
+            if current[0] != i:  # film i is read and filtered once, not once per candidate
+                current = (i, _detail(images[i]))
+            score = float(current[1] @ _detail(images[j]))
             if score >= threshold:
                 pairs.append((i, j))
                 for end in (i, j):
