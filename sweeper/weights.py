@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from sweeper.spec import SpecError, SweepSpec, load_spec
-from trainables.weights import WeightsUnavailable, fetch, weights_file
+from trainables.weights import report
 
 
 def imagenet_backbones(spec: SweepSpec) -> list[str]:
@@ -33,18 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not backbones:
         print(f"spec {args.spec!r} starts no backbone from ImageNet: nothing to fetch")
         return 0
-    missing = 0
-    for backbone in backbones:
-        try:
-            path = weights_file(backbone)[0] if args.check else fetch(backbone)
-        except WeightsUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            missing += 1
-            continue
-        missing += not path.is_file()
-        print(f"{backbone}: {path} ({'present' if path.is_file() else 'missing'})")
-    return 2 if missing else 0
-
+    return report(backbones, download=not args.check, missing_is_error=True)
 
 if __name__ == "__main__":
     sys.exit(main())

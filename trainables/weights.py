@@ -72,22 +72,27 @@ def load_imagenet(model: nn.Module, backbone: str) -> None:
                                  f"({type(exc).__name__}: {detail}); delete it and fetch it again") from exc
 
 
+def report(backbones: list[str], download: bool, missing_is_error: bool) -> int:
+    """Fetch (or only locate) each backbone's file and print where it is; the exit status."""
+    failed = 0
+    for backbone in backbones:
+        try:
+            path = fetch(backbone) if download else weights_file(backbone)[0]
+        except (WeightsUnavailable, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        failed += missing_is_error and not path.is_file()
+        print(f"{backbone}: {path} ({'present' if path.is_file() else 'missing'})")
+    return 2 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainables.weights", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("fetch", "where"))
     parser.add_argument("backbones", nargs="+")
     args = parser.parse_args(argv)
-    failed = 0
-    for backbone in args.backbones:
-        try:
-            path = fetch(backbone) if args.action == "fetch" else weights_file(backbone)[0]
-        except (WeightsUnavailable, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{backbone}: {path} ({'present' if path.is_file() else 'missing'})")
-    return 2 if failed else 0
-
+    return report(args.backbones, download=args.action == "fetch", missing_is_error=False)
 
 if __name__ == "__main__":
     sys.exit(main())
