@@ -56,7 +56,7 @@ def _hashed(params: BuildParams) -> dict:
     if params.bits not in DTYPES:
         raise DataPrepError(f"bits={params.bits}; expected 8 or 16")
     if params.near_duplicates is not None and not 0 < params.near_duplicates <= 1:
-        raise DataPrepError(f"near_duplicates={params.near_duplicates}; expected a correlation in (0, 1] or None")
+        raise DataPrepError(f"near_duplicates={params.near_duplicates}; expected a correlation in (0, 1], or None (--near-duplicates off) to keep every film")
     return {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
             "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
 
@@ -270,12 +270,8 @@ def _duplicates_table(progress: _Progress, names) -> pd.DataFrame:
 
 
 def _threshold(text: str) -> float | None:
-    if text == "off":
-        return None
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a correlation in (0, 1] or 'off'")
-    return value
+    """'off' or a number; the range is checked with the other parameters (`_hashed`)."""
+    return None if text == "off" else float(text)
 
 
 def main(argv: list[str] | None = None) -> int:
