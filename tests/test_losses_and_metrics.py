@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables.losses import batch_weighted_bce, bce, make_loss
-from trainables.metrics import multilabel_metrics
+from trainables.metrics import fitted_thresholds, multilabel_metrics
 
 
 def _bce_terms(p, y):
@@ -61,26 +61,71 @@ def test_unknown_loss_lists_the_valid_ones():
 def test_metrics_known_values():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     p = np.array([[0.9, 0.2], [0.2, 0.8], [0.7, 0.4], [0.1, 0.6]])
-    m = multilabel_metrics(y, p)
+    m = multilabel_metrics(y, p, thresholds=np.array([0.5, 0.3]))
     assert m["auc_per_class"] == [1.0, 0.75]
-    assert m["auc"] == pytest.approx(0.875)
-    assert m["hamming"] == pytest.approx(2 / 8)  # (3,1) and (4,1) are wrong at 0.5
+    assert m["auc"] == pytest.approx(0.875) and m["auc_classes"] == 2
+    # AP of class 1: ranking 0.8(+) 0.6(-) 0.4(+) 0.2(-) -> precisions 1 and 2/3 at the two hits
+    assert m["ap_per_class"][1] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["prevalence_per_class"] == [0.5, 0.5]
+    assert m["hamming_05"] == pytest.approx(2 / 8)  # (3,1) and (4,1) are wrong at 0.5
     assert m["binary_acc"] == pytest.approx(0.75)
+    # at the fitted thresholds 0.5 and 0.3: (3,1) is now right (0.4 > 0.3), (4,1) still wrong
+    assert m["hamming"] == pytest.approx(1 / 8)
+    assert m["mae"] == pytest.approx(np.abs(p - y).mean())
+    assert m["fnr_per_class"] == [0.0, 0.5] and m["fnr"] == pytest.approx(0.25)
     assert m["exact_match"] == pytest.approx(0.5)
+    assert m["undefined"] == []
 
 
-def test_class_without_positives_is_nan_and_left_out_of_the_macro_mean():
+def test_seed_000_threshold_is_the_training_prevalence():
+    # p/(1-p) > |P|/|N|  <=>  p > |P|/(|P|+|N|); NaN labels are not counted
+    train = np.array([[1, 0, np.nan], [0, 0, np.nan], [0, 1, np.nan], [0, 0, np.nan]])
+    thresholds = fitted_thresholds(train)
+    assert thresholds[:2].tolist() == [0.25, 0.25] and np.isnan(thresholds[2])
+    m = multilabel_metrics(np.array([[1, 0, 1], [0, 1, 0]]), np.full((2, 3), 0.3), thresholds, ["a", "b", "c"])
+    assert math.isnan(m["hamming_per_class"][2]) and m["hamming"] == pytest.approx(2 / 4)
+    assert "hamming [c]: no fitted threshold (no labelled training images)" in m["undefined"]
+    p = 0.26  # odds 0.351 > 1/3: positive
+    assert p / (1 - p) > 1 / 3 and p > thresholds[0]
+
+
+def test_class_without_positives_is_nan_with_a_reason_and_left_out_of_the_macro_mean():
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     p = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.2], [0.1, 0.4]])
-    m = multilabel_metrics(y, p)
-    assert math.isnan(m["auc_per_class"][1]) and math.isnan(m["ap_per_class"][1])
-    assert m["auc"] == 1.0 and m["n_defined"] == 1
+    m = multilabel_metrics(y, p, label_names=["Cardiomegaly", "Hernia"])
+    assert math.isnan(m["auc_per_class"][1]) and math.isnan(m["ap_per_class"][1]) and math.isnan(m["fnr_per_class"][1])
+    assert m["auc"] == 1.0 and m["auc_classes"] == 1 and m["fnr_classes"] == 1
+    assert "auc, ap [Hernia]: no positive images among 4 in this split" in m["undefined"]
+    assert "fnr [Hernia]: no positive images in this split" in m["undefined"]
+    assert m["binary_acc"] == 1.0  # every entry right at 0.5: pooled metrics still count the class
+    assert "hamming: no fitted thresholds were given" in m["undefined"]
+
+
+def test_class_without_negatives_is_nan_with_a_reason():
+    y = np.array([[1, 1], [0, 1], [1, 1]])
+    m = multilabel_metrics(y, np.full((3, 2), 0.7), label_names=["a", "b"])
+    assert np.isnan(m["auc_per_class"][1]) and "auc, ap [b]: no negative images among 3 in this split" in m["undefined"]
+
+
+def test_a_split_with_no_defined_class_gives_nan_macros_not_a_crash():
+    m = multilabel_metrics(np.zeros((3, 2)), np.full((3, 2), 0.2))
+    assert math.isnan(m["auc"]) and m["auc_classes"] == 0 and math.isnan(m["fnr"])
+    assert m["binary_acc"] == 1.0 and m["exact_match"] == 1.0
 
 
 def test_masked_truth_is_left_out_of_every_metric():
     y = np.array([[1, np.nan], [0, 1], [1, 0], [0, np.nan]])
     p = np.array([[0.9, 0.9], [0.2, 0.8], [0.7, 0.9], [0.6, 0.1]])
-    m = multilabel_metrics(y, p)
+    m = multilabel_metrics(y, p, thresholds=np.array([0.5, 0.5]))
     assert m["auc_per_class"] == [1.0, 0.0]  # class 1 on its known rows 1, 2: positive 0.8 < negative 0.9
-    assert m["hamming"] == pytest.approx(2 / 6)  # (2,1) and (3,0) wrong among 6 known entries
+    assert m["hamming_05"] == pytest.approx(2 / 6)  # (2,1) and (3,0) wrong among 6 known entries
+    assert m["hamming"] == pytest.approx(2 / 6)
+    assert m["mae"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.6 + 0.2 + 0.9) / 6)
+    assert m["prevalence_per_class"] == [0.5, 0.5]
     assert m["exact_match"] == pytest.approx(2 / 4)
+
+
+def test_exact_match_is_strictly_above_one_half():
+    # Keras' binary accuracy (seed 003) predicts positive for p > 0.5, not p >= 0.5
+    m = multilabel_metrics(np.array([[0.0]]), np.array([[0.5]]))
+    assert m["exact_match"] == 1.0 and m["binary_acc"] == 1.0
