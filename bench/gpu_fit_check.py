@@ -22,7 +22,7 @@ from data_prep.build import BuildParams, build  # noqa: E402
 from data_prep.phantom import make_phantom_set  # noqa: E402
 from trainables.fit import FitConfig, fit  # noqa: E402
 from trainables.losses import LOSSES  # noqa: E402
-from trainables.models import TRUNKS  # noqa: E402
+from trainables.models import BACKBONES  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
     report = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "size": args.size, "epochs": args.epochs, "runs": []}
-    for backbone in sorted(TRUNKS):
+    for backbone in sorted(BACKBONES):
         for loss in LOSSES:
             epochs = []
             started = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.losses import LOSSES
-from trainables.models import INITS, TRUNKS
+from trainables.models import BACKBONES, INITS
 
 PHANTOM = "phantom"
 
@@ -101,9 +101,9 @@ class Grid(Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbones(cls, names):
-        unknown = [n for n in names if n not in TRUNKS]
+        unknown = [n for n in names if n not in BACKBONES]
         if unknown:
-            raise ValueError(f"unknown backbone(s) {unknown}; expected any of {sorted(TRUNKS)}")
+            raise ValueError(f"unknown backbone(s) {unknown}; expected any of {sorted(BACKBONES)}")
         return names
 
 

@@ -36,9 +36,10 @@ def _seed_cache(backbone: str, cache) -> dict:
 def test_imagenet_init_loads_the_cached_weights_file(offline_cache):
     state = _seed_cache("resnet18", offline_cache)
     model = build_model("resnet18", num_classes=3, dropout=0.1, init="imagenet")
-    loaded = model.trunk.state_dict()
+    loaded = model.branches[0].trunk.state_dict()
     assert torch.equal(loaded["0.weight"], state["conv1.weight"])  # the trunk's first conv is resnet's conv1
     assert torch.equal(loaded["4.1.bn2.running_var"], state["layer1.1.bn2.running_var"])
+    assert model.branches[0].mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])  # the weights' own
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 3)
 
 

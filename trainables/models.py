@@ -1,8 +1,19 @@
-"""Backbones by name (torchvision builders) with a GAP + dropout + linear head.
+"""Models by name: branches (input adapter + trunk + pooling) under one dropout + linear head.
 
-Grey input in [0, 1] is replicated to 3 channels and normalised with the ImageNet
-statistics that torchvision's weights were trained with. `init="imagenet"` loads those
-weights (see `trainables.weights`); `"scratch"` starts from random ones.
+A `Branch` takes grey images in [0, 1] and feeds them the way its weights expect:
+- ImageNet weights: replicated to 3 channels and normalised with the mean and std those
+  weights were trained with (torchvision's weights metadata);
+- scratch: the first convolution is adapted to one channel (a third of its cost, nothing
+  to replicate) and the input is centred with GREY_NORM.
+A checkpoint from a pretraining stage is a branch's state dict, so it carries its adapter.
+
+- regular and co-trained: one branch; mixed: two branches (e.g. ImageNet and CheXpert-
+  pretrained) whose pooled features are concatenated before the head (seed 000).
+- co-trained pretraining: `MultiSourceClassifier`, one branch and one head per source.
+
+Batch norm: torchvision's MobileNetV3 uses momentum 0.01, so after a few hundred steps its
+running statistics still describe ImageNet (or random init) and eval-mode predictions are
+nearly constant. Every batch-norm layer uses PyTorch's default 0.1 (BN_MOMENTUM).
 """
 from __future__ import annotations
 
@@ -10,61 +21,130 @@ import torch
 import torchvision
 from torch import nn
 
+from trainables.alexnet_style import alexnet_style_dense, alexnet_style_features
 from trainables.weights import load_imagenet
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _children_trunk(model: nn.Module, drop_last: int) -> nn.Module:
-    return nn.Sequential(*list(model.children())[:-drop_last])
-
-
-def _densenet_trunk(model: nn.Module) -> nn.Module:
-    return nn.Sequential(model.features, nn.ReLU(inplace=False))
-
-
-# backbone name -> convolutional trunk of the torchvision model (everything before pooling).
-TRUNKS = {
-    "resnet18": lambda m: _children_trunk(m, 2),
-    "resnet50": lambda m: _children_trunk(m, 2),
-    "densenet121": _densenet_trunk,
+GREY_NORM = ((0.5,), (0.25,))
+BN_MOMENTUM = 0.1
+INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
+TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision model
+    "resnet18": lambda m: nn.Sequential(*list(m.children())[:-2]),
+    "resnet50": lambda m: nn.Sequential(*list(m.children())[:-2]),
+    "densenet121": lambda m: nn.Sequential(m.features, nn.ReLU(inplace=False)),
     "mobilenet_v2": lambda m: m.features,
     "mobilenet_v3_small": lambda m: m.features,
     "mobilenet_v3_large": lambda m: m.features,
     "alexnet": lambda m: m.features,
 }
-INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
-
-
-class Classifier(nn.Module):
-    """trunk -> global average pool -> dropout -> linear (K logits)."""
-
-    def __init__(self, trunk: nn.Module, channels: int, num_classes: int, dropout: float):
-        super().__init__()
-        self.trunk = trunk
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, grey: torch.Tensor) -> torch.Tensor:
-        x = (grey.expand(-1, 3, -1, -1) - self.mean) / self.std
-        return self.head(self.trunk(x))
+BACKBONES = (*TORCHVISION_TRUNKS, "alexnet_style")
 
 
 def check_backbone(name: str) -> None:
-    if name not in TRUNKS:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(TRUNKS)}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+
+
+def check_init(backbone: str, init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown initialisation {init!r}; expected one of {INITS}")
+    if backbone == "alexnet_style" and init == "imagenet":
+        raise ValueError("alexnet_style (seed 003's network) has no ImageNet weights; use init = \"scratch\"")
+
+
+class Branch(nn.Module):
+    """grey (B, 1, H, W) -> normalised input -> trunk -> pooled features (B, features)."""
+
+    def __init__(self, trunk: nn.Module, pool: nn.Module, mean: tuple, std: tuple):
+        super().__init__()
+        self.trunk, self.pool = trunk, pool
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        with torch.no_grad():
+            self.n_features = self.eval()(torch.zeros(2, 1, 64, 64)).shape[1]
+        self.train()
+
+    def forward(self, grey: torch.Tensor) -> torch.Tensor:
+        x = grey.expand(-1, 3, -1, -1) if self.mean.shape[1] == 3 else grey  # ImageNet weights: replicate
+        return self.pool(self.trunk((x - self.mean) / self.std))
+
+
+def _grey_first_conv(trunk: nn.Module) -> None:
+    """Replace the first convolution by a freshly initialised one-channel one of the same shape."""
+    for module in trunk.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, nn.Conv2d(1, child.out_channels, child.kernel_size, child.stride,
+                                                child.padding, child.dilation, child.groups, child.bias is not None))
+                return
+    raise ValueError("trunk has no convolution to adapt")
+
+
+def _set_bn_momentum(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = BN_MOMENTUM
+
+
+def build_branch(backbone: str, init: str = "scratch") -> Branch:
+    check_backbone(backbone)
+    check_init(backbone, init)
+    if backbone == "alexnet_style":
+        branch = Branch(alexnet_style_features(1), alexnet_style_dense(), *GREY_NORM)
+    else:
+        model = torchvision.models.get_model(backbone, weights=None)
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        trunk = TORCHVISION_TRUNKS[backbone](model)
+        if init == "imagenet":
+            load_imagenet(model, backbone)
+            preset = torchvision.models.get_model_weights(backbone).DEFAULT.transforms()
+            branch = Branch(trunk, pool, tuple(preset.mean), tuple(preset.std))
+        else:
+            _grey_first_conv(trunk)
+            branch = Branch(trunk, pool, *GREY_NORM)
+    _set_bn_momentum(branch)
+    return branch
+
+
+class Classifier(nn.Module):
+    """branches -> concatenated pooled features -> dropout -> linear (K logits)."""
+
+    def __init__(self, branches: list[Branch], num_classes: int, dropout: float):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(sum(b.n_features for b in branches), num_classes)
+
+    def forward(self, grey: torch.Tensor) -> torch.Tensor:
+        features = [branch(grey) for branch in self.branches]
+        return self.head(self.dropout(features[0] if len(features) == 1 else torch.cat(features, dim=1)))
 
 
 def build_model(backbone: str, num_classes: int, dropout: float, init: str = "scratch") -> Classifier:
-    check_backbone(backbone)
-    if init not in INITS:
-        raise ValueError(f"unknown initialisation {init!r}; expected one of {INITS}")
-    model = torchvision.models.get_model(backbone, weights=None)
-    if init == "imagenet":
-        load_imagenet(model, backbone)
-    trunk = TRUNKS[backbone](model)
-    with torch.no_grad():
-        channels = trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-    return Classifier(trunk.train(), channels, num_classes, dropout)
+    """One branch (regular transfer; co-trained fine-tuning)."""
+    return Classifier([build_branch(backbone, init)], num_classes, dropout)
+
+
+class MultiSourceClassifier(nn.Module):
+    """Co-trained pretraining: one branch, one head per source.
+
+    Logits are returned in the union label space (`columns[s]` says where source s's labels
+    go); entries of labels a source does not have are 0 and must be masked out of the loss.
+    """
+
+    def __init__(self, branch: Branch, columns: list[list[int]], num_union: int, dropout: float):
+        super().__init__()
+        self.branch = branch
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleList(nn.Linear(branch.n_features, len(cols)) for cols in columns)
+        self.columns = [torch.as_tensor(cols) for cols in columns]
+        self.num_union = num_union
+
+    def forward(self, grey: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        features = self.dropout(self.branch(grey))
+        logits = features.new_zeros(len(grey), self.num_union)
+        for s, head in enumerate(self.heads):
+            rows = torch.nonzero(source == s).flatten()
+            if len(rows):
+                cols = self.columns[s].to(grey.device)
+                logits[rows.unsqueeze(1), cols.unsqueeze(0)] = head(features[rows]).to(logits.dtype)
+        return logits
