@@ -80,7 +80,7 @@ class TrialMetric(Base):
     __table_args__ = (UniqueConstraint("trial_id", "split", "metric", "class_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
-    split: Mapped[str] = mapped_column(String(10))  # val, test
+    split: Mapped[str] = mapped_column(String(16))  # val, test, outer_train
     metric: Mapped[str] = mapped_column(String(40))  # auc, ap, hamming, binary_acc, exact_match
     class_name: Mapped[str] = mapped_column(String(200))  # a label, or MACRO
     value: Mapped[float | None] = mapped_column(Float, nullable=True)

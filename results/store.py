@@ -179,15 +179,21 @@ class ResultsStore:
                        ["trial_id", "split", "metric", "class_name"])
 
 
+SPLITS = ("test", "outer_train")  # what the trainable's last report evaluates
+PER_CLASS_METRICS = ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr")
+MACRO_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")
+
+
 def _metric_rows(trial_id: int, result: dict, label_names) -> list[dict]:
     rows = [{"trial_id": trial_id, "split": "val", "metric": "auc", "class_name": MACRO,
              "value": _finite(result["best_val_auc"])}]
-    for metric in ("auc", "ap", "hamming", "binary_acc", "exact_match", "loss"):
-        if f"test_{metric}" in result:
-            rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": MACRO,
-                         "value": _finite(result[f"test_{metric}"])})
-    for metric in ("auc", "ap"):
-        for label, value in zip(label_names, result.get(f"test_{metric}_per_class", [])):
-            rows.append({"trial_id": trial_id, "split": "test", "metric": metric, "class_name": label,
-                         "value": _finite(value)})
+    for split in SPLITS:
+        for metric in MACRO_METRICS:
+            if f"{split}_{metric}" in result:
+                rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": MACRO,
+                             "value": _finite(result[f"{split}_{metric}"])})
+        for metric in PER_CLASS_METRICS:
+            for label, value in zip(label_names, result.get(f"{split}_{metric}_per_class", [])):
+                rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": label,
+                             "value": _finite(value)})
     return rows

@@ -13,7 +13,7 @@ MAX_ERROR_CHARS = 8000
 
 
 class ResultsCallback(Callback):
-    def __init__(self, db_url: str, sweep_id: int, final_epoch: int, total_trials: int, label_names: list[str],
+    def __init__(self, db_url: str, sweep_id: int, total_trials: int, label_names: list[str],
                  log=print):
         self.db_url = db_url
         self.label_names = list(label_names)
@@ -21,7 +21,6 @@ class ResultsCallback(Callback):
         self.finished = 0
         self.log = log
         self.sweep_id = sweep_id
-        self.final_epoch = final_epoch
         self._store: ResultsStore | None = None
 
     def __getstate__(self):
@@ -45,7 +44,7 @@ class ResultsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        status = "COMPLETE" if int(result.get("epoch", 0)) >= self.final_epoch else "PRUNED"
+        status = "COMPLETE" if result.get("done") else "PRUNED"  # done: the trainable ended it (epochs, early stop)
         self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names)
         self._progress(trial, status, result)
 

@@ -29,7 +29,7 @@ def _trainable(spec: SweepSpec):
 
 
 def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback) -> tune.Tuner:
-    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, final_epoch=spec.train.epochs)
+    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE)
     scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
                              reduction_factor=spec.asha.reduction_factor)
     return tune.Tuner(
@@ -63,7 +63,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url:
                 raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
             tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
         else:
-            callback = ResultsCallback(db_url, sweep_id, spec.train.epochs, sum(p.n_trials for p in plans),
+            callback = ResultsCallback(db_url, sweep_id, sum(p.n_trials for p in plans),
                                        PreparedDataset(data["target"]).label_names)
             tuner = _new_tuner(spec, plans, name, storage, callback)
         grid = tuner.fit()

@@ -37,11 +37,10 @@ def study_seed(key: str, base_seed: int) -> int:
 
 class PerStudyOptunaSearcher(Searcher):
     def __init__(self, plans: list[StudyPlan], space: dict[str, BaseDistribution], metric: str = "val_auc",
-                 mode: str = "max", final_epoch: int | None = None):
+                 mode: str = "max"):
         super().__init__(metric=metric, mode=mode)
         self._plans = {p.key: p for p in plans}
         self._space = space
-        self._final_epoch = final_epoch
         direction = "maximize" if mode == "max" else "minimize"
         self._studies = {
             p.key: optuna.create_study(study_name=p.key, direction=direction,
@@ -77,7 +76,7 @@ class PerStudyOptunaSearcher(Searcher):
         best = (result or {}).get("best_val_auc")
         if error or not _finite(best):
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif self._final_epoch and int(result.get("epoch", 0)) < self._final_epoch:
+        elif not result.get("done"):  # stopped by the scheduler, not ended by the trainable
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(trial, float(best), skip_if_finished=True)

@@ -15,7 +15,7 @@ SPACE = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribu
 
 def _searcher(n_studies=2, n_trials=2):
     plans = [StudyPlan(key=f"cell{i}/fold0", config={"backbone": f"b{i}"}, n_trials=n_trials) for i in range(n_studies)]
-    return PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", final_epoch=4)
+    return PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max")
 
 
 def test_every_study_gets_its_budget_round_robin_then_finished():
@@ -40,7 +40,7 @@ def test_completed_pruned_and_failed_trials_are_told_to_optuna():
         searcher.suggest(t)
     for epoch in (1, 2):
         searcher.on_trial_result("stopped", {"epoch": epoch, "val_auc": 0.6})
-    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85})
+    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85, "done": True})
     searcher.on_trial_complete("stopped", {"epoch": 2, "best_val_auc": 0.6, "val_auc": 0.6})
     searcher.on_trial_complete("broken", None, error=True)
     trials = searcher.studies["cell0/fold0"].trials

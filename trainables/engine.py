@@ -1,55 +1,105 @@
-"""train_one_epoch and predict as plain functions over an in-memory uint8 image tensor."""
+"""train_one_epoch and predict as plain functions over an `ImageFeed`.
+
+`Precision` bundles what the device allows: fp32 on the CPU; on CUDA bf16 autocast (no
+scaler needed) or, on GPUs without bf16, fp16 autocast with a gradient scaler; and
+channels_last. The loss is only read back to the host once per epoch, so the GPU is never
+made to wait for the host inside an epoch.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from trainables.feed import ImageFeed
 
-def _batch(images: torch.Tensor, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Grey images in [0, 1] from the 8- or 16-bit prepared pixels."""
-    top = 255.0 if images.dtype == torch.uint8 else 65535.0
-    return images[torch.as_tensor(idx)].to(device, non_blocking=True).unsqueeze(1).float().div_(top)
-
-
-def targets_and_mask(labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """0/1 targets, and a 0/1 mask where labels are NaN (masked, e.g. CheXpert U-Ignore); None if none are."""
-    y = torch.as_tensor(labels, device=device)
-    known = ~torch.isnan(y)
-    if bool(known.all()):
-        return y, None
-    return torch.nan_to_num(y, nan=0.0), known.float()
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the learning rate is too high or the data is broken."""
 
 
-def train_one_epoch(model, loss_fn, optimizer, images, labels, indices, batch_size, device, generator) -> float:
+@dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None: fp32
+
+    @classmethod
+    def choose(cls, name: str, device: torch.device) -> "Precision":
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; expected one of {PRECISIONS}")
+        if name == "auto":
+            if device.type != "cuda":
+                return cls(device, None)
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return cls(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+def targets_and_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """0/1 targets, and a 0/1 mask where labels are NaN (unknown, e.g. CheXpert U-Ignore); None if none are."""
+    known = ~torch.isnan(labels)
+    if bool(known.all()):
+        return labels, None
+    return torch.nan_to_num(labels, nan=0.0), known.float()
+
+
+def _forward(model, x: torch.Tensor, idx: np.ndarray, precision: Precision, source_of: torch.Tensor | None):
+    with precision.autocast():
+        if source_of is None:
+            return model(precision.prepare(x)).float()
+        return model(precision.prepare(x), source_of[torch.as_tensor(idx, device=source_of.device)]).float()
+
+
+def train_one_epoch(model, loss_fn, optimizer, scaler, feed: ImageFeed, labels: torch.Tensor, indices: np.ndarray,
+                    batch_size: int, precision: Precision, generator: torch.Generator, augment=None,
+                    source_of: torch.Tensor | None = None) -> float:
+    """Mean training loss; `labels` (all images, NaN = unknown) already on the device.
+
+    `source_of` (co-trained pretraining): each image's source number, passed to the model.
+    """
     model.train()
     order = indices[torch.randperm(len(indices), generator=generator).numpy()]
-    total, seen = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < 2 and start > 0:  # a batch of one breaks batch norm; its image is seen next epoch
-            continue
-        x = _batch(images, idx, device)
-        y, mask = targets_and_mask(labels[idx], device)
-        loss = loss_fn(model(x), y, mask)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLoss(f"training loss is {loss.item()} at batch {start // batch_size}; lower the learning rate")
+    if len(order) % batch_size == 1 and len(order) > 1:
+        order = order[:-1]  # a batch of one breaks batch norm; the image is seen in another epoch
+    total = torch.zeros((), device=precision.device)
+    for x, idx in feed.batches(order, batch_size):
+        if augment is not None:
+            x = augment(x, generator)
+        y, mask = targets_and_mask(labels[torch.as_tensor(idx, device=labels.device)])
+        loss = loss_fn(_forward(model, x, idx, precision, source_of), y, mask)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, seen = total + loss.item() * len(idx), seen + len(idx)
-    return total / max(seen, 1)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(idx)
+    mean = total.item() / max(len(order), 1)
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(f"training loss is {mean} in this epoch; lower the learning rate")
+    return mean
 
 
 @torch.no_grad()
-def predict(model, images, indices, batch_size, device) -> np.ndarray:
-    """Sigmoid probabilities, one row per index."""
+def predict(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precision: Precision,
+            source_of: torch.Tensor | None = None) -> np.ndarray:
+    """Sigmoid probabilities (float32), one row per index, in `indices`' order."""
     model.eval()
-    out = [torch.sigmoid(model(_batch(images, indices[s:s + batch_size], device))).cpu()
-           for s in range(0, len(indices), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    out = []
+    for x, idx in feed.batches(indices, batch_size):
+        out.append(torch.sigmoid(_forward(model, x, idx, precision, source_of)))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)

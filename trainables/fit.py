@@ -1,14 +1,18 @@
 """One fit of one (backbone, recipe, outer fold, hyperparameters): a plain function.
 
-Every epoch: train, evaluate on the inner validation split, and, when validation improved,
-evaluate the outer test fold. The report therefore always carries the test metrics of the
-best-on-validation epoch so far, for trials that run to the end and for trials a scheduler
-stops early. Tuning only ever looks at `val_auc`.
+Every epoch: train on the inner training part, evaluate the inner validation split, step
+the learning-rate schedule and early stopping, and report with a checkpoint. Tuning only
+ever looks at validation. When training ends (last epoch or early stop), the weights that
+were best on validation are evaluated on the outer training part and the outer test fold;
+that last report carries those metrics (`test_*`, `outer_train_*`) and the checkpoint
+carries the per-image probabilities (`predictions`), so a scheduler that stops the trial
+right after its last report loses nothing.
 """
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +21,14 @@ import torch
 
 from data_prep.dataset import PreparedDataset
 from trainables import engine
+from trainables.augment import AugmentConfig, BatchAugment
+from trainables.evaluate import final_evaluation
+from trainables.feed import ImageFeed
 from trainables.losses import make_loss
-from trainables.metrics import multilabel_metrics
-from trainables.models import build_model
-from trainables.pretrain import ensure_pretrained
+from trainables.metrics import fitted_thresholds, multilabel_metrics
+from trainables.pretrain import Stage
+from trainables.recipe import build_recipe_model
+from trainables.schedule import EarlyStopping, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -34,35 +42,45 @@ class FitConfig:
     batch_size: int = 32
     loss: str = "bce"
     init: str = "scratch"
-    pretrain_dir: str | None = None  # prepared source data set (regular transfer)
+    strategy: str = "regular"  # regular | mixed | co_trained
+    pretrain_dirs: tuple[str, ...] = ()  # prepared source data sets, in order
     pretrain_epochs: int = 2
     pretrain_lr: float = 1e-3
     pretrain_cache: str | None = None
+    schedule: str = "plateau"  # plateau | cosine | constant
+    schedule_patience: int = 2
+    early_stopping: int = 0  # epochs without validation improvement before stopping; 0: never
+    augment: dict | None = field(default=None, hash=False)  # AugmentConfig fields; None: no augmentation
     val_fraction: float = 0.2
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    feed: str = "auto"  # auto | resident | stream
+
+    def __post_init__(self):
+        object.__setattr__(self, "pretrain_dirs", tuple(self.pretrain_dirs or ()))
+
+    def stage(self) -> Stage | None:
+        if not self.pretrain_dirs:
+            return None
+        return Stage(self.backbone, self.init, "co_trained" if self.strategy == "co_trained" else "regular",
+                     self.pretrain_dirs, self.pretrain_epochs, self.pretrain_lr, self.batch_size, self.loss, self.seed)
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
 
 
 def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _print_report(metrics: dict, state: dict) -> None:
-    print(f"epoch {metrics['epoch']}: train_loss={metrics['train_loss']:.4f} val_auc={metrics['val_auc']:.4f} "
-          f"best_epoch={metrics['best_epoch']} test_auc={metrics['test_auc']:.4f}")
-
-
-def _evaluate(model, data, images, indices, cfg, device, loss_fn) -> dict:
-    probs = engine.predict(model, images, indices, cfg.batch_size, device)
-    truth = data.labels[indices]
-    metrics = multilabel_metrics(truth, probs)
-    logits = torch.as_tensor(probs, device=device).logit(eps=1e-6)  # loss weights live on `device`
-    metrics["loss"] = float(loss_fn(logits, *engine.targets_and_mask(truth, device)))
-    return metrics
+    line = (f"epoch {metrics['epoch']}: train_loss={metrics['train_loss']:.4f} val_auc={metrics['val_auc']:.4f} "
+            f"best_epoch={metrics['best_epoch']}")
+    print(line + (f" test_auc={metrics['test_auc']:.4f}" if "test_auc" in metrics else ""))
 
 
 def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitConfig) -> None:
@@ -75,51 +93,105 @@ def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitCon
                          f"validation AUC is undefined; use a larger val_fraction or more data")
 
 
+class _Run:
+    """Everything one fit holds; `state()` / `restore()` are the checkpoint."""
+
+    def __init__(self, cfg: FitConfig, log):
+        self.cfg, self.device = cfg, _device(cfg.device)
+        self.precision = engine.Precision.choose(cfg.precision, self.device)
+        torch.manual_seed(cfg.seed)
+        self.data = PreparedDataset(cfg.data_dir)
+        self.split = self.data.split(cfg.outer_fold, cfg.val_fraction, seed=cfg.seed)
+        _require_defined_auc(self.data, self.split.val, cfg)
+        cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")
+        model = build_recipe_model(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(self.data.label_names),
+                                   cfg.dropout, cache, self.device, log)
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.precision.channels_last
+                              else torch.preserve_format)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = make_scheduler(cfg.schedule, self.optimizer, cfg.epochs, cfg.schedule_patience)
+        self.stopper = EarlyStopping(patience=cfg.early_stopping)
+        self.scaler = self.precision.scaler()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.augment = BatchAugment(AugmentConfig(**cfg.augment)) if cfg.augment is not None else None
+        self.feed = ImageFeed(self.data.images, self.device, cfg.feed)
+        self.labels = torch.as_tensor(self.data.labels, device=self.device)
+        self.loss_fn = make_loss(cfg.loss, self.data.labels[self.split.train], self.device)
+        self.thresholds = fitted_thresholds(self.data.labels[self.split.train])
+        self.best_model = copy.deepcopy(self.model.state_dict())
+        self.epoch = 0
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "stopper": self.stopper.state_dict(), "best_model": self.best_model, "epoch": self.epoch,
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "config": {**asdict(self.cfg), "pretrain_dirs": list(self.cfg.pretrain_dirs)}}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.best_model, self.epoch = state["best_model"], state["epoch"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generators
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def train_epoch(self) -> dict:
+        started, waited = time.perf_counter(), self.feed.waited
+        train_loss = engine.train_one_epoch(self.model, self.loss_fn, self.optimizer, self.scaler, self.feed,
+                                            self.labels, self.split.train, self.cfg.batch_size, self.precision,
+                                            self.generator, self.augment)
+        trained = time.perf_counter() - started
+        self.epoch += 1
+        val = self.evaluate(self.split.val)
+        if self.stopper.update(self.epoch, val["auc"]):
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.scheduler.step(val["auc"])
+        return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
+                "val_ap": val["ap"], "val_hamming": val["hamming"], "val_binary_acc": val["binary_acc"],
+                "lr": self.optimizer.param_groups[0]["lr"], "best_epoch": self.stopper.best_epoch,
+                "best_val_auc": self.stopper.best, "epoch_seconds": time.perf_counter() - started,
+                "train_images_per_second": len(self.split.train) / trained,
+                "data_wait_seconds": self.feed.waited - waited}
+
+    def evaluate(self, indices: np.ndarray) -> dict:
+        probs = engine.predict(self.model, self.feed, indices, self.cfg.batch_size, self.precision)
+        return self.score(indices, probs)
+
+    def score(self, indices: np.ndarray, probs: np.ndarray) -> dict:
+        truth = self.data.labels[indices]
+        metrics = multilabel_metrics(truth, probs, self.thresholds, self.data.label_names)
+        logits = torch.as_tensor(probs, device=self.device).logit(eps=1e-6)  # loss weights live on the device
+        metrics["loss"] = float(self.loss_fn(logits, *engine.targets_and_mask(torch.as_tensor(truth, device=self.device))))
+        return metrics
+
+
 def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = None, log=print) -> dict:
     """Train; call `report(metrics, state)` after every epoch; return the last metrics.
 
+    `report` must save `state` before returning: it holds the live model and optimiser tensors.
     `state` is a checkpoint dict from an earlier report: training resumes after its epoch.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = PreparedDataset(cfg.data_dir)
-    split = data.split(cfg.outer_fold, cfg.val_fraction, seed=cfg.seed)
-    _require_defined_auc(data, split.val, cfg)
-    model = build_model(cfg.backbone, len(data.label_names), cfg.dropout, cfg.init)
-    if cfg.pretrain_dir and state is None:
-        cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")
-        path = ensure_pretrained(cache, cfg.backbone, cfg.init, cfg.pretrain_dir, cfg.pretrain_epochs,
-                                 cfg.pretrain_lr, cfg.batch_size, cfg.seed, device, log)
-        model.trunk.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["trunk"], strict=True)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    best = {"epoch": 0, "val_auc": -np.inf, "test": {}}
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    run = _Run(cfg, log)
     if state is not None:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
-        best = state["best"]
-    images = torch.from_numpy(np.array(data.images))  # into memory; tiny next to a model
-    loss_fn = make_loss(cfg.loss, data.labels[split.train], device)
+        run.restore(state)
     metrics: dict = {}
-    for epoch in range((state or {}).get("epoch", 0) + 1, cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss = engine.train_one_epoch(model, loss_fn, optimizer, images, data.labels, split.train,
-                                            cfg.batch_size, device, generator)
-        val = _evaluate(model, data, images, split.val, cfg, device, loss_fn)
-        if val["auc"] > best["val_auc"]:
-            best = {"epoch": epoch, "val_auc": val["auc"], "test": _evaluate(model, data, images, split.test, cfg, device, loss_fn)}
-        metrics = {
-            "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
-            "val_ap": val["ap"], "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
-            "epoch_seconds": time.perf_counter() - started,
-            **{f"test_{k}": v for k, v in best["test"].items()},
-        }
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best": best, "config": asdict(cfg)}
-        report(metrics, state)
+    while run.epoch < cfg.epochs and not (run.epoch and run.stopper.should_stop):
+        metrics = run.train_epoch()
+        done = run.epoch >= cfg.epochs or run.stopper.should_stop
+        checkpoint = run.state()
+        if done:
+            final, predictions = final_evaluation(run)
+            metrics.update(final, done=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
+            checkpoint["predictions"] = predictions
+        report(metrics, checkpoint)
     return metrics

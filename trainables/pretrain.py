@@ -1,13 +1,20 @@
-"""Regular-transfer pretraining on a source data set, run once and cached by content hash.
+"""Pretraining stages on source data sets, each run once and cached under a content hash.
 
-The first trial that needs a (backbone, source, settings) checkpoint trains it under a file
-lock; the others wait for it and load it. Trials that need no pretraining never touch it.
+- regular: the branch trains on the sources one after another (ImageNet -> CheXpert -> NIH);
+  every prefix of the chain is its own cached stage, so chains that share a start share it.
+- co-trained: the branch trains on all sources at once, one head per source, and the loss
+  is masked where a label does not exist in an image's source or is unknown (U-Ignore).
+
+The first trial that needs a stage trains it under a file lock; the others wait and load it.
+The cached file holds the branch's state dict (trunk, pooling and input adapter), loaded
+with `strict=True` and `weights_only=True`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,39 +23,104 @@ from filelock import FileLock
 
 from data_prep.dataset import PreparedDataset
 from trainables import engine
+from trainables.feed import ImageFeed
 from trainables.losses import make_loss
-from trainables.models import build_model
+from trainables.metrics import multilabel_metrics
+from trainables.models import Branch, MultiSourceClassifier, build_branch
+
+STRATEGIES = ("regular", "mixed", "co_trained")
 
 
-def pretrain_key(backbone: str, init: str, source: PreparedDataset, epochs: int, lr: float,
-                 batch_size: int, seed: int) -> str:
-    spec = {"backbone": backbone, "init": init, "source": source.dataset_id, "epochs": epochs,
-            "lr": lr, "batch_size": batch_size, "seed": seed}
+@dataclass(frozen=True)
+class Stage:
+    backbone: str
+    init: str
+    strategy: str  # "regular" (sources in sequence) or "co_trained" (sources jointly)
+    sources: tuple[str, ...]  # prepared data set directories
+    epochs: int
+    lr: float
+    batch_size: int
+    loss: str
+    seed: int
+
+
+def stage_key(stage: Stage, source_ids: list[str]) -> str:
+    spec = {**asdict(stage), "sources": source_ids}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_pretrained(cache_dir: Path, backbone: str, init: str, source_dir: str, epochs: int, lr: float,
-                      batch_size: int, seed: int, device: torch.device, log=print) -> Path:
-    """Path of the pretrained trunk weights, training them first if no one has yet."""
-    source = PreparedDataset(source_dir)
-    key = pretrain_key(backbone, init, source, epochs, lr, batch_size, seed)
-    path = Path(cache_dir) / f"{backbone}-{source.manifest['name']}-{key}.pt"
+def _check_sizes(sets: list[PreparedDataset]) -> None:
+    sizes = {d.root.name: d.images.shape[1:] for d in sets}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"co-trained sources must share one image size; got {sizes}")
+
+
+def _union_labels(sets: list[PreparedDataset]) -> tuple[list[str], list[list[int]], np.ndarray]:
+    """Union label names, each source's columns in it, and all labels (NaN where a source lacks one)."""
+    names = list(dict.fromkeys(n for d in sets for n in d.label_names))
+    columns = [[names.index(n) for n in d.label_names] for d in sets]
+    labels = np.full((sum(len(d.labels) for d in sets), len(names)), np.nan, np.float32)
+    start = 0
+    for d, cols in zip(sets, columns):
+        labels[start:start + len(d.labels), cols] = d.labels
+        start += len(d.labels)
+    return names, columns, labels
+
+
+def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: torch.device, log) -> None:
+    """Train `branch` (with throwaway heads, one per source) on `sets` jointly for the stage's epochs."""
+    names, columns, labels = _union_labels(sets)
+    model = MultiSourceClassifier(branch, columns, len(names), dropout=0.0).to(device)
+    offsets = np.cumsum([0] + [len(d.labels) for d in sets])
+    splits = [d.all_for_training(seed=stage.seed) for d in sets]
+    train = np.concatenate([start + split.train for start, split in zip(offsets, splits)])
+    val = np.concatenate([start + split.val for start, split in zip(offsets, splits)])
+    source_of = torch.as_tensor(np.repeat(np.arange(len(sets)), np.diff(offsets)), device=device)
+    precision = engine.Precision.choose("auto", device)
+    feed = ImageFeed([d.images for d in sets], device)
+    labels_t = torch.as_tensor(labels, device=device)
+    loss_fn = make_loss(stage.loss, labels[train], device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
+    scaler, generator = precision.scaler(), torch.Generator().manual_seed(stage.seed)
+    for epoch in range(1, stage.epochs + 1):
+        loss = engine.train_one_epoch(model, loss_fn, optimizer, scaler, feed, labels_t, train, stage.batch_size,
+                                      precision, generator, source_of=source_of)
+        probs = engine.predict(model, feed, val, stage.batch_size, precision, source_of=source_of)
+        auc = multilabel_metrics(labels[val], probs)["auc"]
+        log(f"[pretrain]   epoch {epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
+
+
+def ensure_stage(stage: Stage, cache_dir: Path, device: torch.device, log=print) -> Path:
+    """Path of the stage's branch weights, training them (and any earlier stage) first if needed."""
+    sets = [PreparedDataset(s) for s in stage.sources]
+    previous = None
+    if stage.strategy == "regular" and len(sets) > 1:  # the chain's prefix is a stage of its own
+        previous = ensure_stage(replace(stage, sources=stage.sources[:-1]), cache_dir, device, log)
+    key = stage_key(stage, [d.dataset_id for d in sets])
+    tag = "+".join(d.manifest["name"] for d in sets)
+    path = Path(cache_dir) / f"{stage.backbone}-{stage.strategy}-{tag}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return path
-        log(f"[pretrain] {backbone} on {source.manifest['name']} for {epochs} epochs -> {path.name}")
-        torch.manual_seed(seed)
-        model = build_model(backbone, len(source.label_names), dropout=0.0, init=init).to(device)
-        split = source.all_for_training(seed=seed)
-        images = torch.from_numpy(np.array(source.images))
-        loss_fn = make_loss("bce", source.labels[split.train], device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        generator = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            engine.train_one_epoch(model, loss_fn, optimizer, images, source.labels, split.train,
-                                   batch_size, device, generator)
+        trained_on = sets[-1:] if stage.strategy == "regular" else sets
+        if stage.strategy == "co_trained":
+            _check_sizes(sets)
+        log(f"[pretrain] {stage.backbone} ({stage.init}) on {'+'.join(d.manifest['name'] for d in trained_on)} "
+            f"for {stage.epochs} epoch(s) -> {path.name}")
+        with torch.random.fork_rng():  # the caller's random state is the same whether or not we train
+            torch.manual_seed(stage.seed)
+            branch = build_branch(stage.backbone, stage.init)
+            if previous is not None:
+                load_branch(branch, previous)
+            _train(stage, branch, trained_on, device, log)
         tmp = path.with_suffix(".tmp")
-        torch.save({"trunk": model.trunk.state_dict(), "key": key}, tmp)
+        torch.save({"branch": branch.state_dict(), "key": key, "stage": asdict(stage)}, tmp)
         os.replace(tmp, path)
     return path
+
+
+def load_branch(branch: Branch, path: Path) -> None:
+    """Load a cached stage into `branch`: strict, and without running pickled code."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    branch.load_state_dict(state["branch"], strict=True)

@@ -1,0 +1,187 @@
+"""fit as a plain function: per-epoch reports, schedule, early stopping, exact resume, end-of-trial
+evaluation of the best-on-validation weights, pretraining stages and a run that learns."""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data_prep.build import BuildParams, build
+from data_prep.dataset import PreparedDataset
+from data_prep.phantom import make_phantom_set
+from tests.conftest import TEST_KEY
+from trainables import engine
+from trainables.feed import ImageFeed
+from trainables.fit import FitConfig, fit
+from trainables.models import build_model
+
+AUGMENT = {"rotate_p": 0.5, "shift_p": 0.5, "zoom_p": 0.5, "noise_p": 0.5, "hflip_p": 0.2}
+
+
+def _config(prepared_dir, **overrides) -> FitConfig:
+    settings = dict(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=3, batch_size=8,
+                    lr=1e-3, threads=1)
+    return FitConfig(**{**settings, **overrides})
+
+
+def _run(cfg, **kwargs):
+    """Every (metrics, checkpoint) reported; the checkpoint holds live tensors, so it is copied at report
+    time (the Ray adapter saves it then)."""
+    reports = []
+    fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None, **kwargs)
+    return reports
+
+
+def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepared_dir):
+    reports = _run(_config(prepared_dir))
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert all("test_auc" not in m for m, _ in reports[:-1])  # the test fold is not looked at while training
+    final, state = reports[-1]
+    assert final["done"] and final["stop_reason"] == "epochs"
+    for split in ("test", "outer_train"):
+        for metric in ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr", "exact_match"):
+            assert f"{split}_{metric}" in final
+    data = PreparedDataset(prepared_dir)
+    split = data.split(0, 0.2, seed=0)
+    predictions = state["predictions"]
+    assert predictions["test"]["image_keys"] == list(data.image_keys[split.test])
+    assert len(predictions["outer_train"]["image_keys"]) == len(split.train) + len(split.val)
+    probs = predictions["test"]["probs"].numpy()
+    assert probs.shape == (len(split.test), len(data.label_names)) and ((probs >= 0) & (probs <= 1)).all()
+    # the probabilities are those of the best-on-validation weights, not of the last epoch's
+    model = build_model("resnet18", len(data.label_names), 0.2)
+    model.load_state_dict(state["best_model"])
+    again = engine.predict(model, ImageFeed(data.images, torch.device("cpu")), split.test, 8,
+                           engine.Precision.choose("fp32", torch.device("cpu")))
+    np.testing.assert_allclose(again, probs, atol=1e-6)
+    assert predictions["best_epoch"] == final["best_epoch"]
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(prepared_dir):
+    cfg = _config(prepared_dir, augment=AUGMENT, schedule="cosine", dropout=0.5)
+    uninterrupted = _run(cfg)
+    state = uninterrupted[0][1]  # as saved by the Ray adapter after epoch 1
+    resumed = _run(cfg, state=state)
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    for key in ("train_loss", "val_auc", "test_auc", "test_ap", "outer_train_mae", "lr"):
+        assert resumed[-1][0][key] == uninterrupted[-1][0][key], key
+    assert torch.equal(resumed[-1][1]["predictions"]["test"]["probs"], uninterrupted[-1][1]["predictions"]["test"]["probs"])
+
+
+def test_resuming_survives_a_round_trip_through_torch_save_with_weights_only(prepared_dir, tmp_path):
+    cfg = _config(prepared_dir, epochs=2, augment=AUGMENT)
+    reports = _run(cfg)
+    torch.save(reports[0][1], tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = _run(cfg, state=state)
+    assert resumed[-1][0]["test_auc"] == reports[-1][0]["test_auc"]
+    torch.save(resumed[-1][1], tmp_path / "final.pt")  # predictions are weights_only-loadable too
+    assert torch.load(tmp_path / "final.pt", weights_only=True)["predictions"]["test"]["image_keys"]
+
+
+def test_early_stopping_stops_at_the_first_epoch_without_improvement(prepared_dir):
+    reports = _run(_config(prepared_dir, epochs=8, early_stopping=1, lr=3e-3))
+    aucs = [m["val_auc"] for m, _ in reports]
+    best, stop = aucs[0], None
+    for epoch, auc in enumerate(aucs[1:], start=2):
+        if not auc > best:
+            stop = epoch
+            break
+        best = auc
+    assert stop is not None, f"validation AUC rose for 8 epochs: {aucs}"  # this data and seed do plateau
+    assert len(reports) == stop and reports[-1][0]["stop_reason"] == "early_stopping"
+    assert reports[-1][0]["best_epoch"] == stop - 1 and reports[-1][0]["done"]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_learning_rate_schedules(prepared_dir, schedule):
+    reports = _run(_config(prepared_dir, epochs=4, schedule=schedule, schedule_patience=0, lr=1e-3))
+    rates = [m["lr"] for m, _ in reports]
+    if schedule == "cosine":
+        assert rates == pytest.approx([1e-3 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(1, 5)])
+    else:  # patience 0: every epoch without a new best cuts the rate tenfold
+        aucs = [m["val_auc"] for m, _ in reports]
+        cuts = sum(not aucs[i] > max(aucs[:i]) for i in range(1, 4))
+        assert rates[-1] == pytest.approx(1e-3 * 0.1 ** cuts)
+
+
+def test_unknown_options_list_the_valid_ones(prepared_dir):
+    with pytest.raises(ValueError, match="expected one of .*cosine"):
+        _run(_config(prepared_dir, schedule="step"))
+    with pytest.raises(ValueError, match="expected one of .*co_trained"):
+        _run(_config(prepared_dir, strategy="ensemble"))
+
+
+def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepared_dir, tmp_path):
+    copy = tmp_path / "all_negative"
+    shutil.copytree(prepared_dir, copy)
+    labels = pd.read_csv(copy / "labels.csv")
+    labels.iloc[:, 2:] = 0
+    labels.to_csv(copy / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="outer fold 0: the inner validation split .* validation AUC is undefined"):
+        _run(_config(copy))
+
+
+def test_masked_labels_train_with_finite_losses(prepared_dir, tmp_path):
+    copy = tmp_path / "masked"
+    shutil.copytree(prepared_dir, copy)
+    labels = pd.read_csv(copy / "labels.csv")
+    labels.iloc[::3, 3] = np.nan  # a third of the first label unknown (e.g. CheXpert U-Ignore)
+    labels.to_csv(copy / "labels.csv", index=False)
+    for loss in ("bce", "weighted_bce", "batch_weighted_bce"):
+        final = _run(_config(copy, epochs=1, loss=loss))[-1][0]
+        assert np.isfinite(final["train_loss"]) and np.isfinite(final["val_loss"]) and 0 <= final["val_auc"] <= 1
+
+
+def test_streamed_and_resident_feeds_train_identically(prepared_dir):
+    resident = _run(_config(prepared_dir, epochs=1, feed="resident"))[-1][0]
+    streamed = _run(_config(prepared_dir, epochs=1, feed="stream"))[-1][0]
+    assert streamed["train_loss"] == resident["train_loss"] and streamed["test_auc"] == resident["test_auc"]
+
+
+def test_regular_transfer_pretrains_each_stage_of_the_chain_once(prepared_dir, chexpert_prepared_dir, tmp_path):
+    cache, logs = tmp_path / "pretrained", []
+    chain = (str(chexpert_prepared_dir), str(prepared_dir))
+    for dirs in (chain[:1], chain, chain):
+        fit(_config(prepared_dir, epochs=1, pretrain_dirs=dirs, pretrain_epochs=1, pretrain_cache=str(cache)),
+            report=lambda m, s: None, log=logs.append)
+    assert len(list(cache.glob("*.pt"))) == 2  # chexpert, then chexpert -> target
+    assert sum(line.startswith("[pretrain] resnet18") for line in logs) == 2
+
+
+def test_co_trained_pretraining_uses_one_head_per_source(prepared_dir, chexpert_prepared_dir, tmp_path):
+    cache, logs = tmp_path / "pretrained", []
+    final = _run(_config(prepared_dir, epochs=1, strategy="co_trained", pretrain_epochs=1, pretrain_cache=str(cache),
+                         pretrain_dirs=(str(chexpert_prepared_dir), str(prepared_dir))))[-1][0]
+    assert np.isfinite(final["test_auc"])
+    (path,) = cache.glob("*co_trained*.pt")
+    stage = torch.load(path, weights_only=True)
+    assert stage["stage"]["strategy"] == "co_trained" and "trunk.0.weight" in stage["branch"]
+
+
+def test_mixed_strategy_fine_tunes_two_branches(prepared_dir, chexpert_prepared_dir, tmp_path):
+    reports = _run(_config(prepared_dir, epochs=1, strategy="mixed", pretrain_epochs=1,
+                           pretrain_cache=str(tmp_path), pretrain_dirs=(str(chexpert_prepared_dir),)))
+    model = reports[-1][1]["model"]
+    assert "branches.1.trunk.0.weight" in model and model["head.weight"].shape[1] == 2 * 512
+    assert np.isfinite(reports[-1][0]["test_auc"])
+
+
+@pytest.fixture(scope="module")
+def learnable_dir(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("learnable")
+    make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
+    return build(raw, raw / "labels.csv", tmp_path_factory.mktemp("learnable_prepared"),
+                 BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
+
+
+def test_a_tiny_run_learns_a_phantom_label(learnable_dir):
+    final = _run(_config(learnable_dir, epochs=10, batch_size=16, lr=1e-3, dropout=0.0, threads=2,
+                         schedule="constant"))[-1][0]
+    data = PreparedDataset(learnable_dir)
+    per_label = dict(zip(data.label_names, final["test_auc_per_class"]))
+    assert max(per_label.values()) > 0.85 and final["test_auc"] > 0.7, f"too little learned: {per_label}"

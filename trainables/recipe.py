@@ -1,0 +1,36 @@
+"""The fine-tuning model a source recipe describes (DESIGN.md decision 1).
+
+- regular: one branch from `init`, pretrained on the sources in sequence (none: `init` alone);
+- mixed: a branch from `init` alone beside a branch from `init` pretrained on the sources,
+  features concatenated (seed 000's "ImageNet + CheXpert, mixed");
+- co_trained: one branch from `init` pretrained on all sources jointly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainables.models import Classifier, build_branch
+from trainables.pretrain import STRATEGIES, Stage, ensure_stage, load_branch
+
+
+def check_recipe(backbone: str, init: str, strategy: str, sources: tuple[str, ...]) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy in ("mixed", "co_trained") and not sources:
+        raise ValueError(f"strategy {strategy!r} needs at least one source data set to pretrain on")
+    if strategy == "co_trained" and len(sources) < 2:
+        raise ValueError("strategy 'co_trained' trains on several sources jointly; give at least two")
+
+
+def build_recipe_model(backbone: str, init: str, strategy: str, stage: Stage | None, num_classes: int,
+                       dropout: float, cache_dir: Path, device: torch.device, log=print) -> Classifier:
+    """`stage` is the pretraining the recipe needs (None when it has no sources)."""
+    check_recipe(backbone, init, strategy, stage.sources if stage else ())
+    pretrained = build_branch(backbone, init)
+    if stage is not None:
+        load_branch(pretrained, ensure_stage(stage, cache_dir, device, log))
+    if strategy == "mixed":
+        return Classifier([build_branch(backbone, init), pretrained], num_classes, dropout)
+    return Classifier([pretrained], num_classes, dropout)
