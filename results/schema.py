@@ -87,6 +87,9 @@ class TrialMetric(Base):
 
 
 # Views for hand-written SQL. ROW_NUMBER works on SQLite >= 3.25 and PostgreSQL.
+# A (cell, fold) reports the trial best on validation among those that trained to their own end
+# (COMPLETE): only they carry the end-of-trial test evaluation, and, as in Optuna's best_trial,
+# scheduler-stopped (PRUNED) trials are the ones whose validation had fallen behind.
 VIEWS = {
     "selected_trials": f"""
         SELECT sweep_id, backbone, recipe, fold, trial_id, val_auc FROM (
@@ -95,7 +98,7 @@ VIEWS = {
                                     ORDER BY m.value DESC, t.id) AS rank
           FROM trials t JOIN trial_metrics m
             ON m.trial_id = t.id AND m.split = 'val' AND m.metric = 'auc' AND m.class_name = '{MACRO}'
-          WHERE t.status IN ('COMPLETE', 'PRUNED') AND m.value IS NOT NULL) ranked
+          WHERE t.status = 'COMPLETE' AND m.value IS NOT NULL) ranked
         WHERE rank = 1""",
     "fold_metrics": """
         SELECT s.name AS sweep, st.backbone, st.recipe, st.fold, st.trial_id, m.metric, m.class_name, m.value

@@ -44,7 +44,7 @@ class ResultsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        status = "COMPLETE" if result.get("done") else "PRUNED"  # done: the trainable ended it (epochs, early stop)
+        status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
         self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names)
         self._progress(trial, status, result)
 

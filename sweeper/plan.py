@@ -23,11 +23,14 @@ def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) ->
             for fold in spec.folds:
                 config = {
                     "backbone": backbone, "recipe": recipe_name, "outer_fold": fold,
-                    "data_dir": str(data["target"]), "init": recipe.init,
+                    "data_dir": str(data["target"]), "init": recipe.init, "strategy": recipe.strategy,
                     "pretrain_dirs": [str(data[source]) for source in recipe.sources],
                     "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
                     "pretrain_cache": str(pretrain_cache),
                     "epochs": spec.train.epochs, "batch_size": spec.train.batch_size, "loss": spec.train.loss,
+                    "schedule": spec.train.schedule, "schedule_patience": spec.train.schedule_patience,
+                    "early_stopping": spec.train.early_stopping, "precision": spec.train.precision,
+                    "augment": spec.train.augment,
                     "val_fraction": spec.train.val_fraction, "seed": spec.train.seed,
                     "threads": max(1, int(spec.resources.cpus_per_trial)),
                     "device": "cuda" if spec.resources.gpus_per_trial > 0 else "cpu",

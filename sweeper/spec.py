@@ -9,12 +9,17 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from dataclasses import fields
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.augment import AugmentConfig
+from trainables.engine import PRECISIONS
 from trainables.losses import LOSSES
 from trainables.models import BACKBONES, INITS
+from trainables.pretrain import STRATEGIES
+from trainables.schedule import SCHEDULES
 
 PHANTOM = "phantom"
 
@@ -58,15 +63,39 @@ class Train(Strict):
     batch_size: int = Field(32, ge=2)
     loss: Literal[LOSSES] = "bce"  # type: ignore[valid-type]
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    schedule: Literal[SCHEDULES] = "plateau"  # type: ignore[valid-type]
+    schedule_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the rate drops")
+    early_stopping: int = Field(0, ge=0, description="epochs without validation improvement before stopping; 0: never")
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    augment: dict[str, Any] | None = Field(
+        None, description="trainables.augment.AugmentConfig fields ({} for its defaults); absent: no augmentation")
     seed: int = 0
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, value):
+        if value is not None:
+            unknown = sorted(set(value) - {f.name for f in fields(AugmentConfig)})
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; expected any of {[f.name for f in fields(AugmentConfig)]}")
+            AugmentConfig(**value)  # its own range checks, with the field named
+        return value
 
 
 class Recipe(Strict):
     init: Literal[INITS] = "scratch"  # type: ignore[valid-type]
-    strategy: Literal["regular"] = "regular"
-    sources: list[str] = Field([], max_length=1, description="source data sets to pretrain on (one, for now)")
+    strategy: Literal[STRATEGIES] = "regular"  # type: ignore[valid-type]
+    sources: list[str] = Field([], description="source data sets to pretrain on (regular: in this order)")
     pretrain_epochs: int = Field(2, ge=1)
     pretrain_lr: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _sources_fit_the_strategy(self):
+        if self.strategy == "mixed" and not self.sources:
+            raise ValueError("strategy 'mixed' puts a pretrained branch beside the init one: give a source")
+        if self.strategy == "co_trained" and len(self.sources) < 2:
+            raise ValueError("strategy 'co_trained' trains on several sources jointly: give at least two")
+        return self
 
 
 class Phantom(Strict):

@@ -52,6 +52,16 @@ def test_db_holds_exactly_one_result_per_cell_fold_and_trial(tiny_sweep):
     assert len(selected) == len(CELLS) * 2
 
 
+def test_complete_trials_ran_to_their_end_and_carry_the_end_of_trial_evaluation(tiny_sweep):
+    _, db, _ = tiny_sweep
+    trials = run_query(db, "SELECT id, status, epochs_run FROM trials")
+    assert ((trials["status"] == "COMPLETE") == (trials["epochs_run"] == 2)).all(), trials  # tiny: 2 epochs
+    evaluated = run_query(db, "SELECT DISTINCT trial_id, split FROM trial_metrics WHERE split != 'val'")
+    complete = set(trials.loc[trials["status"] == "COMPLETE", "id"])
+    assert set(evaluated["trial_id"]) == complete
+    assert set(evaluated["split"]) == {"test", "outer_train"}
+
+
 def test_report_lists_every_cell(tiny_sweep):
     _, db, proc = tiny_sweep
     table = cell_table(db, "tiny-e2e")

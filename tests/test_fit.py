@@ -41,7 +41,7 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert all("test_auc" not in m for m, _ in reports[:-1])  # the test fold is not looked at while training
     final, state = reports[-1]
-    assert final["done"] and final["stop_reason"] == "epochs"
+    assert final["completed"] and final["stop_reason"] == "epochs"
     for split in ("test", "outer_train"):
         for metric in ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr", "exact_match"):
             assert f"{split}_{metric}" in final
@@ -94,7 +94,7 @@ def test_early_stopping_stops_at_the_first_epoch_without_improvement(prepared_di
         best = auc
     assert stop is not None, f"validation AUC rose for 8 epochs: {aucs}"  # this data and seed do plateau
     assert len(reports) == stop and reports[-1][0]["stop_reason"] == "early_stopping"
-    assert reports[-1][0]["best_epoch"] == stop - 1 and reports[-1][0]["done"]
+    assert reports[-1][0]["best_epoch"] == stop - 1 and reports[-1][0]["completed"]
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])

@@ -53,6 +53,29 @@ def test_weighted_bce_weights_positives_by_negative_frequency():
     assert loss(logits, torch.tensor([[0.0]])).item() == pytest.approx(0.25 * _bce_terms(p, 0))
 
 
+def test_weighted_bce_frequencies_ignore_unknown_labels_and_the_mask_drops_entries():
+    train = np.array([[1, 0], [0, np.nan], [np.nan, 0], [0, 0]])  # class 0: 1 of 3 known positive; class 1: none
+    loss = make_loss("weighted_bce", train, torch.device("cpu"))
+    logits, p = torch.tensor([[0.0, 0.0]]), 0.5
+    targets, mask = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    assert loss(logits, targets, mask).item() == pytest.approx((2 / 3) * _bce_terms(p, 1))
+    # a class never positive in training: positives weigh 1, negatives 0, and nothing is infinite
+    both = loss(logits, torch.tensor([[0.0, 1.0]]))
+    assert both.item() == pytest.approx(((1 / 3) * _bce_terms(p, 0) + 1.0 * _bce_terms(p, 1)) / 2)
+
+
+def test_batch_weighted_bce_respects_the_mask():
+    logits = torch.tensor([[0.2, -0.3], [1.0, 0.4], [-0.5, 0.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    # masked entries are neither counted in |P|, |N| nor in the loss: the same as the loss of the known entries
+    probs = torch.sigmoid(logits).numpy()
+    known = [(0, 0), (1, 0), (0, 1), (2, 1)]  # class 0: one positive, one negative; class 1: two negatives
+    betas = {(0, 0): 2.0, (1, 0): 2.0, (0, 1): 1.0, (2, 1): 1.0}
+    expected = sum(betas[i, k] * _bce_terms(probs[i, k], targets[i, k].item()) for i, k in known) / 4
+    assert batch_weighted_bce(logits, targets, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_unknown_loss_lists_the_valid_ones():
     with pytest.raises(ValueError, match="expected one of .*batch_weighted_bce"):
         make_loss("focal", np.zeros((2, 1)), torch.device("cpu"))

@@ -40,7 +40,7 @@ def test_completed_pruned_and_failed_trials_are_told_to_optuna():
         searcher.suggest(t)
     for epoch in (1, 2):
         searcher.on_trial_result("stopped", {"epoch": epoch, "val_auc": 0.6})
-    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85, "done": True})
+    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85, "completed": True})
     searcher.on_trial_complete("stopped", {"epoch": 2, "best_val_auc": 0.6, "val_auc": 0.6})
     searcher.on_trial_complete("broken", None, error=True)
     trials = searcher.studies["cell0/fold0"].trials

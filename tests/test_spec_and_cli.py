@@ -40,6 +40,11 @@ def test_unknown_keys_are_all_reported_with_their_path():
     (('recipe = ["scratch"]', 'recipe = []'), "grid.recipe: List should have at least 1 item"),
     (('[recipes.scratch]', '[recipes.scratch]\nsources = ["chexpert"]'), "'chexpert' is not in data.sources"),
     (('[grid]', '[data.phantom]\nprevalence = 1.5\n[grid]'), "data.phantom.prevalence: must be between 0 and 1 (exclusive), or 'real'"),
+    (('[recipes.scratch]', '[recipes.scratch]\nstrategy = "mixed"'), "strategy 'mixed' puts a pretrained branch"),
+    (('[recipes.scratch]', '[recipes.scratch]\nstrategy = "fused"'), "recipes.scratch.strategy: Input should be 'regular', 'mixed' or 'co_trained'"),
+    (('[grid]', '[train]\naugment = { rotat_p = 0.5 }\n[grid]'), "train.augment: unknown key(s) ['rotat_p']"),
+    (('[grid]', '[train]\naugment = { rotate_p = 1.5 }\n[grid]'), "train.augment: AugmentConfig.rotate_p=1.5: expected a probability in [0, 1]"),
+    (('[grid]', '[train]\nschedule = "step"\n[grid]'), "train.schedule: Input should be 'plateau', 'cosine' or 'constant'"),
 ])
 def test_bad_values_name_their_key(change, expected):
     with pytest.raises(SpecError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):

@@ -191,7 +191,7 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         checkpoint = run.state()
         if done:
             final, predictions = final_evaluation(run)
-            metrics.update(final, done=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
+            metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
             checkpoint["predictions"] = predictions
         report(metrics, checkpoint)
     return metrics
