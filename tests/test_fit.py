@@ -109,6 +109,30 @@ def test_learning_rate_schedules(prepared_dir, schedule):
         assert rates[-1] == pytest.approx(1e-3 * 0.1 ** cuts)
 
 
+def test_mobilenet_v3_predictions_vary_after_a_short_run(prepared_dir):
+    # Its batch-norm momentum of 0.01 leaves running statistics at their initial values after a few
+    # steps; without re-estimating them every test image got the same probabilities.
+    reports = _run(_config(prepared_dir, backbone="mobilenet_v3_small", epochs=1, dropout=0.0))
+    probs = reports[-1][1]["predictions"]["test"]["probs"]
+    assert probs.std(dim=0).mean() > 0.01
+
+
+def test_batch_norm_statistics_are_exact_averages_over_the_training_images(prepared_dir):
+    data = PreparedDataset(prepared_dir)
+    split = data.split(0, 0.2, seed=0)
+    reports = _run(_config(prepared_dir, epochs=1, bn_recalibration=10_000))
+    model = build_model("resnet18", len(data.label_names), 0.2)
+    model.load_state_dict(reports[-1][1]["model"])
+    first_bn = model.branches[0].trunk[1]
+    conv = model.branches[0].trunk[0]
+    branch = model.branches[0]
+    train = split.train[:len(split.train) - (len(split.train) % 8 == 1)]
+    x = torch.from_numpy(data.images[np.sort(train)].astype(np.float32) / 255).unsqueeze(1)
+    with torch.no_grad():
+        activations = conv((x - branch.mean) / branch.std)
+    torch.testing.assert_close(first_bn.running_mean, activations.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
 def test_unknown_options_list_the_valid_ones(prepared_dir):
     with pytest.raises(ValueError, match="expected one of .*cosine"):
         _run(_config(prepared_dir, schedule="step"))

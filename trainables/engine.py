@@ -94,6 +94,36 @@ def train_one_epoch(model, loss_fn, optimizer, scaler, feed: ImageFeed, labels: 
     return mean
 
 
+def recalibrate_batch_norm(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precision: Precision,
+                           source_of: torch.Tensor | None = None) -> None:
+    """Replace every batch-norm layer's running statistics by their average over `indices` (per batch).
+
+    Running averages lag the weights: on short runs (and with MobileNetV3's momentum at any
+    length) eval-mode activations shrink layer by layer until every image gets the same
+    prediction. torch's `update_bn` recomputes them with a cumulative average (precise BN).
+    """
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    if len(indices) % batch_size == 1:
+        indices = indices[:-1]  # batch norm cannot train on a batch of one
+    if source_of is not None:
+        model = _WithSources(model, source_of)
+    inputs = (precision.prepare(x) if source_of is None else (precision.prepare(x), idx)
+              for x, idx in feed.batches(indices, batch_size))
+    with precision.autocast():
+        torch.optim.swa_utils.update_bn(([x] for x in inputs), model)
+
+
+class _WithSources(torch.nn.Module):
+    def __init__(self, model, source_of):
+        super().__init__()
+        self.model, self.source_of = model, source_of
+
+    def forward(self, batch):
+        x, idx = batch
+        return self.model(x, self.source_of[torch.as_tensor(idx, device=self.source_of.device)])
+
+
 @torch.no_grad()
 def predict(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precision: Precision,
             source_of: torch.Tensor | None = None) -> np.ndarray:

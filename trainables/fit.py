@@ -10,7 +10,6 @@ right after its last report loses nothing.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ class FitConfig:
     schedule: str = "plateau"  # plateau | cosine | constant
     schedule_patience: int = 2
     early_stopping: int = 0  # epochs without validation improvement before stopping; 0: never
+    bn_recalibration: int = 2048  # training images that re-estimate batch-norm statistics before evaluating; 0: off
     augment: dict | None = field(default=None, hash=False)  # AugmentConfig fields; None: no augmentation
     val_fraction: float = 0.2
     seed: int = 0
@@ -93,6 +93,11 @@ def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitCon
                          f"validation AUC is undefined; use a larger val_fraction or more data")
 
 
+def _cpu_copy(model: torch.nn.Module) -> dict:
+    """A snapshot of the weights that later steps do not change (and that GPU memory does not hold)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 class _Run:
     """Everything one fit holds; `state()` / `restore()` are the checkpoint."""
 
@@ -118,7 +123,7 @@ class _Run:
         self.labels = torch.as_tensor(self.data.labels, device=self.device)
         self.loss_fn = make_loss(cfg.loss, self.data.labels[self.split.train], self.device)
         self.thresholds = fitted_thresholds(self.data.labels[self.split.train])
-        self.best_model = copy.deepcopy(self.model.state_dict())
+        self.best_model = _cpu_copy(self.model)
         self.epoch = 0
 
     def state(self) -> dict:
@@ -148,9 +153,12 @@ class _Run:
                                             self.generator, self.augment)
         trained = time.perf_counter() - started
         self.epoch += 1
+        if self.cfg.bn_recalibration:
+            engine.recalibrate_batch_norm(self.model, self.feed, self.split.train[:self.cfg.bn_recalibration],
+                                          self.cfg.batch_size, self.precision)
         val = self.evaluate(self.split.val)
         if self.stopper.update(self.epoch, val["auc"]):
-            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_model = _cpu_copy(self.model)
         self.scheduler.step(val["auc"])
         return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                 "val_ap": val["ap"], "val_hamming": val["hamming"], "val_binary_acc": val["binary_acc"],

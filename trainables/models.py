@@ -11,9 +11,9 @@ A checkpoint from a pretraining stage is a branch's state dict, so it carries it
   pretrained) whose pooled features are concatenated before the head (seed 000).
 - co-trained pretraining: `MultiSourceClassifier`, one branch and one head per source.
 
-Batch norm: torchvision's MobileNetV3 uses momentum 0.01, so after a few hundred steps its
-running statistics still describe ImageNet (or random init) and eval-mode predictions are
-nearly constant. Every batch-norm layer uses PyTorch's default 0.1 (BN_MOMENTUM).
+Batch norm keeps torchvision's settings; `fit` re-estimates the running statistics before it
+evaluates (`engine.recalibrate_batch_norm`), because on short runs, and with MobileNetV3's
+momentum of 0.01, they lag so far that eval-mode predictions come out constant.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from trainables.alexnet_style import alexnet_style_dense, alexnet_style_features
 from trainables.weights import load_imagenet
 
 GREY_NORM = ((0.5,), (0.25,))
-BN_MOMENTUM = 0.1
 INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
 TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision model
     "resnet18": lambda m: nn.Sequential(*list(m.children())[:-2]),
@@ -79,12 +78,6 @@ def _grey_first_conv(trunk: nn.Module) -> None:
     raise ValueError("trunk has no convolution to adapt")
 
 
-def _set_bn_momentum(module: nn.Module) -> None:
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.momentum = BN_MOMENTUM
-
-
 def build_branch(backbone: str, init: str = "scratch") -> Branch:
     check_backbone(backbone)
     check_init(backbone, init)
@@ -101,7 +94,6 @@ def build_branch(backbone: str, init: str = "scratch") -> Branch:
         else:
             _grey_first_conv(trunk)
             branch = Branch(trunk, pool, *GREY_NORM)
-    _set_bn_momentum(branch)
     return branch
 
 
