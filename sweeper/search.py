@@ -76,7 +76,7 @@ class PerStudyOptunaSearcher(Searcher):
         best = (result or {}).get("best_val_auc")
         if error or not _finite(best):
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif not result.get("completed"):  # stopped by the scheduler, not ended by the trainable (Ray sets "done" either way)
+        elif not result.get("completed"):  # stopped by the scheduler (Ray sets "done" either way)
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(trial, float(best), skip_if_finished=True)

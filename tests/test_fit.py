@@ -69,7 +69,8 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(prepared_dir)
     assert [m["epoch"] for m, _ in resumed] == [2, 3]
     for key in ("train_loss", "val_auc", "test_auc", "test_ap", "outer_train_mae", "lr"):
         assert resumed[-1][0][key] == uninterrupted[-1][0][key], key
-    assert torch.equal(resumed[-1][1]["predictions"]["test"]["probs"], uninterrupted[-1][1]["predictions"]["test"]["probs"])
+    probs = [run[-1][1]["predictions"]["test"]["probs"] for run in (resumed, uninterrupted)]
+    assert torch.equal(*probs)
 
 
 def test_resuming_survives_a_round_trip_through_torch_save_with_weights_only(prepared_dir, tmp_path):

@@ -94,6 +94,13 @@ def train_one_epoch(model, loss_fn, optimizer, scaler, feed: ImageFeed, labels: 
     return mean
 
 
+def spread(indices: np.ndarray, n: int) -> np.ndarray:
+    """Up to `n` of `indices`, evenly spaced: a fixed sample across the whole set (every source)."""
+    if len(indices) <= n:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, n).astype(np.int64)]
+
+
 def recalibrate_batch_norm(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precision: Precision,
                            source_of: torch.Tensor | None = None) -> None:
     """Replace every batch-norm layer's running statistics by their average over `indices` (per batch).

@@ -52,8 +52,10 @@ class ImageFeed:
         self.device = device
         nbytes = sum(a.nbytes for a in self.arrays)
         self.resident = mode == "resident" or (mode == "auto" and _fits_resident(nbytes, device))
-        self.stored = torch.cat([torch.from_numpy(np.require(a, requirements=["C", "W"])).to(device) for a in self.arrays]) \
-            if self.resident else None
+        self.stored = None
+        if self.resident:  # np.require: a read-only memmap becomes an in-memory copy torch may own
+            self.stored = torch.cat([torch.from_numpy(np.require(a, requirements=["C", "W"])).to(device)
+                                     for a in self.arrays])
         self.waited = 0.0
 
     def __len__(self) -> int:

@@ -154,8 +154,8 @@ class _Run:
         trained = time.perf_counter() - started
         self.epoch += 1
         if self.cfg.bn_recalibration:
-            engine.recalibrate_batch_norm(self.model, self.feed, self.split.train[:self.cfg.bn_recalibration],
-                                          self.cfg.batch_size, self.precision)
+            sample = engine.spread(self.split.train, self.cfg.bn_recalibration)
+            engine.recalibrate_batch_norm(self.model, self.feed, sample, self.cfg.batch_size, self.precision)
         val = self.evaluate(self.split.val)
         if self.stopper.update(self.epoch, val["auc"]):
             self.best_model = _cpu_copy(self.model)
@@ -175,7 +175,8 @@ class _Run:
         truth = self.data.labels[indices]
         metrics = multilabel_metrics(truth, probs, self.thresholds, self.data.label_names)
         logits = torch.as_tensor(probs, device=self.device).logit(eps=1e-6)  # loss weights live on the device
-        metrics["loss"] = float(self.loss_fn(logits, *engine.targets_and_mask(torch.as_tensor(truth, device=self.device))))
+        targets = engine.targets_and_mask(torch.as_tensor(truth, device=self.device))
+        metrics["loss"] = float(self.loss_fn(logits, *targets))
         return metrics
 
 

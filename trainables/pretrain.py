@@ -86,8 +86,8 @@ def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: to
     for epoch in range(1, stage.epochs + 1):
         loss = engine.train_one_epoch(model, loss_fn, optimizer, scaler, feed, labels_t, train, stage.batch_size,
                                       precision, generator, source_of=source_of)
-        engine.recalibrate_batch_norm(model, feed, train[:RECALIBRATION_IMAGES], stage.batch_size, precision,
-                                      source_of=source_of)
+        engine.recalibrate_batch_norm(model, feed, engine.spread(train, RECALIBRATION_IMAGES), stage.batch_size,
+                                      precision, source_of=source_of)
         probs = engine.predict(model, feed, val, stage.batch_size, precision, source_of=source_of)
         auc = multilabel_metrics(labels[val], probs)["auc"]
         log(f"[pretrain]   epoch {epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
