@@ -1,10 +1,14 @@
 """Make sure every data set a spec needs exists as a prepared data set (through data_prep).
 
-'phantom' / 'phantom:KIND' entries are generated (once, cached under the sweep home) and
-built; anything else must be the path of a prepared data set.
+A data set's location comes from `--data NAME=LOCATION`, else the environment variable
+CXR_SWEEP_DATA_<NAME>, else the spec; a spec that names real data leaves it empty (""), so
+no path is ever hard-coded. 'phantom' / 'phantom:KIND' locations are generated (once,
+cached under the sweep home) and built; anything else must be a prepared data set's path.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from data_prep.build import BuildParams, build
@@ -31,8 +35,10 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
         log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
         make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset,
                          prevalence=None if p.prevalence == "real" else p.prevalence)
-    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed,
-                         source=PHANTOM_SOURCE_OPTIONS[kind])
+    source = PHANTOM_SOURCE_OPTIONS[kind]
+    if kind == "chexpert":
+        source = replace(source, policy=spec.data.chexpert_policy)
+    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source)
     return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)
 
 
@@ -47,16 +53,47 @@ def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: 
     if prepared.manifest["size"] != spec.data.size:
         raise SpecError(f"{key} = {location!r}: images are {prepared.manifest['size']} px but data.size is "
                         f"{spec.data.size}")
+    built = prepared.manifest["params"].get("source", {})
+    if built.get("kind") == "chexpert" and built.get("policy") != spec.data.chexpert_policy:
+        raise SpecError(f"{key} = {location!r}: CheXpert built with uncertainty policy {built.get('policy')!r} but "
+                        f"data.chexpert_policy is {spec.data.chexpert_policy!r}; rebuild it with "
+                        f"python -m data_prep.build ... --policy {spec.data.chexpert_policy}, or change the spec")
     if key == "data.target" and prepared.num_folds != spec.data.folds:
         raise SpecError(f"{key} = {location!r}: built with {prepared.num_folds} folds but data.folds is "
                         f"{spec.data.folds}")
     return path
 
 
-def ensure_datasets(spec: SweepSpec, home: Path, log=print) -> dict[str, Path]:
+ENV_PREFIX = "CXR_SWEEP_DATA_"
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None) -> dict[str, str]:
+    """{"target": location, <source>: location} for what the grid uses; every missing one is reported."""
+    environ = os.environ if environ is None else environ
+    given = dict(given or {})
+    used = sorted({s for r in spec.grid.recipe for s in spec.recipes[r].sources})
+    known = {"target": spec.data.target, **{name: spec.data.sources[name] for name in used}}
+    unknown = sorted(set(given) - {"target", *spec.data.sources})
+    if unknown:
+        raise SpecError(f"--data {unknown[0]}=...: {spec.name!r} has no data set {unknown[0]!r}; "
+                        f"its data sets: {['target', *sorted(spec.data.sources)]}")
+    found = {name: given.get(name) or environ.get(env_name(name)) or location for name, location in known.items()}
+    missing = [name for name, location in found.items() if not location]
+    if missing:
+        raise SpecError("no location for " + "; ".join(
+            f"data set {name!r}: pass --data {name}=PATH (a prepared data set, see data_prep.build) or set "
+            f"{env_name(name)}" for name in missing) + f" (or --data NAME=phantom:KIND to try {spec.name!r} on phantom data)")
+    return found
+
+
+def ensure_datasets(spec: SweepSpec, home: Path, log=print, given: dict[str, str] | None = None) -> dict[str, Path]:
     """{"target": path, <source name>: path, ...} for the sources the grid's recipes use."""
-    paths = {"target": _resolve(spec.data.target, "data.target", spec, home, 0, log)}
-    used = {s for r in spec.grid.recipe for s in spec.recipes[r].sources}
-    for offset, name in enumerate(sorted(used), start=1):
-        paths[name] = _resolve(spec.data.sources[name], f"data.sources.{name}", spec, home, offset, log)
+    found = locations(spec, given)
+    paths = {"target": _resolve(found["target"], "data.target", spec, home, 0, log)}
+    for offset, name in enumerate(sorted(set(found) - {"target"}), start=1):
+        paths[name] = _resolve(found[name], f"data.sources.{name}", spec, home, offset, log)
     return paths

@@ -1,6 +1,7 @@
 """The sweep driver: data sets, Ray, one Tuner for the whole grid, DB, report."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -47,10 +48,26 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
     )
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, name: str, db_url: str, home: Path, storage: str,
-              address: str | None, resume: bool, num_cpus: int | None, version: str) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how one sweep runs (the command line, resolved)."""
+
+    name: str
+    db_url: str
+    home: Path
+    storage: str
+    address: str | None = None
+    resume: bool = False
+    num_cpus: int | None = None
+    version: str = "unknown"
+    data: dict[str, str] = field(default_factory=dict)  # --data NAME=LOCATION
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
+    name, db_url, home, storage = options.name, options.db_url, options.home, options.storage
+    address, resume, num_cpus, version = options.address, options.resume, options.num_cpus, options.version
     store = ResultsStore(db_url)  # a bad --db stops before data or Ray
-    data = ensure_datasets(spec, home)
+    data = ensure_datasets(spec, home, given=options.data)
     plans = study_plans(spec, data, pretrain_cache=home / "pretrained")
     sweep_id = store.start_sweep(name, spec_arg, spec_text, version)
     print(f"[sweeper] sweep {name}: {len(plans)} studies x {spec.search.trials} trials; DB {db_url}")

@@ -25,6 +25,7 @@ def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) ->
                     "backbone": backbone, "recipe": recipe_name, "outer_fold": fold,
                     "data_dir": str(data["target"]), "init": recipe.init, "strategy": recipe.strategy,
                     "pretrain_dirs": [str(data[source]) for source in recipe.sources],
+                    "pretrain_init": recipe.pretrain_init,
                     "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
                     "pretrain_cache": str(pretrain_cache),
                     "epochs": spec.train.epochs, "batch_size": spec.train.batch_size, "loss": spec.train.loss,

@@ -29,7 +29,22 @@ def parse_args(argv):
                         help="Ray Tune storage: a path or s3:// URI, shared by all nodes on a cluster "
                              "(default: HOME/ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=LOCATION",
+                        help="where data set NAME is (target, or a source of the spec): a prepared data set's path "
+                             "or phantom:KIND; overrides CXR_SWEEP_DATA_NAME and the spec (repeatable)")
     return parser.parse_args(argv)
+
+
+def data_locations(pairs: list[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        name, sep, location = pair.partition("=")
+        if not sep or not name or not location:
+            from sweeper.spec import SpecError
+
+            raise SpecError(f"--data {pair!r}: expected NAME=LOCATION, e.g. --data chexpert=/data/chexpert-1a2b")
+        found[name] = location
+    return found
 
 
 def code_version() -> str:
@@ -67,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         db_url = args.db or f"sqlite:///{home / 'results.db'}"
         storage = args.storage or str(home / "ray")
         name = _sweep_name(args, spec.name, storage)
-        from sweeper.driver import run_sweep
+        from sweeper.driver import RunOptions, run_sweep
 
-        return run_sweep(spec, spec_text, args.spec, name, db_url, home, storage, args.address, args.resume,
-                         args.num_cpus, code_version())
+        options = RunOptions(name=name, db_url=db_url, home=home, storage=storage, address=args.address,
+                             resume=args.resume, num_cpus=args.num_cpus, version=code_version(),
+                             data=data_locations(args.data))
+        return run_sweep(spec, spec_text, args.spec, options)
     except (SpecError, StoreError, DataPrepError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

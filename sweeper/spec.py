@@ -86,6 +86,8 @@ class Recipe(Strict):
     init: Literal[INITS] = "scratch"  # type: ignore[valid-type]
     strategy: Literal[STRATEGIES] = "regular"  # type: ignore[valid-type]
     sources: list[str] = Field([], description="source data sets to pretrain on (regular: in this order)")
+    pretrain_init: Literal[INITS] | None = Field(  # type: ignore[valid-type]
+        None, description="mixed only: the init of the pretrained branch (default: init)")
     pretrain_epochs: int = Field(2, ge=1)
     pretrain_lr: float = Field(1e-3, gt=0)
 
@@ -93,6 +95,9 @@ class Recipe(Strict):
     def _sources_fit_the_strategy(self):
         if self.strategy == "mixed" and not self.sources:
             raise ValueError("strategy 'mixed' puts a pretrained branch beside the init one: give a source")
+        if self.pretrain_init is not None and self.strategy != "mixed":
+            raise ValueError("pretrain_init is for strategy 'mixed' (the pretrained branch's init); "
+                             "regular and co_trained recipes pretrain from init")
         if self.strategy == "co_trained" and len(self.sources) < 2:
             raise ValueError("strategy 'co_trained' trains on several sources jointly: give at least two")
         return self
@@ -115,10 +120,14 @@ class Phantom(Strict):
 
 
 class Data(Strict):
-    target: str = Field(PHANTOM, description="'phantom' or the path of a prepared data set")
-    sources: dict[str, str] = Field({}, description="source name -> 'phantom:nih' or a prepared data set path")
+    target: str = Field(PHANTOM, description="'phantom', a prepared data set's path, or '' (given with --data)")
+    sources: dict[str, str] = Field({}, description="source name -> 'phantom:nih', a prepared data set's path, "
+                                                    "or '' (given with --data NAME=PATH or CXR_SWEEP_DATA_NAME)")
     size: int = Field(64, ge=16)
     folds: int = Field(5, ge=2)
+    chexpert_policy: Literal["u_ignore", "u_zeros", "u_ones", "u_mixed"] = Field(
+        "u_ones", description="CheXpert's uncertain labels: phantom CheXpert sets are built with it, prepared "
+                              "CheXpert sets must have been")
     phantom: Phantom = Phantom()
 
 

@@ -15,7 +15,7 @@ from trainables.weights import report
 
 def imagenet_backbones(spec: SweepSpec) -> list[str]:
     """Backbones of the grid that some recipe of the grid starts from ImageNet."""
-    if not any(spec.recipes[r].init == "imagenet" for r in spec.grid.recipe):
+    if not any("imagenet" in (spec.recipes[r].init, spec.recipes[r].pretrain_init) for r in spec.grid.recipe):
         return []
     return sorted(set(spec.grid.backbone))
 

@@ -66,7 +66,7 @@ def _run(*args, cwd):
 def test_cli_nonexistent_spec_stops_before_ray(tmp_path):
     proc, _ = _run("--spec", "nonexistent", "--home", str(tmp_path), cwd=REPO)
     assert proc.returncode == 2
-    assert "error: no spec named 'nonexistent'; built-in specs: demo, tiny" in proc.stderr
+    assert "error: no spec named 'nonexistent'; built-in specs: demo, paper, tiny" in proc.stderr
     assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr
 
 
@@ -96,3 +96,78 @@ def test_a_prepared_target_must_match_the_specs_size_and_folds(prepared_dir, tmp
         ensure_datasets(parse_spec(base + "size = 64\nfolds = 3\n"), tmp_path)
     with pytest.raises(SpecError, match="not a prepared data set"):
         ensure_datasets(parse_spec(GOOD + f'[data]\ntarget = "{tmp_path}"\n'), tmp_path)
+
+
+SOURCES = GOOD.replace('[recipes.scratch]', '[recipes.scratch]\nsources = ["chexpert"]') + \
+    '[data]\ntarget = ""\nsize = 32\nfolds = 3\nsources = { chexpert = "" }\n'
+
+
+def test_data_locations_come_from_the_command_line_then_the_environment_then_the_spec():
+    from sweeper.datasets import locations
+
+    spec = parse_spec(SOURCES)
+    env = {"CXR_SWEEP_DATA_TARGET": "/env/target", "CXR_SWEEP_DATA_CHEXPERT": "/env/chexpert"}
+    assert locations(spec, {"target": "/cli/target"}, env) == {"target": "/cli/target", "chexpert": "/env/chexpert"}
+    spec_given = parse_spec(SOURCES.replace('target = ""', 'target = "phantom"'))
+    assert locations(spec_given, {}, {"CXR_SWEEP_DATA_CHEXPERT": "/c"})["target"] == "phantom"
+
+
+def test_every_missing_data_location_is_named_with_the_option_that_gives_it():
+    from sweeper.datasets import locations
+
+    with pytest.raises(SpecError) as info:
+        locations(parse_spec(SOURCES), {}, {})
+    message = str(info.value)
+    assert "data set 'target': pass --data target=PATH" in message and "CXR_SWEEP_DATA_TARGET" in message
+    assert "data set 'chexpert': pass --data chexpert=PATH" in message and "CXR_SWEEP_DATA_CHEXPERT" in message
+    with pytest.raises(SpecError, match="has no data set 'nih'; its data sets: \\['target', 'chexpert'\\]"):
+        locations(parse_spec(SOURCES), {"nih": "/x"}, {})
+
+
+def test_the_paper_spec_without_data_stops_before_ray_naming_what_to_pass(tmp_path):
+    proc, seconds = _run("--spec", "paper", "--home", str(tmp_path), cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pass --data target=PATH" in proc.stderr and "--data nih=PATH" in proc.stderr
+    assert not (tmp_path / "ray").exists()
+
+
+def test_a_malformed_data_option_is_one_clear_error(tmp_path):
+    proc, _ = _run("--spec", "tiny", "--home", str(tmp_path), "--data", "chexpert", cwd=REPO)
+    assert proc.returncode == 2 and "--data 'chexpert': expected NAME=LOCATION" in proc.stderr
+
+
+def test_a_prepared_chexpert_set_must_have_the_specs_uncertainty_policy(chexpert_prepared_dir, prepared_dir, tmp_path):
+    from sweeper.datasets import ensure_datasets
+
+    spec = parse_spec(SOURCES)  # chexpert_policy defaults to u_ones; the fixture was built with u_ignore
+    given = {"target": str(prepared_dir), "chexpert": str(chexpert_prepared_dir)}
+    with pytest.raises(SpecError, match="uncertainty policy 'u_ignore' but data.chexpert_policy is 'u_ones'"):
+        ensure_datasets(spec, tmp_path, given=given)
+    spec = parse_spec(SOURCES.replace("folds = 3\n", 'folds = 3\nchexpert_policy = "u_ignore"\n'))
+    assert ensure_datasets(spec, tmp_path, given=given)["chexpert"] == chexpert_prepared_dir
+
+
+def test_pretrain_init_is_only_for_mixed_recipes():
+    with pytest.raises(SpecError, match="pretrain_init is for strategy 'mixed'"):
+        parse_spec(GOOD.replace('[recipes.scratch]', '[recipes.scratch]\npretrain_init = "imagenet"'))
+
+
+def test_the_paper_grid_has_its_eight_source_rows_and_shares_pretraining_stages():
+    from pathlib import Path
+
+    from sweeper.plan import study_plans
+    from trainables.tune_adapter import fit_config
+
+    spec, _ = load_spec("paper")
+    data = {"target": Path("/d/target"), "chexpert": Path("/d/chexpert"), "nih": Path("/d/nih")}
+    plans = study_plans(spec, data, pretrain_cache=Path("/d/pretrained"))
+    assert len(plans) == 2 * 8 * 5 and {p.config["backbone"] for p in plans} == {"resnet50", "densenet121"}
+    configs = {(p.config["backbone"], p.config["recipe"]): fit_config(p.config) for p in plans if p.config["outer_fold"] == 0}
+    row, mixed = configs["resnet50", "chexpert"], configs["resnet50", "imagenet_chexpert_mixed"]
+    assert mixed.strategy == "mixed" and mixed.init == "imagenet"
+    assert mixed.stage() == row.stage()  # the mixed model's pretrained branch is the CheXpert row's, trained once
+    assert configs["resnet50", "imagenet_chexpert"].stage().init == "imagenet"
+    cotrained = configs["densenet121", "chexpert_nih_cotrained"].stage()
+    assert cotrained.strategy == "co_trained" and cotrained.sources == ("/d/chexpert", "/d/nih")
+    assert configs["resnet50", "imagenet"].stage() is None
+    assert row.loss == "batch_weighted_bce" and row.batch_size == 16 and row.epochs == 30

@@ -43,6 +43,7 @@ class FitConfig:
     init: str = "scratch"
     strategy: str = "regular"  # regular | mixed | co_trained
     pretrain_dirs: tuple[str, ...] = ()  # prepared source data sets, in order
+    pretrain_init: str | None = None  # init of the pretrained branch (mixed); default: init
     pretrain_epochs: int = 2
     pretrain_lr: float = 1e-3
     pretrain_cache: str | None = None
@@ -64,8 +65,9 @@ class FitConfig:
     def stage(self) -> Stage | None:
         if not self.pretrain_dirs:
             return None
-        return Stage(self.backbone, self.init, "co_trained" if self.strategy == "co_trained" else "regular",
-                     self.pretrain_dirs, self.pretrain_epochs, self.pretrain_lr, self.batch_size, self.loss, self.seed)
+        strategy = "co_trained" if self.strategy == "co_trained" else "regular"
+        return Stage(self.backbone, self.pretrain_init or self.init, strategy, self.pretrain_dirs,
+                     self.pretrain_epochs, self.pretrain_lr, self.batch_size, self.loss, self.seed)
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)

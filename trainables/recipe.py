@@ -1,8 +1,9 @@
 """The fine-tuning model a source recipe describes (DESIGN.md decision 1).
 
 - regular: one branch from `init`, pretrained on the sources in sequence (none: `init` alone);
-- mixed: a branch from `init` alone beside a branch from `init` pretrained on the sources,
-  features concatenated (seed 000's "ImageNet + CheXpert, mixed");
+- mixed: a branch from `init` alone beside a branch pretrained on the sources (from the
+  stage's own init, `pretrain_init`), features concatenated (seed 000's "ImageNet + CheXpert,
+  mixed": an ImageNet branch beside the CheXpert row's pretrained branch);
 - co_trained: one branch from `init` pretrained on all sources jointly.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build_recipe_model(backbone: str, init: str, strategy: str, stage: Stage | N
                        dropout: float, cache_dir: Path, device: torch.device, log=print) -> Classifier:
     """`stage` is the pretraining the recipe needs (None when it has no sources)."""
     check_recipe(backbone, init, strategy, stage.sources if stage else ())
-    pretrained = build_branch(backbone, init)
+    pretrained = build_branch(backbone, stage.init if stage else init)
     if stage is not None:
         load_branch(pretrained, ensure_stage(stage, cache_dir, device, log))
     if strategy == "mixed":
