@@ -28,7 +28,7 @@ def _quote(value: str) -> str:
 
 def cell_table(url: str, sweep: str) -> pd.DataFrame:
     """One row per (backbone, recipe) that has trials: folds done and mean/sd of test AUC, AP."""
-    cells = run_query(url, f"""SELECT DISTINCT t.backbone, t.recipe FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+    cells = run_query(url, f"""SELECT DISTINCT t.backbone, t.recipe FROM sweep_trials t JOIN sweeps s ON s.id = t.sweep_id
                                WHERE s.name = {_quote(sweep)} ORDER BY t.backbone, t.recipe""")
     folds = run_query(url, f"""SELECT backbone, recipe, fold, metric, value FROM fold_metrics
                                WHERE sweep = {_quote(sweep)} AND class_name = '{MACRO}' AND metric IN ('auc', 'ap')""")

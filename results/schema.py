@@ -11,7 +11,8 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB"}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -41,7 +42,7 @@ class Sweep(Base):
 
 
 class Trial(Base):
-    __tablename__ = "trials"
+    __tablename__ = "sweep_trials"  # not "trials": Optuna's own tables share this DB
     __table_args__ = (UniqueConstraint("sweep_id", "trial_key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
@@ -64,7 +65,7 @@ class LearningCurve(Base):
     __tablename__ = "learning_curves"
     __table_args__ = (UniqueConstraint("trial_id", "epoch"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -79,7 +80,7 @@ class TrialMetric(Base):
     __tablename__ = "trial_metrics"
     __table_args__ = (UniqueConstraint("trial_id", "split", "metric", "class_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     split: Mapped[str] = mapped_column(String(16))  # val, test, outer_train
     metric: Mapped[str] = mapped_column(String(40))  # auc, ap, hamming, binary_acc, exact_match
     class_name: Mapped[str] = mapped_column(String(200))  # a label, or MACRO
@@ -96,7 +97,7 @@ VIEWS = {
           SELECT t.sweep_id, t.backbone, t.recipe, t.fold, t.id AS trial_id, m.value AS val_auc,
                  ROW_NUMBER() OVER (PARTITION BY t.sweep_id, t.backbone, t.recipe, t.fold
                                     ORDER BY m.value DESC, t.id) AS rank
-          FROM trials t JOIN trial_metrics m
+          FROM sweep_trials t JOIN trial_metrics m
             ON m.trial_id = t.id AND m.split = 'val' AND m.metric = 'auc' AND m.class_name = '{MACRO}'
           WHERE t.status = 'COMPLETE' AND m.value IS NOT NULL) ranked
         WHERE rank = 1""",

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from results.schema import MACRO, SCHEMA_VERSION, VIEWS, Base, LearningCurve, SchemaMeta, Sweep, Trial, TrialMetric
+from results.schema import MACRO, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, LearningCurve, SchemaMeta, Sweep, Trial, TrialMetric
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -128,6 +128,10 @@ class ResultsStore:
                 if found is not None and int(found) > SCHEMA_VERSION:
                     raise StoreError(f"DB {self.url} has schema version {found}; this code writes version "
                                      f"{SCHEMA_VERSION}. Upgrade cxr-sweep or use another --db")
+                if found is not None and int(found) < SCHEMA_VERSION:
+                    raise StoreError(f"DB {self.url} has schema version {found}, older than this code's "
+                                     f"{SCHEMA_VERSION} ({SCHEMA_CHANGES[SCHEMA_VERSION]}); there is no migration "
+                                     f"yet: use a new --db (the old one stays readable with results.query)")
             Base.metadata.create_all(conn)
             create = "CREATE VIEW IF NOT EXISTS" if conn.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
             for name, body in VIEWS.items():

@@ -30,7 +30,8 @@ def _trainable(spec: SweepSpec):
 
 
 def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback) -> tune.Tuner:
-    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE)
+    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, storage=callback.db_url,
+                                      prefix=f"{name}/")
     scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
                              reduction_factor=spec.asha.reduction_factor)
     return tune.Tuner(

@@ -36,14 +36,19 @@ def study_seed(key: str, base_seed: int) -> int:
 
 
 class PerStudyOptunaSearcher(Searcher):
+    """`storage`: an Optuna storage (the results DB's URL, so `optuna-dashboard URL` shows the
+    studies, each named `prefix + key`); None keeps the studies in memory (tests)."""
+
     def __init__(self, plans: list[StudyPlan], space: dict[str, BaseDistribution], metric: str = "val_auc",
-                 mode: str = "max"):
+                 mode: str = "max", storage: str | None = None, prefix: str = ""):
         super().__init__(metric=metric, mode=mode)
         self._plans = {p.key: p for p in plans}
         self._space = space
         direction = "maximize" if mode == "max" else "minimize"
+        storage = _rdb_storage(storage) if storage else None
         self._studies = {
-            p.key: optuna.create_study(study_name=p.key, direction=direction,
+            p.key: optuna.create_study(study_name=prefix + p.key, direction=direction, storage=storage,
+                                       load_if_exists=True,
                                        sampler=optuna.samplers.TPESampler(seed=study_seed(p.key, p.seed)))
             for p in plans
         }
@@ -88,6 +93,25 @@ class PerStudyOptunaSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.reconcile()
+
+    def reconcile(self) -> list[int]:
+        """After a crash: a study trial still RUNNING that no live Ray trial owns is an orphan
+        (asked after Ray's last snapshot, so Ray will not re-run it); mark it FAIL. Returns their numbers."""
+        owned = {(key, trial.number) for key, trial in self._live.values()}
+        orphans = []
+        for key, study in self._studies.items():
+            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (key, frozen.number) not in owned:
+                    study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+                    orphans.append(frozen.number)
+        return orphans
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's tables in the results DB; SQLite waits for the lock like the results store does."""
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def _finite(value) -> bool:

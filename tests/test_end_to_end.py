@@ -42,7 +42,7 @@ def tiny_sweep(tmp_path_factory):
 
 def test_db_holds_exactly_one_result_per_cell_fold_and_trial(tiny_sweep):
     _, db, _ = tiny_sweep
-    rows = run_query(db, "SELECT backbone, recipe, fold, optuna_number, status, COUNT(*) AS n FROM trials "
+    rows = run_query(db, "SELECT backbone, recipe, fold, optuna_number, status, COUNT(*) AS n FROM sweep_trials "
                          "GROUP BY backbone, recipe, fold, optuna_number, status")
     assert len(rows) == len(CELLS) * 2 * 2 and (rows["n"] == 1).all()
     assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
@@ -54,12 +54,25 @@ def test_db_holds_exactly_one_result_per_cell_fold_and_trial(tiny_sweep):
 
 def test_complete_trials_ran_to_their_end_and_carry_the_end_of_trial_evaluation(tiny_sweep):
     _, db, _ = tiny_sweep
-    trials = run_query(db, "SELECT id, status, epochs_run FROM trials")
+    trials = run_query(db, "SELECT id, status, epochs_run FROM sweep_trials")
     assert ((trials["status"] == "COMPLETE") == (trials["epochs_run"] == 2)).all(), trials  # tiny: 2 epochs
     evaluated = run_query(db, "SELECT DISTINCT trial_id, split FROM trial_metrics WHERE split != 'val'")
     complete = set(trials.loc[trials["status"] == "COMPLETE", "id"])
     assert set(evaluated["trial_id"]) == complete
     assert set(evaluated["split"]) == {"test", "outer_train"}
+
+
+def test_optuna_studies_live_in_the_results_db_and_agree_with_the_trials(tiny_sweep):
+    import optuna
+
+    _, db, _ = tiny_sweep
+    summaries = optuna.get_all_study_summaries(storage=db)
+    names = sorted(s.study_name for s in summaries)
+    assert len(names) == len(CELLS) * 2 and all(n.startswith("tiny-e2e/") for n in names)
+    trials = run_query(db, "SELECT study, optuna_number, status FROM sweep_trials")
+    for row in trials.itertuples(index=False):
+        frozen = optuna.load_study(study_name=f"tiny-e2e/{row.study}", storage=db).trials[row.optuna_number]
+        assert frozen.state.name == {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED"}[row.status], row
 
 
 def test_report_lists_every_cell(tiny_sweep):
@@ -74,7 +87,7 @@ def test_report_lists_every_cell(tiny_sweep):
 
 def test_query_cli_prints_rows(tiny_sweep):
     _, db, _ = tiny_sweep
-    proc = _cli("-m", "results.query", "--db", db, "SELECT COUNT(*) AS n FROM trials")
+    proc = _cli("-m", "results.query", "--db", db, "SELECT COUNT(*) AS n FROM sweep_trials")
     assert proc.returncode == 0 and proc.stdout.split() == ["n", "16"]
 
 
@@ -106,8 +119,8 @@ def test_no_planted_identifier_reaches_any_output(tiny_sweep):
 
 def test_resuming_a_finished_sweep_adds_nothing(tiny_sweep):
     home, db, _ = tiny_sweep
-    before = run_query(db, "SELECT COUNT(*) FROM trials").iloc[0, 0]
+    before = run_query(db, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0]
     proc = _cli("-m", "sweeper.run", "--spec", "tiny", "--home", str(home), "--db", db, "--num-cpus", "2",
                 "--name", "tiny-e2e", "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert run_query(db, "SELECT COUNT(*) FROM trials").iloc[0, 0] == before == 16
+    assert run_query(db, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0] == before == 16

@@ -77,7 +77,7 @@ def test_replayed_writes_do_not_duplicate_rows(tmp_path):
     for _ in range(2):  # Ray replays work after its last snapshot on resume
         _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
     assert store.start_sweep("s", "tiny", "", "test") == sweep
-    counts = run_query(url, "SELECT (SELECT COUNT(*) FROM trials) t, (SELECT COUNT(*) FROM learning_curves) c, "
+    counts = run_query(url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM learning_curves) c, "
                             "(SELECT COUNT(*) FROM trial_metrics) m")
     assert counts.iloc[0].tolist() == [1, 2, 5]  # val auc, test auc/ap, per-class auc a/b
 
@@ -97,15 +97,15 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM trials", "DROP TABLE trials", "CREATE TABLE x (a int)",
-                                 "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM trials",
+@pytest.mark.parametrize("sql", ["DELETE FROM sweep_trials", "DROP TABLE sweep_trials", "CREATE TABLE x (a int)",
+                                 "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM sweep_trials",
                                  "ATTACH DATABASE ':memory:' AS other", "PRAGMA query_only = OFF"])
 def test_query_refuses_writes_and_leaves_the_db_unchanged(db, sql):
     url, _ = db
-    before = run_query(url, "SELECT COUNT(*) FROM trials").iloc[0, 0]
+    before = run_query(url, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0]
     with pytest.raises(QueryError):
         run_query(url, sql)
-    assert run_query(url, "SELECT COUNT(*) FROM trials").iloc[0, 0] == before
+    assert run_query(url, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0] == before
     assert run_query(url, "SELECT COUNT(*) FROM sweeps WHERE name = 's1'").iloc[0, 0] == 1
 
 
@@ -115,6 +115,15 @@ def test_a_db_of_a_newer_schema_version_is_refused(tmp_path):
     with sqlite3.connect(tmp_path / "r.db") as conn:
         conn.execute("UPDATE schema_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 99"):
+        ResultsStore(url)
+
+
+def test_a_db_of_an_older_schema_version_is_refused_with_what_changed(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    ResultsStore(url)
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 1, older than this code's 2 .*renamed sweep_trials"):
         ResultsStore(url)
 
 

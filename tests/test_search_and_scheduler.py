@@ -75,3 +75,23 @@ def test_asha_compares_trials_only_within_their_study():
     assert scheduler.on_trial_result(None, weak[0], {"training_iteration": 1, "val_auc": 0.55}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, weak[1], {"training_iteration": 1, "val_auc": 0.60}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, weak[2], {"training_iteration": 1, "val_auc": 0.50}) == TrialScheduler.STOP
+
+
+def test_studies_live_in_the_results_db_and_orphans_are_failed_on_restore(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    plans = [StudyPlan(key="cell0/fold0", config={}, n_trials=3)]
+    searcher = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="sweep1/")
+    searcher.suggest("t0")
+    snapshot = tmp_path / "searcher.pkl"
+    searcher.save(str(snapshot))  # Ray's last experiment snapshot ...
+    searcher.suggest("t1")  # ... then the driver dies after asking once more
+    restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)  # Ray restores without __init__
+    restored.restore(str(snapshot))
+    study = optuna.load_study(study_name="sweep1/cell0/fold0", storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.RUNNING, TrialState.FAIL]  # t0 will be re-run by Ray; t1 is an orphan
+    restored.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
+    assert [t.state for t in optuna.load_study(study_name="sweep1/cell0/fold0", storage=url).get_trials()] == \
+        [TrialState.COMPLETE, TrialState.FAIL]
