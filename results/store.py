@@ -11,7 +11,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -151,6 +151,13 @@ class ResultsStore:
         with self.engine.begin() as conn:
             conn.execute(Sweep.__table__.update().where(Sweep.id == sweep_id)
                          .values(status=status, finished_at=_now()))
+
+    def status_counts(self, sweep_id: int) -> dict[str, int]:
+        """Trials of the sweep per status (COMPLETE, PRUNED, ERROR, RUNNING)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Trial.status, func.count()).where(Trial.sweep_id == sweep_id)
+                                .group_by(Trial.status)).all()
+        return {status: int(n) for status, n in rows}
 
     def _trial_id(self, conn, sweep_id: int, trial_key: str) -> int:
         return conn.scalar(select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))

@@ -86,7 +86,8 @@ def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None
     if missing:
         raise SpecError("no location for " + "; ".join(
             f"data set {name!r}: pass --data {name}=PATH (a prepared data set, see data_prep.build) or set "
-            f"{env_name(name)}" for name in missing) + f" (or --data NAME=phantom:KIND to try {spec.name!r} on phantom data)")
+            f"{env_name(name)}" for name in missing)
+            + f" (or --data NAME=phantom:KIND to try {spec.name!r} on phantom data)")
     return found
 
 

@@ -87,8 +87,23 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         grid = tuner.fit()
     finally:
         ray.shutdown()
-    errors = [r.error for r in grid if r.error is not None]
-    store.finish_sweep(sweep_id, "FINISHED" if not errors else "FINISHED_WITH_ERRORS")
+    errors = [r.error for r in grid if r.error is not None]  # Tuner.fit returns normally even then
+    counts = store.status_counts(sweep_id)
+    failed = max(len(errors), counts.get("ERROR", 0))
+    store.finish_sweep(sweep_id, "FINISHED" if not failed else "FINISHED_WITH_ERRORS")
     print(report(db_url, name))
-    print(f"[sweeper] {len(grid)} trials, {len(errors)} failed; results in {db_url}")
-    return 0 if not errors else 1
+    print(summary(counts, failed, home / "pretrained", db_url))
+    return 0 if not failed else 1
+
+
+def summary(counts: dict[str, int], failed: int, pretrained: Path, db_url: str) -> str:
+    """Done / pruned / failed per stage, and where the results are."""
+    stages = sorted(pretrained.glob("*.pt")) if pretrained.is_dir() else []
+    fine_tuning = (f"{counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} pruned by ASHA, "
+                   f"{failed} failed")
+    lines = [f"[sweeper] fine-tuning trials: {fine_tuning}",
+             f"[sweeper] pretraining stages available: {len(stages)} in {pretrained}"
+             + "".join(f"\n[sweeper]   {p.name}" for p in stages),
+             f"[sweeper] results in {db_url}"
+             + (" (failed trials: SELECT error FROM sweep_trials WHERE status = 'ERROR')" if failed else "")]
+    return "\n".join(lines)

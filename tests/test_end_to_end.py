@@ -124,3 +124,42 @@ def test_resuming_a_finished_sweep_adds_nothing(tiny_sweep):
                 "--name", "tiny-e2e", "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_query(db, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0] == before == 16
+
+
+FAILING = """
+name = "failing"
+[data]
+target = "phantom"
+size = 32
+folds = 2
+phantom = { n_patients = 16, image_px = 64, seed = 1 }
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch", "imagenet"]
+[recipes.scratch]
+[recipes.imagenet]
+init = "imagenet"
+[search]
+trials = 1
+[train]
+epochs = 1
+batch_size = 8
+"""
+
+
+def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_run_exits_1(tmp_path):
+    spec = tmp_path / "failing.toml"
+    spec.write_text(FAILING)
+    (tmp_path / "f.key").write_text(TEST_KEY.decode())
+    db = f"sqlite:///{tmp_path}/results.db"
+    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "f.key"), "CXR_SWEEP_OFFLINE": "1",
+           "TORCH_HOME": str(tmp_path / "empty-torch-home")}  # no ImageNet weights: the imagenet trials fail
+    proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"),
+                           "--db", db, "--num-cpus", "2", "--name", "failing"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = run_query(db, "SELECT recipe, status, error FROM sweep_trials ORDER BY recipe, fold")
+    assert rows["status"].tolist() == ["ERROR", "ERROR", "COMPLETE", "COMPLETE"]
+    assert rows["error"].iloc[0].count("ImageNet weights for resnet18 are not in the cache") >= 1
+    assert "fine-tuning trials: 2 complete, 0 pruned by ASHA, 2 failed" in proc.stdout
+    assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"

@@ -86,7 +86,8 @@ def test_each_mixed_branch_normalises_for_its_own_weights():
     Classifier([scratch, imagenet_like], 2, 0.0).eval()(x)
     assert seen["scratch"].shape[1] == 1 and torch.allclose(seen["scratch"], torch.zeros(1))  # (0.5-0.5)/0.25
     assert seen["imagenet"].shape[1] == 3
-    assert torch.allclose(seen["imagenet"][0, :, 0, 0], (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(seen["imagenet"][0, :, 0, 0], (0.5 - mean) / std)
 
 
 def test_co_trained_model_routes_each_image_to_its_sources_head():

@@ -162,7 +162,8 @@ def test_the_paper_grid_has_its_eight_source_rows_and_shares_pretraining_stages(
     data = {"target": Path("/d/target"), "chexpert": Path("/d/chexpert"), "nih": Path("/d/nih")}
     plans = study_plans(spec, data, pretrain_cache=Path("/d/pretrained"))
     assert len(plans) == 2 * 8 * 5 and {p.config["backbone"] for p in plans} == {"resnet50", "densenet121"}
-    configs = {(p.config["backbone"], p.config["recipe"]): fit_config(p.config) for p in plans if p.config["outer_fold"] == 0}
+    configs = {(p.config["backbone"], p.config["recipe"]): fit_config(p.config)
+               for p in plans if p.config["outer_fold"] == 0}
     row, mixed = configs["resnet50", "chexpert"], configs["resnet50", "imagenet_chexpert_mixed"]
     assert mixed.strategy == "mixed" and mixed.init == "imagenet"
     assert mixed.stage() == row.stage()  # the mixed model's pretrained branch is the CheXpert row's, trained once
