@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
-from data_prep.folds import patient_folds
+from data_prep.folds import holdout_split, patient_folds
 from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
@@ -49,6 +49,7 @@ class BuildParams:
     bits: int = 8  # 8 or 16 bits per output pixel
     near_duplicates: float | None = 0.9  # detail correlation that makes two films one; None: keep them all
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
+    holdout: tuple[float, float, float] | None = None  # seed 003's train/val/test fractions instead of folds
 
 
 def _hashed(params: BuildParams) -> dict:
@@ -57,8 +58,11 @@ def _hashed(params: BuildParams) -> dict:
         raise DataPrepError(f"bits={params.bits}; expected 8 or 16")
     if params.near_duplicates is not None and not 0 < params.near_duplicates <= 1:
         raise DataPrepError(f"near_duplicates={params.near_duplicates}; expected a correlation in (0, 1], or None (--near-duplicates off) to keep every film")
-    return {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
-            "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
+    hashed = {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
+              "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
+    if params.holdout is not None:  # only when set, so folds-only data sets keep their ids
+        hashed.update(folds=1, holdout=[float(f) for f in params.holdout])
+    return hashed
 
 
 def _sha256_file(path: Path) -> str:
@@ -244,8 +248,14 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 25
 def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
     labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *names])
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
-    folds = patient_folds(labels["patient_key"], labels[names].to_numpy(np.float32), params.folds, params.seed)
-    pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
+    label_values = labels[names].to_numpy(np.float32)
+    if params.holdout is None:
+        folds = patient_folds(labels["patient_key"], label_values, params.folds, params.seed)
+        pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
+    else:  # one "fold": its test part is the held-out test split, its training part train + val
+        split = holdout_split(labels["patient_key"], label_values, params.holdout, params.seed)
+        pd.DataFrame({"image_key": labels["image_key"], "fold": np.where(split == "test", 0, -1), "split": split}
+                     ).to_csv(work / "folds.csv", index=False)
     pd.DataFrame(progress.rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv",
                                                                                       index=False)
     _duplicates_table(progress, names).to_csv(work / "duplicates.csv", index=False)
@@ -274,6 +284,16 @@ def _threshold(text: str) -> float | None:
     return None if text == "off" else float(text)
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) / 100 for v in text.split("/"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three percentages like 60/20/20")
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG)")
@@ -290,10 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--near-duplicates", type=_threshold, default=0.9, metavar="CORR|off",
                         help="fine-detail correlation at which two films count as one exposure filed twice "
                              "(default 0.9; 'off' keeps them all)")
+    parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
+                        help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
     add_source_options(parser)
     args = parser.parse_args(argv)
     params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.bits,
-                         args.near_duplicates, args.workers)
+                         args.near_duplicates, args.workers, args.holdout)
     try:
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:

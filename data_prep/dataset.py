@@ -31,7 +31,7 @@ class PreparedDataset:
         self.label_names: list[str] = self.manifest["label_names"]
         table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str, "view": str},
                             keep_default_na=False, na_values={n: [""] for n in self.label_names})
-        folds = pd.read_csv(self.root / "folds.csv", dtype={"image_key": str})
+        folds = pd.read_csv(self.root / "folds.csv", dtype={"image_key": str, "split": str})
         self.images = np.load(self.root / "images.npy", mmap_mode="r")
         size = self.manifest["size"]
         if self.images.shape != (len(table), size, size) or not table["image_key"].equals(folds["image_key"]):
@@ -41,6 +41,7 @@ class PreparedDataset:
         self.patient_keys = table["patient_key"].to_numpy()
         self.labels = table[self.label_names].to_numpy(np.float32)  # NaN = masked (unknown)
         self.folds = folds["fold"].to_numpy()
+        self.holdout = folds["split"].to_numpy() if "split" in folds else None  # train / val / test
 
     @property
     def dataset_id(self) -> str:
@@ -50,10 +51,17 @@ class PreparedDataset:
     def num_folds(self) -> int:
         return int(self.manifest["params"]["folds"])
 
+    @property
+    def is_holdout(self) -> bool:
+        """Built with one fixed train/val/test split (seed 003) rather than K folds."""
+        return self.holdout is not None
+
     def split(self, outer_fold: int, val_fraction: float = 0.2, seed: int = 0) -> Split:
         """Outer test fold, plus a patient-grouped inner validation split of the rest."""
         if not 0 <= outer_fold < self.num_folds:
             raise DataPrepError(f"outer fold {outer_fold} does not exist; {self.root.name} has folds 0..{self.num_folds - 1}")
+        if self.is_holdout:  # the split is part of the data set; val_fraction does not apply
+            return Split(*(np.flatnonzero(self.holdout == part) for part in ("train", "val", "test")))
         test = np.flatnonzero(self.folds == outer_fold)
         train, val = inner_split(self.patient_keys, self.labels, np.flatnonzero(self.folds != outer_fold),
                                  val_fraction, seed)

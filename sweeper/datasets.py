@@ -38,8 +38,31 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
     source = PHANTOM_SOURCE_OPTIONS[kind]
     if kind == "chexpert":
         source = replace(source, policy=spec.data.chexpert_policy)
-    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source)
+    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
+                         holdout=spec.data.holdout_fractions if kind == "target" else None)
     return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)
+
+
+def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:
+    """A prepared set must have the spec's size, CheXpert policy and (target) folds or holdout split."""
+    params = prepared.manifest["params"]
+    if prepared.manifest["size"] != spec.data.size:
+        raise SpecError(f"{where}: images are {prepared.manifest['size']} px but data.size is {spec.data.size}")
+    policy = params.get("source", {}).get("policy")
+    if params.get("source", {}).get("kind") == "chexpert" and policy != spec.data.chexpert_policy:
+        raise SpecError(f"{where}: CheXpert built with uncertainty policy {policy!r} but data.chexpert_policy is "
+                        f"{spec.data.chexpert_policy!r}; rebuild it with python -m data_prep.build ... "
+                        f"--policy {spec.data.chexpert_policy}, or change the spec")
+    if not is_target:
+        return
+    if spec.data.holdout:
+        if params.get("holdout") != list(spec.data.holdout_fractions):
+            built = f"holdout {params['holdout']}" if params.get("holdout") else f"{prepared.num_folds} folds"
+            wanted = "/".join(f"{v:g}" for v in spec.data.holdout)
+            raise SpecError(f"{where}: built with {built} but data.holdout is {spec.data.holdout}; build it with "
+                            f"python -m data_prep.build ... --holdout {wanted}")
+    elif prepared.num_folds != spec.data.folds or prepared.is_holdout:
+        raise SpecError(f"{where}: built with {prepared.num_folds} folds but data.folds is {spec.data.folds}")
 
 
 def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
@@ -49,18 +72,7 @@ def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: 
     if not (path / "manifest.json").is_file():
         raise SpecError(f"{key} = {location!r}: not a prepared data set (no manifest.json); "
                         f"build one with python -m data_prep.build, or use 'phantom'")
-    prepared = PreparedDataset(path)
-    if prepared.manifest["size"] != spec.data.size:
-        raise SpecError(f"{key} = {location!r}: images are {prepared.manifest['size']} px but data.size is "
-                        f"{spec.data.size}")
-    built = prepared.manifest["params"].get("source", {})
-    if built.get("kind") == "chexpert" and built.get("policy") != spec.data.chexpert_policy:
-        raise SpecError(f"{key} = {location!r}: CheXpert built with uncertainty policy {built.get('policy')!r} but "
-                        f"data.chexpert_policy is {spec.data.chexpert_policy!r}; rebuild it with "
-                        f"python -m data_prep.build ... --policy {spec.data.chexpert_policy}, or change the spec")
-    if key == "data.target" and prepared.num_folds != spec.data.folds:
-        raise SpecError(f"{key} = {location!r}: built with {prepared.num_folds} folds but data.folds is "
-                        f"{spec.data.folds}")
+    _check_built_as_specified(PreparedDataset(path), f"{key} = {location!r}", key == "data.target", spec)
     return path
 
 

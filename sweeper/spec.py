@@ -125,10 +125,24 @@ class Data(Strict):
                                                     "or '' (given with --data NAME=PATH or CXR_SWEEP_DATA_NAME)")
     size: int = Field(64, ge=16)
     folds: int = Field(5, ge=2)
+    holdout: list[float] | None = Field(
+        None, description="train/val/test percentages, e.g. [60, 20, 20]: one fixed split of the target instead of "
+                          "folds (seed 003); the validation part is what tuning sees")
     chexpert_policy: Literal["u_ignore", "u_zeros", "u_ones", "u_mixed"] = Field(
         "u_ones", description="CheXpert's uncertain labels: phantom CheXpert sets are built with it, prepared "
                               "CheXpert sets must have been")
     phantom: Phantom = Phantom()
+
+    @field_validator("holdout")
+    @classmethod
+    def _percentages(cls, value):
+        if value is not None and (len(value) != 3 or min(value) <= 0 or abs(sum(value) - 100) > 1e-6):
+            raise ValueError("expected three positive percentages that sum to 100, e.g. [60, 20, 20]")
+        return value
+
+    @property
+    def holdout_fractions(self) -> tuple[float, float, float] | None:
+        return tuple(v / 100 for v in self.holdout) if self.holdout else None
 
 
 class Grid(Strict):
@@ -169,8 +183,10 @@ class SweepSpec(Strict):
         for name, recipe in self.recipes.items():
             problems += [f"recipes.{name}.sources: {s!r} is not in data.sources ({sorted(self.data.sources)})"
                          for s in recipe.sources if s not in self.data.sources]
-        problems += [f"grid.fold: {f} is outside 0..{self.data.folds - 1} (data.folds = {self.data.folds})"
-                     for f in self.grid.fold or [] if not 0 <= f < self.data.folds]
+        n_folds = 1 if self.data.holdout else self.data.folds
+        problems += [f"grid.fold: {f} is outside 0..{n_folds - 1} (data.folds = {self.data.folds}"
+                     + (", or 1 with data.holdout)" if self.data.holdout else ")")
+                     for f in self.grid.fold or [] if not 0 <= f < n_folds]
         if self.asha.grace_period > self.train.epochs:
             problems.append(f"asha.grace_period ({self.asha.grace_period}) exceeds train.epochs ({self.train.epochs})")
         if problems:
@@ -179,7 +195,9 @@ class SweepSpec(Strict):
 
     @property
     def folds(self) -> list[int]:
-        return list(self.grid.fold) if self.grid.fold is not None else list(range(self.data.folds))
+        if self.grid.fold is not None:
+            return list(self.grid.fold)
+        return [0] if self.data.holdout else list(range(self.data.folds))
 
 
 def builtin_specs() -> list[str]:

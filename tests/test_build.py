@@ -217,3 +217,19 @@ def test_a_film_filed_again_under_another_patient_is_flagged(tmp_path):
     assert duplicates["csv_row"].tolist() == [len(table) + 2]
     assert not duplicates["same_patient"][0] and not duplicates["same_labels"][0]
     assert duplicates["duplicate_of"][0] == pd.read_csv(out / "labels.csv")["image_key"][0]
+
+
+def test_a_holdout_build_has_one_patient_grouped_60_20_20_split(phantom_dir, prepared_dir, tmp_path):
+    out = build(phantom_dir, phantom_dir / "labels.csv", tmp_path,
+                BuildParams(size=32, folds=3, seed=0, holdout=(0.6, 0.2, 0.2), workers=1), key=TEST_KEY, log=lambda *_: None)
+    data = PreparedDataset(out)
+    assert data.is_holdout and data.num_folds == 1 and data.dataset_id != PreparedDataset(prepared_dir).dataset_id
+    split = data.split(0, val_fraction=0.5)  # val_fraction does not apply: the split is the data set's
+    parts = {name: set(data.patient_keys[getattr(split, name)]) for name in ("train", "val", "test")}
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"])
+    n_patients = len(set(data.patient_keys))
+    assert len(parts["train"]) / n_patients == pytest.approx(0.6, abs=0.1)
+    assert len(parts["test"]) / n_patients == pytest.approx(0.2, abs=0.1)
+    assert len(split.train) + len(split.val) + len(split.test) == len(data.labels)
+    with pytest.raises(DataPrepError, match="outer fold 1 does not exist"):
+        data.split(1)
