@@ -26,25 +26,28 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+CELL = ["backbone", "recipe", "variant"]
+
+
 def cell_table(url: str, sweep: str) -> pd.DataFrame:
-    """One row per (backbone, recipe) that has trials: folds done and mean/sd of test AUC, AP."""
-    cells = run_query(url, f"""SELECT DISTINCT t.backbone, t.recipe FROM sweep_trials t JOIN sweeps s ON s.id = t.sweep_id
-                               WHERE s.name = {_quote(sweep)} ORDER BY t.backbone, t.recipe""")
-    folds = run_query(url, f"""SELECT backbone, recipe, fold, metric, value FROM fold_metrics
+    """One row per cell (backbone, recipe, variant) that has trials: folds done and mean/sd of test AUC, AP."""
+    cells = run_query(url, f"""SELECT DISTINCT t.backbone, t.recipe, t.variant FROM sweep_trials t
+                               JOIN sweeps s ON s.id = t.sweep_id WHERE s.name = {_quote(sweep)}
+                               ORDER BY t.backbone, t.recipe, t.variant""")
+    folds = run_query(url, f"""SELECT backbone, recipe, variant, fold, metric, value FROM fold_metrics
                                WHERE sweep = {_quote(sweep)} AND class_name = '{MACRO}' AND metric IN ('auc', 'ap')""")
-    stats = (folds.groupby(["backbone", "recipe", "metric"])["value"].agg(["mean", "std", "count"])
+    stats = (folds.groupby([*CELL, "metric"])["value"].agg(["mean", "std", "count"])
              .unstack("metric") if not folds.empty else pd.DataFrame())
     rows = []
-    for backbone, recipe in cells.itertuples(index=False):
-        row = {"backbone": backbone, "recipe": recipe, "folds": 0}
+    for key in cells.itertuples(index=False, name=None):
+        row = {**dict(zip(CELL, key)), "folds": 0}
+        has = not stats.empty and key in stats.index
         for metric in ("auc", "ap"):
-            key = (backbone, recipe)
-            has = not stats.empty and key in stats.index
             row[f"{metric}_mean"] = stats.loc[key, ("mean", metric)] if has else float("nan")
             row[f"{metric}_sd"] = stats.loc[key, ("std", metric)] if has else float("nan")
             row["folds"] = max(row["folds"], int(stats.loc[key, ("count", metric)]) if has else 0)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["backbone", "recipe", "folds", "auc_mean", "auc_sd", "ap_mean", "ap_sd"])
+    return pd.DataFrame(rows, columns=[*CELL, "folds", "auc_mean", "auc_sd", "ap_mean", "ap_sd"])
 
 
 def _mean_sd(mean: float, sd: float) -> str:
@@ -58,7 +61,8 @@ def format_markdown(sweep: str, table: pd.DataFrame) -> str:
     for backbone, part in table.groupby("backbone", sort=True):
         lines += [f"## {backbone}", "", "| Source recipe | Folds | Test AUC | Test AP |", "|---|---|---|---|"]
         for row in part.itertuples(index=False):
-            lines.append(f"| {row.recipe} | {row.folds} | {_mean_sd(row.auc_mean, row.auc_sd)} | "
+            label = row.recipe + (f" ({row.variant})" if row.variant else "")
+            lines.append(f"| {label} | {row.folds} | {_mean_sd(row.auc_mean, row.auc_sd)} | "
                          f"{_mean_sd(row.ap_mean, row.ap_sd)} |")
         lines.append("")
     return "\n".join(lines)

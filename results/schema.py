@@ -12,7 +12,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, Str
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 2
-SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB"}
+SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
+                      "and a variant column for grid axes beyond backbone and recipe"}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -49,6 +50,7 @@ class Trial(Base):
     trial_key: Mapped[str] = mapped_column(String(64))  # Ray's trial id: stable across resume
     backbone: Mapped[str] = mapped_column(String(100))
     recipe: Mapped[str] = mapped_column(String(100))
+    variant: Mapped[str] = mapped_column(String(300), default="")  # further grid axes, e.g. "loss=bce,lr=0.01"
     fold: Mapped[int] = mapped_column(Integer)
     study: Mapped[str] = mapped_column(String(300))  # one Optuna study per (cell, fold)
     optuna_number: Mapped[int] = mapped_column(Integer)
@@ -93,21 +95,22 @@ class TrialMetric(Base):
 # scheduler-stopped (PRUNED) trials are the ones whose validation had fallen behind.
 VIEWS = {
     "selected_trials": f"""
-        SELECT sweep_id, backbone, recipe, fold, trial_id, val_auc FROM (
-          SELECT t.sweep_id, t.backbone, t.recipe, t.fold, t.id AS trial_id, m.value AS val_auc,
-                 ROW_NUMBER() OVER (PARTITION BY t.sweep_id, t.backbone, t.recipe, t.fold
+        SELECT sweep_id, backbone, recipe, variant, fold, trial_id, val_auc FROM (
+          SELECT t.sweep_id, t.backbone, t.recipe, t.variant, t.fold, t.id AS trial_id, m.value AS val_auc,
+                 ROW_NUMBER() OVER (PARTITION BY t.sweep_id, t.backbone, t.recipe, t.variant, t.fold
                                     ORDER BY m.value DESC, t.id) AS rank
           FROM sweep_trials t JOIN trial_metrics m
             ON m.trial_id = t.id AND m.split = 'val' AND m.metric = 'auc' AND m.class_name = '{MACRO}'
           WHERE t.status = 'COMPLETE' AND m.value IS NOT NULL) ranked
         WHERE rank = 1""",
     "fold_metrics": """
-        SELECT s.name AS sweep, st.backbone, st.recipe, st.fold, st.trial_id, m.metric, m.class_name, m.value
+        SELECT s.name AS sweep, st.backbone, st.recipe, st.variant, st.fold, st.trial_id, m.metric, m.class_name,
+               m.value
         FROM selected_trials st
         JOIN sweeps s ON s.id = st.sweep_id
         JOIN trial_metrics m ON m.trial_id = st.trial_id AND m.split = 'test'""",
     "cell_summary": f"""
-        SELECT sweep, backbone, recipe, metric, COUNT(value) AS n_folds, AVG(value) AS mean
+        SELECT sweep, backbone, recipe, variant, metric, COUNT(value) AS n_folds, AVG(value) AS mean
         FROM fold_metrics WHERE class_name = '{MACRO}'
-        GROUP BY sweep, backbone, recipe, metric""",
+        GROUP BY sweep, backbone, recipe, variant, metric""",
 }

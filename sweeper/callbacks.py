@@ -35,7 +35,8 @@ class ResultsCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         c = trial.config
         self.store.trial_started(self.sweep_id, trial.trial_id, {
-            "backbone": c["backbone"], "recipe": c["recipe"], "fold": c["outer_fold"], "study": c["study"],
+            "backbone": c["backbone"], "recipe": c["recipe"], "variant": c.get("variant", ""),
+            "fold": c["outer_fold"], "study": c["study"],
             "optuna_number": c["optuna_number"], "params": {"lr": c["lr"], "dropout": c["dropout"]},
         })
 

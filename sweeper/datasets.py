@@ -25,7 +25,7 @@ PHANTOM_SOURCE_OPTIONS = {
 }
 
 
-def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
+def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
@@ -39,7 +39,7 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> P
     if kind == "chexpert":
         source = replace(source, policy=spec.data.chexpert_policy)
     params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
-                         holdout=spec.data.holdout_fractions if kind == "target" else None)
+                         holdout=spec.data.holdout_fractions if is_target else None)
     return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)
 
 
@@ -67,7 +67,7 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
 
 def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
     if location == PHANTOM or location.startswith(PHANTOM + ":"):
-        return _phantom(location.partition(":")[2] or "target", spec, home, seed_offset, log)
+        return _phantom(location.partition(":")[2] or "target", spec, home, seed_offset, log, key == "data.target")
     path = Path(location).expanduser()
     if not (path / "manifest.json").is_file():
         raise SpecError(f"{key} = {location!r}: not a prepared data set (no manifest.json); "

@@ -1,4 +1,4 @@
-"""Turn a validated spec and its data sets into study plans: one per (backbone, recipe, fold)."""
+"""Turn a validated spec and its data sets into study plans: one per (cell, fold)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from optuna.distributions import FloatDistribution
 
 from sweeper.search import StudyPlan
-from sweeper.spec import SweepSpec
+from sweeper.spec import SEARCHED, SweepSpec, cell_name, variant
 
 
 def search_space(spec: SweepSpec) -> dict[str, FloatDistribution]:
@@ -15,27 +15,33 @@ def search_space(spec: SweepSpec) -> dict[str, FloatDistribution]:
             "dropout": FloatDistribution(s.dropout.low, s.dropout.high, log=s.dropout.log)}
 
 
+def _trial_config(spec: SweepSpec, cell: dict, fold: int, data: dict[str, Path], pretrain_cache: Path) -> dict:
+    recipe = spec.recipes[cell["recipe"]]
+    train = spec.train.model_copy(update={k: v for k, v in cell.items() if k in type(spec.train).model_fields})
+    return {
+        "backbone": cell["backbone"], "recipe": cell["recipe"], "variant": variant(cell), "outer_fold": fold,
+        "data_dir": str(data["target"]), "init": recipe.init, "strategy": recipe.strategy,
+        "pretrain_dirs": [str(data[source]) for source in recipe.sources],
+        "pretrain_init": recipe.pretrain_init,
+        "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
+        "pretrain_cache": str(pretrain_cache),
+        "epochs": train.epochs, "batch_size": train.batch_size, "loss": train.loss,
+        "schedule": train.schedule, "schedule_patience": train.schedule_patience,
+        "early_stopping": train.early_stopping, "precision": train.precision, "augment": train.augment,
+        "val_fraction": train.val_fraction, "seed": train.seed,
+        "threads": max(1, int(spec.resources.cpus_per_trial)),
+        "device": "cuda" if spec.resources.gpus_per_trial > 0 else "cpu",
+        **{p: cell[p] for p in SEARCHED if p in cell},  # fixed by the grid, not searched
+    }
+
+
 def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) -> list[StudyPlan]:
+    space = search_space(spec)
     plans = []
-    for backbone in spec.grid.backbone:
-        for recipe_name in spec.grid.recipe:
-            recipe = spec.recipes[recipe_name]
-            for fold in spec.folds:
-                config = {
-                    "backbone": backbone, "recipe": recipe_name, "outer_fold": fold,
-                    "data_dir": str(data["target"]), "init": recipe.init, "strategy": recipe.strategy,
-                    "pretrain_dirs": [str(data[source]) for source in recipe.sources],
-                    "pretrain_init": recipe.pretrain_init,
-                    "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
-                    "pretrain_cache": str(pretrain_cache),
-                    "epochs": spec.train.epochs, "batch_size": spec.train.batch_size, "loss": spec.train.loss,
-                    "schedule": spec.train.schedule, "schedule_patience": spec.train.schedule_patience,
-                    "early_stopping": spec.train.early_stopping, "precision": spec.train.precision,
-                    "augment": spec.train.augment,
-                    "val_fraction": spec.train.val_fraction, "seed": spec.train.seed,
-                    "threads": max(1, int(spec.resources.cpus_per_trial)),
-                    "device": "cuda" if spec.resources.gpus_per_trial > 0 else "cpu",
-                }
-                plans.append(StudyPlan(key=f"{backbone}/{recipe_name}/fold{fold}", config=config,
-                                       n_trials=spec.search.trials, seed=spec.search.seed))
+    for cell in spec.grid.cells():
+        cell_space = {p: d for p, d in space.items() if p not in cell}
+        for fold in spec.folds:
+            plans.append(StudyPlan(key=f"{cell_name(cell)}/fold{fold}",
+                                   config=_trial_config(spec, cell, fold, data, pretrain_cache),
+                                   n_trials=spec.search.trials, seed=spec.search.seed, space=cell_space))
     return plans

@@ -28,6 +28,7 @@ class StudyPlan:
     config: dict
     n_trials: int
     seed: int = 0
+    space: dict | None = None  # what this study searches; None: the searcher's whole space
     asked: int = field(default=0)
 
 
@@ -63,7 +64,7 @@ class PerStudyOptunaSearcher(Searcher):
         if not open_plans:
             return Searcher.FINISHED
         plan = min(open_plans, key=lambda p: p.asked)  # round-robin: every cell progresses
-        trial = self._studies[plan.key].ask(self._space)
+        trial = self._studies[plan.key].ask(self._space if plan.space is None else plan.space)
         plan.asked += 1
         self._live[trial_id] = (plan.key, trial)
         return {**plan.config, **trial.params, "study": plan.key, "optuna_number": trial.number}

@@ -6,6 +6,7 @@ a path to a TOML file.
 """
 from __future__ import annotations
 
+import itertools
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -145,10 +146,55 @@ class Data(Strict):
         return tuple(v / 100 for v in self.holdout) if self.holdout else None
 
 
-class Grid(Strict):
+SEARCHED = ("lr", "dropout")  # a grid axis over one of these fixes it instead of searching it
+TRAIN_AXES = ("epochs", "batch_size", "loss", "val_fraction", "schedule", "schedule_patience", "early_stopping",
+              "precision")
+
+
+class Grid(BaseModel):
+    """backbone x recipe x any further axes (a [train] option, or lr / dropout fixed per cell) x fold.
+
+    `exclude` drops the cells that match every key of one of its tables.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     backbone: list[str] = Field(min_length=1)
     recipe: list[str] = Field(min_length=1)
     fold: list[int] | None = Field(None, min_length=1, description="outer folds to run (default: all)")
+    exclude: list[dict[str, Any]] = Field([], description="cells to leave out, e.g. {backbone = 'x', recipe = 'y'}")
+
+    @model_validator(mode="after")
+    def _axes_are_known_and_valid(self):
+        for axis, values in self.axes.items():
+            if axis not in TRAIN_AXES + SEARCHED:
+                raise ValueError(f"unknown grid axis {axis!r}; expected backbone, recipe, fold, exclude or one of "
+                                 f"{list(TRAIN_AXES + SEARCHED)}")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid.{axis}: expected a non-empty list of values")
+            for value in values:
+                if axis == "lr" and not (isinstance(value, (int, float)) and value > 0):
+                    raise ValueError(f"grid.lr: {value!r} is not a positive learning rate")
+                if axis == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+                    raise ValueError(f"grid.dropout: {value!r} is not a dropout rate in [0, 1)")
+                if axis in TRAIN_AXES:
+                    Train.model_validate({axis: value})  # its own checks, e.g. a known loss
+        names = {"backbone", "recipe", *self.axes}
+        for rule in self.exclude:
+            if not rule or set(rule) - names:
+                raise ValueError(f"grid.exclude: {rule!r} must name some of the grid's axes {sorted(names)}")
+        return self
+
+    @property
+    def axes(self) -> dict[str, list]:
+        """The further axes, in the spec's order."""
+        return dict(self.model_extra or {})
+
+    def cells(self) -> list[dict]:
+        """Every {backbone, recipe, axis: value, ...} not excluded."""
+        keys = ["backbone", "recipe", *self.axes]
+        values = [self.backbone, self.recipe, *self.axes.values()]
+        cells = [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+        return [c for c in cells if not any(all(c.get(k) == v for k, v in rule.items()) for rule in self.exclude)]
 
     @field_validator("backbone")
     @classmethod
@@ -189,15 +235,44 @@ class SweepSpec(Strict):
                      for f in self.grid.fold or [] if not 0 <= f < n_folds]
         if self.asha.grace_period > self.train.epochs:
             problems.append(f"asha.grace_period ({self.asha.grace_period}) exceeds train.epochs ({self.train.epochs})")
+        if not problems:
+            problems += self._cell_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _cell_problems(self) -> list[str]:
+        cells = self.grid.cells()
+        if not cells:
+            return ["grid.exclude leaves no cell to run"]
+        problems = []
+        for cell in cells:
+            recipe = self.recipes[cell["recipe"]]
+            if cell["backbone"] == "alexnet_style" and "imagenet" in (recipe.init, recipe.pretrain_init):
+                problems.append(f"grid: cell {cell_name(cell)} needs ImageNet weights, which alexnet_style has not; "
+                                f"leave it out with grid.exclude = [{{ backbone = \"alexnet_style\", "
+                                f"recipe = \"{cell['recipe']}\" }}]")
+        if all(p in self.grid.axes for p in SEARCHED) and self.search.trials > 1:
+            problems.append(f"grid fixes both lr and dropout, so the {self.search.trials} trials per cell would be "
+                            f"identical; set search.trials = 1")
+        return sorted(set(problems))
 
     @property
     def folds(self) -> list[int]:
         if self.grid.fold is not None:
             return list(self.grid.fold)
         return [0] if self.data.holdout else list(range(self.data.folds))
+
+
+def cell_name(cell: dict) -> str:
+    """backbone/recipe, then axis=value for each further axis: the cell's key in studies and the DB."""
+    rest = variant(cell)
+    return f"{cell['backbone']}/{cell['recipe']}" + (f"/{rest}" if rest else "")
+
+
+def variant(cell: dict) -> str:
+    """The further axes' values of a cell ("" for a backbone x recipe grid)."""
+    return ",".join(f"{k}={v}" for k, v in cell.items() if k not in ("backbone", "recipe"))
 
 
 def builtin_specs() -> list[str]:

@@ -136,6 +136,7 @@ phantom = { n_patients = 16, image_px = 64, seed = 1 }
 [grid]
 backbone = ["resnet18"]
 recipe = ["scratch", "imagenet"]
+loss = ["bce", "weighted_bce"]
 [recipes.scratch]
 [recipes.imagenet]
 init = "imagenet"
@@ -158,8 +159,11 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
                            "--db", db, "--num-cpus", "2", "--name", "failing"],
                           capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = run_query(db, "SELECT recipe, status, error FROM sweep_trials ORDER BY recipe, fold")
-    assert rows["status"].tolist() == ["ERROR", "ERROR", "COMPLETE", "COMPLETE"]
+    rows = run_query(db, "SELECT recipe, variant, status, error FROM sweep_trials ORDER BY recipe, variant, fold")
+    assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 4
+    assert rows["variant"].tolist() == ["loss=bce"] * 2 + ["loss=weighted_bce"] * 2 + ["loss=bce"] * 2 + \
+        ["loss=weighted_bce"] * 2  # a grid axis beyond backbone and recipe
     assert rows["error"].iloc[0].count("ImageNet weights for resnet18 are not in the cache") >= 1
-    assert "fine-tuning trials: 2 complete, 0 pruned by ASHA, 2 failed" in proc.stdout
+    assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 4 failed" in proc.stdout
+    assert "| scratch (loss=bce) | 2 |" in proc.stdout and "| scratch (loss=weighted_bce) | 2 |" in proc.stdout
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"

@@ -1,6 +1,7 @@
 """Specs are checked completely before Ray starts; the CLI turns errors into one line + exit 2."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -172,3 +173,64 @@ def test_the_paper_grid_has_its_eight_source_rows_and_shares_pretraining_stages(
     assert cotrained.strategy == "co_trained" and cotrained.sources == ("/d/chexpert", "/d/nih")
     assert configs["resnet50", "imagenet"].stage() is None
     assert row.loss == "batch_weighted_bce" and row.batch_size == 16 and row.epochs == 30
+
+
+AXES = GOOD.replace('recipe = ["scratch"]', 'recipe = ["scratch", "imagenet"]') + '[recipes.imagenet]\ninit = "imagenet"\n'
+
+
+def test_further_grid_axes_make_cells_and_fix_what_they_name():
+    from pathlib import Path
+
+    from sweeper.plan import study_plans
+
+    spec = parse_spec(AXES.replace("[grid]", "[grid]\nloss = [\"bce\", \"weighted_bce\"]\nlr = [0.01, 0.001]\n"
+                                   "exclude = [{ recipe = \"imagenet\", lr = 0.01 }]"))
+    cells = spec.grid.cells()
+    assert len(cells) == 2 * 2 * 2 - 2  # imagenet with lr 0.01 left out, for both losses
+    plans = study_plans(spec, {"target": Path("/t")}, Path("/p"))
+    keys = {p.key for p in plans if p.key.endswith("fold0")}
+    assert "resnet18/scratch/loss=weighted_bce,lr=0.01/fold0" in keys and not any("imagenet/loss=bce,lr=0.01" in k for k in keys)
+    plan = next(p for p in plans if p.key == "resnet18/scratch/loss=weighted_bce,lr=0.01/fold0")
+    assert plan.config["loss"] == "weighted_bce" and plan.config["lr"] == 0.01 and plan.config["variant"] == "loss=weighted_bce,lr=0.01"
+    assert set(plan.space) == {"dropout"}  # lr is fixed by the grid, dropout still searched
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ("lrr = [0.1]", "unknown grid axis 'lrr'"),
+    ("loss = [\"focal\"]", "Input should be 'bce', 'weighted_bce' or 'batch_weighted_bce'"),
+    ("lr = [-1]", "grid.lr: -1 is not a positive learning rate"),
+    ("loss = []", "grid.loss: expected a non-empty list"),
+    ("exclude = [{ backbone = \"resnet18\" }]", "grid.exclude leaves no cell to run"),
+    ("exclude = [{ colour = \"red\" }]", "must name some of the grid's axes"),
+])
+def test_bad_grid_axes_name_their_key(grid, expected):
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        parse_spec(AXES.replace("[grid]", "[grid]\n" + grid))
+
+
+def test_a_cell_that_cannot_run_is_refused_with_the_exclude_that_fixes_it():
+    spec = AXES.replace('backbone = ["resnet18"]', 'backbone = ["resnet18", "alexnet_style"]')
+    with pytest.raises(SpecError, match=re.escape('cell alexnet_style/imagenet needs ImageNet weights')):
+        parse_spec(spec)
+    fixed = spec.replace("[grid]", '[grid]\nexclude = [{ backbone = "alexnet_style", recipe = "imagenet" }]')
+    assert len(parse_spec(fixed).grid.cells()) == 3
+
+
+def test_fixing_every_searched_parameter_needs_one_trial_per_cell():
+    with pytest.raises(SpecError, match="set search.trials = 1"):
+        parse_spec(AXES.replace("[grid]", "[grid]\nlr = [0.01]\ndropout = [0.1]") + "[search]\ntrials = 2\n")
+
+
+def test_the_zhou2020_grid_is_its_networks_losses_and_learning_rates_on_one_holdout_split():
+    from pathlib import Path
+
+    from sweeper.plan import study_plans
+
+    spec, _ = load_spec("zhou2020")
+    plans = study_plans(spec, {"target": Path("/nih")}, Path("/p"))
+    assert len(plans) == 2 * 2 * 4 and spec.folds == [0] and spec.data.holdout == [60, 20, 20]
+    pairs = {(p.config["backbone"], p.config["init"]) for p in plans}
+    assert pairs == {("alexnet_style", "scratch"), ("mobilenet_v2", "imagenet")}
+    assert {p.config["loss"] for p in plans} == {"bce", "weighted_bce"}
+    assert {p.config["lr"] for p in plans} == {0.01, 0.001, 0.0001, 0.00001}
+    assert all(set(p.space) == {"dropout"} and p.config["batch_size"] == 64 for p in plans)
