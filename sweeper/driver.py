@@ -15,6 +15,7 @@ from sweeper.datasets import ensure_datasets
 from sweeper.plan import search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
+from sweeper.stages import attach_stages, launch_stages, stage_failures
 from sweeper.spec import SweepSpec
 from trainables.tune_adapter import tune_fit
 
@@ -44,7 +45,7 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,  # progress comes from ResultsCallback
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=1),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )
 
@@ -64,46 +65,51 @@ class RunOptions:
     data: dict[str, str] = field(default_factory=dict)  # --data NAME=LOCATION
 
 
+def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: Path) -> tune.Tuner:
+    path = f"{options.storage.rstrip('/')}/{options.name}"
+    if options.resume:
+        if not tune.Tuner.can_restore(path):
+            raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
+        return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
+    callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans),
+                               PreparedDataset(target).label_names)
+    return _new_tuner(spec, plans, options.name, options.storage, callback)
+
+
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
-    name, db_url, home, storage = options.name, options.db_url, options.home, options.storage
-    address, resume, num_cpus, version = options.address, options.resume, options.num_cpus, options.version
-    store = ResultsStore(db_url)  # a bad --db stops before data or Ray
-    data = ensure_datasets(spec, home, given=options.data)
-    plans = study_plans(spec, data, pretrain_cache=home / "pretrained")
-    sweep_id = store.start_sweep(name, spec_arg, spec_text, version)
-    print(f"[sweeper] sweep {name}: {len(plans)} studies x {spec.search.trials} trials; DB {db_url}")
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             ignore_reinit_error=True, log_to_driver=True)
+    store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
+    data = ensure_datasets(spec, options.home, given=options.data)
+    cache = options.home / "pretrained"
+    plans = study_plans(spec, data, pretrain_cache=cache)
+    stages = attach_stages(plans, cache)
+    sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version)
+    print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
+          f"{len(stages)} pretraining stage(s); DB {options.db_url}")
+    ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
+             include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+    r = spec.resources
     try:
-        path = f"{storage.rstrip('/')}/{name}"
-        if resume:
-            if not tune.Tuner.can_restore(path):
-                raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
-            tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
-        else:
-            callback = ResultsCallback(db_url, sweep_id, sum(p.n_trials for p in plans),
-                                       PreparedDataset(data["target"]).label_names)
-            tuner = _new_tuner(spec, plans, name, storage, callback)
-        grid = tuner.fit()
+        tasks = launch_stages(stages, cache, r.cpus_per_stage or r.cpus_per_trial,
+                              r.gpus_per_trial if r.gpus_per_stage is None else r.gpus_per_stage)
+        grid = _tuner(spec, plans, options, sweep_id, data["target"]).fit()
+        stage_errors = stage_failures(tasks)
     finally:
         ray.shutdown()
-    errors = [r.error for r in grid if r.error is not None]  # Tuner.fit returns normally even then
+    errors = [t.error for t in grid if t.error is not None]  # Tuner.fit returns normally even then
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
-    store.finish_sweep(sweep_id, "FINISHED" if not failed else "FINISHED_WITH_ERRORS")
-    print(report(db_url, name))
-    print(summary(counts, failed, home / "pretrained", db_url))
-    return 0 if not failed else 1
+    store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
+    print(report(options.db_url, options.name))
+    print(summary(counts, failed, stages, stage_errors, options.db_url))
+    return 0 if not (failed or stage_errors) else 1
 
 
-def summary(counts: dict[str, int], failed: int, pretrained: Path, db_url: str) -> str:
+def summary(counts: dict[str, int], failed: int, stages: dict, stage_errors: dict, db_url: str) -> str:
     """Done / pruned / failed per stage, and where the results are."""
-    stages = sorted(pretrained.glob("*.pt")) if pretrained.is_dir() else []
-    fine_tuning = (f"{counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} pruned by ASHA, "
-                   f"{failed} failed")
-    lines = [f"[sweeper] fine-tuning trials: {fine_tuning}",
-             f"[sweeper] pretraining stages available: {len(stages)} in {pretrained}"
-             + "".join(f"\n[sweeper]   {p.name}" for p in stages),
-             f"[sweeper] results in {db_url}"
-             + (" (failed trials: SELECT error FROM sweep_trials WHERE status = 'ERROR')" if failed else "")]
+    lines = [f"[sweeper] pretraining stages: {len(stages) - len(stage_errors)} ready, {len(stage_errors)} failed"]
+    lines += [f"[sweeper]   {path.name} failed: {error}" for path, error in stage_errors.items()]
+    lines.append(f"[sweeper] fine-tuning trials: {counts.get('COMPLETE', 0)} complete, "
+                 f"{counts.get('PRUNED', 0)} pruned by ASHA, {failed} failed")
+    lines.append(f"[sweeper] results in {db_url}"
+                 + (" (failed trials: SELECT error FROM sweep_trials WHERE status = 'ERROR')" if failed else ""))
     return "\n".join(lines)

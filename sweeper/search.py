@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from trainables.pretrain import failure_marker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -29,6 +32,7 @@ class StudyPlan:
     n_trials: int
     seed: int = 0
     space: dict | None = None  # what this study searches; None: the searcher's whole space
+    needs: str | None = None  # a pretraining stage's weights file that must exist before a trial starts
     asked: int = field(default=0)
 
 
@@ -63,7 +67,10 @@ class PerStudyOptunaSearcher(Searcher):
         open_plans = [p for p in self._plans.values() if p.asked < p.n_trials]
         if not open_plans:
             return Searcher.FINISHED
-        plan = min(open_plans, key=lambda p: p.asked)  # round-robin: every cell progresses
+        ready = [p for p in open_plans if _ready(p)]
+        if not ready:
+            return None  # Ray asks again later; the stages these cells need are still training
+        plan = min(ready, key=lambda p: p.asked)  # round-robin: every ready cell progresses
         trial = self._studies[plan.key].ask(self._space if plan.space is None else plan.space)
         plan.asked += 1
         self._live[trial_id] = (plan.key, trial)
@@ -107,6 +114,14 @@ class PerStudyOptunaSearcher(Searcher):
                     study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
                     orphans.append(frozen.number)
         return orphans
+
+
+def _ready(plan: StudyPlan) -> bool:
+    """No stage needed, or its weights exist, or it failed (the trial then fails at once with its error)."""
+    if plan.needs is None:
+        return True
+    path = Path(plan.needs)
+    return path.is_file() or failure_marker(path).is_file()
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:

@@ -208,7 +208,10 @@ class Grid(BaseModel):
 class Resources(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
-    max_concurrent: int | None = Field(None, ge=1)
+    cpus_per_stage: float | None = Field(None, gt=0, description="a pretraining stage's CPUs (default: a trial's)")
+    gpus_per_stage: float | None = Field(None, ge=0, description="a pretraining stage's GPUs (default: a trial's)")
+    max_concurrent: int | None = Field(None, ge=1, description="fine-tuning trials at once (default: what fits)")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial from its last checkpoint")
 
 
 class SweepSpec(Strict):

@@ -210,3 +210,17 @@ def test_a_tiny_run_learns_a_phantom_label(learnable_dir):
     data = PreparedDataset(learnable_dir)
     per_label = dict(zip(data.label_names, final["test_auc_per_class"]))
     assert max(per_label.values()) > 0.85 and final["test_auc"] > 0.7, f"too little learned: {per_label}"
+
+
+def test_a_failed_stage_is_recorded_beside_its_weights_and_not_trained_again(prepared_dir, phantom_dir, tmp_path):
+    from trainables.pretrain import Stage, StageFailed, ensure_stage, failure_marker, stage_path
+
+    small = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "small", BuildParams(size=16, folds=3, seed=0,
+                  workers=1), key=TEST_KEY, log=lambda *_: None)
+    stage = Stage("resnet18", "scratch", "co_trained", (str(prepared_dir), str(small)), 1, 1e-3, 8, "bce", 0)
+    with pytest.raises(ValueError, match="co-trained sources must share one image size"):
+        ensure_stage(stage, tmp_path / "cache", torch.device("cpu"), log=lambda *_: None)
+    marker = failure_marker(stage_path(stage, tmp_path / "cache"))
+    assert "must share one image size" in marker.read_text()
+    with pytest.raises(StageFailed, match="failed: ValueError: co-trained sources must share one image size"):
+        ensure_stage(stage, tmp_path / "cache", torch.device("cpu"), log=lambda *_: None)

@@ -95,3 +95,24 @@ def test_studies_live_in_the_results_db_and_orphans_are_failed_on_restore(tmp_pa
     restored.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
     assert [t.state for t in optuna.load_study(study_name="sweep1/cell0/fold0", storage=url).get_trials()] == \
         [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_a_cell_waits_for_its_pretraining_stage_while_others_run(tmp_path):
+    weights = tmp_path / "resnet18-regular-nih-abc.pt"
+    plans = [StudyPlan(key="needs/fold0", config={}, n_trials=1, needs=str(weights)),
+             StudyPlan(key="free/fold0", config={}, n_trials=2)]
+    searcher = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max")
+    assert [searcher.suggest(t)["study"] for t in ("a", "b")] == ["free/fold0", "free/fold0"]
+    assert searcher.suggest("c") is None  # not FINISHED: Ray asks again later
+    weights.write_bytes(b"trained")
+    assert searcher.suggest("c")["study"] == "needs/fold0"
+    assert searcher.suggest("d") == "FINISHED"
+
+
+def test_a_failed_stage_releases_its_cells_so_they_fail_and_are_recorded(tmp_path):
+    weights = tmp_path / "stage.pt"
+    searcher = PerStudyOptunaSearcher([StudyPlan(key="needs/fold0", config={}, n_trials=1, needs=str(weights))],
+                                      SPACE, "val_auc", "max")
+    assert searcher.suggest("a") is None
+    (tmp_path / "stage.failed").write_text("ValueError: sources differ in size")
+    assert searcher.suggest("a")["study"] == "needs/fold0"

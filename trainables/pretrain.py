@@ -93,15 +93,45 @@ def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: to
         log(f"[pretrain]   epoch {epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
 
 
+class StageFailed(RuntimeError):
+    """A pretraining stage failed earlier in this sweep; its error is in the `.failed` file beside it."""
+
+
+def stage_path(stage: Stage, cache_dir: Path) -> Path:
+    """Where the stage's weights are (or will be): named by backbone, strategy, sources and content hash."""
+    sets = [PreparedDataset(s) for s in stage.sources]
+    key = stage_key(stage, [d.dataset_id for d in sets])
+    tag = "+".join(d.manifest["name"] for d in sets)
+    return Path(cache_dir) / f"{stage.backbone}-{stage.strategy}-{tag}-{key}.pt"
+
+
+def failure_marker(path: Path) -> Path:
+    return path.with_suffix(".failed")
+
+
 def ensure_stage(stage: Stage, cache_dir: Path, device: torch.device, log=print) -> Path:
-    """Path of the stage's branch weights, training them (and any earlier stage) first if needed."""
+    """Path of the stage's branch weights, training them (and any earlier stage) first if needed.
+
+    A failure is written beside the weights (`.failed`), so trials waiting for the stage fail
+    at once with its error instead of training it again; the sweeper clears it on the next run.
+    """
+    path = stage_path(stage, cache_dir)
+    if failure_marker(path).is_file():
+        raise StageFailed(f"pretraining stage {path.name} failed: {failure_marker(path).read_text()[-2000:]}")
+    try:
+        return _ensure_stage(stage, path, cache_dir, device, log)
+    except Exception as exc:
+        if not path.is_file():
+            failure_marker(path).write_text(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _ensure_stage(stage: Stage, path: Path, cache_dir: Path, device: torch.device, log) -> Path:
     sets = [PreparedDataset(s) for s in stage.sources]
     previous = None
     if stage.strategy == "regular" and len(sets) > 1:  # the chain's prefix is a stage of its own
         previous = ensure_stage(replace(stage, sources=stage.sources[:-1]), cache_dir, device, log)
-    key = stage_key(stage, [d.dataset_id for d in sets])
-    tag = "+".join(d.manifest["name"] for d in sets)
-    path = Path(cache_dir) / f"{stage.backbone}-{stage.strategy}-{tag}-{key}.pt"
+    key = path.stem.rsplit("-", 1)[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():

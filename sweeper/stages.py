@@ -1,0 +1,61 @@
+"""Pretraining stages of a sweep, trained as Ray tasks of their own (DESIGN.md decision 1).
+
+Every unique stage the grid needs is launched at the start (unless its weights are already
+in the cache) with the spec's pretraining resources. The searcher hands out a fine-tuning
+trial only when what it needs exists, so cells without pretraining start at once and no
+trial holds a GPU while it waits for a stage. A stage that fails leaves its error beside
+the weights (`.failed`): the trials that need it then fail at once with that error, are
+recorded, and the sweep goes on; the next run of the sweep clears the marker and retries.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+import torch
+
+from sweeper.search import StudyPlan
+from trainables.pretrain import Stage, ensure_stage, failure_marker, stage_path
+from trainables.tune_adapter import fit_config
+
+
+def attach_stages(plans: list[StudyPlan], cache_dir: Path) -> dict[Path, Stage]:
+    """Each plan's `needs` (its stage's weights file); the unique stages by path."""
+    stages: dict[Path, Stage] = {}
+    for plan in plans:
+        stage = fit_config(plan.config).stage()
+        if stage is not None:
+            path = stage_path(stage, cache_dir)
+            stages[path] = stage
+            plan.needs = str(path)
+    return stages
+
+
+@ray.remote
+def _train_stage(stage: Stage, cache_dir: str, device: str, threads: int) -> str:
+    torch.set_num_threads(max(1, threads))
+    return str(ensure_stage(stage, Path(cache_dir), torch.device(device)))
+
+
+def launch_stages(stages: dict[Path, Stage], cache_dir: Path, cpus: float, gpus: float, log=print) -> dict:
+    """Start a task for every stage whose weights are missing; {path: task}."""
+    tasks = {}
+    for path, stage in stages.items():
+        if path.is_file():
+            continue
+        failure_marker(path).unlink(missing_ok=True)  # an earlier run's failure: try again
+        log(f"[sweeper] pretraining stage {path.name}: starting")
+        tasks[path] = _train_stage.options(num_cpus=cpus, num_gpus=gpus).remote(
+            stage, str(cache_dir), "cuda" if gpus > 0 else "cpu", int(cpus))
+    return tasks
+
+
+def stage_failures(tasks: dict) -> dict[Path, str]:
+    """{path: error} of the launched stages that failed (all tasks have ended by the time trials have)."""
+    failed = {}
+    for path, task in tasks.items():
+        try:
+            ray.get(task)
+        except Exception as exc:  # noqa: BLE001 - reported per stage, never fatal to the sweep
+            failed[path] = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return failed
