@@ -109,21 +109,16 @@ def test_query_refuses_writes_and_leaves_the_db_unchanged(db, sql):
     assert run_query(url, "SELECT COUNT(*) FROM sweeps WHERE name = 's1'").iloc[0, 0] == 1
 
 
-def test_a_db_of_a_newer_schema_version_is_refused(tmp_path):
+@pytest.mark.parametrize("version, expected", [
+    ("99", "schema version 99; this code writes version 2"),
+    ("1", "schema version 1, older than this code's 2 .*renamed sweep_trials"),
+])
+def test_a_db_of_another_schema_version_is_refused_with_what_to_do(tmp_path, version, expected):
     url = f"sqlite:///{tmp_path}/r.db"
     ResultsStore(url)
     with sqlite3.connect(tmp_path / "r.db") as conn:
-        conn.execute("UPDATE schema_meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 99"):
-        ResultsStore(url)
-
-
-def test_a_db_of_an_older_schema_version_is_refused_with_what_changed(tmp_path):
-    url = f"sqlite:///{tmp_path}/r.db"
-    ResultsStore(url)
-    with sqlite3.connect(tmp_path / "r.db") as conn:
-        conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 1, older than this code's 2 .*renamed sweep_trials"):
+        conn.execute(f"UPDATE schema_meta SET value = '{version}' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=expected):
         ResultsStore(url)
 
 
