@@ -21,13 +21,18 @@ class Split:
     test: np.ndarray
 
 
+def read_manifest(root: Path | str) -> dict:
+    """A prepared data set's manifest alone (ids, names, parameters), without loading its tables."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise DataPrepError(f"{root} is not a prepared data set (no manifest.json); build it with data_prep.build")
+    return json.loads(path.read_text())
+
+
 class PreparedDataset:
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.is_file():
-            raise DataPrepError(f"{self.root} is not a prepared data set (no manifest.json); build it with data_prep.build")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(self.root)
         self.label_names: list[str] = self.manifest["label_names"]
         table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str, "view": str},
                             keep_default_na=False, na_values={n: [""] for n in self.label_names})

@@ -25,10 +25,7 @@ def _trial_config(spec: SweepSpec, cell: dict, fold: int, data: dict[str, Path],
         "pretrain_init": recipe.pretrain_init,
         "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
         "pretrain_cache": str(pretrain_cache),
-        "epochs": train.epochs, "batch_size": train.batch_size, "loss": train.loss,
-        "schedule": train.schedule, "schedule_patience": train.schedule_patience,
-        "early_stopping": train.early_stopping, "precision": train.precision, "augment": train.augment,
-        "val_fraction": train.val_fraction, "seed": train.seed,
+        **train.model_dump(),  # epochs, batch_size, loss, schedule, ...: FitConfig's own field names
         "threads": max(1, int(spec.resources.cpus_per_trial)),
         "device": "cuda" if spec.resources.gpus_per_trial > 0 else "cpu",
         **{p: cell[p] for p in SEARCHED if p in cell},  # fixed by the grid, not searched

@@ -20,6 +20,7 @@ from trainables.engine import PRECISIONS
 from trainables.losses import LOSSES
 from trainables.models import BACKBONES, INITS
 from trainables.pretrain import STRATEGIES
+from trainables.recipe import check_recipe
 from trainables.schedule import SCHEDULES
 
 PHANTOM = "phantom"
@@ -94,13 +95,10 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _sources_fit_the_strategy(self):
-        if self.strategy == "mixed" and not self.sources:
-            raise ValueError("strategy 'mixed' puts a pretrained branch beside the init one: give a source")
+        check_recipe(self.strategy, self.sources)
         if self.pretrain_init is not None and self.strategy != "mixed":
             raise ValueError("pretrain_init is for strategy 'mixed' (the pretrained branch's init); "
                              "regular and co_trained recipes pretrain from init")
-        if self.strategy == "co_trained" and len(self.sources) < 2:
-            raise ValueError("strategy 'co_trained' trains on several sources jointly: give at least two")
         return self
 
 

@@ -21,14 +21,14 @@ from trainables.tune_adapter import fit_config
 
 def attach_stages(plans: list[StudyPlan], cache_dir: Path) -> dict[Path, Stage]:
     """Each plan's `needs` (its stage's weights file); the unique stages by path."""
-    stages: dict[Path, Stage] = {}
+    paths: dict[Stage, Path] = {}  # many plans share a stage: read its manifests once
     for plan in plans:
         stage = fit_config(plan.config).stage()
         if stage is not None:
-            path = stage_path(stage, cache_dir)
-            stages[path] = stage
-            plan.needs = str(path)
-    return stages
+            if stage not in paths:
+                paths[stage] = stage_path(stage, cache_dir)
+            plan.needs = str(paths[stage])
+    return {path: stage for stage, path in paths.items()}
 
 
 @ray.remote

@@ -59,11 +59,21 @@ def targets_and_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     return torch.nan_to_num(labels, nan=0.0), known.float()
 
 
+def _sources(source_of: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """The source number of each image of a batch (co-trained pretraining)."""
+    return source_of[torch.as_tensor(idx, device=source_of.device)]
+
+
+def _without_lone_last(indices: np.ndarray, batch_size: int) -> np.ndarray:
+    """Drop a last batch of one image: batch norm cannot train on it (it is seen in another epoch)."""
+    return indices[:-1] if len(indices) % batch_size == 1 and len(indices) > 1 else indices
+
+
 def _forward(model, x: torch.Tensor, idx: np.ndarray, precision: Precision, source_of: torch.Tensor | None):
     with precision.autocast():
         if source_of is None:
             return model(precision.prepare(x)).float()
-        return model(precision.prepare(x), source_of[torch.as_tensor(idx, device=source_of.device)]).float()
+        return model(precision.prepare(x), _sources(source_of, idx)).float()
 
 
 def train_one_epoch(model, loss_fn, optimizer, scaler, feed: ImageFeed, labels: torch.Tensor, indices: np.ndarray,
@@ -74,9 +84,7 @@ def train_one_epoch(model, loss_fn, optimizer, scaler, feed: ImageFeed, labels: 
     `source_of` (co-trained pretraining): each image's source number, passed to the model.
     """
     model.train()
-    order = indices[torch.randperm(len(indices), generator=generator).numpy()]
-    if len(order) % batch_size == 1 and len(order) > 1:
-        order = order[:-1]  # a batch of one breaks batch norm; the image is seen in another epoch
+    order = _without_lone_last(indices[torch.randperm(len(indices), generator=generator).numpy()], batch_size)
     total = torch.zeros((), device=precision.device)
     for x, idx in feed.batches(order, batch_size):
         if augment is not None:
@@ -111,8 +119,7 @@ def recalibrate_batch_norm(model, feed: ImageFeed, indices: np.ndarray, batch_si
     """
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
-    if len(indices) % batch_size == 1:
-        indices = indices[:-1]  # batch norm cannot train on a batch of one
+    indices = _without_lone_last(indices, batch_size)
     if source_of is not None:
         model = _WithSources(model, source_of)
     inputs = (precision.prepare(x) if source_of is None else (precision.prepare(x), idx)
@@ -128,7 +135,7 @@ class _WithSources(torch.nn.Module):
 
     def forward(self, batch):
         x, idx = batch
-        return self.model(x, self.source_of[torch.as_tensor(idx, device=self.source_of.device)])
+        return self.model(x, _sources(self.source_of, idx))
 
 
 @torch.no_grad()

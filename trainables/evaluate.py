@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from trainables import engine
+from trainables.metrics import MACRO, POOLED
 
 SPLITS = ("outer_train", "test")
-SCALARS = ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr", "exact_match", "loss")
+SCALARS = (*MACRO, *POOLED, "exact_match", "loss")  # what multilabel_metrics and the fit's score give
 
 
 def _flat(prefix: str, metrics: dict) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from data_prep.dataset import PreparedDataset
+from data_prep.dataset import PreparedDataset, read_manifest
 from trainables import engine
 from trainables.feed import ImageFeed
 from trainables.losses import make_loss
@@ -56,29 +56,27 @@ def _check_sizes(sets: list[PreparedDataset]) -> None:
         raise ValueError(f"co-trained sources must share one image size; got {sizes}")
 
 
-def _union_labels(sets: list[PreparedDataset]) -> tuple[list[str], list[list[int]], np.ndarray]:
+def _union_labels(sets: list[PreparedDataset], offsets: np.ndarray) -> tuple[list[str], list[list[int]], np.ndarray]:
     """Union label names, each source's columns in it, and all labels (NaN where a source lacks one)."""
     names = list(dict.fromkeys(n for d in sets for n in d.label_names))
     columns = [[names.index(n) for n in d.label_names] for d in sets]
-    labels = np.full((sum(len(d.labels) for d in sets), len(names)), np.nan, np.float32)
-    start = 0
-    for d, cols in zip(sets, columns):
+    labels = np.full((offsets[-1], len(names)), np.nan, np.float32)
+    for d, cols, start in zip(sets, columns, offsets):
         labels[start:start + len(d.labels), cols] = d.labels
-        start += len(d.labels)
     return names, columns, labels
 
 
 def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: torch.device, log) -> None:
     """Train `branch` (with throwaway heads, one per source) on `sets` jointly for the stage's epochs."""
-    names, columns, labels = _union_labels(sets)
+    feed = ImageFeed([d.images for d in sets], device)
+    offsets = feed.offsets  # where each source's rows start in the joint index
+    names, columns, labels = _union_labels(sets, offsets)
     model = MultiSourceClassifier(branch, columns, len(names), dropout=0.0).to(device)
-    offsets = np.cumsum([0] + [len(d.labels) for d in sets])
     splits = [d.all_for_training(seed=stage.seed) for d in sets]
     train = np.concatenate([start + split.train for start, split in zip(offsets, splits)])
     val = np.concatenate([start + split.val for start, split in zip(offsets, splits)])
     source_of = torch.as_tensor(np.repeat(np.arange(len(sets)), np.diff(offsets)), device=device)
     precision = engine.Precision.choose("auto", device)
-    feed = ImageFeed([d.images for d in sets], device)
     labels_t = torch.as_tensor(labels, device=device)
     loss_fn = make_loss(stage.loss, labels[train], device)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
@@ -99,9 +97,9 @@ class StageFailed(RuntimeError):
 
 def stage_path(stage: Stage, cache_dir: Path) -> Path:
     """Where the stage's weights are (or will be): named by backbone, strategy, sources and content hash."""
-    sets = [PreparedDataset(s) for s in stage.sources]
-    key = stage_key(stage, [d.dataset_id for d in sets])
-    tag = "+".join(d.manifest["name"] for d in sets)
+    manifests = [read_manifest(s) for s in stage.sources]  # not the tables: trials call this at start
+    key = stage_key(stage, [m["dataset_id"] for m in manifests])
+    tag = "+".join(m["name"] for m in manifests)
     return Path(cache_dir) / f"{stage.backbone}-{stage.strategy}-{tag}-{key}.pt"
 
 
@@ -127,6 +125,8 @@ def ensure_stage(stage: Stage, cache_dir: Path, device: torch.device, log=print)
 
 
 def _ensure_stage(stage: Stage, path: Path, cache_dir: Path, device: torch.device, log) -> Path:
+    if path.is_file():  # cached: no data set, prefix stage or lock to touch
+        return path
     sets = [PreparedDataset(s) for s in stage.sources]
     previous = None
     if stage.strategy == "regular" and len(sets) > 1:  # the chain's prefix is a stage of its own

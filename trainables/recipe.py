@@ -16,19 +16,20 @@ from trainables.models import Classifier, build_branch
 from trainables.pretrain import STRATEGIES, Stage, ensure_stage, load_branch
 
 
-def check_recipe(backbone: str, init: str, strategy: str, sources: tuple[str, ...]) -> None:
+def check_recipe(strategy: str, sources) -> None:
+    """The strategy exists and has the sources it needs (the spec validator calls this too)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-    if strategy in ("mixed", "co_trained") and not sources:
-        raise ValueError(f"strategy {strategy!r} needs at least one source data set to pretrain on")
+    if strategy == "mixed" and not sources:
+        raise ValueError("strategy 'mixed' puts a pretrained branch beside the init one: give a source")
     if strategy == "co_trained" and len(sources) < 2:
-        raise ValueError("strategy 'co_trained' trains on several sources jointly; give at least two")
+        raise ValueError("strategy 'co_trained' trains on several sources jointly: give at least two")
 
 
 def build_recipe_model(backbone: str, init: str, strategy: str, stage: Stage | None, num_classes: int,
                        dropout: float, cache_dir: Path, device: torch.device, log=print) -> Classifier:
     """`stage` is the pretraining the recipe needs (None when it has no sources)."""
-    check_recipe(backbone, init, strategy, stage.sources if stage else ())
+    check_recipe(strategy, stage.sources if stage else ())
     pretrained = build_branch(backbone, stage.init if stage else init)
     if stage is not None:
         load_branch(pretrained, ensure_stage(stage, cache_dir, device, log))
