@@ -5,6 +5,8 @@ pickled into Ray's experiment state; the DB connection is opened lazily and neve
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune import Callback
 
 from results.store import ResultsStore
@@ -50,8 +52,8 @@ class ResultsCallback(Callback):
         self._progress(trial, status, result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = trial.get_error()
-        message = str(error)[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
+        error = _error_text(trial)
+        message = error[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
         self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", trial.last_result or None, message,
                                   self.label_names)
         self._progress(trial, "ERROR", trial.last_result or {}, message.strip().splitlines()[-1:] or [""])
@@ -65,3 +67,13 @@ class ResultsCallback(Callback):
             line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
                      f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")
         self.log(line + (f" - {error[0]}" if error else ""))
+
+
+def _error_text(trial) -> str | None:
+    """The trial's error trace. Ray writes it to the trial's local directory at once but copies it
+    to the storage path (what `trial.get_error()` reads) later, so read the local file first."""
+    local = trial.error_file
+    if local and Path(local).is_file():
+        return Path(local).read_text()
+    error = trial.get_error()
+    return str(error) if error else None

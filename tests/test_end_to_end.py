@@ -163,7 +163,8 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 4
     assert rows["variant"].tolist() == ["loss=bce"] * 2 + ["loss=weighted_bce"] * 2 + ["loss=bce"] * 2 + \
         ["loss=weighted_bce"] * 2  # a grid axis beyond backbone and recipe
-    assert rows["error"].iloc[0].count("ImageNet weights for resnet18 are not in the cache") >= 1
+    failed = rows.loc[rows["status"] == "ERROR", "error"]
+    assert all("ImageNet weights for resnet18 are not in the cache" in e for e in failed), failed.tolist()
     assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 4 failed" in proc.stdout
     assert "| scratch (loss=bce) | 2 |" in proc.stdout and "| scratch (loss=weighted_bce) | 2 |" in proc.stdout
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"
