@@ -1,6 +1,7 @@
 """The sweep driver: data sets, Ray, one Tuner for the whole grid, DB, report."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,19 @@ from trainables.tune_adapter import tune_fit
 METRIC, MODE = "val_auc", "max"
 
 
+def pending_trials(cluster: dict, resources, max_concurrent: int | None) -> int:
+    """How many trials Tune may queue ahead of free resources. Tune's own default for a custom searcher
+    is one, and with one queued trial it runs them one at a time however many CPUs or GPUs are free.
+    With --max-concurrent N it is N, which is also what an autoscaling cluster sees as demand; else as
+    many as the cluster's current resources run at once."""
+    if max_concurrent:
+        return max_concurrent
+    fits = cluster.get("CPU", 0) // resources.cpus_per_trial
+    if resources.gpus_per_trial > 0:
+        fits = min(fits, cluster.get("GPU", 0) // resources.gpus_per_trial)
+    return max(1, int(fits))
+
+
 def _trial_dirname(trial) -> str:
     return trial.trial_id  # the config would make long, unportable names
 
@@ -30,7 +44,8 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(tune_fit, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
 
 
-def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback) -> tune.Tuner:
+def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback,
+               max_concurrent: int | None) -> tune.Tuner:
     searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, storage=callback.db_url,
                                       prefix=f"{name}/")
     scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
@@ -39,7 +54,7 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
         _trainable(spec),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=sum(p.n_trials for p in plans),
-            max_concurrent_trials=spec.resources.max_concurrent, trial_dirname_creator=_trial_dirname,
+            max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a new actor per trial costs seconds (DESIGN.md)
         ),
         run_config=tune.RunConfig(
@@ -63,9 +78,11 @@ class RunOptions:
     num_cpus: int | None = None
     version: str = "unknown"
     data: dict[str, str] = field(default_factory=dict)  # --data NAME=LOCATION
+    max_concurrent: int | None = None  # --max-concurrent; None: the spec's
 
 
-def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: Path) -> tune.Tuner:
+def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: Path,
+           max_concurrent: int | None) -> tune.Tuner:
     path = f"{options.storage.rstrip('/')}/{options.name}"
     if options.resume:
         if not tune.Tuner.can_restore(path):
@@ -73,7 +90,7 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: P
         return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
     callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans),
                                PreparedDataset(target).label_names)
-    return _new_tuner(spec, plans, options.name, options.storage, callback)
+    return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
 
 
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
@@ -88,10 +105,13 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
     ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
              include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
     r = spec.resources
+    max_concurrent = options.max_concurrent or r.max_concurrent
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(pending_trials(ray.cluster_resources(), r, max_concurrent)))
+    print(f"[sweeper] {os.environ['TUNE_MAX_PENDING_TRIALS_PG']} trial(s) queued ahead of free resources"
+          + (f", at most {max_concurrent} running" if max_concurrent else ""))
     try:
-        tasks = launch_stages(stages, cache, r.cpus_per_stage or r.cpus_per_trial,
-                              r.gpus_per_trial if r.gpus_per_stage is None else r.gpus_per_stage)
-        grid = _tuner(spec, plans, options, sweep_id, data["target"]).fit()
+        tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
+        grid = _tuner(spec, plans, options, sweep_id, data["target"], max_concurrent).fit()
         stage_errors = stage_failures(tasks)
     finally:
         ray.shutdown()

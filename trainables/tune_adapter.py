@@ -7,6 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -22,9 +23,10 @@ def fit_config(config: dict) -> FitConfig:
 
 
 def _report(metrics: dict, state: dict) -> None:
+    node = ray.get_runtime_context().get_node_id()  # which machine ran it: Ray's results name the IP only
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state, Path(tmp) / STATE_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def tune_fit(config: dict) -> None:
