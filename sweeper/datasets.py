@@ -2,30 +2,38 @@
 
 A data set's location comes from `--data NAME=LOCATION`, else the environment variable
 CXR_SWEEP_DATA_<NAME>, else the spec; a spec that names real data leaves it empty (""), so
-no path is ever hard-coded. 'phantom' / 'phantom:KIND' locations are generated (once,
-cached under the sweep home) and built; anything else must be a prepared data set's path.
+no path is ever hard-coded. A location is one of:
+- a prepared data set's path (checked against the spec's size, folds and CheXpert policy);
+- `KIND:FOLDER` (KIND: target, nih, chexpert): a raw source, built through data_prep with the
+  spec's [data] and [data.prepare.NAME] settings into HOME/prepared; content-addressed, so an
+  unchanged source is reused (its images are still hashed to know that);
+- `phantom` / `phantom:KIND`: generated (once, cached under the sweep home) and built.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
-from data_prep.labels import SourceOptions
+from data_prep.labels import KINDS, SourceOptions
 from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
-from sweeper.spec import PHANTOM, SpecError, SweepSpec
+from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
 
-PHANTOM_SOURCE_OPTIONS = {
-    "target": SourceOptions(kind="target"),
-    "nih": SourceOptions(kind="nih", nih_preset="none"),  # a small set: no undersampling
-    "chexpert": SourceOptions(kind="chexpert", policy="u_ones"),
-}
+def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildParams:
+    """How data set `name` of kind `kind` is built: [data] and [data.prepare.NAME]."""
+    how = spec.data.prepare.get(name, Prepare())
+    source = SourceOptions(kind=kind, mapping=None if how.mapping == "none" else how.mapping,
+                           discarded_only=how.discarded_only, nih_preset=how.nih_preset,
+                           policy=spec.data.chexpert_policy, blank=how.blank, all_labels=how.all_labels,
+                           frontal_only=how.frontal_only, seed=how.seed)
+    return BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
+                       bits=how.bits, near_duplicates=None if how.near_duplicates == "off" else how.near_duplicates,
+                       holdout=spec.data.holdout_fractions if is_target else None)
 
 
-def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
+def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
@@ -35,12 +43,51 @@ def _phantom(kind: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_t
         log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
         make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=p.image_px, seed=p.seed + seed_offset,
                          prevalence=None if p.prevalence == "real" else p.prevalence)
-    source = PHANTOM_SOURCE_OPTIONS[kind]
-    if kind == "chexpert":
-        source = replace(source, policy=spec.data.chexpert_policy)
-    params = BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
-                         holdout=spec.data.holdout_fractions if is_target else None)
-    return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", params, name=f"phantom_{kind}", log=log)
+    return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", _params(spec, name, kind, is_target),
+                 name=f"phantom_{kind}", log=log)
+
+
+RAW_TABLES = {"target": ("labels.csv",), "nih": ("Data_Entry_2017*.csv",), "chexpert": ("train.csv", "*/train.csv")}
+FILE_COLUMNS = {"target": "file", "nih": "Image Index", "chexpert": "Path"}
+
+
+def raw_table(kind: str, location: str, key: str) -> Path:
+    """The label table of a raw source: the file given, or the one file in the folder named as the kind's is."""
+    path = Path(location).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise SpecError(f"{key} = '{kind}:{location}': {path} does not exist")
+    found = sorted({t for pattern in RAW_TABLES[kind] for t in path.glob(pattern)})
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(t.name for t in found)})"
+        raise SpecError(f"{key} = '{kind}:{location}': {what} {kind} label table in {path}; expected one of "
+                        f"{' or '.join(RAW_TABLES[kind])}, or give the table itself as {kind}:PATH/TO/TABLE.csv")
+    return found[0]
+
+
+def raw_image_root(kind: str, table: Path, key: str) -> Path:
+    """The folder the table's image paths are relative to: the table's own, its `images/`, or its parent's
+    (CheXpert's Path column starts with the CheXpert-v1.0 folder that holds train.csv)."""
+    import pandas as pd
+
+    try:
+        first = str(pd.read_csv(table, usecols=[FILE_COLUMNS[kind]], nrows=1).iloc[0, 0])
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{key}: {table} has no {FILE_COLUMNS[kind]!r} column or no rows ({exc})") from None
+    candidates = [table.parent, table.parent / "images", table.parent.parent]
+    for root in candidates:
+        if (root / first).is_file():
+            return root
+    raise SpecError(f"{key}: the first image of {table}, {first!r}, is in none of "
+                    f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
+
+
+def _raw(kind: str, location: str, name: str, key: str, spec: SweepSpec, home: Path, log) -> Path:
+    table = raw_table(kind, location, key)
+    log(f"[sweeper] preparing {key} from raw {kind} source {table} (reused when inputs and settings are unchanged)")
+    return build(raw_image_root(kind, table, key), table, home / "prepared",
+                 _params(spec, name, kind, key == "data.target"), name=name, log=log)
 
 
 def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:
@@ -65,13 +112,18 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
         raise SpecError(f"{where}: built with {prepared.num_folds} folds but data.folds is {spec.data.folds}")
 
 
-def _resolve(location: str, key: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
-    if location == PHANTOM or location.startswith(PHANTOM + ":"):
-        return _phantom(location.partition(":")[2] or "target", spec, home, seed_offset, log, key == "data.target")
+def _resolve(location: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
+    key = "data.target" if name == "target" else f"data.sources.{name}"
+    scheme, colon, rest = location.partition(":")
+    if location == PHANTOM or scheme == PHANTOM:
+        return _phantom(rest or "target", name, spec, home, seed_offset, log, key == "data.target")
+    if colon and scheme in KINDS:
+        return _raw(scheme, rest, name, key, spec, home, log)
     path = Path(location).expanduser()
     if not (path / "manifest.json").is_file():
-        raise SpecError(f"{key} = {location!r}: not a prepared data set (no manifest.json); "
-                        f"build one with python -m data_prep.build, or use 'phantom'")
+        raise SpecError(f"{key} = {location!r}: not a prepared data set (no manifest.json); expected a prepared "
+                        f"data set's path, KIND:FOLDER of a raw source to build (KIND: {', '.join(KINDS)}), "
+                        f"or phantom[:KIND]")
     _check_built_as_specified(PreparedDataset(path), f"{key} = {location!r}", key == "data.target", spec)
     return path
 
@@ -83,8 +135,8 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + "".join(c if c.isalnum() else "_" for c in name.upper())
 
 
-def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None) -> dict[str, str]:
-    """{"target": location, <source>: location} for what the grid uses; every missing one is reported."""
+def located(spec: SweepSpec, given: dict[str, str] | None = None, environ=None) -> dict[str, str]:
+    """{"target": location, <source>: location} for what the grid uses; "" where none is given."""
     environ = os.environ if environ is None else environ
     given = dict(given or {})
     used = sorted({s for r in spec.grid.recipe for s in spec.recipes[r].sources})
@@ -93,11 +145,17 @@ def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None
     if unknown:
         raise SpecError(f"--data {unknown[0]}=...: {spec.name!r} has no data set {unknown[0]!r}; "
                         f"its data sets: {['target', *sorted(spec.data.sources)]}")
-    found = {name: given.get(name) or environ.get(env_name(name)) or location for name, location in known.items()}
+    return {name: given.get(name) or environ.get(env_name(name)) or location for name, location in known.items()}
+
+
+def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None) -> dict[str, str]:
+    """`located`, with every missing location reported at once."""
+    found = located(spec, given, environ)
     missing = [name for name, location in found.items() if not location]
     if missing:
         raise SpecError("no location for " + "; ".join(
-            f"data set {name!r}: pass --data {name}=PATH (a prepared data set, see data_prep.build) or set "
+            f"data set {name!r}: pass --data {name}=PATH (a prepared data set, see data_prep.build; or KIND:FOLDER "
+            f"of a raw source to build, KIND one of {', '.join(KINDS)}) or set "
             f"{env_name(name)}" for name in missing)
             + f" (or --data NAME=phantom:KIND to try {spec.name!r} on phantom data)")
     return found
@@ -106,7 +164,7 @@ def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None
 def ensure_datasets(spec: SweepSpec, home: Path, log=print, given: dict[str, str] | None = None) -> dict[str, Path]:
     """{"target": path, <source name>: path, ...} for the sources the grid's recipes use."""
     found = locations(spec, given)
-    paths = {"target": _resolve(found["target"], "data.target", spec, home, 0, log)}
+    paths = {"target": _resolve(found["target"], "target", spec, home, 0, log)}
     for offset, name in enumerate(sorted(set(found) - {"target"}), start=1):
-        paths[name] = _resolve(found[name], f"data.sources.{name}", spec, home, offset, log)
+        paths[name] = _resolve(found[name], name, spec, home, offset, log)
     return paths

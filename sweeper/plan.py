@@ -27,7 +27,7 @@ def _trial_config(spec: SweepSpec, cell: dict, fold: int, data: dict[str, Path],
         "pretrain_cache": str(pretrain_cache),
         **train.model_dump(),  # epochs, batch_size, loss, schedule, ...: FitConfig's own field names
         "threads": max(1, int(spec.resources.cpus_per_trial)),
-        "device": "cuda" if spec.resources.gpus_per_trial > 0 else "cpu",
+        "device": spec.resources.compute_device(spec.resources.gpus_per_trial),
         **{p: cell[p] for p in SEARCHED if p in cell},  # fixed by the grid, not searched
     }
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data_prep.labels import DEFAULT_TARGET_MAPPING
 from trainables.augment import AugmentConfig
 from trainables.engine import PRECISIONS
 from trainables.losses import LOSSES
@@ -118,8 +119,33 @@ class Phantom(Strict):
         return value
 
 
+class Prepare(Strict):
+    """How a raw location (`KIND:FOLDER`) of one data set is built by data_prep; size, folds, holdout
+    and the CheXpert policy come from [data] itself. Defaults: data_prep's, but NIH keeps every
+    image and label unless nih_preset = "seed003"."""
+
+    mapping: str = Field(DEFAULT_TARGET_MAPPING, description="target: finding mapping (a shipped name, a .toml "
+                                                             "path, or 'none')")
+    discarded_only: Literal["drop", "normal"] = "drop"
+    nih_preset: Literal["seed003", "none"] = "none"
+    blank: Literal["negative", "mask"] = "negative"
+    all_labels: bool = False
+    frontal_only: bool = False
+    seed: int = Field(0, description="nih: undersampling seed")
+    bits: Literal[8, 16] = 8
+    near_duplicates: float | Literal["off"] = Field(0.9, description="detail correlation of one exposure, or 'off'")
+
+    @field_validator("near_duplicates")
+    @classmethod
+    def _correlation(cls, value):
+        if value != "off" and not 0 < value <= 1:
+            raise ValueError("expected a correlation in (0, 1], or 'off'")
+        return value
+
+
 class Data(Strict):
-    target: str = Field(PHANTOM, description="'phantom', a prepared data set's path, or '' (given with --data)")
+    target: str = Field(PHANTOM, description="'phantom', a prepared data set's path, KIND:FOLDER of a raw source, "
+                                             "or '' (given with --data)")
     sources: dict[str, str] = Field({}, description="source name -> 'phantom:nih', a prepared data set's path, "
                                                     "or '' (given with --data NAME=PATH or CXR_SWEEP_DATA_NAME)")
     size: int = Field(64, ge=16)
@@ -131,6 +157,21 @@ class Data(Strict):
         "u_ones", description="CheXpert's uncertain labels: phantom CheXpert sets are built with it, prepared "
                               "CheXpert sets must have been")
     phantom: Phantom = Phantom()
+    prepare: dict[str, Prepare] = Field({}, description="data set name -> how its raw location is built")
+    expected_images: dict[str, int] = Field(
+        {}, description="data set name -> its image count, for --dry-run's estimate when no location is given")
+
+    @model_validator(mode="after")
+    def _prepare_names_data_sets(self):
+        for table in ("prepare", "expected_images"):
+            unknown = sorted(set(getattr(self, table)) - {"target", *self.sources})
+            if unknown:
+                raise ValueError(f"{table}.{unknown[0]}: no such data set; expected 'target' or one of "
+                                 f"{sorted(self.sources)}")
+        bad = sorted(name for name, n in self.expected_images.items() if n < 1)
+        if bad:
+            raise ValueError(f"expected_images.{bad[0]}: expected a positive image count")
+        return self
 
     @field_validator("holdout")
     @classmethod
@@ -210,6 +251,21 @@ class Resources(Strict):
     gpus_per_stage: float | None = Field(None, ge=0, description="a pretraining stage's GPUs (default: a trial's)")
     max_concurrent: int | None = Field(None, ge=1, description="fine-tuning trials at once (default: what fits)")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial from its last checkpoint")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where trials and stages compute; auto: cuda when they are given GPUs, else cpu")
+
+    def compute_device(self, gpus: float) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if gpus > 0 else "cpu"
+
+    @property
+    def stage_cpus(self) -> float:
+        return self.cpus_per_stage or self.cpus_per_trial
+
+    @property
+    def stage_gpus(self) -> float:
+        return self.gpus_per_trial if self.gpus_per_stage is None else self.gpus_per_stage
 
 
 class SweepSpec(Strict):

@@ -37,7 +37,8 @@ def _train_stage(stage: Stage, cache_dir: str, device: str, threads: int) -> str
     return str(ensure_stage(stage, Path(cache_dir), torch.device(device)))
 
 
-def launch_stages(stages: dict[Path, Stage], cache_dir: Path, cpus: float, gpus: float, log=print) -> dict:
+def launch_stages(stages: dict[Path, Stage], cache_dir: Path, cpus: float, gpus: float, device: str,
+                  log=print) -> dict:
     """Start a task for every stage whose weights are missing; {path: task}."""
     tasks = {}
     for path, stage in stages.items():
@@ -46,7 +47,7 @@ def launch_stages(stages: dict[Path, Stage], cache_dir: Path, cpus: float, gpus:
         failure_marker(path).unlink(missing_ok=True)  # an earlier run's failure: try again
         log(f"[sweeper] pretraining stage {path.name}: starting")
         tasks[path] = _train_stage.options(num_cpus=cpus, num_gpus=gpus).remote(
-            stage, str(cache_dir), "cuda" if gpus > 0 else "cpu", int(cpus))
+            stage, str(cache_dir), device, int(cpus))
     return tasks
 
 

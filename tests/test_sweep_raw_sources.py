@@ -1,0 +1,100 @@
+"""A sweep builds raw sources (KIND:FOLDER) through data_prep with the spec's settings, and reuses them."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from data_prep.dataset import PreparedDataset
+from data_prep.phantom import make_phantom_set
+from sweeper.datasets import ensure_datasets
+from sweeper.spec import SpecError, parse_spec
+
+SPEC = """
+name = "raw"
+[data]
+target = "{target}"
+size = 32
+folds = 3
+sources = {{ nih = "" }}
+{prepare}
+[grid]
+backbone = ["resnet18"]
+recipe = ["nih"]
+[recipes.nih]
+sources = ["nih"]
+"""
+
+
+@pytest.fixture(scope="module")
+def raw_nih(tmp_path_factory):
+    """NIH's layout: Data_Entry_2017.csv beside an images/ folder."""
+    out = tmp_path_factory.mktemp("nih_raw")
+    make_phantom_set(out, kind="nih", n_patients=12, size=48, prevalence=0.3, seed=2)
+    return out
+
+
+def _spec(target: str, prepare: str = ""):
+    return parse_spec(SPEC.format(target=target, prepare=prepare))
+
+
+def test_raw_target_and_source_are_built_with_the_specs_settings_and_reused(phantom_dir, raw_nih, tmp_path):
+    spec = _spec(f"target:{phantom_dir}", '[data.prepare.nih]\nnih_preset = "seed003"\n')
+    logged = []
+    paths = ensure_datasets(spec, tmp_path, log=logged.append, given={"nih": f"nih:{raw_nih}"})
+    target, nih = PreparedDataset(paths["target"]), PreparedDataset(paths["nih"])
+    assert paths["target"].parent == tmp_path / "prepared" and paths["target"].name.startswith("target-")
+    assert target.manifest["size"] == 32 and target.num_folds == 3
+    assert "Nodule" in nih.label_names and "Mass" not in nih.label_names and "Pneumonia" not in nih.label_names
+    assert nih.manifest["params"]["source"] == {"kind": "nih", "nih_preset": "seed003", "seed": 0}
+    again = ensure_datasets(spec, tmp_path, log=logged.append, given={"nih": f"nih:{raw_nih}"})
+    assert again == paths and sum("reusing prepared data set" in line for line in logged) == 2
+
+
+def test_nih_keeps_every_label_by_default_and_the_table_can_be_named_directly(phantom_dir, raw_nih, tmp_path):
+    paths = ensure_datasets(_spec(f"target:{phantom_dir / 'labels.csv'}"), tmp_path, log=lambda *_: None,
+                            given={"nih": f"nih:{raw_nih / 'Data_Entry_2017.csv'}"})
+    labels = PreparedDataset(paths["nih"]).label_names
+    assert len(labels) == 14 and {"Mass", "Nodule", "Pneumonia"} <= set(labels)
+
+
+def test_chexperts_own_layout_is_found(tmp_path):
+    """train.csv inside CheXpert-v1.0-small/, its paths starting with that folder."""
+    raw = tmp_path / "download"
+    make_phantom_set(raw, kind="chexpert", n_patients=6, size=48, prevalence=0.3, seed=4)
+    shutil.move(raw / "train.csv", raw / "CheXpert-v1.0-small" / "train.csv")
+    spec = parse_spec(SPEC.replace('recipe = ["nih"]', 'recipe = ["chexpert"]').replace(
+        "[recipes.nih]\nsources = [\"nih\"]", "[recipes.chexpert]\nsources = [\"chexpert\"]").replace(
+        'sources = {{ nih = "" }}', 'sources = {{ chexpert = "" }}').format(target="phantom", prepare=""))
+    paths = ensure_datasets(spec, tmp_path / "home", log=lambda *_: None, given={"chexpert": f"chexpert:{raw}"})
+    prepared = PreparedDataset(paths["chexpert"])
+    assert prepared.manifest["counts"]["images"] == len(prepared.labels) > 0
+    assert prepared.manifest["params"]["source"]["policy"] == spec.data.chexpert_policy
+
+
+@pytest.mark.parametrize("location, expected", [
+    ("nih:{tmp}/nowhere", "data.sources.nih = 'nih:{tmp}/nowhere': {tmp}/nowhere does not exist"),
+    ("nih:{tmp}", "no nih label table in {tmp}; expected one of Data_Entry_2017*.csv"),
+    ("nhi:{tmp}", "not a prepared data set (no manifest.json); expected a prepared data set's path, KIND:FOLDER"),
+])
+def test_bad_raw_locations_name_the_key_and_what_was_expected(phantom_dir, tmp_path, location, expected):
+    with pytest.raises(SpecError, match=expected.format(tmp=tmp_path).replace("*", r"\*").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        ensure_datasets(_spec("phantom"), tmp_path, log=lambda *_: None, given={"nih": location.format(tmp=tmp_path)})
+
+
+def test_a_table_whose_images_are_elsewhere_says_where_it_looked(raw_nih, tmp_path):
+    shutil.copy(raw_nih / "Data_Entry_2017.csv", tmp_path / "Data_Entry_2017.csv")
+    with pytest.raises(SpecError, match="the first image of .*Data_Entry_2017.csv, '.*png', is in none of"):
+        ensure_datasets(_spec("phantom"), tmp_path / "home", log=lambda *_: None, given={"nih": f"nih:{tmp_path}"})
+
+
+@pytest.mark.parametrize("prepare, expected", [
+    ("[data.prepare.chexpert]\nblank = \"mask\"\n", "data: prepare.chexpert: no such data set"),
+    ("[data.prepare.nih]\nnih_preset = \"seed004\"\n", "data.prepare.nih.nih_preset: Input should be 'seed003' or 'none'"),
+    ("[data.prepare.nih]\nnear_duplicates = 1.5\n", "expected a correlation in (0, 1], or 'off'"),
+    ("expected_images = { target = 0 }\n", "data: expected_images.target: expected a positive image count"),
+])
+def test_prepare_options_are_validated_with_their_key(prepare, expected):
+    with pytest.raises(SpecError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        _spec("phantom", prepare)
