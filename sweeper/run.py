@@ -29,10 +29,32 @@ def parse_args(argv):
                         help="Ray Tune storage: a path or s3:// URI, shared by all nodes on a cluster "
                              "(default: HOME/ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--max-concurrent", type=_positive, default=None, metavar="N",
+                        help="fine-tuning trials at once (default: the spec's resources.max_concurrent, else "
+                             "what the cluster's resources fit)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (cells, folds, trials, pretraining jobs, GPU-hour estimate) and exit; "
+                             "starts no Ray and builds no data")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    parser.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
+                        help="with --dry-run: sustained TFLOP/s of one GPU for the estimate (default 150, the "
+                             "H100 target; measure yours with bench/train_speed.py)")
     parser.add_argument("--data", action="append", default=[], metavar="NAME=LOCATION",
                         help="where data set NAME is (target, or a source of the spec): a prepared data set's path "
                              "or phantom:KIND; overrides CXR_SWEEP_DATA_NAME and the spec (repeatable)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.json or args.gpu_tflops is not None) and not args.dry_run:
+        parser.error("--json and --gpu-tflops go with --dry-run")
+    if args.dry_run and args.resume:
+        parser.error("--dry-run plans a new sweep; leave out --resume")
+    return args
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive number")
+    return value
 
 
 def data_locations(pairs: list[str]) -> dict[str, str]:
@@ -69,6 +91,15 @@ def _sweep_name(args, spec_name: str, storage: str) -> str:
     return f"{spec_name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def _dry_run(spec, args) -> int:
+    from sweeper import dry_run, estimate
+
+    plan = dry_run.dry_run(spec, data_locations(args.data), args.gpu_tflops or estimate.DEFAULT_TFLOPS,
+                           args.max_concurrent)
+    print(dry_run.to_json(plan) if args.json else dry_run.render(plan))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from data_prep.errors import DataPrepError
     from results.store import StoreError
@@ -77,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         spec, spec_text = load_spec(args.spec)  # before anything slow: a bad spec stops here
+        if args.dry_run:
+            return _dry_run(spec, args)
         home = args.home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         db_url = args.db or f"sqlite:///{home / 'results.db'}"
@@ -86,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         options = RunOptions(name=name, db_url=db_url, home=home, storage=storage, address=args.address,
                              resume=args.resume, num_cpus=args.num_cpus, version=code_version(),
-                             data=data_locations(args.data))
+                             data=data_locations(args.data), max_concurrent=args.max_concurrent)
         return run_sweep(spec, spec_text, args.spec, options)
     except (SpecError, StoreError, DataPrepError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
