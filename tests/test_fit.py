@@ -84,6 +84,18 @@ def test_resuming_survives_a_round_trip_through_torch_save_with_weights_only(pre
     assert torch.load(tmp_path / "final.pt", weights_only=True)["predictions"]["test"]["image_keys"]
 
 
+def test_resuming_from_the_final_checkpoint_reports_the_end_of_trial_result_again(prepared_dir, tmp_path):
+    """A driver killed between a trial's last report and Ray's next snapshot restarts it from there."""
+    cfg = _config(prepared_dir, epochs=2)
+    reports = _run(cfg)
+    torch.save(reports[-1][1], tmp_path / "final.pt")
+    resumed = _run(cfg, state=torch.load(tmp_path / "final.pt", weights_only=True))
+    assert len(resumed) == 1  # nothing trained again
+    metrics = resumed[0][0]
+    assert metrics["completed"] and metrics["epoch"] == 2 and metrics["test_auc"] == reports[-1][0]["test_auc"]
+    assert torch.equal(resumed[0][1]["predictions"]["test"]["probs"], reports[-1][1]["predictions"]["test"]["probs"])
+
+
 def test_early_stopping_stops_at_the_first_epoch_without_improvement(prepared_dir):
     reports = _run(_config(prepared_dir, epochs=8, early_stopping=1, lr=3e-3))
     aucs = [m["val_auc"] for m, _ in reports]

@@ -192,6 +192,11 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         torch.set_num_threads(cfg.threads)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    if state is not None and "final_metrics" in state:
+        # restarted after its last report (a driver killed before Ray saved that the trial had ended):
+        # nothing to train; report the end-of-trial result again so that it is not lost
+        report(state["final_metrics"], state)
+        return state["final_metrics"]
     run = _Run(cfg, log)
     if state is not None:
         run.restore(state)
@@ -203,6 +208,6 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         if done:
             final, predictions = final_evaluation(run)
             metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
-            checkpoint["predictions"] = predictions
+            checkpoint.update(predictions=predictions, final_metrics=metrics)
         report(metrics, checkpoint)
     return metrics
