@@ -159,6 +159,14 @@ class ResultsStore:
                                 .group_by(Trial.status)).all()
         return {status: int(n) for status, n in rows}
 
+    def remove_unfinished(self, sweep_id: int) -> int:
+        """Delete the sweep's trials still RUNNING (and their curves) once every Ray trial has ended: they
+        were started after the last experiment snapshot of a killed driver, so Ray never resumes them
+        and their work is redone as other trials. Returns how many."""
+        with self.engine.begin() as conn:
+            doomed = select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.status == "RUNNING")
+            return conn.execute(Trial.__table__.delete().where(Trial.id.in_(doomed))).rowcount
+
     def _trial_id(self, conn, sweep_id: int, trial_key: str) -> int:
         return conn.scalar(select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
 

@@ -15,13 +15,11 @@ MAX_ERROR_CHARS = 8000
 
 
 class ResultsCallback(Callback):
-    def __init__(self, db_url: str, sweep_id: int, total_trials: int, label_names: list[str],
-                 log=print):
+    def __init__(self, db_url: str, sweep_id: int, total_trials: int, label_names: list[str]):
         self.db_url = db_url
         self.label_names = list(label_names)
         self.total_trials = total_trials
         self.finished = 0
-        self.log = log
         self.sweep_id = sweep_id
         self._store: ResultsStore | None = None
 
@@ -33,6 +31,11 @@ class ResultsCallback(Callback):
         if self._store is None:
             self._store = ResultsStore(self.db_url)
         return self._store
+
+    def setup(self, **info):
+        """At the start and on --resume (this object comes back as pickled when the sweep began):
+        count from what the DB already holds."""
+        self.finished = sum(n for status, n in self.store.status_counts(self.sweep_id).items() if status != "RUNNING")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         c = trial.config
@@ -66,7 +69,7 @@ class ResultsCallback(Callback):
         if "best_val_auc" in result:
             line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
                      f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")
-        self.log(line + (f" - {error[0]}" if error else ""))
+        print(line + (f" - {error[0]}" if error else ""))  # not stored: Ray may patch print, which then won't pickle
 
 
 def _error_text(trial) -> str | None:

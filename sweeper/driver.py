@@ -116,6 +116,10 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
     finally:
         ray.shutdown()
     errors = [t.error for t in grid if t.error is not None]  # Tuner.fit returns normally even then
+    abandoned = store.remove_unfinished(sweep_id)
+    if abandoned:
+        print(f"[sweeper] {abandoned} trial(s) of the interrupted run that Ray had not saved were run again "
+              f"as new trials; their partial rows were removed")
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")

@@ -1,0 +1,131 @@
+"""Sweeps on a simulated multi-node cluster, and a driver killed mid-sweep then resumed: real Ray
+processes, a real SQLite file, the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from results.query import run_query
+from tests.conftest import REPO, TEST_KEY
+
+pytestmark = pytest.mark.slow
+
+CLUSTER_SPEC = """
+name = "cluster"
+[data]
+target = "phantom"
+size = 32
+folds = 2
+phantom = { n_patients = 24, image_px = 64, seed = 0 }
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch"]
+[recipes.scratch]
+[search]
+trials = 2
+[asha]
+grace_period = 2
+[train]
+epochs = 2
+batch_size = 8
+[resources]
+cpus_per_trial = 1
+gpus_per_trial = 1
+device = "cpu"  # the nodes' GPUs are Ray resources only
+"""
+
+
+def _env(tmp_path: Path) -> dict:
+    (tmp_path / "test.key").write_text(TEST_KEY.decode())
+    return {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "test.key")}
+
+
+def _sweep_args(spec: str, home: Path, name: str, *more: str) -> list[str]:
+    return [sys.executable, "-m", "sweeper.run", "--spec", spec, "--home", str(home),
+            "--db", f"sqlite:///{home}/results.db", "--name", name, *more]
+
+
+def _reported_nodes(storage: Path) -> dict[str, set[str]]:
+    """{trial id: Ray node ids its reports came from}, from Ray's own result files."""
+    return {f.parent.name: {json.loads(line)["node_id"] for line in f.read_text().splitlines()}
+            for f in storage.glob("*/result.json")}
+
+
+def test_a_sweep_on_two_gpu_worker_nodes_uses_both_and_records_every_trial_once(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    spec = tmp_path / "cluster.toml"
+    spec.write_text(CLUSTER_SPEC)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head trains nothing
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        proc = subprocess.run(_sweep_args(str(spec), tmp_path / "home", "c1", "--address", cluster.address),
+                              capture_output=True, text=True, cwd=REPO, timeout=600, env=_env(tmp_path))
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    db = f"sqlite:///{tmp_path}/home/results.db"
+    rows = run_query(db, "SELECT trial_key, study, optuna_number, status FROM sweep_trials")
+    assert len(rows) == 2 * 2 and rows["trial_key"].is_unique
+    assert not rows.duplicated(["study", "optuna_number"]).any() and set(rows["status"]) == {"COMPLETE"}
+    nodes = _reported_nodes(tmp_path / "home" / "ray" / "c1")
+    assert set(nodes) == set(rows["trial_key"]) and all(len(n) == 1 for n in nodes.values())
+    assert set().union(*nodes.values()) == {w.node_id for w in workers}  # both workers, never the head
+
+
+def _finished_trials(db_path: Path) -> int:
+    import sqlite3
+
+    if not db_path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM sweep_trials WHERE status != 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_path):
+    home, env = tmp_path / "home", _env(tmp_path)
+    args = _sweep_args("tiny", home, "killed", "--num-cpus", "2")
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
+                              start_new_session=True)  # its own process group: the driver and its local Ray
+    deadline = time.monotonic() + 400
+    try:
+        while _finished_trials(home / "results.db") < 4 or not list((home / "ray" / "killed").glob("experiment_state*")):
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no 4 finished trials in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # like a machine that lost power: no clean-up at all
+        driver.wait()
+    killed_at = _finished_trials(home / "results.db")
+    assert 4 <= killed_at < 16
+
+    proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    db = f"sqlite:///{home}/results.db"
+    rows = run_query(db, "SELECT trial_key, study, optuna_number, status, epochs_run FROM sweep_trials")
+    assert len(rows) == 16 and rows["trial_key"].is_unique  # tiny: 2 x 2 cells x 2 folds x 2 trials
+    assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
+    assert (rows.groupby("study").size() == 2).all() and not rows.duplicated(["study", "optuna_number"]).any()
+    complete = rows.loc[rows["status"] == "COMPLETE"]
+    assert (complete["epochs_run"] == 2).all()
+    tested = run_query(db, "SELECT DISTINCT t.trial_key FROM trial_metrics m JOIN sweep_trials t ON t.id = m.trial_id "
+                           "WHERE m.split = 'test'")
+    assert set(tested["trial_key"]) == set(complete["trial_key"])  # no finished result lost
+    for study in rows["study"].unique():  # Optuna agrees; its only extra trials are orphans marked FAIL
+        trials = optuna.load_study(study_name=f"killed/{study}", storage=db).trials
+        mine = rows.loc[rows["study"] == study].set_index("optuna_number")["status"]
+        for trial in trials:
+            assert trial.state.name == mine.get(trial.number, "FAIL"), (study, trial.number)
+    assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED"
