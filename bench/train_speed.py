@@ -65,7 +65,7 @@ def _setup(backbone, n_images, size, device, feed_mode):
 
 def measure(backbone, batch, args, device, sampler=None) -> dict:
     model, precision, feed, labels = _setup(backbone, args.images, args.size, device, args.feed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = engine.adam(model.parameters(), 1e-4)
     scaler, generator = precision.scaler(), torch.Generator().manual_seed(0)
     augment = BatchAugment(AugmentConfig())
     indices = np.arange(args.images)
@@ -102,7 +102,7 @@ def measure(backbone, batch, args, device, sampler=None) -> dict:
 def largest_batch(backbone, args, device) -> int:
     """Doubling search for the largest power-of-two batch whose training step fits."""
     model, precision, feed, labels = _setup(backbone, 2, args.size, device, "resident")
-    optimizer, fits = torch.optim.Adam(model.parameters()), 16
+    optimizer, fits = engine.adam(model.parameters(), 1e-3), 16
     for batch in (32, 64, 128, 256, 512, 1024):
         try:
             x = torch.rand(batch, 1, args.size, args.size, device=device)

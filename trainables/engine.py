@@ -51,6 +51,12 @@ class Precision:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel: on the CPU the default per-tensor loop took 114 ms a step for
+    resnet18 and the fused one 19 ms, half of a small trial's training time (BENCHMARKS.md)."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 def targets_and_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """0/1 targets, and a 0/1 mask where labels are NaN (unknown, e.g. CheXpert U-Ignore); None if none are."""
     known = ~torch.isnan(labels)

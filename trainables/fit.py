@@ -115,7 +115,7 @@ class _Run:
                                    cfg.dropout, cache, self.device, log)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.precision.channels_last
                               else torch.preserve_format)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = engine.adam(self.model.parameters(), cfg.lr)
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, cfg.epochs, cfg.schedule_patience)
         self.stopper = EarlyStopping(patience=cfg.early_stopping)
         self.scaler = self.precision.scaler()

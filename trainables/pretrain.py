@@ -79,7 +79,7 @@ def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: to
     precision = engine.Precision.choose("auto", device)
     labels_t = torch.as_tensor(labels, device=device)
     loss_fn = make_loss(stage.loss, labels[train], device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
+    optimizer = engine.adam(model.parameters(), stage.lr)
     scaler, generator = precision.scaler(), torch.Generator().manual_seed(stage.seed)
     for epoch in range(1, stage.epochs + 1):
         loss = engine.train_one_epoch(model, loss_fn, optimizer, scaler, feed, labels_t, train, stage.batch_size,
