@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,9 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
           + (f", at most {max_concurrent} running" if max_concurrent else ""))
     try:
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
+        started = time.monotonic()
         grid = _tuner(spec, plans, options, sweep_id, data["target"], max_concurrent).fit()
+        print(f"[sweeper] Tune ran for {time.monotonic() - started:.1f} s")
         stage_errors = stage_failures(tasks)
     finally:
         ray.shutdown()

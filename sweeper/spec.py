@@ -69,6 +69,8 @@ class Train(Strict):
     schedule: Literal[SCHEDULES] = "plateau"  # type: ignore[valid-type]
     schedule_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the rate drops")
     early_stopping: int = Field(0, ge=0, description="epochs without validation improvement before stopping; 0: never")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always has one); "
+                                                      "a retried trial redoes the epochs since its last")
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     augment: dict[str, Any] | None = Field(
         None, description="trainables.augment.AugmentConfig fields ({} for its defaults); absent: no augmentation")
@@ -187,7 +189,7 @@ class Data(Strict):
 
 SEARCHED = ("lr", "dropout")  # a grid axis over one of these fixes it instead of searching it
 TRAIN_AXES = ("epochs", "batch_size", "loss", "val_fraction", "schedule", "schedule_patience", "early_stopping",
-              "precision")
+              "precision", "checkpoint_every")
 
 
 class Grid(BaseModel):

@@ -36,6 +36,7 @@ grace_period = 2
 [train]
 epochs = 2
 batch_size = 8
+checkpoint_every = 2
 [resources]
 cpus_per_trial = 1
 gpus_per_trial = 1
@@ -80,6 +81,10 @@ def test_a_sweep_on_two_gpu_worker_nodes_uses_both_and_records_every_trial_once(
     nodes = _reported_nodes(tmp_path / "home" / "ray" / "c1")
     assert set(nodes) == set(rows["trial_key"]) and all(len(n) == 1 for n in nodes.values())
     assert set().union(*nodes.values()) == {w.node_id for w in workers}  # both workers, never the head
+    for trial in rows["trial_key"]:  # two reports each, one checkpoint (the last epoch's)
+        trial_dir = tmp_path / "home" / "ray" / "c1" / trial
+        assert len((trial_dir / "result.json").read_text().splitlines()) == 2
+        assert len(list(trial_dir.glob("checkpoint_*"))) == 1
 
 
 def _finished_trials(db_path: Path) -> int:
