@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
 from data_prep.labels import KINDS, SourceOptions
@@ -69,8 +71,6 @@ def raw_table(kind: str, location: str, key: str) -> Path:
 def raw_image_root(kind: str, table: Path, key: str) -> Path:
     """The folder the table's image paths are relative to: the table's own, its `images/`, or its parent's
     (CheXpert's Path column starts with the CheXpert-v1.0 folder that holds train.csv)."""
-    import pandas as pd
-
     try:
         first = str(pd.read_csv(table, usecols=[FILE_COLUMNS[kind]], nrows=1).iloc[0, 0])
     except (ValueError, IndexError, UnicodeDecodeError) as exc:

@@ -13,7 +13,7 @@ from data_prep.dataset import PreparedDataset
 from results.report import report
 from results.store import ResultsStore
 from sweeper.callbacks import ResultsCallback
-from sweeper.datasets import ensure_datasets
+from sweeper.datasets import ensure_datasets, locations
 from sweeper.plan import search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
@@ -94,23 +94,32 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: P
     return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
-    store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
-    data = ensure_datasets(spec, options.home, given=options.data)
-    cache = options.home / "pretrained"
-    plans = study_plans(spec, data, pretrain_cache=cache)
-    stages = attach_stages(plans, cache)
-    sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version)
-    print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
-          f"{len(stages)} pretraining stage(s); DB {options.db_url}")
+def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> None:
+    """A local Ray, or the cluster at --address. Every worker imports the trainables as it starts
+    (trainables.warm), while the driver checks or builds the data sets and plans the sweep."""
     ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
-             include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
-    r = spec.resources
-    max_concurrent = options.max_concurrent or r.max_concurrent
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(pending_trials(ray.cluster_resources(), r, max_concurrent)))
+             include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook": "trainables.warm.import_trainables"})
+    queued = pending_trials(ray.cluster_resources(), resources, max_concurrent)
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(queued))
     print(f"[sweeper] {os.environ['TUNE_MAX_PENDING_TRIALS_PG']} trial(s) queued ahead of free resources"
           + (f", at most {max_concurrent} running" if max_concurrent else ""))
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
+    store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
+    locations(spec, options.data)  # and so does a missing data location
+    r = spec.resources
+    max_concurrent = options.max_concurrent or r.max_concurrent
+    _start_ray(options, r, max_concurrent)
     try:
+        data = ensure_datasets(spec, options.home, given=options.data)
+        cache = options.home / "pretrained"
+        plans = study_plans(spec, data, pretrain_cache=cache)
+        stages = attach_stages(plans, cache)
+        sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version)
+        print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
+              f"{len(stages)} pretraining stage(s); DB {options.db_url}")
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
         started = time.monotonic()
         grid = _tuner(spec, plans, options, sweep_id, data["target"], max_concurrent).fit()
@@ -118,6 +127,11 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         stage_errors = stage_failures(tasks)
     finally:
         ray.shutdown()
+    return _finish(store, sweep_id, grid, stages, stage_errors, options)
+
+
+def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors: dict, options: RunOptions) -> int:
+    """Reconcile the DB with Ray's result grid, print the report and summary; the exit code."""
     errors = [t.error for t in grid if t.error is not None]  # Tuner.fit returns normally even then
     abandoned = store.remove_unfinished(sweep_id)
     if abandoned:
