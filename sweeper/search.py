@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+from functools import partial
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -17,7 +18,9 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+from sqlalchemy.engine import make_url
 
+from results.store import sqlite_connection
 from trainables.pretrain import failure_marker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -125,9 +128,12 @@ def _ready(plan: StudyPlan) -> bool:
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's tables in the results DB; SQLite waits for the lock like the results store does."""
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    """Optuna's tables in the results DB; on SQLite its connections wait for the lock and sync like the
+    results store's (results.store.sqlite_connection)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(url, engine_kwargs={"creator": partial(sqlite_connection, parsed.database)})
 
 
 def _finite(value) -> bool:

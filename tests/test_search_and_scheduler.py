@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
@@ -116,3 +117,23 @@ def test_a_failed_stage_releases_its_cells_so_they_fail_and_are_recorded(tmp_pat
     assert searcher.suggest("a") is None
     (tmp_path / "stage.failed").write_text("ValueError: sources differ in size")
     assert searcher.suggest("a")["study"] == "needs/fold0"
+
+
+def test_optunas_studies_share_the_results_dbs_sqlite_settings_also_after_a_pickle(tmp_path):
+    import pickle
+
+    from sqlalchemy import text
+
+    from results.store import ResultsStore
+    from sweeper.search import _rdb_storage
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    store = ResultsStore(url)
+    storage = _rdb_storage(url)
+    for engine in (store.engine, storage.engine, pickle.loads(pickle.dumps(storage)).engine):  # Ray pickles it
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL: no fsync per commit in WAL
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.tell(study.ask(SPACE), 0.5)
+    assert optuna.load_study(study_name="s", storage=url).best_value == 0.5
