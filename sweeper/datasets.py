@@ -112,8 +112,13 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
         raise SpecError(f"{where}: built with {prepared.num_folds} folds but data.folds is {spec.data.folds}")
 
 
+def data_key(name: str) -> str:
+    """Where data set `name`'s location lives in a spec, for messages."""
+    return "data.target" if name == "target" else f"data.sources.{name}"
+
+
 def _resolve(location: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
-    key = "data.target" if name == "target" else f"data.sources.{name}"
+    key = data_key(name)
     scheme, colon, rest = location.partition(":")
     if location == PHANTOM or scheme == PHANTOM:
         return _phantom(rest or "target", name, spec, home, seed_offset, log, key == "data.target")

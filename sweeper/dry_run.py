@@ -18,7 +18,7 @@ from data_prep.dataset import read_manifest
 from data_prep.labels import KINDS
 from data_prep.phantom import PhantomOptions
 from sweeper import estimate
-from sweeper.datasets import FILE_COLUMNS, located, raw_table
+from sweeper.datasets import FILE_COLUMNS, data_key, located, raw_table
 from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec, cell_name
 from trainables.pretrain import Stage
@@ -32,7 +32,7 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
         low, high = PhantomOptions.images_per_patient
         return round(spec.data.phantom.n_patients * (low + high) / 2), "phantom settings (expected)"
     if colon and scheme in KINDS:
-        table = raw_table(scheme, rest, name)
+        table = raw_table(scheme, rest, data_key(name))
         return len(pd.read_csv(table, usecols=[FILE_COLUMNS[scheme]])), f"rows of {table} (before exclusions)"
     if location:
         return int(read_manifest(Path(location).expanduser())["counts"]["images"]), "prepared manifest"
