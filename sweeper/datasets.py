@@ -79,7 +79,8 @@ def raw_image_root(kind: str, table: Path, key: str) -> Path:
     for root in candidates:
         if (root / first).is_file():
             return root
-    raise SpecError(f"{key}: the first image of {table}, {first!r}, is in none of "
+    # named by row and column, not by its file name, which can carry a patient identifier (DESIGN.md 5)
+    raise SpecError(f"{key}: the image in row 2 of {table} (column {FILE_COLUMNS[kind]!r}) is in none of "
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 
 
