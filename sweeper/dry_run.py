@@ -9,7 +9,6 @@ their locations are given, from the phantom settings for phantom data, else from
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +20,7 @@ from sweeper import estimate
 from sweeper.datasets import FILE_COLUMNS, data_key, located, raw_table
 from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec, cell_name
-from trainables.pretrain import Stage
+from trainables.pretrain import Stage, chain_prefix, trained_sources
 from trainables.tune_adapter import fit_config
 
 
@@ -43,15 +42,16 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
 
 def pretraining_jobs(stages: set[Stage]) -> list[Stage]:
     """Every stage trained once on a cold cache: the stages themselves and their regular-chain prefixes."""
-    jobs = set(stages)
+    jobs = set()
     for stage in stages:
-        if stage.strategy == "regular":
-            jobs |= {replace(stage, sources=stage.sources[:n]) for n in range(1, len(stage.sources))}
+        while stage is not None:
+            jobs.add(stage)
+            stage = chain_prefix(stage)
     return sorted(jobs, key=lambda s: (s.backbone, s.init, s.strategy, s.sources, s.epochs))
 
 
 def _stage_flops(stage: Stage, size: int, counts: dict, val_fraction: float) -> float | None:
-    trained_on = stage.sources[-1:] if stage.strategy == "regular" else stage.sources
+    trained_on = trained_sources(stage)
     if any(counts[s] is None for s in trained_on):
         return None
     n = sum(counts[s] for s in trained_on)

@@ -102,3 +102,16 @@ def test_trials_queued_ahead_are_what_fits_or_max_concurrent():
     assert pending_trials({"CPU": 16, "GPU": 8}, r, None) == 4
     assert pending_trials({"CPU": 2}, r, None) == 1  # an autoscaling cluster before its first GPU node
     assert pending_trials({"CPU": 2}, r, 12) == 12  # --max-concurrent: the demand the autoscaler sees
+
+
+def test_a_regular_chain_counts_each_prefix_once_and_a_co_trained_stage_none():
+    from sweeper.dry_run import pretraining_jobs
+    from trainables.pretrain import Stage
+
+    chain = Stage("resnet18", "imagenet", "regular", ("chexpert", "nih", "target2"), 2, 1e-3, 8, "bce", 0)
+    shorter = Stage("resnet18", "imagenet", "regular", ("chexpert", "nih"), 2, 1e-3, 8, "bce", 0)
+    joint = Stage("resnet18", "scratch", "co_trained", ("chexpert", "nih"), 2, 1e-3, 8, "bce", 0)
+    jobs = pretraining_jobs({chain, shorter, joint})
+    assert sorted(j.sources for j in jobs if j.strategy == "regular") == [
+        ("chexpert",), ("chexpert", "nih"), ("chexpert", "nih", "target2")]  # the shared prefix once
+    assert [j.sources for j in jobs if j.strategy == "co_trained"] == [("chexpert", "nih")]

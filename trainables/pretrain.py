@@ -91,6 +91,20 @@ def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: to
         log(f"[pretrain]   epoch {epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
 
 
+def chain_prefix(stage: Stage) -> Stage | None:
+    """A regular chain's prefix (the chain without its last source) is a stage of its own, cached and
+    shared by every chain that starts the same way; None for a single source or a co-trained stage."""
+    if stage.strategy != "regular" or len(stage.sources) < 2:
+        return None
+    return replace(stage, sources=stage.sources[:-1])
+
+
+def trained_sources(stage: Stage) -> tuple[str, ...]:
+    """What the stage itself trains on: a regular chain's last source (its prefix did the rest), or
+    every source at once (co-trained)."""
+    return stage.sources[-1:] if stage.strategy == "regular" else stage.sources
+
+
 class StageFailed(RuntimeError):
     """A pretraining stage failed earlier in this sweep; its error is in the `.failed` file beside it."""
 
@@ -127,18 +141,16 @@ def ensure_stage(stage: Stage, cache_dir: Path, device: torch.device, log=print)
 def _ensure_stage(stage: Stage, path: Path, cache_dir: Path, device: torch.device, log) -> Path:
     if path.is_file():  # cached: no data set, prefix stage or lock to touch
         return path
-    sets = [PreparedDataset(s) for s in stage.sources]
-    previous = None
-    if stage.strategy == "regular" and len(sets) > 1:  # the chain's prefix is a stage of its own
-        previous = ensure_stage(replace(stage, sources=stage.sources[:-1]), cache_dir, device, log)
+    prefix = chain_prefix(stage)
+    previous = ensure_stage(prefix, cache_dir, device, log) if prefix is not None else None
     key = path.stem.rsplit("-", 1)[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return path
-        trained_on = sets[-1:] if stage.strategy == "regular" else sets
+        trained_on = [PreparedDataset(s) for s in trained_sources(stage)]
         if stage.strategy == "co_trained":
-            _check_sizes(sets)
+            _check_sizes(trained_on)
         log(f"[pretrain] {stage.backbone} ({stage.init}) on {'+'.join(d.manifest['name'] for d in trained_on)} "
             f"for {stage.epochs} epoch(s) -> {path.name}")
         with torch.random.fork_rng():  # the caller's random state is the same whether or not we train
