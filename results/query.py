@@ -1,7 +1,10 @@
 """Read-only SQL against the results DB: `python -m results.query --db URL "SELECT ..."`.
 
-SQLite is opened read-only (mode=ro, query_only); PostgreSQL runs in a read-only
-transaction. A write or DDL statement is refused and leaves the DB unchanged.
+SQLite is opened read-only (mode=ro, query_only, an authorizer that denies writes, DDL,
+ATTACH and PRAGMA); PostgreSQL runs one statement in a read-only transaction of a session
+whose transactions are all read-only. A write or DDL statement is refused and leaves the DB
+unchanged. (For a hard guarantee on a shared PostgreSQL server, give readers a role with
+SELECT rights only.)
 """
 from __future__ import annotations
 
@@ -20,18 +23,35 @@ class QueryError(Exception):
     pass
 
 
+def _fetch(conn, sql: str) -> tuple[list[str], list] | None:
+    """Columns and rows of one statement; None if it returns no rows. On PostgreSQL the statement
+    goes through the extended protocol (psycopg's binary mode), which refuses several statements
+    in one string: "COMMIT; DELETE ..." would otherwise end the read-only transaction first."""
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, binary=True)
+            return None if cursor.description is None else ([d.name for d in cursor.description], cursor.fetchall())
+        finally:
+            cursor.close()
+    result = conn.exec_driver_sql(sql)  # sqlite3 refuses a second statement itself
+    return (list(result.keys()), result.fetchall()) if result.returns_rows else None
+
+
 def run_query(url: str, sql: str) -> pd.DataFrame:
     engine = open_engine(url, readonly=True)
     try:
         with engine.begin() as conn:
-            result = conn.exec_driver_sql(sql)
-            if not result.returns_rows:
+            fetched = _fetch(conn, sql)
+            if fetched is None:
                 raise QueryError("the statement returned no rows; results.query runs read-only SELECT queries")
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except (DBAPIError, ProgrammingError) as exc:
-        message = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
-        if any(word in message for word in ("readonly", "read-only", "read only", "not authorized")):
-            message += " (results.query is read-only: write and DDL statements are refused)"
+            columns, rows = fetched
+            return pd.DataFrame(rows, columns=columns)
+    except (DBAPIError, ProgrammingError, engine.dialect.dbapi.Error) as exc:
+        message = str(getattr(exc, "orig", None) or exc).strip()
+        if any(word in message for word in ("readonly", "read-only", "read only", "not authorized",
+                                            "multiple commands", "one statement")):
+            message += " (results.query is read-only: one statement; writes and DDL are refused)"
         raise QueryError(message) from exc
     finally:
         engine.dispose()

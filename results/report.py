@@ -1,88 +1,87 @@
-"""Comparison tables from the DB: per backbone, one row per source recipe with test AUC
-and AP as mean +/- sd over outer folds (the trial best on inner validation per fold).
+"""The papers' comparison reports from the results DB.
 
-`python -m results.report --db URL [--sweep NAME]`
+`python -m results.report --db URL [--sweep NAME] [--out DIR]` prints report.md and, with
+--out, writes report.md, report.html (one self-contained page), tables/*.csv and *.tex and
+figures/*.png. An unfinished sweep is reported as far as it goes, with missing cells and
+folds marked.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
-import pandas as pd
-
-from results.query import DEFAULT_DB, QueryError, run_query
-from results.schema import MACRO
+from results.load import SweepData, load
+from results.query import DEFAULT_DB, QueryError
+from results.render import Report, to_markdown, write
 from results.store import StoreError
+from results.tables import Analysis, all_tables
+
+# Sections whose figures sit with the tables of the same heading; the rest follow.
+FIGURE_SECTIONS = {"Backbone model selection"}
 
 
-def latest_sweep(url: str) -> str:
-    frame = run_query(url, "SELECT name FROM sweeps ORDER BY started_at DESC, id DESC LIMIT 1")
-    if frame.empty:
-        raise QueryError(f"DB {url} holds no sweep yet; run python -m sweeper.run first")
-    return str(frame.iloc[0, 0])
+def _summary(data: SweepData, analysis: Analysis) -> list[str]:
+    sweep, cells, trials = data.sweep, analysis.cells, data.trials
+    counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
+    done = int((cells.folds_done >= cells.folds_planned).sum()) if len(cells) else 0
+    lines = [f"Sweep {data.name} (spec {sweep['spec_name']}, code {sweep['code_version']}): {sweep['status']}, "
+             f"started {sweep['started_at']}" + (f", finished {sweep['finished_at']}" if sweep.get("finished_at")
+                                                 and str(sweep["finished_at"]) not in ("None", "NaT") else ""),
+             f"{len(cells)} cells x {len(data.folds)} outer folds; {done} cells have every fold",
+             "Trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none yet")]
+    missing = cells[cells.folds_done < cells.folds_planned]
+    if len(missing):
+        lines.append("Missing (cell: folds done/planned): " + "; ".join(
+            f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
+            for r in missing.itertuples()))
+    lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation; [95% CI] from a "
+                 f"patient-clustered bootstrap ({analysis.n_boot} resamples) of the pooled out-of-fold test "
+                 "predictions; p-values from a paired bootstrap on the same test images.")
+    return lines
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool = True, log=None) -> Report:
+    started = time.perf_counter()
+    data = load(url, sweep)
+    analysis = Analysis(data, n_boot=n_boot)
+    sections = [(heading, tables, []) for heading, tables in all_tables(analysis)]
+    if figures:
+        from results.figures import all_figures  # matplotlib only when figures are drawn
+
+        by_heading = dict(all_figures(analysis))
+        sections = [(h, t, by_heading.pop(h, []) if h in FIGURE_SECTIONS else []) for h, t, _ in sections]
+        sections += [(h, [], f) for h, f in by_heading.items()]
+    if log:
+        log(f"[report] {data.name}: {len(analysis.cells)} cells in {time.perf_counter() - started:.1f} s")
+    return Report(f"Sweep {data.name}: comparison report", _summary(data, analysis), sections)
 
 
-CELL = ["backbone", "recipe", "variant"]
-
-
-def cell_table(url: str, sweep: str) -> pd.DataFrame:
-    """One row per cell (backbone, recipe, variant) that has trials: folds done and mean/sd of test AUC, AP."""
-    cells = run_query(url, f"""SELECT DISTINCT t.backbone, t.recipe, t.variant FROM sweep_trials t
-                               JOIN sweeps s ON s.id = t.sweep_id WHERE s.name = {_quote(sweep)}
-                               ORDER BY t.backbone, t.recipe, t.variant""")
-    folds = run_query(url, f"""SELECT backbone, recipe, variant, fold, metric, value FROM fold_metrics
-                               WHERE sweep = {_quote(sweep)} AND class_name = '{MACRO}' AND metric IN ('auc', 'ap')""")
-    stats = (folds.groupby([*CELL, "metric"])["value"].agg(["mean", "std", "count"])
-             .unstack("metric") if not folds.empty else pd.DataFrame())
-    rows = []
-    for key in cells.itertuples(index=False, name=None):
-        row = {**dict(zip(CELL, key)), "folds": 0}
-        has = not stats.empty and key in stats.index
-        for metric in ("auc", "ap"):
-            row[f"{metric}_mean"] = stats.loc[key, ("mean", metric)] if has else float("nan")
-            row[f"{metric}_sd"] = stats.loc[key, ("std", metric)] if has else float("nan")
-            row["folds"] = max(row["folds"], int(stats.loc[key, ("count", metric)]) if has else 0)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*CELL, "folds", "auc_mean", "auc_sd", "ap_mean", "ap_sd"])
-
-
-def _mean_sd(mean: float, sd: float) -> str:
-    if pd.isna(mean):
-        return "missing"
-    return f"{mean:.3f} +/- {sd:.3f}" if not pd.isna(sd) else f"{mean:.3f} (1 fold)"
-
-
-def format_markdown(sweep: str, table: pd.DataFrame) -> str:
-    lines = [f"# Sweep {sweep}: test metrics, mean +/- sd over outer folds", ""]
-    for backbone, part in table.groupby("backbone", sort=True):
-        lines += [f"## {backbone}", "", "| Source recipe | Folds | Test AUC | Test AP |", "|---|---|---|---|"]
-        for row in part.itertuples(index=False):
-            label = row.recipe + (f" ({row.variant})" if row.variant else "")
-            lines.append(f"| {label} | {row.folds} | {_mean_sd(row.auc_mean, row.auc_sd)} | "
-                         f"{_mean_sd(row.ap_mean, row.ap_sd)} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def report(url: str, sweep: str | None = None) -> str:
-    sweep = sweep or latest_sweep(url)
-    return format_markdown(sweep, cell_table(url, sweep))
+def report(url: str, sweep: str | None = None, n_boot: int = 200) -> str:
+    """The Markdown tables alone (what the sweep driver prints at its end)."""
+    return to_markdown(build(url, sweep, n_boot=n_boot, figures=False), figure_dir=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description="Print the comparison tables.")
+    parser = argparse.ArgumentParser(prog="python -m results.report", description="Write the comparison report.")
     parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
     parser.add_argument("--sweep", help="sweep name (default: the latest)")
+    parser.add_argument("--out", type=Path, help="write report.md, report.html, tables/ and figures/ here")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for intervals and p-values (default 1000; 0: none)")
     args = parser.parse_args(argv)
     try:
-        print(report(args.db, args.sweep))
+        built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
+                      log=lambda line: print(line, file=sys.stderr))
     except (QueryError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(to_markdown(built, figure_dir="figures" if args.out else None))
+    if args.out:
+        written = write(built, args.out)
+        print(f"[report] wrote {written['markdown']}, {written['html']}, {args.out / 'tables'}, "
+              f"{args.out / 'figures'}", file=sys.stderr)
     return 0
 
 

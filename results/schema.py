@@ -1,8 +1,10 @@
-"""SQLAlchemy 2 schema: sweeps -> trials -> learning curves and per-split metrics.
+"""SQLAlchemy 2 schema: sweeps -> cells -> trials -> learning curves, metrics and per-image
+test predictions; pretraining artefacts beside them.
 
 Shaped like Optuna's own tables: the best epoch is picked by the trainable (on inner
 validation) and the trial reported for a (cell, fold) is picked afterwards in SQL
-(`selected_trials`), so every trial's numbers stay in the DB.
+(`selected_trials`), so every trial's numbers stay in the DB. The planned cells and folds
+are written when the sweep starts, so an unfinished sweep can say what is missing.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
-                      "and a variant column for grid axes beyond backbone and recipe"}
+                     "and a variant column for grid axes beyond backbone and recipe",
+                  3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
+                     "(cell_id) instead of repeating backbone, recipe and variant"}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -37,9 +41,28 @@ class Sweep(Base):
     spec_name: Mapped[str] = mapped_column(String(200))
     spec_text: Mapped[str] = mapped_column(Text)
     code_version: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(20))  # RUNNING, FINISHED, FAILED
+    status: Mapped[str] = mapped_column(String(20))  # RUNNING, FINISHED, FINISHED_WITH_ERRORS
+    folds: Mapped[list] = mapped_column(JSON, default=list)  # the outer folds planned
+    trials_per_study: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Cell(Base):
+    """One point of the grid: a backbone, a source recipe and the further axes (`variant`)."""
+
+    __tablename__ = "cells"
+    __table_args__ = (UniqueConstraint("sweep_id", "backbone", "recipe", "variant"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    backbone: Mapped[str] = mapped_column(String(100))
+    recipe: Mapped[str] = mapped_column(String(100))
+    variant: Mapped[str] = mapped_column(String(300), default="")  # further grid axes, e.g. "loss=bce"
+    strategy: Mapped[str] = mapped_column(String(20), default="regular")  # regular | mixed | co_trained
+    init: Mapped[str] = mapped_column(String(20), default="scratch")  # imagenet | scratch
+    sources: Mapped[list] = mapped_column(JSON, default=list)  # source data set names, in order
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)  # fixed training settings (loss, epochs, ...)
+    pretrain_artefact: Mapped[str | None] = mapped_column(String(300), nullable=True)  # pretrain_artefacts.name
 
 
 class Trial(Base):
@@ -47,10 +70,8 @@ class Trial(Base):
     __table_args__ = (UniqueConstraint("sweep_id", "trial_key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
     trial_key: Mapped[str] = mapped_column(String(64))  # Ray's trial id: stable across resume
-    backbone: Mapped[str] = mapped_column(String(100))
-    recipe: Mapped[str] = mapped_column(String(100))
-    variant: Mapped[str] = mapped_column(String(300), default="")  # further grid axes, e.g. "loss=bce,lr=0.01"
     fold: Mapped[int] = mapped_column(Integer)
     study: Mapped[str] = mapped_column(String(300))  # one Optuna study per (cell, fold)
     optuna_number: Mapped[int] = mapped_column(Integer)
@@ -73,6 +94,7 @@ class LearningCurve(Base):
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_ap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)  # the optimiser's rate in that epoch
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -84,33 +106,77 @@ class TrialMetric(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     split: Mapped[str] = mapped_column(String(16))  # val, test, outer_train
-    metric: Mapped[str] = mapped_column(String(40))  # auc, ap, hamming, binary_acc, exact_match
+    metric: Mapped[str] = mapped_column(String(40))  # auc, ap, hamming, binary_acc, exact_match, threshold, ...
     class_name: Mapped[str] = mapped_column(String(200))  # a label, or MACRO
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Prediction(Base):
+    """A completed trial's probability for one test image and class (for curves and the bootstrap).
+    Keys are data_prep's pseudonyms, never original identifiers (DESIGN.md decision 5)."""
+
+    __tablename__ = "test_predictions"
+    __table_args__ = (UniqueConstraint("trial_id", "image_key", "class_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
+    image_key: Mapped[str] = mapped_column(String(64))
+    patient_key: Mapped[str] = mapped_column(String(64))
+    class_name: Mapped[str] = mapped_column(String(200))
+    prob: Mapped[float] = mapped_column(Float)
+    target: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: label unknown (masked)
+
+
+class PretrainArtefact(Base):
+    """A pretraining stage's weights file, shared by every cell whose recipe needs it."""
+
+    __tablename__ = "pretrain_artefacts"
+    __table_args__ = (UniqueConstraint("sweep_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(300))  # file name: backbone-strategy-sources-contenthash.pt
+    backbone: Mapped[str] = mapped_column(String(100))
+    strategy: Mapped[str] = mapped_column(String(20))
+    init: Mapped[str] = mapped_column(String(20))
+    epochs: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20))  # CACHED, TRAINING, READY, FAILED
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 # Views for hand-written SQL. ROW_NUMBER works on SQLite >= 3.25 and PostgreSQL.
 # A (cell, fold) reports the trial best on validation among those that trained to their own end
 # (COMPLETE): only they carry the end-of-trial test evaluation, and, as in Optuna's best_trial,
 # scheduler-stopped (PRUNED) trials are the ones whose validation had fallen behind.
+_CELL = "s.name AS sweep, c.backbone, c.recipe, c.variant, c.strategy"
 VIEWS = {
+    "trial_summary": f"""
+        SELECT {_CELL}, t.fold, t.id AS trial_id, t.trial_key, t.study, t.optuna_number, t.status, t.params,
+               t.epochs_run, t.best_epoch, t.error, t.started_at, t.finished_at
+        FROM sweep_trials t JOIN cells c ON c.id = t.cell_id JOIN sweeps s ON s.id = t.sweep_id""",
     "selected_trials": f"""
-        SELECT sweep_id, backbone, recipe, variant, fold, trial_id, val_auc FROM (
-          SELECT t.sweep_id, t.backbone, t.recipe, t.variant, t.fold, t.id AS trial_id, m.value AS val_auc,
-                 ROW_NUMBER() OVER (PARTITION BY t.sweep_id, t.backbone, t.recipe, t.variant, t.fold
-                                    ORDER BY m.value DESC, t.id) AS rank
-          FROM sweep_trials t JOIN trial_metrics m
+        SELECT sweep_id, cell_id, backbone, recipe, variant, fold, trial_id, val_auc FROM (
+          SELECT t.sweep_id, t.cell_id, c.backbone, c.recipe, c.variant, t.fold, t.id AS trial_id,
+                 m.value AS val_auc,
+                 ROW_NUMBER() OVER (PARTITION BY t.cell_id, t.fold ORDER BY m.value DESC, t.id) AS rank
+          FROM sweep_trials t JOIN cells c ON c.id = t.cell_id JOIN trial_metrics m
             ON m.trial_id = t.id AND m.split = 'val' AND m.metric = 'auc' AND m.class_name = '{MACRO}'
           WHERE t.status = 'COMPLETE' AND m.value IS NOT NULL) ranked
         WHERE rank = 1""",
-    "fold_metrics": """
-        SELECT s.name AS sweep, st.backbone, st.recipe, st.variant, st.fold, st.trial_id, m.metric, m.class_name,
-               m.value
+    "fold_metrics": f"""
+        SELECT {_CELL}, st.fold, st.trial_id, m.split, m.metric, m.class_name, m.value
         FROM selected_trials st
-        JOIN sweeps s ON s.id = st.sweep_id
-        JOIN trial_metrics m ON m.trial_id = st.trial_id AND m.split = 'test'""",
+        JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
+        JOIN trial_metrics m ON m.trial_id = st.trial_id AND m.split IN ('test', 'outer_train')""",
     "cell_summary": f"""
-        SELECT sweep, backbone, recipe, variant, metric, COUNT(value) AS n_folds, AVG(value) AS mean
+        SELECT sweep, backbone, recipe, variant, strategy, split, metric, COUNT(value) AS n_folds,
+               AVG(value) AS mean, MIN(value) AS min, MAX(value) AS max
         FROM fold_metrics WHERE class_name = '{MACRO}'
-        GROUP BY sweep, backbone, recipe, variant, metric""",
+        GROUP BY sweep, backbone, recipe, variant, strategy, split, metric""",
+    "oof_predictions": f"""
+        SELECT {_CELL}, st.fold, st.trial_id, p.image_key, p.patient_key, p.class_name, p.prob, p.target
+        FROM selected_trials st
+        JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
+        JOIN test_predictions p ON p.trial_id = st.trial_id""",
 }

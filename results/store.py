@@ -11,12 +11,15 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from results.schema import MACRO, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, LearningCurve, SchemaMeta, Sweep, Trial, TrialMetric
+from results.schema import (MACRO, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, LearningCurve, Prediction,
+                            PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -95,7 +98,8 @@ def open_engine(url: str, readonly: bool = False) -> Engine:
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, readonly)
-    engine = create_engine(parsed)
+    # every transaction of a reader's session is read-only, not only the first one
+    engine = create_engine(parsed, connect_args={"options": "-c default_transaction_read_only=on"} if readonly else {})
     if readonly:
         @event.listens_for(engine, "begin")
         def _read_only(connection):
@@ -152,14 +156,29 @@ class ResultsStore:
                 conn.execute(text(f"{create} {name} AS {body}"))
             upsert(conn, SchemaMeta.__table__, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}], ["key"])
 
-    def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str) -> int:
+    def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str, folds=(),
+                    trials_per_study: int = 0) -> int:
         """Create the sweep row, or mark an existing one (a resume) as running again."""
         with self.engine.begin() as conn:
             upsert(conn, Sweep.__table__, [{"name": name, "spec_name": spec_name, "spec_text": spec_text,
                                             "code_version": code_version, "status": "RUNNING",
+                                            "folds": [int(f) for f in folds], "trials_per_study": trials_per_study,
                                             "started_at": _now(), "finished_at": None}], ["name"],
                    keep=("started_at", "spec_text"))
             return conn.scalar(select(Sweep.id).where(Sweep.name == name))
+
+    def register_cells(self, sweep_id: int, cells: list[dict]) -> None:
+        """The planned cells: backbone, recipe, variant, strategy, init, sources, settings, pretrain_artefact."""
+        with self.engine.begin() as conn:
+            upsert(conn, Cell.__table__, [{"sweep_id": sweep_id, **c} for c in cells],
+                   ["sweep_id", "backbone", "recipe", "variant"])
+
+    def record_artefacts(self, sweep_id: int, artefacts: list[dict]) -> None:
+        """Pretraining stages: name, backbone, strategy, init, epochs, lr, status, error, size_bytes."""
+        with self.engine.begin() as conn:
+            upsert(conn, PretrainArtefact.__table__,
+                   [{"sweep_id": sweep_id, "error": None, "size_bytes": None, **a, "updated_at": _now()}
+                    for a in artefacts], ["sweep_id", "name"])
 
     def finish_sweep(self, sweep_id: int, status: str) -> None:
         with self.engine.begin() as conn:
@@ -184,10 +203,19 @@ class ResultsStore:
     def _trial_id(self, conn, sweep_id: int, trial_key: str) -> int:
         return conn.scalar(select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
 
+    def _cell_id(self, conn, sweep_id: int, info: dict) -> int:
+        """The trial's cell, created bare if the driver did not register it (a DB written by hand)."""
+        key = {"sweep_id": sweep_id, "backbone": info["backbone"], "recipe": info["recipe"],
+               "variant": info.get("variant", "")}
+        upsert(conn, Cell.__table__, [key], list(key))
+        return conn.scalar(select(Cell.id).filter_by(**key))
+
     def trial_started(self, sweep_id: int, trial_key: str, info: dict) -> None:
-        """`info`: backbone, recipe, fold, study, optuna_number, params."""
+        """`info`: backbone, recipe, variant, fold, study, optuna_number, params."""
         with self.engine.begin() as conn:
-            upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **info,
+            row = {k: v for k, v in info.items() if k not in ("backbone", "recipe", "variant")}
+            upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **row,
+                                            "cell_id": self._cell_id(conn, sweep_id, info),
                                             "status": "RUNNING", "error": None, "started_at": _now()}],
                    ["sweep_id", "trial_key"])
 
@@ -195,14 +223,16 @@ class ResultsStore:
         with self.engine.begin() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             row = {"trial_id": trial_id, "epoch": int(result["epoch"]), "seconds": _finite(result.get("epoch_seconds")),
-                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap")}}
+                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap", "lr")}}
             upsert(conn, LearningCurve.__table__, [row], ["trial_id", "epoch"])
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
 
     def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
-                       label_names: list[str] = ()) -> None:
-        """Final status, plus val/test metrics at the best epoch from the last result."""
+                       label_names: list[str] = (), predictions: dict | None = None) -> None:
+        """Final status, plus val/test metrics at the best epoch from the last result, and the per-image
+        test predictions (`image_keys`, `patient_keys`, `probs` and `labels` as n x classes arrays)."""
+        rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
         with self.engine.begin() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
@@ -210,6 +240,24 @@ class ResultsStore:
             if result and "best_val_auc" in result:
                 upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result, label_names),
                        ["trial_id", "split", "metric", "class_name"])
+            if rows is not None:
+                conn.execute(Prediction.__table__.delete().where(Prediction.trial_id == trial_id))  # a replay
+                for row in rows:
+                    row["trial_id"] = trial_id
+                for start in range(0, len(rows), 20_000):
+                    conn.execute(Prediction.__table__.insert(), rows[start:start + 20_000])
+
+
+def _prediction_rows(trial_key: str, p: dict, label_names) -> list[dict]:
+    """One row per (image, class), checked before anything is written."""
+    probs, labels = np.asarray(p["probs"], dtype=float), np.asarray(p["labels"], dtype=float)
+    if probs.shape != labels.shape or probs.shape != (len(p["image_keys"]), len(label_names)):
+        raise StoreError(f"trial {trial_key}: predictions of shape {probs.shape} and labels of shape {labels.shape} "
+                         f"do not match {len(p['image_keys'])} images x {len(label_names)} labels")
+    return [{"image_key": image, "patient_key": patient, "class_name": name,
+             "prob": float(probs[i, j]), "target": None if np.isnan(labels[i, j]) else float(labels[i, j])}
+            for i, (image, patient) in enumerate(zip(p["image_keys"], p["patient_keys"]))
+            for j, name in enumerate(label_names)]
 
 
 SPLITS = ("test", "outer_train")  # what the trainable's last report evaluates
@@ -229,4 +277,7 @@ def _metric_rows(trial_id: int, result: dict, label_names) -> list[dict]:
             for label, value in zip(label_names, result.get(f"{split}_{metric}_per_class", [])):
                 rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": label,
                              "value": _finite(value)})
+    for label, value in zip(label_names, result.get("thresholds", [])):
+        rows.append({"trial_id": trial_id, "split": "test", "metric": "threshold", "class_name": label,
+                     "value": _finite(value)})
     return rows

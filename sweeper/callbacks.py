@@ -5,11 +5,15 @@ pickled into Ray's experiment state; the DB connection is opened lazily and neve
 """
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
+import torch
 from ray.tune import Callback
 
 from results.store import ResultsStore
+from trainables.tune_adapter import PREDICTIONS_FILE
 
 MAX_ERROR_CHARS = 8000
 
@@ -51,7 +55,8 @@ class ResultsCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
-        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names)
+        predictions = read_predictions(trial.checkpoint) if status == "COMPLETE" else None
+        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions)
         self._progress(trial, status, result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -70,6 +75,23 @@ class ResultsCallback(Callback):
             line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
                      f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")
         print(line + (f" - {error[0]}" if error else ""))  # not stored: Ray may patch print, which then won't pickle
+
+
+def read_predictions(checkpoint) -> dict | None:
+    """The test predictions saved with a trial's final checkpoint, read from Ray's storage (a shared
+    path or S3) without fetching the weights; None, with a warning, if they are not there."""
+    if checkpoint is None:
+        warnings.warn("a completed trial has no checkpoint; its test predictions are not stored", stacklevel=2)
+        return None
+    path = f"{checkpoint.path}/{PREDICTIONS_FILE}"
+    try:
+        with checkpoint.filesystem.open_input_file(path) as stream:
+            saved = torch.load(io.BytesIO(stream.read()), weights_only=True)
+    except (FileNotFoundError, OSError) as exc:
+        warnings.warn(f"test predictions not stored: cannot read {path}: {exc}", stacklevel=2)
+        return None
+    return {"image_keys": saved["image_keys"], "patient_keys": saved["patient_keys"],
+            "probs": saved["probs"].numpy(), "labels": saved["labels"].numpy()}
 
 
 def _error_text(trial) -> str | None:

@@ -14,10 +14,10 @@ from results.report import report
 from results.store import ResultsStore
 from sweeper.callbacks import ResultsCallback
 from sweeper.datasets import ensure_datasets, locations
-from sweeper.plan import search_space, study_plans
+from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
-from sweeper.stages import attach_stages, launch_stages, stage_failures
+from sweeper.stages import artefact_rows, attach_stages, launch_stages, stage_failures
 from sweeper.spec import SweepSpec
 from trainables.tune_adapter import tune_fit
 
@@ -117,14 +117,18 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         cache = options.home / "pretrained"
         plans = study_plans(spec, data, pretrain_cache=cache)
         stages = attach_stages(plans, cache)
-        sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version)
+        sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version, spec.folds,
+                                     spec.search.trials)
+        store.register_cells(sweep_id, cell_rows(spec, plans))
         print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
               f"{len(stages)} pretraining stage(s); DB {options.db_url}")
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
+        store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks))
         started = time.monotonic()
         grid = _tuner(spec, plans, options, sweep_id, data["target"], max_concurrent).fit()
         print(f"[sweeper] Tune ran for {time.monotonic() - started:.1f} s")
         stage_errors = stage_failures(tasks)
+        store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks, errors=stage_errors))
     finally:
         ray.shutdown()
     return _finish(store, sweep_id, grid, stages, stage_errors, options)

@@ -42,3 +42,19 @@ def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) ->
                                    config=_trial_config(spec, cell, fold, data, pretrain_cache),
                                    n_trials=spec.search.trials, seed=spec.search.seed, space=cell_space))
     return plans
+
+
+def cell_rows(spec: SweepSpec, plans: list[StudyPlan]) -> list[dict]:
+    """The planned cells as the results DB describes them: recipe strategy, init, source names, the
+    fixed training settings and the pretraining artefact (weights file name) the cell starts from."""
+    needs = {(p.config["backbone"], p.config["recipe"], p.config["variant"]): p.needs for p in plans}
+    rows = []
+    for cell in spec.grid.cells():
+        recipe = spec.recipes[cell["recipe"]]
+        train = spec.train.model_copy(update={k: v for k, v in cell.items() if k in type(spec.train).model_fields})
+        need = needs.get((cell["backbone"], cell["recipe"], variant(cell)))
+        rows.append({"backbone": cell["backbone"], "recipe": cell["recipe"], "variant": variant(cell),
+                     "strategy": recipe.strategy, "init": recipe.init, "sources": list(recipe.sources),
+                     "settings": {**train.model_dump(), **{p: cell[p] for p in SEARCHED if p in cell}},
+                     "pretrain_artefact": Path(need).name if need else None})
+    return rows

@@ -60,3 +60,22 @@ def stage_failures(tasks: dict) -> dict[Path, str]:
         except Exception as exc:  # noqa: BLE001 - reported per stage, never fatal to the sweep
             failed[path] = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return failed
+
+
+def artefact_rows(stages: dict[Path, Stage], training=(), errors: dict[Path, str] | None = None) -> list[dict]:
+    """The stages as the results DB's pretrain_artefacts rows: CACHED (found before the sweep), TRAINING
+    (launched), READY (trained by this sweep) or FAILED with its error. `errors` is given once the
+    launched tasks have ended."""
+    rows = []
+    for path, stage in stages.items():
+        if errors is not None and path in errors:
+            status = "FAILED"
+        elif path in training:
+            status = "READY" if errors is not None and path.is_file() else "TRAINING"
+        else:
+            status = "CACHED" if path.is_file() else "TRAINING"
+        rows.append({"name": path.name, "backbone": stage.backbone, "strategy": stage.strategy, "init": stage.init,
+                     "epochs": stage.epochs, "lr": stage.lr, "status": status,
+                     "error": (errors or {}).get(path),
+                     "size_bytes": path.stat().st_size if path.is_file() else None})
+    return rows

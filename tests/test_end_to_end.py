@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from results.query import run_query
-from results.report import cell_table
+from results.load import load
+from results.tables import Analysis
 from tests.conftest import REPO, TEST_KEY
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def tiny_sweep(tmp_path_factory):
 
 def test_db_holds_exactly_one_result_per_cell_fold_and_trial(tiny_sweep):
     _, db, _ = tiny_sweep
-    rows = run_query(db, "SELECT backbone, recipe, fold, optuna_number, status, COUNT(*) AS n FROM sweep_trials "
+    rows = run_query(db, "SELECT backbone, recipe, fold, optuna_number, status, COUNT(*) AS n FROM trial_summary "
                          "GROUP BY backbone, recipe, fold, optuna_number, status")
     assert len(rows) == len(CELLS) * 2 * 2 and (rows["n"] == 1).all()
     assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
@@ -77,12 +78,25 @@ def test_optuna_studies_live_in_the_results_db_and_agree_with_the_trials(tiny_sw
 
 def test_report_lists_every_cell(tiny_sweep):
     _, db, proc = tiny_sweep
-    table = cell_table(db, "tiny-e2e")
-    assert set(zip(table["backbone"], table["recipe"])) == CELLS
-    assert (table["folds"] == 2).all() and table["auc_mean"].between(0, 1).all()
-    printed = _cli("-m", "results.report", "--db", db).stdout
-    assert all(f"| {recipe} | 2 |" in printed for _, recipe in CELLS) and "## resnet18" in printed
-    assert "## resnet18" in proc.stdout  # the sweep printed it too
+    cells = Analysis(load(db, "tiny-e2e"), n_boot=0).cells
+    assert set(zip(cells["backbone"], cells["recipe"])) == CELLS
+    assert (cells["folds_done"] == 2).all() and cells["auc_mean"].between(0, 1).all()
+    printed = _cli("-m", "results.report", "--db", db, "--bootstrap", "50").stdout
+    assert "### Source data selection: resnet18" in printed and "| 2/2 |" in printed
+    assert "### Source data selection: resnet18" in proc.stdout  # the sweep printed it too
+
+
+def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_recorded(tiny_sweep):
+    _, db, _ = tiny_sweep
+    stored = run_query(db, "SELECT t.status, COUNT(DISTINCT p.image_key) AS images FROM sweep_trials t "
+                           "LEFT JOIN test_predictions p ON p.trial_id = t.id GROUP BY t.id, t.status")
+    assert (stored.loc[stored.status == "COMPLETE", "images"] > 0).all()
+    assert (stored.loc[stored.status != "COMPLETE", "images"] == 0).all()
+    cells = run_query(db, "SELECT backbone, recipe, strategy, pretrain_artefact FROM cells")
+    assert set(zip(cells["backbone"], cells["recipe"])) == CELLS
+    artefacts = run_query(db, "SELECT name, status FROM pretrain_artefacts")
+    assert set(artefacts["status"]) == {"READY"}
+    assert set(cells["pretrain_artefact"].dropna()) == set(artefacts["name"])
 
 
 def test_query_cli_prints_rows(tiny_sweep):
@@ -159,7 +173,7 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
                            "--db", db, "--num-cpus", "2", "--name", "failing"],
                           capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = run_query(db, "SELECT recipe, variant, status, error FROM sweep_trials ORDER BY recipe, variant, fold")
+    rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
     assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 4
     assert rows["variant"].tolist() == ["loss=bce"] * 2 + ["loss=weighted_bce"] * 2 + ["loss=bce"] * 2 + \
         ["loss=weighted_bce"] * 2  # a grid axis beyond backbone and recipe

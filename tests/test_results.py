@@ -1,15 +1,13 @@
-"""The results DB: idempotent upserts, WAL, read-only queries, and report numbers checked
-against values computed independently in the test."""
+"""The results DB: schema, idempotent upserts, WAL, predictions, artefacts and read-only queries,
+on SQLite and (where the engine_url fixture has a server) PostgreSQL."""
 from __future__ import annotations
-
-import sqlite3
 
 import numpy as np
 import pytest
 
 from results.query import QueryError, run_query
-from results.report import cell_table, report
 from results.store import ResultsStore, StoreError
+from tests.handmade_sweep import build_sweep
 
 LABELS = ["a", "b"]
 
@@ -26,67 +24,90 @@ def _trial(store, sweep_id, key, backbone, recipe, fold, val_auc, test_auc, test
 
 
 @pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path}/r.db"
-    store = ResultsStore(url)
-    sweep = store.start_sweep("s1", "tiny", "name='tiny'", "test")
-    rng = np.random.default_rng(0)
-    truth = {}
-    for backbone in ("resnet18", "mobilenet_v2"):
-        for recipe in ("scratch", "nih"):
-            for fold in (0, 1, 2):
-                vals = rng.uniform(0.5, 0.9, size=3)
-                tests = rng.uniform(0.5, 0.9, size=(3, 2))
-                for t in range(3):
-                    _trial(store, sweep, f"{backbone}{recipe}{fold}{t}", backbone, recipe, fold, vals[t], *tests[t])
-                truth[(backbone, recipe, fold)] = tests[int(np.argmax(vals))]  # best on validation
-    _trial(store, sweep, "err", "resnet18", "scratch", 0, 0.99, 0.99, 0.99, status="ERROR")  # never selected
-    return url, truth
+def db(engine_url):
+    build_sweep(engine_url, "s1")
+    return engine_url
 
 
-def test_report_numbers_equal_independent_computation(db):
-    url, truth = db
-    table = cell_table(url, "s1").set_index(["backbone", "recipe"])
-    for (backbone, recipe), row in table.iterrows():
-        picked = np.array([truth[(backbone, recipe, f)] for f in range(3)])
-        assert row["folds"] == 3
-        assert row["auc_mean"] == pytest.approx(picked[:, 0].mean())
-        assert row["auc_sd"] == pytest.approx(picked[:, 0].std(ddof=1))
-        assert row["ap_mean"] == pytest.approx(picked[:, 1].mean())
-
-
-def test_report_lists_every_cell_grouped_by_backbone(db):
-    url, _ = db
-    text = report(url)
-    assert text.index("## mobilenet_v2") < text.index("## resnet18")
-    assert text.count("| scratch | 3 |") == 2 and text.count("| nih | 3 |") == 2
-
-
-def test_a_cell_without_finished_trials_is_marked_missing(tmp_path):
-    store = ResultsStore(f"sqlite:///{tmp_path}/r.db")
-    sweep = store.start_sweep("s", "tiny", "", "test")
-    store.trial_started(sweep, "k", {"backbone": "resnet18", "recipe": "scratch", "fold": 0, "study": "x",
-                                     "optuna_number": 0, "params": {}})
-    assert "| scratch | 0 | missing | missing |" in report(f"sqlite:///{tmp_path}/r.db")
-
-
-def test_replayed_writes_do_not_duplicate_rows(tmp_path):
-    url = f"sqlite:///{tmp_path}/r.db"
-    store = ResultsStore(url)
+def test_replayed_writes_do_not_duplicate_rows(engine_url):
+    store = ResultsStore(engine_url)
     sweep = store.start_sweep("s", "tiny", "", "test")
     for _ in range(2):  # Ray replays work after its last snapshot on resume
         _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
+        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, PREDICTIONS)
     assert store.start_sweep("s", "tiny", "", "test") == sweep
-    counts = run_query(url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM learning_curves) c, "
-                            "(SELECT COUNT(*) FROM trial_metrics) m")
-    assert counts.iloc[0].tolist() == [1, 2, 5]  # val auc, test auc/ap, per-class auc a/b
+    counts = run_query(engine_url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM cells) c, "
+                                   "(SELECT COUNT(*) FROM learning_curves) l, (SELECT COUNT(*) FROM trial_metrics) m, "
+                                   "(SELECT COUNT(*) FROM test_predictions) p")
+    assert counts.iloc[0].tolist() == [1, 1, 2, 5, 6]  # val auc, test auc/ap, per-class auc a/b; 3 images x 2
 
 
-def test_nan_metrics_are_stored_as_null(tmp_path):
-    url = f"sqlite:///{tmp_path}/r.db"
-    store = ResultsStore(url)
+PREDICTIONS = {"image_keys": ["i1", "i2", "i3"], "patient_keys": ["p1", "p1", "p2"],
+               "probs": np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3]]),
+               "labels": np.array([[0.0, 1.0], [np.nan, 1.0], [1.0, 0.0]])}
+
+
+def test_predictions_are_stored_per_image_and_class_with_unknown_labels_as_null(engine_url):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("s", "tiny", "", "test")
+    _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
+    store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8, "thresholds": [0.25, 0.5]}, None, LABELS,
+                         PREDICTIONS)
+    rows = run_query(engine_url, "SELECT image_key, patient_key, class_name, prob, target FROM test_predictions "
+                                 "ORDER BY image_key, class_name")
+    assert rows["prob"].tolist() == pytest.approx([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
+    assert rows["target"].isna().tolist() == [False, False, True, False, False, False]
+    assert rows["patient_key"].tolist() == ["p1", "p1", "p1", "p1", "p2", "p2"]
+    thresholds = run_query(engine_url, "SELECT class_name, value FROM trial_metrics WHERE metric = 'threshold' "
+                                       "ORDER BY class_name")
+    assert thresholds["value"].tolist() == [0.25, 0.5]
+
+
+def test_predictions_of_the_wrong_shape_are_refused_naming_the_trial(engine_url):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("s", "tiny", "", "test")
+    store.trial_started(sweep, "k", {"backbone": "resnet18", "recipe": "scratch", "fold": 0, "study": "x",
+                                     "optuna_number": 0, "params": {}})
+    bad = {**PREDICTIONS, "probs": np.zeros((3, 3))}
+    with pytest.raises(StoreError, match=r"predictions of shape \(3, 3\).*3 images x 2 labels"):
+        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, bad)
+    assert run_query(engine_url, "SELECT status FROM sweep_trials").iloc[0, 0] == "RUNNING"  # rolled back
+
+
+def test_cells_and_pretraining_artefacts_are_recorded_with_their_plan(engine_url):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("s", "paper", "", "test", folds=[0, 1, 2, 3, 4], trials_per_study=8)
+    store.register_cells(sweep, [{"backbone": "resnet50", "recipe": "mixed_chexpert", "variant": "",
+                                  "strategy": "mixed", "init": "imagenet", "sources": ["chexpert"],
+                                  "settings": {"loss": "batch_weighted_bce"},
+                                  "pretrain_artefact": "resnet50-regular-chexpert-abc.pt"}])
+    store.record_artefacts(sweep, [{"name": "resnet50-regular-chexpert-abc.pt", "backbone": "resnet50",
+                                    "strategy": "regular", "init": "imagenet", "epochs": 3, "lr": 1e-3,
+                                    "status": "TRAINING"}])
+    store.record_artefacts(sweep, [{"name": "resnet50-regular-chexpert-abc.pt", "backbone": "resnet50",
+                                    "strategy": "regular", "init": "imagenet", "epochs": 3, "lr": 1e-3,
+                                    "status": "FAILED", "error": "CUDA out of memory"}])
+    joined = run_query(engine_url, "SELECT c.strategy, c.sources, a.status, a.error, s.folds, s.trials_per_study "
+                                   "FROM cells c JOIN pretrain_artefacts a ON a.name = c.pretrain_artefact "
+                                   "JOIN sweeps s ON s.id = c.sweep_id")
+    row = joined.iloc[0]
+    assert (row["strategy"], row["status"], row["error"], row["trials_per_study"]) == (
+        "mixed", "FAILED", "CUDA out of memory", 8)
+    assert "chexpert" in str(row["sources"]) and "4" in str(row["folds"])
+
+
+def test_foreign_keys_are_enforced(engine_url):
+    store = ResultsStore(engine_url)
+    with pytest.raises(Exception, match="(?i)foreign key"):
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO cells (sweep_id, backbone, recipe, variant, strategy, init, sources, "
+                                 "settings) VALUES (12345, 'b', 'r', '', 'regular', 'scratch', '[]', '{}')")
+
+
+def test_nan_metrics_are_stored_as_null(engine_url):
+    store = ResultsStore(engine_url)
     _trial(store, store.start_sweep("s", "t", "", "v"), "k", "r", "s", 0, 0.8, 0.7, 0.6)
-    value = run_query(url, "SELECT value FROM trial_metrics WHERE class_name = 'b'").iloc[0, 0]
+    value = run_query(engine_url, "SELECT value FROM trial_metrics WHERE class_name = 'b'").iloc[0, 0]
     assert value is None or np.isnan(value)
 
 
@@ -97,29 +118,48 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM sweep_trials", "DROP TABLE sweep_trials", "CREATE TABLE x (a int)",
-                                 "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM sweep_trials",
-                                 "ATTACH DATABASE ':memory:' AS other", "PRAGMA query_only = OFF"])
-def test_query_refuses_writes_and_leaves_the_db_unchanged(db, sql):
-    url, _ = db
-    before = run_query(url, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0]
-    with pytest.raises(QueryError):
+REFUSED = ["DELETE FROM sweep_trials", "DROP TABLE sweep_trials", "CREATE TABLE x (a int)",
+           "UPDATE sweeps SET name = 'x'", "SELECT 1; DELETE FROM sweep_trials", "INSERT INTO sweeps (name) VALUES ('x')"]
+
+
+@pytest.mark.parametrize("sql", REFUSED + ["ATTACH DATABASE ':memory:' AS other", "PRAGMA query_only = OFF"])
+def test_query_refuses_writes_on_sqlite_and_leaves_the_db_unchanged(tmp_path, sql):
+    url = f"sqlite:///{tmp_path}/r.db"
+    build_sweep(url, "s1")
+    _refused_and_unchanged(url, sql)
+
+
+POSTGRES_ONLY = ["CREATE EXTENSION IF NOT EXISTS pgcrypto", "SET default_transaction_read_only = off; DELETE FROM sweeps",
+                 "COMMIT; DELETE FROM sweeps", "ROLLBACK; SET TRANSACTION READ WRITE; DELETE FROM sweeps"]
+
+
+@pytest.mark.parametrize("sql", REFUSED + POSTGRES_ONLY)
+def test_query_refuses_writes_on_every_engine(db, sql):
+    if db.startswith("sqlite") and sql in POSTGRES_ONLY:
+        pytest.skip("PostgreSQL syntax")
+    _refused_and_unchanged(db, sql)
+
+
+def _refused_and_unchanged(url, sql):
+    before = run_query(url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM sweeps) s")
+    with pytest.raises(QueryError, match="read-only|not authorized|cannot|only one|multiple|one statement"):
         run_query(url, sql)
-    assert run_query(url, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0] == before
+    after = run_query(url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM sweeps) s")
+    assert after.iloc[0].tolist() == before.iloc[0].tolist()
     assert run_query(url, "SELECT COUNT(*) FROM sweeps WHERE name = 's1'").iloc[0, 0] == 1
 
 
 @pytest.mark.parametrize("version, expected", [
-    ("99", "schema version 99; this code writes version 2"),
-    ("1", "schema version 1, older than this code's 2 .*renamed sweep_trials"),
+    ("99", "schema version 99; this code writes version 3"),
+    ("2", "schema version 2, older than this code's 3 .*cells, test_predictions"),
 ])
-def test_a_db_of_another_schema_version_is_refused_with_what_to_do(tmp_path, version, expected):
-    url = f"sqlite:///{tmp_path}/r.db"
-    ResultsStore(url)
-    with sqlite3.connect(tmp_path / "r.db") as conn:
-        conn.execute(f"UPDATE schema_meta SET value = '{version}' WHERE key = 'schema_version'")
+def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, version, expected):
+    store = ResultsStore(engine_url)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE schema_meta SET value = '{version}' WHERE key = 'schema_version'")
+    store.engine.dispose()
     with pytest.raises(StoreError, match=expected):
-        ResultsStore(url)
+        ResultsStore(engine_url)
 
 
 def test_bad_db_urls_are_clear_errors(tmp_path):
@@ -132,16 +172,28 @@ def test_bad_db_urls_are_clear_errors(tmp_path):
 
 
 def test_query_reads_views_and_recursive_ctes(db):
-    url, _ = db
-    assert run_query(url, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
-                          "SELECT COUNT(*) FROM n").iloc[0, 0] == 3
-    assert len(run_query(url, "SELECT * FROM cell_summary")) > 0
+    assert run_query(db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+                         "SELECT COUNT(*) FROM n").iloc[0, 0] == 3
+    assert len(run_query(db, "SELECT * FROM cell_summary")) > 0
 
 
-def test_resuming_a_sweep_keeps_its_start_time(tmp_path):
-    url = f"sqlite:///{tmp_path}/r.db"
-    store = ResultsStore(url)
+def test_query_cli_prints_a_table_csv_or_json(db, capsys):
+    from results.query import main
+
+    sql = "SELECT backbone, COUNT(*) AS n FROM trial_summary WHERE status = 'COMPLETE' GROUP BY backbone ORDER BY 1"
+    assert main(["--db", db, sql]) == 0
+    assert capsys.readouterr().out.split() == ["backbone", "n", "densenet121", "24", "resnet50", "24"]
+    assert main(["--db", db, "--csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines() == ["backbone,n", "densenet121,24", "resnet50,24"]
+    assert main(["--db", db, "--json", sql]) == 0
+    assert '"n":24' in capsys.readouterr().out.replace(" ", "")
+    assert main(["--db", db, "DELETE FROM sweeps"]) == 2
+    assert "read-only" in capsys.readouterr().err
+
+
+def test_resuming_a_sweep_keeps_its_start_time(engine_url):
+    store = ResultsStore(engine_url)
     store.start_sweep("s", "tiny", "first", "v1")
-    first = run_query(url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist()
+    first = run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist()
     store.start_sweep("s", "tiny", "second", "v2")
-    assert run_query(url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist() == first
+    assert run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist() == first

@@ -15,6 +15,7 @@ from ray import tune
 from trainables.fit import FitConfig, fit
 
 STATE_FILE = "state.pt"
+PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test predictions, small, read by the driver
 _FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
 
 
@@ -38,6 +39,9 @@ def _reporter(checkpoint_every: int):
             return
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state, Path(tmp) / STATE_FILE)
+            if "predictions" in state:
+                torch.save({"label_names": state["predictions"]["label_names"], **state["predictions"]["test"]},
+                           Path(tmp) / PREDICTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     return report

@@ -1,0 +1,215 @@
+"""Uncertainty of a cell's pooled out-of-fold test metrics: patient-clustered bootstrap intervals
+and paired bootstrap comparisons of two cells on the same test images.
+
+Images of one patient are correlated, so the bootstrap resamples patients: a patient drawn k
+times gives each of its images weight k. Every resample is then a weight vector, and all of
+them are scored at once with numpy (scikit-learn would need a Python call per resample and
+class, seconds per cell); `weighted_auc_ap` is tested against scikit-learn's `sample_weight`.
+
+Labels that are NaN are unknown and left out for their class only. A class is left out of a
+macro mean where it is undefined (AUC and AP: no positive or no negative; false-negative
+rate: no positive), in the point estimate and in each resample alike.
+
+Decisions: an image is predicted positive for a class when its probability exceeds the
+threshold of the fold model that predicted it (`prob > threshold`), as in
+`trainables.metrics` and the papers (Keras' binary accuracy, seed 000's "exceeds the
+training prevalence"), so that pooled numbers agree with the per-fold ones. An entry whose
+threshold is NaN (the fold model had none) is left out of the threshold metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+METRICS = ("auc", "ap", "binary_acc", "exact_match", "fnr", "hamming")
+RANKING = ("auc", "ap")  # need scores only; the others need thresholds
+BLOCK = 256  # resamples drawn per call to the generator: the draws depend on the seed, not on memory
+CELLS = 1 << 21  # (resample, image) entries scored at once, ~16 MB per float array
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float  # on the data as given, not a bootstrap mean
+    low: float
+    high: float
+    n_boot: int
+    n_valid: int  # resamples where the metric was defined (the interval's sample)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    difference: float  # a - b on the data as given
+    low: float
+    high: float
+    p_value: float
+    n_boot: int
+    n_valid: int  # resamples where both metrics were defined
+
+
+def _check(metric: str, truth, probs, thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    truth, probs = np.asarray(truth, np.float64), np.asarray(probs, np.float64)
+    if truth.ndim != 2 or truth.shape != probs.shape:
+        raise ValueError(f"truth {truth.shape} and probs {probs.shape} must both be (images, classes)")
+    if metric in RANKING:
+        return truth, probs, None
+    if thresholds is None:
+        raise ValueError(f"metric {metric!r} needs the per-image thresholds; without them only "
+                         f"{' and '.join(RANKING)} are available")
+    return truth, probs, np.broadcast_to(np.asarray(thresholds, np.float64), probs.shape)
+
+
+def _macro(values: np.ndarray) -> np.ndarray:
+    """Mean over the defined (non-NaN) columns of each row; NaN where none is defined."""
+    defined = ~np.isnan(values)
+    count = defined.sum(axis=1)
+    total = np.where(defined, values, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def point_estimate(metric: str, truth, probs, thresholds=None) -> float:
+    """The metric on the data as given; AUC and AP are scikit-learn's, per class, then the macro mean."""
+    truth, probs, thresholds = _check(metric, truth, probs, thresholds)
+    if metric not in RANKING:
+        return float(weighted_metric(metric, truth, probs, np.ones(len(truth)), thresholds)[0])
+    score = roc_auc_score if metric == "auc" else average_precision_score
+    values = []
+    for k in range(truth.shape[1]):
+        known = ~np.isnan(truth[:, k])
+        y = truth[known, k]
+        if 0 < y.sum() < len(y):
+            values.append(score(y, probs[known, k]))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _cumulative(weights: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Running sums of weights[:, index] along the images, with a leading column of 0."""
+    out = np.zeros((len(weights), len(index) + 1))
+    np.cumsum(np.take(weights, index, axis=1), axis=1, out=out[:, 1:])
+    return out
+
+
+def weighted_auc_ap(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One class's AUC and AP for every row of `weights` (resamples x images), as scikit-learn's
+    `roc_auc_score` and `average_precision_score` with `sample_weight` give them (tied scores are
+    one threshold); NaN truth is left out. Both are sums over the positives, so after one sort
+    each resample needs only running sums of the negatives' and the positives' weights by score:
+    AUC = sum_i w_i (negatives below s_i + half those tied with it) / (P N),
+    AP = sum_i w_i precision(score >= s_i) / P. NaN where a resample lacks positive or negative weight."""
+    pos, neg = np.flatnonzero(truth == 1), np.flatnonzero(truth == 0)
+    pos, neg = pos[np.argsort(scores[pos], kind="stable")], neg[np.argsort(scores[neg], kind="stable")]
+    pos_scores, neg_scores = scores[pos], scores[neg]
+    below = np.searchsorted(neg_scores, pos_scores, "left")  # negatives scored below each positive
+    up_to = np.searchsorted(neg_scores, pos_scores, "right")  # ... or tied with it
+    pos_below = np.searchsorted(pos_scores, pos_scores, "left")
+    weights = np.asarray(weights, np.float64)
+    negatives, positives = _cumulative(weights, neg), _cumulative(weights, pos)
+    n_total, p_total = negatives[:, -1:], positives[:, -1:]
+    w, neg_below = np.take(weights, pos, axis=1), np.take(negatives, below, axis=1)
+    tp = p_total - np.take(positives, pos_below, axis=1)  # weighted positives scored >= s_i
+    fp = n_total - neg_below
+    p_total, n_total = p_total[:, 0], n_total[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.einsum("ij,ij->i", w, neg_below + np.take(negatives, up_to, axis=1)) / (2 * p_total * n_total)
+        ap = np.einsum("ij,ij->i", w, np.where(w > 0, tp / (tp + fp), 0.0)) / p_total
+    undefined = (p_total <= 0) | (n_total <= 0)
+    return np.where(undefined, np.nan, auc), np.where(undefined, np.nan, ap)
+
+
+def _decision_counts(metric: str, truth: np.ndarray, probs: np.ndarray,
+                     thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image numerators and denominators (images x columns) whose weighted sums give each
+    resample's rate: one column for the pooled metrics, one per class for the false-negative rate."""
+    known = ~np.isnan(truth) & ~np.isnan(thresholds)
+    said, positive = probs > thresholds, truth == 1
+    right = known & (said == positive)
+    if metric == "fnr":
+        return known & positive & ~said, known & positive
+    if metric == "exact_match":
+        labelled = known.any(axis=1)
+        return (labelled & (right == known).all(axis=1))[:, None], labelled[:, None]
+    return right.sum(axis=1)[:, None], known.sum(axis=1)[:, None]  # binary_acc, hamming
+
+
+def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.ndarray:
+    """The metric for every row of `weights` (resamples x images: each row one resample's sample
+    weights, e.g. bootstrap counts); NaN where it is undefined. Rows are scored in chunks to bound
+    memory."""
+    truth, probs, thresholds = _check(metric, truth, probs, thresholds)
+    weights = np.asarray(weights, np.float64).reshape(-1, len(truth))
+    if metric not in RANKING:
+        numerator, denominator = (c.astype(np.float64) for c in _decision_counts(metric, truth, probs, thresholds))
+    out = np.empty(len(weights))
+    step = max(1, CELLS // max(1, len(truth)))
+    for start in range(0, len(out), step):
+        w = weights[start:start + step]
+        if metric in RANKING:
+            columns = np.stack([weighted_auc_ap(truth[:, k], probs[:, k], w)[RANKING.index(metric)]
+                                for k in range(truth.shape[1])], axis=1)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                columns = (w @ numerator) / (w @ denominator)
+        out[start:start + step] = _macro(columns)
+    return 1.0 - out if metric == "hamming" else out
+
+
+def patient_weights(patients, n_boot: int, seed: int = 0):
+    """Yield blocks of image weights (resamples x images): each resample draws as many patients as
+    there are, with replacement; an image's weight is how often its patient was drawn."""
+    keys, image_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    share = np.full(len(keys), 1.0 / len(keys))
+    for start in range(0, n_boot if len(keys) else 0, BLOCK):
+        counts = rng.multinomial(len(keys), share, size=min(BLOCK, n_boot - start))
+        yield np.take(counts.astype(np.float64), image_patient, axis=1)
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    if not len(values):
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def cluster_bootstrap(metric: str, truth, probs, patients, thresholds=None, n_boot: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> Interval:
+    """Percentile interval of the metric over `n_boot` patient resamples (resamples where the
+    metric is undefined are dropped; `n_valid` says how many remain)."""
+    truth, probs, thresholds = _check(metric, truth, probs, thresholds)
+    if len(patients) != len(truth):
+        raise ValueError(f"{len(patients)} patient keys for {len(truth)} images")
+    values = np.concatenate([weighted_metric(metric, truth, probs, w, thresholds)
+                             for w in patient_weights(patients, n_boot, seed)] or [np.empty(0)])
+    values = values[~np.isnan(values)]
+    return Interval(point_estimate(metric, truth, probs, thresholds), *_interval(values, level), n_boot, len(values))
+
+
+def paired_bootstrap(metric: str, truth, probs_a, probs_b, patients, thresholds_a=None, thresholds_b=None,
+                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Comparison:
+    """Bootstrap of the difference a - b, the same patient resamples applied to both cells.
+
+    Two-sided p-value of "no difference" by inverting the percentile interval, as in paired
+    bootstrap tests of two systems on one test set: p = 2 * the smaller tail share of resampled
+    differences at or beyond 0, each share (count + 1) / (n + 1) so that p is never exactly 0,
+    capped at 1. Identical predictions give p = 1. Resamples where either metric is undefined
+    are dropped.
+    """
+    _, probs_b, thresholds_b = _check(metric, truth, probs_b, thresholds_b)
+    truth, probs_a, thresholds_a = _check(metric, truth, probs_a, thresholds_a)
+    if len(patients) != len(truth):
+        raise ValueError(f"{len(patients)} patient keys for {len(truth)} images")
+    difference = point_estimate(metric, truth, probs_a, thresholds_a) - point_estimate(
+        metric, truth, probs_b, thresholds_b)
+    diffs = np.concatenate([weighted_metric(metric, truth, probs_a, w, thresholds_a)
+                            - weighted_metric(metric, truth, probs_b, w, thresholds_b)
+                            for w in patient_weights(patients, n_boot, seed)] or [np.empty(0)])
+    diffs = diffs[~np.isnan(diffs)]
+    n = len(diffs)
+    if np.isnan(difference) or not n:
+        return Comparison(difference, float("nan"), float("nan"), float("nan"), n_boot, n)
+    tail = min((diffs <= 0).sum() + 1, (diffs >= 0).sum() + 1) / (n + 1)
+    return Comparison(difference, *_interval(diffs, level), float(min(1.0, 2.0 * tail)), n_boot, n)

@@ -1,0 +1,324 @@
+"""The papers' comparison tables, computed from a loaded sweep.
+
+Each (cell, fold) contributes its selected trial (best on inner validation). A table row shows
+mean +/- sd over those folds; the 95% interval is a patient-clustered bootstrap of the cell's
+pooled out-of-fold test predictions; where a table ranks rows, each row below the first gets
+the paired bootstrap difference to the first on the same test images, with its p-value.
+Every table has raw numbers (for CSV) and display strings (for Markdown, HTML and LaTeX).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from results import stats
+from results.load import CELL, SweepData
+
+# The split and metric behind each column; thresholds as trainables.metrics applies them: 0.5 for binary
+# accuracy, exact match and the false-negative rate (seed 003), the fitted ones for Hamming loss (seed 000).
+COLUMNS = {"train_binary_acc": ("outer_train", "binary_acc"), "train_mae": ("outer_train", "mae"),
+           "ap": ("test", "ap"), "auc": ("test", "auc"), "hamming": ("test", "hamming"),
+           "binary_acc": ("test", "binary_acc"), "exact_match": ("test", "exact_match"), "fnr": ("test", "fnr")}
+HALF = {"binary_acc", "exact_match", "fnr"}
+PERCENT = {"train_binary_acc", "binary_acc", "exact_match", "fnr"}
+
+
+@dataclass
+class Table:
+    key: str  # file stem of its CSV and LaTeX files
+    title: str
+    numbers: pd.DataFrame
+    display: pd.DataFrame
+    note: str = ""
+
+
+def dataset_label(init: str, strategy: str, sources: list[str]) -> str:
+    """The paper's "Dataset" column: where the weights come from."""
+    parts = (["ImageNet"] if init == "imagenet" else []) + list(sources)
+    return " + ".join(parts) if parts else "none (scratch)"
+
+
+def method_label(strategy: str) -> str:
+    return {"regular": "Regular transfer learning", "mixed": "Mixed model", "co_trained": "Co-trained"}.get(
+        strategy, strategy)
+
+
+def fmt(value: float, sd: float | None = None, percent: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "missing"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{value * scale:.2f}{unit}" if percent else f"{value:.3f}"
+    if sd is not None and not pd.isna(sd):
+        text += f" +/- {sd * scale:.2f}{unit}" if percent else f" +/- {sd:.3f}"
+    return text
+
+
+def fmt_p(comparison) -> str:
+    if comparison is None or pd.isna(comparison.p_value):
+        return ""
+    return f"{comparison.difference:+.3f} (p={comparison.p_value:.3g})"
+
+
+@dataclass
+class Analysis:
+    """A sweep with its per-cell statistics, computed once and shared by every table."""
+
+    data: SweepData
+    n_boot: int = 1000
+    seed: int = 0
+    _pairs: dict = field(default_factory=dict)
+
+    @cached_property
+    def pooled(self) -> dict[tuple, dict | None]:
+        return {key: self.data.pooled(key) for key in self.data.cell_keys()}
+
+    def _thresholds(self, metric: str, pooled: dict) -> np.ndarray | None:
+        if metric in HALF:
+            return np.full_like(pooled["probs"], 0.5)
+        return pooled["thresholds"] if metric == "hamming" else None
+
+    def interval(self, key: tuple, metric: str):
+        pooled = self.pooled[key]
+        if pooled is None or self.n_boot <= 0:
+            return None
+        return stats.cluster_bootstrap(metric, pooled["truth"], pooled["probs"], pooled["patients"],
+                                       self._thresholds(metric, pooled), n_boot=self.n_boot, seed=self.seed)
+
+    def compare(self, a: tuple, b: tuple, metric: str):
+        """Paired bootstrap of a - b on the test images and classes both cells were evaluated on."""
+        if (a, b, metric) not in self._pairs:
+            self._pairs[(a, b, metric)] = self._paired(a, b, metric)
+        return self._pairs[(a, b, metric)]
+
+    def _paired(self, a: tuple, b: tuple, metric: str):
+        pa, pb = self.pooled[a], self.pooled[b]
+        if pa is None or pb is None or self.n_boot <= 0:
+            return None
+        images = np.intersect1d(pa["image_keys"], pb["image_keys"])
+        classes = [c for c in pa["classes"] if c in pb["classes"]]
+        if not len(images) or not classes:
+            return None
+        ia, ib = (np.searchsorted(p["image_keys"], images) for p in (pa, pb))
+        ca, cb = ([p["classes"].index(c) for c in classes] for p in (pa, pb))
+        take = lambda p, i, c, arr: None if arr is None else arr[np.ix_(i, c)]  # noqa: E731
+        ta, tb = self._thresholds(metric, pa), self._thresholds(metric, pb)
+        return stats.paired_bootstrap(metric, pa["truth"][np.ix_(ia, ca)], pa["probs"][np.ix_(ia, ca)],
+                                      pb["probs"][np.ix_(ib, cb)], pa["patients"][ia],
+                                      take(pa, ia, ca, ta), take(pb, ib, cb, tb), n_boot=self.n_boot, seed=self.seed)
+
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        """One row per planned cell: labels, folds done, mean and sd per column, pooled intervals."""
+        d = self.data
+        rows = []
+        for cell in d.cells.itertuples(index=False):
+            key = (cell.backbone, cell.recipe, cell.variant)
+            row = {"backbone": cell.backbone, "recipe": cell.recipe, "variant": cell.variant,
+                   "strategy": cell.strategy, "method": method_label(cell.strategy),
+                   "dataset": dataset_label(cell.init, cell.strategy, cell.sources),
+                   "loss": cell.settings.get("loss", ""), "folds_done": 0, "folds_planned": len(d.folds)}
+            for column, (split, metric) in COLUMNS.items():
+                part = d.macro(split, metric)
+                values = part[(part.backbone == key[0]) & (part.recipe == key[1]) & (part.variant == key[2])]
+                values = values["value"].dropna()
+                row[f"{column}_mean"] = values.mean() if len(values) else np.nan
+                row[f"{column}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
+                if column in ("auc", "ap"):
+                    row["folds_done"] = max(row["folds_done"], len(values))
+            pooled = self.pooled[key]
+            for metric in ("auc", "ap"):
+                interval = self.interval(key, metric)
+                row[f"{metric}_pooled"] = (stats.point_estimate(metric, pooled["truth"], pooled["probs"])
+                                           if pooled is not None else np.nan)
+                row[f"{metric}_ci_low"] = interval.low if interval else np.nan
+                row[f"{metric}_ci_high"] = interval.high if interval else np.nan
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _key(row) -> tuple:
+    return (row["backbone"], row["recipe"], row["variant"])
+
+
+def _name(row) -> str:
+    return row["recipe"] + (f" ({row['variant']})" if row["variant"] else "")
+
+
+def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFrame:
+    """Rows best first, each with its paired comparison to the first row (`vs_best_diff`, `vs_best_p`).
+
+    The order is by the pooled out-of-fold `by`, the quantity the paired test compares, so that a
+    row's sign always agrees with its place; cells without stored predictions follow by their mean
+    over folds, and cells with no fold at all come last."""
+    part = part.assign(_rank=part[f"{by}_pooled"].fillna(part[f"{by}_mean"] - 10.0))
+    part = part.sort_values(["_rank", "recipe"], ascending=[False, True], na_position="last").drop(columns="_rank")
+    best = _key(part.iloc[0]) if len(part) else None
+    diffs, ps = [], []
+    for i, (_, row) in enumerate(part.iterrows()):
+        c = analysis.compare(_key(row), best, by) if i and best else None
+        diffs.append(c.difference if c else np.nan)
+        ps.append(c.p_value if c else np.nan)
+    part["vs_best_diff"], part["vs_best_p"] = diffs, ps
+    return part
+
+
+def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by: str = "auc") -> pd.DataFrame:
+    """Display strings: `columns` maps a label to a cells-frame column stem or a plain column."""
+    out = {}
+    for label, stem in columns.items():
+        if f"{stem}_mean" in part:
+            text = [fmt(r[f"{stem}_mean"], r[f"{stem}_sd"], stem in PERCENT) for _, r in part.iterrows()]
+            if f"{stem}_ci_low" in part:
+                text = [t + ("" if pd.isna(r[f"{stem}_ci_low"]) else f"; pooled {r[f'{stem}_pooled']:.3f} "
+                             f"[{r[f'{stem}_ci_low']:.3f}, {r[f'{stem}_ci_high']:.3f}]")
+                        for t, (_, r) in zip(text, part.iterrows())]
+            out[label] = text
+        else:
+            out[label] = [str(v) for v in part[stem]]
+    out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
+    out[f"vs first: pooled {by.upper()} diff (p)"] = [
+        "" if pd.isna(r.vs_best_diff) else f"{r.vs_best_diff:+.3f} (p={r.vs_best_p:.3g})" for r in part.itertuples()]
+    if "Variant" in out and not any(out["Variant"]):
+        del out["Variant"]  # a backbone x recipe grid has no further axes
+    return pd.DataFrame(out)
+
+
+PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE": "train_mae",
+                 "Test AP; pooled [95% CI]": "ap", "Test AUC; pooled [95% CI]": "auc"}
+
+
+def _numbers(part: pd.DataFrame) -> pd.DataFrame:
+    keep = [*CELL, "strategy", "dataset", "folds_done", "folds_planned"]
+    keep += [c for c in part.columns if c.endswith(("_mean", "_sd", "_ci_low", "_ci_high", "_pooled"))]
+    return part[keep + [c for c in ("vs_best_diff", "vs_best_p") if c in part]].reset_index(drop=True)
+
+
+def source_selection(analysis: Analysis) -> list[Table]:
+    """Seed 000 "Source data selection": regular transfer from at most one source, per backbone."""
+    cells = analysis.cells
+    tables = []
+    for backbone, part in cells[(cells.strategy == "regular") & (cells.dataset.str.count(r" \+ ") == 0)].groupby(
+            "backbone", sort=True):
+        part = ranked(analysis, part)
+        columns = {"Recipe": "recipe", "Variant": "variant", "Dataset": "dataset", **PAPER_COLUMNS}
+        tables.append(Table(f"source_selection_{backbone}", f"Source data selection: {backbone}", _numbers(part),
+                            _display(part, columns, analysis)))
+    return tables
+
+
+def combination_selection(analysis: Analysis) -> list[Table]:
+    """Seed 000 "Combination method selection": recipes that combine sources, per backbone."""
+    cells = analysis.cells
+    combined = cells[(cells.strategy != "regular") | (cells.dataset.str.count(r" \+ ") > 0)]
+    tables = []
+    for backbone, part in combined.groupby("backbone", sort=True):
+        part = ranked(analysis, part)
+        columns = {"Method": "method", "Recipe": "recipe", "Variant": "variant", "Dataset": "dataset",
+                   **PAPER_COLUMNS}
+        tables.append(Table(f"combination_selection_{backbone}", f"Combination method selection: {backbone}",
+                            _numbers(part), _display(part, columns, analysis)))
+    return tables
+
+
+def backbone_selection(analysis: Analysis) -> list[Table]:
+    """Seed 000 "Backbone model selection": per recipe, the backbones side by side (AP, AUC, Hamming)."""
+    cells = analysis.cells
+    numbers, display = [], []
+    for (recipe, variant), part in cells.groupby(["recipe", "variant"], sort=True):
+        part = ranked(analysis, part)
+        numbers.append(_numbers(part))
+        display.append(_display(part, {"Method": "method", "Recipe": "recipe", "Variant": "variant",
+                                       "Backbone": "backbone", "Test AP; pooled [95% CI]": "ap",
+                                       "Test AUC; pooled [95% CI]": "auc", "Test Hamming loss": "hamming"}, analysis))
+    if not numbers:
+        return []
+    return [Table("backbone_selection", "Backbone model selection", pd.concat(numbers, ignore_index=True),
+                  pd.concat(display, ignore_index=True), "Rows ranked within each recipe by pooled test AUC.")]
+
+
+def conclusion(analysis: Analysis) -> list[Table]:
+    """Seed 000's conclusion: the best recipe per backbone, and how sure the ranking is."""
+    cells = analysis.cells.dropna(subset=["auc_mean"])
+    rows, numbers = [], []
+    for backbone, part in cells.groupby("backbone", sort=True):
+        part = ranked(analysis, part)
+        best = part.iloc[0]
+        runner = part.iloc[1] if len(part) > 1 else None
+        rows.append({"Backbone": backbone, "Best recipe": _name(best), "Method": best["method"],
+                     "Dataset": best["dataset"], "Test AUC": fmt(best["auc_mean"], best["auc_sd"]),
+                     "Pooled test AUC [95% CI]": "" if pd.isna(best["auc_ci_low"]) else
+                     f"{best['auc_pooled']:.3f} [{best['auc_ci_low']:.3f}, {best['auc_ci_high']:.3f}]",
+                     "Runner-up": _name(runner) if runner is not None else "",
+                     "Best - runner-up, AUC (p)": "" if runner is None or pd.isna(runner["vs_best_diff"])
+                     else f"{-runner['vs_best_diff']:+.3f} (p={runner['vs_best_p']:.3g})"})
+        numbers.append(_numbers(part.iloc[:2]))
+    if not rows:
+        return []
+    return [Table("conclusion", "Conclusion: best recipe per backbone", pd.concat(numbers, ignore_index=True),
+                  pd.DataFrame(rows))]
+
+
+def loss_comparison(analysis: Analysis) -> list[Table]:
+    """Seed 003: BCE versus weighted BCE on binary accuracy, exact match and false negatives, where the
+    sweep has cells that differ only in their loss. The first loss of each group is the reference."""
+    cells = analysis.cells.copy()
+    if cells["loss"].nunique() < 2:
+        return []
+    cells["others"] = [",".join(p for p in v.split(",") if not p.startswith("loss=")) for v in cells["variant"]]
+    numbers, display = [], []
+    for _, part in cells.groupby(["backbone", "recipe", "others"], sort=True):
+        if part["loss"].nunique() < 2:
+            continue
+        part = part.sort_values("loss", key=lambda s: s.map(lambda v: (v != "bce", v)))
+        reference = _key(part.iloc[0])
+        row_texts = []
+        for _, row in part.iterrows():
+            texts = {"Backbone": row["backbone"], "Recipe": row["recipe"], "Loss": row["loss"]}
+            for label, stem in {"Binary accuracy": "binary_acc", "Exact-match accuracy": "exact_match",
+                                "False-negative rate": "fnr", "Test AUC": "auc"}.items():
+                compared = analysis.compare(_key(row), reference, stem) if _key(row) != reference else None
+                texts[label] = fmt(row[f"{stem}_mean"], row[f"{stem}_sd"], stem in PERCENT) + (
+                    f"; vs {part.iloc[0]['loss']}: {fmt_p(compared)}" if fmt_p(compared) else "")
+            row_texts.append(texts)
+        numbers.append(_numbers(part))
+        display.append(pd.DataFrame(row_texts))
+    if not numbers:
+        return []
+    return [Table("loss_comparison", "Loss comparison (seed 003): BCE versus weighted BCE",
+                  pd.concat(numbers, ignore_index=True), pd.concat(display, ignore_index=True),
+                  "Accuracy, exact match and false-negative rate at a 0.5 threshold; differences are paired "
+                  "bootstrap estimates on the same test images.")]
+
+
+def per_class(analysis: Analysis) -> list[Table]:
+    """Per backbone: each label's test prevalence and, per cell, AUC and AP (mean over folds)."""
+    m = analysis.data.metrics
+    m = m[(m.split == "test") & (m.class_name != "__macro__") & m.metric.isin(["auc", "ap", "prevalence"])]
+    tables = []
+    for backbone, part in m.groupby("backbone", sort=True):
+        means = part.groupby(["recipe", "variant", "class_name", "metric"])["value"].mean().unstack("metric")
+        prevalence = part[part.metric == "prevalence"].groupby("class_name")["value"].mean()
+        numbers = means.reset_index()
+        wide = pd.DataFrame({"Class": prevalence.index, "Prevalence": [f"{v:.3f}" for v in prevalence]})
+        for (recipe, variant), cell in means.groupby(level=[0, 1]):
+            name = recipe + (f" ({variant})" if variant else "")
+            cell = cell.droplevel([0, 1]).reindex(prevalence.index)
+            wide[f"{name} AUC"] = [fmt(v) for v in cell.get("auc", pd.Series(np.nan, cell.index))]
+            wide[f"{name} AP"] = [fmt(v) for v in cell.get("ap", pd.Series(np.nan, cell.index))]
+        tables.append(Table(f"per_class_{backbone}", f"Per-class test AUC and AP: {backbone}", numbers, wide,
+                            "Mean over folds of the selected trials; prevalence is the test folds' share of "
+                            "positive images."))
+    return tables
+
+
+def all_tables(analysis: Analysis) -> list[tuple[str, list[Table]]]:
+    """The report's sections in order."""
+    return [("Backbone model selection", backbone_selection(analysis)),
+            ("Source data selection", source_selection(analysis)),
+            ("Combination method selection", combination_selection(analysis)),
+            ("Conclusion", conclusion(analysis)),
+            ("Loss comparison", loss_comparison(analysis)),
+            ("Per-class results", per_class(analysis))]

@@ -1,0 +1,97 @@
+"""A small results DB written through ResultsStore by hand, with the numbers a report must show
+kept aside so that tests can compute them independently (numpy and scikit-learn, not results)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from results.store import ResultsStore
+
+LABELS = ["Cardiomegaly", "Effusion", "Nodule"]
+FOLDS = (0, 1, 2)
+N_PATIENTS = 36
+# backbone -> recipe -> (strategy, init, sources, signal strength of its predictions)
+CELLS = {
+    "resnet50": {"imagenet": ("regular", "imagenet", [], 1.6), "nih": ("regular", "scratch", ["nih"], 2.4),
+                 "imagenet_nih": ("regular", "imagenet", ["nih"], 1.2), "mixed_nih": ("mixed", "imagenet", ["nih"], 0.2)},
+    "densenet121": {"imagenet": ("regular", "imagenet", [], 1.0), "nih": ("regular", "scratch", ["nih"], 0.8),
+                    "imagenet_nih": ("regular", "imagenet", ["nih"], 2.0), "mixed_nih": ("mixed", "imagenet", ["nih"], 1.5)},
+}
+
+
+@dataclass
+class Expected:
+    """Per (backbone, recipe): the selected trial's metrics per fold, and the pooled predictions."""
+
+    selected: dict = field(default_factory=dict)  # (backbone, recipe) -> list of per-fold metric dicts
+    pooled: dict = field(default_factory=dict)  # (backbone, recipe) -> (truth, probs, patients)
+    truth: np.ndarray | None = None
+    patients: np.ndarray | None = None
+
+
+def _images(rng):
+    patients = np.repeat([f"p{i:03d}" for i in range(N_PATIENTS)], 2)
+    images = np.array([f"img{i:04d}" for i in range(len(patients))])
+    fold = np.repeat(np.arange(N_PATIENTS) % len(FOLDS), 2)
+    truth = (rng.random((len(images), len(LABELS))) < 0.35).astype(float)
+    truth[::7, 2] = np.nan  # some labels unknown (masked), as for CheXpert's uncertain ones
+    return images, patients, fold, truth
+
+
+def _trial(store, sweep, key, backbone, recipe, fold, val_auc, result, predictions, status="COMPLETE"):
+    store.trial_started(sweep, key, {"backbone": backbone, "recipe": recipe, "variant": "", "fold": fold,
+                                     "study": f"{backbone}/{recipe}/fold{fold}", "optuna_number": 0,
+                                     "params": {"lr": 10 ** -(2 + fold), "dropout": 0.1}})
+    for epoch in (1, 2, 3):
+        store.epoch_reported(sweep, key, {"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 1.1 / epoch,
+                                          "val_auc": val_auc - 0.1 / epoch, "best_epoch": epoch, "lr": 1e-3})
+    store.trial_finished(sweep, key, status, {"epoch": 3, "best_val_auc": val_auc, **result}, None, LABELS,
+                         predictions if status == "COMPLETE" else None)
+
+
+def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:
+    """2 backbones x 4 recipes x 3 folds x 2 trials, plus (if asked) a planned cell with no trial."""
+    rng = np.random.default_rng(seed)
+    store = ResultsStore(url)
+    sweep = store.start_sweep(name, "handmade", "name = 'handmade'", "test", FOLDS, 2)
+    images, patients, fold_of, truth = _images(rng)
+    planned = [{"backbone": b, "recipe": r, "variant": "", "strategy": s, "init": i, "sources": src,
+                "settings": {"loss": "batch_weighted_bce"}} for b, recipes in CELLS.items()
+               for r, (s, i, src, _) in recipes.items()]
+    if missing_cell:
+        planned.append({"backbone": "resnet50", "recipe": "co_trained", "variant": "", "strategy": "co_trained",
+                        "init": "scratch", "sources": ["chexpert", "nih"], "settings": {}})
+    store.register_cells(sweep, planned)
+    expected = Expected(truth=truth, patients=patients)
+    for backbone, recipes in CELLS.items():
+        for recipe, (_, _, _, signal) in recipes.items():
+            chosen, pooled_probs = [], np.full(truth.shape, np.nan)
+            for fold in FOLDS:
+                rows = fold_of == fold
+                candidates = []
+                for t in range(2):
+                    noise = rng.normal(size=(rows.sum(), len(LABELS)))
+                    probs = 1 / (1 + np.exp(-(signal * (np.nan_to_num(truth[rows]) - 0.5) + noise)))
+                    metrics = {"test_auc": rng.uniform(0.6, 0.9), "test_ap": rng.uniform(0.2, 0.5),
+                               "test_hamming": rng.uniform(0.1, 0.3), "outer_train_binary_acc": rng.uniform(0.7, 0.95),
+                               "outer_train_mae": rng.uniform(0.05, 0.3),
+                               "test_auc_per_class": list(rng.uniform(0.5, 0.9, len(LABELS))),
+                               "test_prevalence_per_class": list(np.nanmean(truth[rows], axis=0)),
+                               "thresholds": [0.3, 0.4, 0.5]}
+                    val_auc = rng.uniform(0.5, 0.9)
+                    preds = {"image_keys": list(images[rows]), "patient_keys": list(patients[rows]),
+                             "probs": probs, "labels": truth[rows]}
+                    _trial(store, sweep, f"{backbone}-{recipe}-{fold}-{t}", backbone, recipe, fold, val_auc,
+                           metrics, preds)
+                    candidates.append((val_auc, metrics, probs))
+                _, metrics, probs = max(candidates, key=lambda c: c[0])  # best on inner validation
+                chosen.append(metrics)
+                pooled_probs[rows] = probs
+            expected.selected[(backbone, recipe)] = chosen
+            expected.pooled[(backbone, recipe)] = pooled_probs
+    # an ERROR trial with the best validation AUC of all must never be selected
+    _trial(store, sweep, "err", "resnet50", "imagenet", 0, 0.999, {"test_auc": 0.999}, None, status="ERROR")
+    store.finish_sweep(sweep, "FINISHED")
+    store.engine.dispose()
+    return expected

@@ -1,0 +1,206 @@
+"""The comparison report, checked against numbers computed here from a hand-built DB (numpy and
+scikit-learn, not the results package), on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from results.load import load
+from results.render import to_html, to_latex, to_markdown, write
+from results.report import build, main
+from results.store import ResultsStore
+from results.tables import Analysis, combination_selection, source_selection
+from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep
+
+
+@pytest.fixture
+def handmade(engine_url):
+    return engine_url, build_sweep(engine_url)
+
+
+def _macro_auc(truth, probs):
+    scores = [roc_auc_score(truth[~np.isnan(truth[:, j]), j], probs[~np.isnan(truth[:, j]), j])
+              for j in range(truth.shape[1])]
+    return float(np.mean(scores))
+
+
+def test_cell_means_and_sds_equal_the_selected_trials_numbers(handmade):
+    url, expected = handmade
+    cells = Analysis(load(url, "handmade"), n_boot=0).cells.set_index(["backbone", "recipe"])
+    for (backbone, recipe), folds in expected.selected.items():
+        row = cells.loc[(backbone, recipe)]
+        for column, key in (("auc", "test_auc"), ("ap", "test_ap"), ("hamming", "test_hamming"),
+                            ("train_binary_acc", "outer_train_binary_acc"), ("train_mae", "outer_train_mae")):
+            values = np.array([f[key] for f in folds])
+            assert row[f"{column}_mean"] == pytest.approx(values.mean()), (backbone, recipe, column)
+            assert row[f"{column}_sd"] == pytest.approx(values.std(ddof=1)), (backbone, recipe, column)
+        assert row["folds_done"] == len(FOLDS)
+
+
+def test_pooled_auc_and_its_interval_come_from_the_selected_trials_predictions(handmade):
+    url, expected = handmade
+    cells = Analysis(load(url, "handmade"), n_boot=300).cells.set_index(["backbone", "recipe"])
+    for key, probs in expected.pooled.items():
+        row = cells.loc[key]
+        assert row["auc_pooled"] == pytest.approx(_macro_auc(expected.truth, probs))
+        assert row["auc_ci_low"] < row["auc_pooled"] < row["auc_ci_high"]
+
+
+def test_source_and_combination_tables_split_the_recipes_as_the_paper_does(handmade):
+    url, _ = handmade
+    analysis = Analysis(load(url, "handmade"), n_boot=0)
+    source = {t.key: t for t in source_selection(analysis)}
+    combination = {t.key: t for t in combination_selection(analysis)}
+    assert sorted(source) == ["source_selection_densenet121", "source_selection_resnet50"]
+    assert set(source["source_selection_resnet50"].display["Dataset"]) == {"ImageNet", "nih"}
+    table = combination["combination_selection_resnet50"].display
+    assert set(table["Method"]) == {"Regular transfer learning", "Mixed model", "Co-trained"}
+    assert "ImageNet + nih" in set(table["Dataset"])
+
+
+def test_rows_are_ranked_by_test_auc_with_a_paired_p_value_against_the_first(handmade):
+    url, expected = handmade
+    analysis = Analysis(load(url, "handmade"), n_boot=400)
+    table = next(t for t in source_selection(analysis) if t.key == "source_selection_resnet50").numbers
+    pooled = table["auc_pooled"].tolist()
+    assert pooled == sorted(pooled, reverse=True)
+    assert np.isnan(table["vs_best_p"].iloc[0]) and 0 < table["vs_best_p"].iloc[1] <= 1
+    # nih (signal 2.4) against imagenet (1.6) on the same images: the sign follows the pooled AUCs
+    pooled = {r: _macro_auc(expected.truth, expected.pooled[("resnet50", r)]) for r in ("nih", "imagenet")}
+    second = table.iloc[1]
+    first = table.iloc[0]
+    assert second["vs_best_diff"] == pytest.approx(pooled[second.recipe] - pooled[first.recipe], abs=1e-9)
+
+
+def test_a_much_weaker_cell_is_significantly_worse(handmade):
+    url, _ = handmade
+    analysis = Analysis(load(url, "handmade"), n_boot=500)
+    compared = analysis.compare(("resnet50", "mixed_nih", ""), ("resnet50", "nih", ""), "auc")
+    assert compared.difference < -0.2 and compared.p_value < 0.01
+
+
+def test_an_unfinished_sweep_marks_missing_cells_and_folds(handmade):
+    url, _ = handmade
+    built = build(url, "handmade", n_boot=0, figures=False)
+    text = to_markdown(built, figure_dir=None)
+    assert "resnet50/co_trained: 0/3" in text
+    combination = next(t for h, ts, _ in built.sections for t in ts if t.key == "combination_selection_resnet50")
+    row = combination.display[combination.display["Recipe"] == "co_trained"].iloc[0]
+    assert row["Folds"] == "0/3" and row["Test AUC; pooled [95% CI]"] == "missing"
+
+
+def test_the_conclusion_names_the_best_recipe_per_backbone(handmade):
+    url, expected = handmade
+    built = build(url, "handmade", n_boot=200, figures=False)
+    conclusion = next(t for h, ts, _ in built.sections for t in ts if t.key == "conclusion").display
+    for backbone in CELLS:
+        pooled = {r: _macro_auc(expected.truth, expected.pooled[(backbone, r)]) for r in CELLS[backbone]}
+        row = conclusion[conclusion["Backbone"] == backbone].iloc[0]
+        assert row["Best recipe"] == max(pooled, key=pooled.get)
+        assert row["Pooled test AUC [95% CI]"].startswith(f"{max(pooled.values()):.3f} [")
+        assert "p=" in row["Best - runner-up, AUC (p)"]
+
+
+def test_per_class_table_shows_prevalence_and_each_cells_auc(handmade):
+    url, expected = handmade
+    built = build(url, "handmade", n_boot=0, figures=False)
+    table = next(t for h, ts, _ in built.sections for t in ts if t.key == "per_class_resnet50").display
+    assert table["Class"].tolist() == sorted(LABELS)
+    folds = expected.selected[("resnet50", "nih")]
+    auc = np.mean([f["test_auc_per_class"][LABELS.index("Effusion")] for f in folds])
+    assert table.set_index("Class").loc["Effusion", "nih AUC"] == f"{auc:.3f}"
+
+
+def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url):
+    rng = np.random.default_rng(1)
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("losses", "seed003", "", "test", [0], 1)
+    store.register_cells(sweep, [{"backbone": "alexnet_style", "recipe": "scratch", "variant": f"loss={loss}",
+                                  "settings": {"loss": loss}} for loss in ("bce", "weighted_bce")])
+    truth = (rng.random((80, 2)) < 0.3).astype(float)
+    patients = [f"p{i // 2}" for i in range(80)]
+    for loss, probs in (("bce", np.full((80, 2), 0.1)), ("weighted_bce", np.where(truth == 1, 0.7, 0.4))):
+        key = f"t-{loss}"
+        store.trial_started(sweep, key, {"backbone": "alexnet_style", "recipe": "scratch", "variant": f"loss={loss}",
+                                         "fold": 0, "study": key, "optuna_number": 0, "params": {}})
+        said = probs > 0.5
+        result = {"epoch": 1, "best_val_auc": 0.7, "test_binary_acc": float((said == (truth == 1)).mean()),
+                  "test_fnr": float((~said & (truth == 1)).sum() / (truth == 1).sum()), "test_auc": 0.5,
+                  "test_exact_match": float((said == (truth == 1)).all(axis=1).mean())}
+        store.trial_finished(sweep, key, "COMPLETE", result, None, ["a", "b"],
+                             {"image_keys": [f"i{i}" for i in range(80)], "patient_keys": patients,
+                              "probs": probs, "labels": truth})
+    built = build(engine_url, "losses", n_boot=300, figures=False)
+    table = next(t for h, ts, _ in built.sections for t in ts if t.key == "loss_comparison").display
+    assert table["Loss"].tolist() == ["bce", "weighted_bce"]
+    assert table["False-negative rate"].iloc[0].startswith("100.00%")
+    assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -1.000 (p=")
+
+
+def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_path, capsys):
+    url, _ = handmade
+    out = tmp_path / "report"
+    assert main(["--db", url, "--sweep", "handmade", "--out", str(out), "--bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip("\n") == (out / "report.md").read_text().rstrip("\n")
+    assert "## Source data selection" in printed
+    for stem in ("source_selection_resnet50", "combination_selection_densenet121", "backbone_selection",
+                 "conclusion", "per_class_resnet50"):
+        assert (out / "tables" / f"{stem}.tex").read_text().startswith("\\begin{table}")
+        assert len(pd.read_csv(out / "tables" / f"{stem}.csv")) > 0
+    for stem in ("backbone_selection_auc", "backbone_selection_ap", "backbone_selection_hamming", "roc_pr_resnet50",
+                 "learning_curves_resnet50", "learning_rate_densenet121"):
+        assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_an_unknown_sweep_is_a_clear_error(handmade, capsys):
+    url, _ = handmade
+    assert main(["--db", url, "--sweep", "nope"]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+HOSTILE = "<script>alert('x')</script> & 50%_$#{}"
+
+
+def test_user_supplied_names_are_escaped_in_html_and_latex(engine_url):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("hostile", "x", "", "test", [0], 1)
+    store.register_cells(sweep, [{"backbone": "resnet18", "recipe": HOSTILE, "variant": "", "sources": [HOSTILE]}])
+    built = build(engine_url, "hostile", n_boot=0, figures=False)
+    page = to_html(built)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; 50%" in page
+    table = next(t for h, ts, _ in built.sections for t in ts if t.key == "source_selection_resnet18")
+    latex = to_latex(table)
+    assert r"50\%\_\$\#\{\}" in latex and "<script>" in latex  # LaTeX needs no HTML escaping
+    assert HOSTILE not in latex
+
+
+def test_html_page_renders_in_headless_chromium_with_its_tables_and_figures(handmade, tmp_path, render_html):
+    url, _ = handmade
+    out = tmp_path / "report"
+    written = write(build(url, "handmade", n_boot=100), out)
+    page = render_html(written["html"], tmp_path / "report.png")
+    assert page.title == "Sweep handmade: comparison report"
+    assert page.tables >= 8  # backbone, 2 source, 2 combination, conclusion, 2 per-class
+    assert page.images >= 10 and page.images_loaded == page.images
+    assert "Source data selection: resnet50" in page.text and "missing" in page.text
+
+
+def test_views_give_hand_written_sql_the_reported_numbers(handmade):
+    from results.query import run_query
+
+    url, expected = handmade
+    summary = run_query(url, "SELECT backbone, recipe, n_folds, mean FROM cell_summary "
+                             "WHERE sweep = 'handmade' AND split = 'test' AND metric = 'auc'")
+    for row in summary.itertuples():
+        assert row.n_folds == 3
+        assert row.mean == pytest.approx(np.mean([f["test_auc"] for f in expected.selected[(row.backbone, row.recipe)]]))
+    oof = run_query(url, "SELECT COUNT(DISTINCT image_key) AS n FROM oof_predictions "
+                         "WHERE backbone = 'resnet50' AND recipe = 'nih'")
+    assert oof.iloc[0, 0] == len(expected.truth)
+    params = run_query(url, "SELECT params FROM trial_summary WHERE sweep = 'handmade' LIMIT 1").iloc[0, 0]
+    assert "lr" in (json.loads(params) if isinstance(params, str) else params)
