@@ -16,8 +16,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sweeper.run
 
+# Real PostgreSQL and headless Chromium for the tests (tests/services/start.sh); the env file
+# tells the tests where they are. A missing service skips its tests, or fails them under
+# CXR_SWEEP_REQUIRE_SERVICES=1 (CI).
 test: $(STAMP)
-	$(PY) -m pytest
+	bash tests/services/start.sh
+	. ./.cxr-sweep/services/env && $(PY) -m pytest
 
 clean:
+	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port
 	rm -rf $(VENV) .cxr-sweep

@@ -46,3 +46,7 @@ def chexpert_prepared_dir(tmp_path_factory) -> Path:
     return build(raw, raw / "train.csv", tmp_path_factory.mktemp("chexpert_prepared"),
                  BuildParams(size=32, folds=3, seed=0, source=SourceOptions(kind="chexpert", policy="u_ignore")),
                  key=TEST_KEY, name="chexpert_phantom", log=lambda *_: None)
+
+
+# Real-service fixtures (PostgreSQL, headless Chromium): engine_url, render_html.
+from tests.services_fixtures import _postgres_admin, engine_url, render_html  # noqa: E402,F401

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Start what the test suite needs beyond Python: a throwaway PostgreSQL cluster and headless
+# Chromium. Idempotent and quick on a second run. Writes .cxr-sweep/services/env (export lines)
+# for the services that are up; a missing service is one warning line and exit 0, so the
+# tests for it skip (or fail when CXR_SWEEP_REQUIRE_SERVICES=1, as in CI).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DIR=$ROOT/.cxr-sweep/services            # gitignored (/.cxr-sweep)
+PGDATA=$DIR/pg
+ENV_FILE=$DIR/env
+mkdir -p "$DIR"
+trap 'echo "[services] ERROR: ${BASH_SOURCE[0]} line $LINENO: $BASH_COMMAND failed" >&2' ERR
+# Two `make test` at once must not race initdb/apt. The server must not inherit fd 9 (9>&-
+# below), or it would hold the lock for its whole life.
+exec 9>"$DIR/lock"; flock 9
+
+say() { echo "[services] $*"; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+# apt_install PKG...: only as root; `apt-get update` only when the install fails without it,
+# because the update alone costs tens of seconds.
+apt_install() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends)
+    "${apt[@]}" "$@" >>"$DIR/apt.log" 2>&1 && return 0
+    apt-get update -q >>"$DIR/apt.log" 2>&1 && "${apt[@]}" "$@" >>"$DIR/apt.log" 2>&1
+}
+why_not_installed() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then echo "apt-get failed: see $DIR/apt.log"
+    else echo "installing it needs root and apt-get"; fi
+}
+# One line per missing service; its tests then skip (fail under CXR_SWEEP_REQUIRE_SERVICES=1).
+missing() { say "WARNING: $1: $2 tests will be skipped"; }
+
+# bash's /dev/tcp connects only if something listens on the port.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Newest installed server (a client-only package has the bin dir but no initdb).
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 | xargs -r dirname || true; }
+
+start_postgres() {
+    local t0 bin
+    t0=$(now)
+    bin=$(pg_bindir)
+    if [ -z "$bin" ]; then
+        # The package would create and start the system's own "main" cluster; we never use it.
+        if [ "$(id -u)" = 0 ]; then
+            mkdir -p /etc/postgresql-common/createcluster.d
+            echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/cxr-sweep.conf
+        fi
+        apt_install postgresql || { missing "postgresql not installed ($(why_not_installed))" PostgreSQL; return 0; }
+        bin=$(pg_bindir)
+        say "postgresql installed with apt ($(secs "$t0"))"
+        t0=$(now)
+    fi
+    local version=${bin%/bin}; version=${version##*/}
+
+    # PostgreSQL refuses to run as root, so root runs it as the package's `postgres` user.
+    local as=()
+    if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); fi
+    # A cluster from another major version (after an upgrade) is useless: it is throwaway, re-create.
+    if [ -f "$PGDATA/PG_VERSION" ] && [ "$(cat "$PGDATA/PG_VERSION")" != "$version" ]; then
+        "${as[@]}" "$bin/pg_ctl" stop -D "$PGDATA" -m immediate >/dev/null 2>&1 || true
+        rm -rf "$(readlink -f "$PGDATA")" "$PGDATA"
+    fi
+    if [ ! -e "$PGDATA" ] && [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$DIR"; then
+        # postgres cannot reach into this checkout (e.g. under /root, mode 700): keep the data
+        # where it can, and a symlink to it at the usual place.
+        local real
+        real=/var/tmp/cxr-sweep-pg-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)
+        mkdir -p "$real" && ln -s "$real" "$PGDATA"
+    fi
+    mkdir -p "$PGDATA"
+    PGDATA=$(readlink -f "$PGDATA")   # the path postgres can reach
+    if [ "$(id -u)" = 0 ]; then chown -R postgres: "$PGDATA"; fi
+    chmod 700 "$PGDATA"
+    if ! "${as[@]}" test -w "$PGDATA"; then
+        missing "user ${as[2]:-$(id -un)} cannot write $PGDATA (a parent directory closed to it?)" PostgreSQL
+        return 0
+    fi
+
+    local port how
+    if "${as[@]}" "$bin/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1; then
+        port=$(sed -n 4p "$PGDATA/postmaster.pid")   # line 4 of the pid file is the port
+        if listening "$port"; then how="already running"; else
+            # Its pid is alive but it does not answer (crashed, not yet reaped): replace it.
+            "${as[@]}" "$bin/pg_ctl" stop -D "$PGDATA" -m immediate -t 10 >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ -z "${how:-}" ]; then
+        if [ ! -f "$PGDATA/PG_VERSION" ]; then
+            "${as[@]}" "$bin/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >"$DIR/initdb.log" 2>&1 \
+                || { missing "initdb failed (see $DIR/initdb.log)" PostgreSQL; return 0; }
+            # Test data is disposable: skip durability for speed. A unix socket path is limited
+            # to ~107 bytes, so only put the socket in the data dir when the path fits.
+            local sockdir=$PGDATA; [ ${#PGDATA} -lt 90 ] || sockdir=""
+            cat >>"$PGDATA/postgresql.conf" <<EOF
+# cxr-sweep test cluster (tests/services/start.sh)
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$sockdir'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 50
+EOF
+        fi
+        port=55432   # first free port from here up
+        while listening "$port"; do port=$((port + 1)); done
+        "${as[@]}" "$bin/pg_ctl" start -D "$PGDATA" -w -t 30 -o "-p $port" -l "$PGDATA/server.log" >/dev/null 9>&- \
+            || { missing "postgresql did not start (see $PGDATA/server.log)" PostgreSQL; return 0; }
+        how="started"
+    fi
+    port=$(sed -n 4p "$PGDATA/postmaster.pid")
+    echo "export CXR_SWEEP_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$port/postgres" >>"$ENV_FILE.tmp"
+    say "postgresql $version $how on 127.0.0.1:$port, data in ${PGDATA#"$ROOT"/} ($(secs "$t0"))"
+}
+
+find_chromium() { command -v chromium || command -v chromium-browser || true; }
+
+setup_chromium() {
+    local t0 exe
+    t0=$(now)
+    exe=$(find_chromium)
+    if [ -z "$exe" ]; then
+        # fonts-dejavu-core: chromium only *recommends* fonts; without one, text renders as nothing.
+        apt_install chromium fonts-dejavu-core || { missing "chromium not installed ($(why_not_installed))" browser; return 0; }
+        exe=$(find_chromium)
+        say "chromium installed with apt ($(secs "$t0"))"
+    fi
+    echo "export CXR_SWEEP_TEST_CHROMIUM=$exe" >>"$ENV_FILE.tmp"
+    say "$("$exe" --version 2>/dev/null | awk '{ print $1, $2; exit }') ready: $exe"
+}
+
+: >"$ENV_FILE.tmp"
+start_postgres
+setup_chromium
+mv "$ENV_FILE.tmp" "$ENV_FILE"
