@@ -36,9 +36,9 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
         lines.append("Missing (cell: folds done/planned): " + "; ".join(
             f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
             for r in missing.itertuples()))
-    lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation; [95% CI] from a "
-                 f"patient-clustered bootstrap ({analysis.n_boot} resamples) of the pooled out-of-fold test "
-                 "predictions; p-values from a paired bootstrap on the same test images.")
+    lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
+                 "of a cell's out-of-fold test predictions at once, with a 95% CI from a patient-clustered "
+                 f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images.")
     return lines
 
 
@@ -59,8 +59,15 @@ def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool 
 
 
 def report(url: str, sweep: str | None = None, n_boot: int = 200) -> str:
-    """The Markdown tables alone (what the sweep driver prints at its end)."""
+    """The Markdown tables alone."""
     return to_markdown(build(url, sweep, n_boot=n_boot, figures=False), figure_dir=None)
+
+
+def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000) -> tuple[str, dict[str, Path]]:
+    """Write the whole report under `out`; (its Markdown without figure links, the files written).
+    The sweep driver calls this at its end."""
+    built = build(url, sweep, n_boot=n_boot)
+    return to_markdown(built, figure_dir=None), write(built, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,10 +56,11 @@ def fmt(value: float, sd: float | None = None, percent: bool = False) -> str:
     return text
 
 
-def fmt_p(comparison) -> str:
+def fmt_p(comparison, percent: bool = False) -> str:
     if comparison is None or pd.isna(comparison.p_value):
         return ""
-    return f"{comparison.difference:+.3f} (p={comparison.p_value:.3g})"
+    diff = f"{comparison.difference * 100:+.2f} points" if percent else f"{comparison.difference:+.3f}"
+    return f"{diff} (p={comparison.p_value:.3g})"
 
 
 @dataclass
@@ -280,8 +281,9 @@ def loss_comparison(analysis: Analysis) -> list[Table]:
             for label, stem in {"Binary accuracy": "binary_acc", "Exact-match accuracy": "exact_match",
                                 "False-negative rate": "fnr", "Test AUC": "auc"}.items():
                 compared = analysis.compare(_key(row), reference, stem) if _key(row) != reference else None
+                versus = fmt_p(compared, stem in PERCENT)
                 texts[label] = fmt(row[f"{stem}_mean"], row[f"{stem}_sd"], stem in PERCENT) + (
-                    f"; vs {part.iloc[0]['loss']}: {fmt_p(compared)}" if fmt_p(compared) else "")
+                    f"; vs {part.iloc[0]['loss']}: {versus}" if versus else "")
             row_texts.append(texts)
         numbers.append(_numbers(part))
         display.append(pd.DataFrame(row_texts))

@@ -10,7 +10,7 @@ import ray
 from ray import tune
 
 from data_prep.dataset import PreparedDataset
-from results.report import report
+from results.report import write_report
 from results.store import ResultsStore
 from sweeper.callbacks import ResultsCallback
 from sweeper.datasets import ensure_datasets, locations
@@ -144,7 +144,10 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
-    print(report(options.db_url, options.name))
+    markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name)
+    print(markdown)
+    print(f"[sweeper] report: {written['html']} (and report.md, tables/, figures/ beside it); again with "
+          f"python -m results.report --db {options.db_url} --sweep {options.name} --out DIR")
     print(summary(counts, failed, stages, stage_errors, options.db_url))
     return 0 if not (failed or stage_errors) else 1
 

@@ -84,6 +84,9 @@ def test_report_lists_every_cell(tiny_sweep):
     printed = _cli("-m", "results.report", "--db", db, "--bootstrap", "50").stdout
     assert "### Source data selection: resnet18" in printed and "| 2/2 |" in printed
     assert "### Source data selection: resnet18" in proc.stdout  # the sweep printed it too
+    home, _, _ = tiny_sweep
+    page = (home / "reports" / "tiny-e2e" / "report.html").read_text()  # and wrote it whole
+    assert page.count("<table>") >= 3 and page.count("data:image/png;base64,") >= 4
 
 
 def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_recorded(tiny_sweep):
@@ -180,5 +183,8 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     failed = rows.loc[rows["status"] == "ERROR", "error"]
     assert all("ImageNet weights for resnet18 are not in the cache" in e for e in failed), failed.tolist()
     assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 4 failed" in proc.stdout
-    assert "| scratch (loss=bce) | 2 |" in proc.stdout and "| scratch (loss=weighted_bce) | 2 |" in proc.stdout
+    assert "| scratch | loss=bce | none (scratch) |" in proc.stdout  # the report, variant in its own column
+    assert "| imagenet | loss=weighted_bce | ImageNet | missing |" in proc.stdout
+    assert "resnet18/imagenet/loss=bce: 0/2" in proc.stdout  # listed as missing
+    assert "### Loss comparison" in proc.stdout
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"

@@ -138,7 +138,7 @@ def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url
     table = next(t for h, ts, _ in built.sections for t in ts if t.key == "loss_comparison").display
     assert table["Loss"].tolist() == ["bce", "weighted_bce"]
     assert table["False-negative rate"].iloc[0].startswith("100.00%")
-    assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -1.000 (p=")
+    assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -100.00 points (p=")
 
 
 def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_path, capsys):

@@ -1,0 +1,89 @@
+"""How long the results DB takes to write a paper-sized sweep's predictions, how big it gets, and how
+long the full report (bootstrap intervals, paired tests, figures) takes to build from it.
+
+`python bench/report_bench.py [--images 1924] [--labels 14] [--trials 8] [--n-boot 1000] [--db URL]`
+
+Paper size (seed 000): 2 backbones x 8 recipes x 5 outer folds x 8 trials on 1,924 target images
+with 14 labels. Predictions are synthetic (signal + noise); only sizes and timings matter here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from results.report import build
+from results.render import write
+from results.store import ResultsStore
+
+RECIPES = {"imagenet": ("regular", "imagenet", []), "chexpert": ("regular", "scratch", ["chexpert"]),
+           "nih": ("regular", "scratch", ["nih"]), "imagenet_chexpert": ("regular", "imagenet", ["chexpert"]),
+           "imagenet_nih": ("regular", "imagenet", ["nih"]), "mixed_chexpert": ("mixed", "imagenet", ["chexpert"]),
+           "mixed_nih": ("mixed", "imagenet", ["nih"]), "co_trained": ("co_trained", "scratch", ["chexpert", "nih"])}
+
+
+def fill(url: str, images: int, labels: int, trials: int, folds: int = 5, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    store = ResultsStore(url)
+    names = [f"label{j:02d}" for j in range(labels)]
+    sweep = store.start_sweep("bench", "paper", "", "bench", list(range(folds)), trials)
+    store.register_cells(sweep, [{"backbone": b, "recipe": r, "variant": "", "strategy": s, "init": i, "sources": src}
+                                 for b in ("resnet50", "densenet121") for r, (s, i, src) in RECIPES.items()])
+    patients = np.array([f"p{i // 3:05d}" for i in range(images)])
+    keys = np.array([f"img{i:06d}" for i in range(images)])
+    fold_of = (np.arange(images) // 3) % folds
+    truth = (rng.random((images, labels)) < 0.1).astype(float)
+    started, written = time.perf_counter(), 0
+    for b in ("resnet50", "densenet121"):
+        for r in RECIPES:
+            signal = rng.uniform(0.5, 2.0)
+            for fold in range(folds):
+                rows = fold_of == fold
+                for t in range(trials):
+                    key = f"{b}-{r}-{fold}-{t}"
+                    store.trial_started(sweep, key, {"backbone": b, "recipe": r, "fold": fold, "study": key,
+                                                     "optuna_number": t, "params": {"lr": 10 ** rng.uniform(-5, -3)}})
+                    for epoch in range(1, 11):
+                        store.epoch_reported(sweep, key, {"epoch": epoch, "val_auc": rng.uniform(0.6, 0.8),
+                                                          "val_loss": 1 / epoch, "train_loss": 1 / epoch})
+                    probs = 1 / (1 + np.exp(-(signal * (truth[rows] - 0.5) + rng.normal(size=(rows.sum(), labels)))))
+                    result = {"best_val_auc": rng.uniform(0.6, 0.8), "test_auc": rng.uniform(0.7, 0.85),
+                              "test_ap": rng.uniform(0.1, 0.3), "thresholds": [0.1] * labels,
+                              "test_auc_per_class": list(rng.uniform(0.6, 0.9, labels))}
+                    store.trial_finished(sweep, key, "COMPLETE", result, None, names,
+                                         {"image_keys": list(keys[rows]), "patient_keys": list(patients[rows]),
+                                          "probs": probs, "labels": truth[rows]})
+                    written += 1
+    return {"trials": written, "write_seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1924)
+    parser.add_argument("--labels", type=int, default=14)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--db", help="SQLAlchemy URL (default: a SQLite file in a temporary folder)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    url = args.db or f"sqlite:///{tmp / 'bench.db'}"
+    out = fill(url, args.images, args.labels, args.trials)
+    if url.startswith("sqlite:///"):
+        out["db_megabytes"] = Path(url[len("sqlite:///"):]).stat().st_size / 2**20
+    started = time.perf_counter()
+    built = build(url, "bench", n_boot=args.n_boot)
+    out["report_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write(built, tmp / "report")
+    out["write_report_seconds"] = time.perf_counter() - started
+    out.update(images=args.images, labels=args.labels, trials_per_study=args.trials, n_boot=args.n_boot,
+               html_megabytes=(tmp / "report" / "report.html").stat().st_size / 2**20)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
