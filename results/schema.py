@@ -115,8 +115,8 @@ class Prediction(Base):
     """A completed trial's probability for one test image and class (for curves and the bootstrap).
     Keys are data_prep's pseudonyms, never original identifiers (DESIGN.md decision 5)."""
 
-    __tablename__ = "test_predictions"
-    __table_args__ = (UniqueConstraint("trial_id", "image_key", "class_name"),)
+    __tablename__ = "test_predictions"  # replaced as a whole per trial (delete, insert): no unique index,
+    # which would double the size of the largest table (3.4 M rows for the paper's grid)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     image_key: Mapped[str] = mapped_column(String(64))
