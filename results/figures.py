@@ -114,8 +114,7 @@ def per_class_roc(analysis: Analysis) -> list[Figure]:
         ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
         ax.set_title(f"{key[0]} / {_cell_name(key[1], key[2])}", fontsize=9)
         ax.legend(fontsize=6)
-        stem = "_".join(k for k in key if k).replace("/", "-").replace("=", "-").replace(",", "_")
-        figures.append(Figure(f"roc_per_class_{stem}", f"Per-class ROC: {key[0]} / {_cell_name(key[1], key[2])}",
+        figures.append(Figure("roc_per_class_" + "_".join(k for k in key if k), f"Per-class ROC: {key[0]} / {_cell_name(key[1], key[2])}",
                               _png(fig)))
     return figures
 

@@ -7,6 +7,7 @@ escaping the characters that would break a table.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def to_markdown(report: Report, figure_dir: str | None = "figures") -> str:
             lines += [f"### {_md_cell(table.title)}", "", *markdown_table(table.display), ""]
             lines += [f"_{_md_cell(table.note)}_", ""] if table.note else []
         if figure_dir:
-            lines += [f"![{_md_cell(f.title)}]({figure_dir}/{f.key}.png)" for f in figures]
+            lines += [f"![{_md_cell(f.title)}]({figure_dir}/{file_stem(f.key)}.png)" for f in figures]
             lines += [""] if figures else []
     return "\n".join(lines)
 
@@ -53,7 +54,7 @@ def to_markdown(report: Report, figure_dir: str | None = "figures") -> str:
 def to_latex(table: Table) -> str:
     """A booktabs tabular with every header, cell and the caption escaped for LaTeX (pandas' escaping)."""
     styler = table.display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, caption=_escape_latex(table.title), label=f"tab:{table.key}")
+    return styler.to_latex(hrules=True, caption=_escape_latex(table.title), label=f"tab:{file_stem(table.key)}")
 
 
 _PAGE = """<!doctype html>
@@ -91,6 +92,12 @@ def to_html(report: Report) -> str:
     return template.render(report=report, encode=lambda png: base64.b64encode(png).decode("ascii"))
 
 
+def file_stem(key: str) -> str:
+    """A table's or figure's key as a file name: recipe and backbone names come from user files, so
+    anything but letters, digits, '.', '_' and '-' becomes '_' (no '/' or '..' leaves `out`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key).lstrip(".") or "_"
+
+
 def write(report: Report, out: Path) -> dict[str, Path]:
     """report.md, report.html, tables/*.csv and *.tex, figures/*.png under `out`; what was written."""
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -100,8 +107,8 @@ def write(report: Report, out: Path) -> dict[str, Path]:
     written["html"].write_text(to_html(report), encoding="utf-8")
     for _, tables, figures in report.sections:
         for table in tables:
-            table.numbers.to_csv(out / "tables" / f"{table.key}.csv", index=False)
-            (out / "tables" / f"{table.key}.tex").write_text(to_latex(table), encoding="utf-8")
+            table.numbers.to_csv(out / "tables" / f"{file_stem(table.key)}.csv", index=False)
+            (out / "tables" / f"{file_stem(table.key)}.tex").write_text(to_latex(table), encoding="utf-8")
         for figure in figures:
-            (out / "figures" / f"{figure.key}.png").write_bytes(figure.png)
+            (out / "figures" / f"{file_stem(figure.key)}.png").write_bytes(figure.png)
     return written

@@ -179,6 +179,16 @@ def test_user_supplied_names_are_escaped_in_html_and_latex(engine_url):
     assert HOSTILE not in latex
 
 
+def test_file_names_from_user_supplied_names_stay_inside_the_report_folder(engine_url, tmp_path):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("paths", "x", "", "test", [0], 1)
+    store.register_cells(sweep, [{"backbone": "../../escape", "recipe": "r", "variant": ""}])
+    written = write(build(engine_url, "paths", n_boot=0, figures=False), tmp_path / "out")
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "out") not in p.parents]
+    assert all(p.name.startswith("results.db") for p in outside), outside  # the SQLite DB only
+    assert (tmp_path / "out" / "tables" / "source_selection_.._.._escape.csv").is_file() and written
+
+
 def test_html_page_renders_in_headless_chromium_with_its_tables_and_figures(handmade, tmp_path, render_html):
     url, _ = handmade
     out = tmp_path / "report"
