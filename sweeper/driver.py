@@ -144,12 +144,23 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
-    markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name)
-    print(markdown)
-    print(f"[sweeper] report: {written['html']} (and report.md, tables/, figures/ beside it); again with "
-          f"python -m results.report --db {options.db_url} --sweep {options.name} --out DIR")
+    _print_report(options)
     print(summary(counts, failed, stages, stage_errors, options.db_url))
     return 0 if not (failed or stage_errors) else 1
+
+
+def _print_report(options: RunOptions) -> None:
+    """Print the report and write it under HOME/reports/NAME. The results are in the DB already, so a
+    failure here is reported and the run's summary and exit code still follow."""
+    again = f"python -m results.report --db {options.db_url} --sweep {options.name} --out DIR"
+    try:
+        markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name)
+    except Exception as exc:  # noqa: BLE001 - never lose the summary for the sake of the report
+        print(f"[sweeper] the report could not be made ({type(exc).__name__}: {exc}); the results are in the DB: "
+              f"{again}")
+        return
+    print(markdown)
+    print(f"[sweeper] report: {written['html']} (and report.md, tables/, figures/ beside it); again with {again}")
 
 
 def summary(counts: dict[str, int], failed: int, stages: dict, stage_errors: dict, db_url: str) -> str:

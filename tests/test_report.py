@@ -214,3 +214,17 @@ def test_views_give_hand_written_sql_the_reported_numbers(handmade):
     assert oof.iloc[0, 0] == len(expected.truth)
     params = run_query(url, "SELECT params FROM trial_summary WHERE sweep = 'handmade' LIMIT 1").iloc[0, 0]
     assert "lr" in (json.loads(params) if isinstance(params, str) else params)
+
+
+def test_the_sweep_driver_writes_the_report_and_survives_a_report_failure(tmp_path, capsys):
+    from sweeper.driver import RunOptions, _print_report
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    build_sweep(url, "s1")
+    _print_report(RunOptions(name="s1", db_url=url, home=tmp_path, storage=str(tmp_path)))
+    assert "### Conclusion: best recipe per backbone" in capsys.readouterr().out
+    assert (tmp_path / "reports" / "s1" / "report.html").is_file()
+    _print_report(RunOptions(name="nope", db_url=url, home=tmp_path, storage=str(tmp_path)))
+    printed = capsys.readouterr().out
+    assert "the report could not be made (QueryError: no sweep named 'nope'" in printed
+    assert f"python -m results.report --db {url} --sweep nope" in printed
