@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from results.tables import Analysis  # noqa: E402
+from results.analysis import Analysis  # noqa: E402
 
 
 @dataclass

@@ -16,7 +16,8 @@ from results.load import SweepData, load
 from results.query import DEFAULT_DB, QueryError
 from results.render import Report, to_markdown, write
 from results.store import StoreError
-from results.tables import Analysis, all_tables
+from results.analysis import Analysis
+from results.tables import all_tables
 
 # Sections whose figures sit with the tables of the same heading; the rest follow.
 FIGURE_SECTIONS = {"Backbone model selection"}

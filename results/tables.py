@@ -1,29 +1,19 @@
 """The papers' comparison tables, computed from a loaded sweep.
 
-Each (cell, fold) contributes its selected trial (best on inner validation). A table row shows
-mean +/- sd over those folds; the 95% interval is a patient-clustered bootstrap of the cell's
-pooled out-of-fold test predictions; where a table ranks rows, each row below the first gets
-the paired bootstrap difference to the first on the same test images, with its p-value.
+A row shows mean +/- sd over the folds of the cell's selected trials and, for AUC and AP, the
+pooled value with its bootstrap interval (results.analysis); where a table ranks rows, each row
+below the first gets the paired bootstrap difference to the first, with its p-value.
 Every table has raw numbers (for CSV) and display strings (for Markdown, HTML and LaTeX).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from results import stats
-from results.load import CELL, SweepData
-
-# The split and metric behind each column; thresholds as trainables.metrics applies them: 0.5 for binary
-# accuracy, exact match and the false-negative rate (seed 003), the fitted ones for Hamming loss (seed 000).
-COLUMNS = {"train_binary_acc": ("outer_train", "binary_acc"), "train_mae": ("outer_train", "mae"),
-           "ap": ("test", "ap"), "auc": ("test", "auc"), "hamming": ("test", "hamming"),
-           "binary_acc": ("test", "binary_acc"), "exact_match": ("test", "exact_match"), "fnr": ("test", "fnr")}
-HALF = {"binary_acc", "exact_match", "fnr"}
-PERCENT = {"train_binary_acc", "binary_acc", "exact_match", "fnr"}
+from results.analysis import PERCENT, Analysis, fmt, fmt_p
+from results.load import CELL
 
 
 @dataclass
@@ -33,111 +23,6 @@ class Table:
     numbers: pd.DataFrame
     display: pd.DataFrame
     note: str = ""
-
-
-def dataset_label(init: str, strategy: str, sources: list[str]) -> str:
-    """The paper's "Dataset" column: where the weights come from."""
-    parts = (["ImageNet"] if init == "imagenet" else []) + list(sources)
-    return " + ".join(parts) if parts else "none (scratch)"
-
-
-def method_label(strategy: str) -> str:
-    return {"regular": "Regular transfer learning", "mixed": "Mixed model", "co_trained": "Co-trained"}.get(
-        strategy, strategy)
-
-
-def fmt(value: float, sd: float | None = None, percent: bool = False) -> str:
-    if value is None or pd.isna(value):
-        return "missing"
-    scale, unit = (100.0, "%") if percent else (1.0, "")
-    text = f"{value * scale:.2f}{unit}" if percent else f"{value:.3f}"
-    if sd is not None and not pd.isna(sd):
-        text += f" +/- {sd * scale:.2f}{unit}" if percent else f" +/- {sd:.3f}"
-    return text
-
-
-def fmt_p(comparison, percent: bool = False) -> str:
-    if comparison is None or pd.isna(comparison.p_value):
-        return ""
-    diff = f"{comparison.difference * 100:+.2f} points" if percent else f"{comparison.difference:+.3f}"
-    return f"{diff} (p={comparison.p_value:.3g})"
-
-
-@dataclass
-class Analysis:
-    """A sweep with its per-cell statistics, computed once and shared by every table."""
-
-    data: SweepData
-    n_boot: int = 1000
-    seed: int = 0
-    _pairs: dict = field(default_factory=dict)
-
-    @cached_property
-    def pooled(self) -> dict[tuple, dict | None]:
-        return {key: self.data.pooled(key) for key in self.data.cell_keys()}
-
-    def _thresholds(self, metric: str, pooled: dict) -> np.ndarray | None:
-        if metric in HALF:
-            return np.full_like(pooled["probs"], 0.5)
-        return pooled["thresholds"] if metric == "hamming" else None
-
-    def interval(self, key: tuple, metric: str):
-        pooled = self.pooled[key]
-        if pooled is None or self.n_boot <= 0:
-            return None
-        return stats.cluster_bootstrap(metric, pooled["truth"], pooled["probs"], pooled["patients"],
-                                       self._thresholds(metric, pooled), n_boot=self.n_boot, seed=self.seed)
-
-    def compare(self, a: tuple, b: tuple, metric: str):
-        """Paired bootstrap of a - b on the test images and classes both cells were evaluated on."""
-        if (a, b, metric) not in self._pairs:
-            self._pairs[(a, b, metric)] = self._paired(a, b, metric)
-        return self._pairs[(a, b, metric)]
-
-    def _paired(self, a: tuple, b: tuple, metric: str):
-        pa, pb = self.pooled[a], self.pooled[b]
-        if pa is None or pb is None or self.n_boot <= 0:
-            return None
-        images = np.intersect1d(pa["image_keys"], pb["image_keys"])
-        classes = [c for c in pa["classes"] if c in pb["classes"]]
-        if not len(images) or not classes:
-            return None
-        ia, ib = (np.searchsorted(p["image_keys"], images) for p in (pa, pb))
-        ca, cb = ([p["classes"].index(c) for c in classes] for p in (pa, pb))
-        take = lambda p, i, c, arr: None if arr is None else arr[np.ix_(i, c)]  # noqa: E731
-        ta, tb = self._thresholds(metric, pa), self._thresholds(metric, pb)
-        return stats.paired_bootstrap(metric, pa["truth"][np.ix_(ia, ca)], pa["probs"][np.ix_(ia, ca)],
-                                      pb["probs"][np.ix_(ib, cb)], pa["patients"][ia],
-                                      take(pa, ia, ca, ta), take(pb, ib, cb, tb), n_boot=self.n_boot, seed=self.seed)
-
-    @cached_property
-    def cells(self) -> pd.DataFrame:
-        """One row per planned cell: labels, folds done, mean and sd per column, pooled intervals."""
-        d = self.data
-        rows = []
-        for cell in d.cells.itertuples(index=False):
-            key = (cell.backbone, cell.recipe, cell.variant)
-            row = {"backbone": cell.backbone, "recipe": cell.recipe, "variant": cell.variant,
-                   "strategy": cell.strategy, "method": method_label(cell.strategy),
-                   "dataset": dataset_label(cell.init, cell.strategy, cell.sources),
-                   "loss": cell.settings.get("loss", ""), "folds_done": 0, "folds_planned": len(d.folds)}
-            for column, (split, metric) in COLUMNS.items():
-                part = d.macro(split, metric)
-                values = part[(part.backbone == key[0]) & (part.recipe == key[1]) & (part.variant == key[2])]
-                values = values["value"].dropna()
-                row[f"{column}_mean"] = values.mean() if len(values) else np.nan
-                row[f"{column}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
-                if column in ("auc", "ap"):
-                    row["folds_done"] = max(row["folds_done"], len(values))
-            pooled = self.pooled[key]
-            for metric in ("auc", "ap"):
-                interval = self.interval(key, metric)
-                row[f"{metric}_pooled"] = (stats.point_estimate(metric, pooled["truth"], pooled["probs"])
-                                           if pooled is not None else np.nan)
-                row[f"{metric}_ci_low"] = interval.low if interval else np.nan
-                row[f"{metric}_ci_high"] = interval.high if interval else np.nan
-            rows.append(row)
-        return pd.DataFrame(rows)
 
 
 def _key(row) -> tuple:

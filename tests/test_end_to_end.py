@@ -12,7 +12,7 @@ import pytest
 
 from results.query import run_query
 from results.load import load
-from results.tables import Analysis
+from results.analysis import Analysis
 from tests.conftest import REPO, TEST_KEY
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from results.load import load
 from results.render import to_html, to_latex, to_markdown, write
 from results.report import build, main
 from results.store import ResultsStore
-from results.tables import Analysis, combination_selection, source_selection
+from results.analysis import Analysis
+from results.tables import combination_selection, source_selection
 from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep
 
 
