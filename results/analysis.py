@@ -46,11 +46,19 @@ def fmt(value: float, sd: float | None = None, percent: bool = False) -> str:
     return text
 
 
+def p_text(comparison) -> str:
+    """'p=0.0123', or 'p<=0.002' where no resample crossed zero: the smallest p the resamples can show."""
+    if comparison is None or pd.isna(comparison.p_value):
+        return ""
+    floor = 2.0 / (comparison.n_valid + 1)
+    return f"p<={floor:.2g}" if comparison.p_value <= floor * (1 + 1e-9) else f"p={comparison.p_value:.3g}"
+
+
 def fmt_p(comparison, percent: bool = False) -> str:
     if comparison is None or pd.isna(comparison.p_value):
         return ""
     diff = f"{comparison.difference * 100:+.2f} points" if percent else f"{comparison.difference:+.3f}"
-    return f"{diff} (p={comparison.p_value:.3g})"
+    return f"{diff} ({p_text(comparison)})"
 
 
 @dataclass

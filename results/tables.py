@@ -42,12 +42,11 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     part = part.assign(_rank=part[f"{by}_pooled"].fillna(part[f"{by}_mean"] - 10.0))
     part = part.sort_values(["_rank", "recipe"], ascending=[False, True], na_position="last").drop(columns="_rank")
     best = _key(part.iloc[0]) if len(part) else None
-    diffs, ps = [], []
-    for i, (_, row) in enumerate(part.iterrows()):
-        c = analysis.compare(_key(row), best, by) if i and best else None
-        diffs.append(c.difference if c else np.nan)
-        ps.append(c.p_value if c else np.nan)
-    part["vs_best_diff"], part["vs_best_p"] = diffs, ps
+    compared = [analysis.compare(_key(row), best, by) if i and best else None
+                for i, (_, row) in enumerate(part.iterrows())]
+    part["vs_best_diff"] = [c.difference if c else np.nan for c in compared]
+    part["vs_best_p"] = [c.p_value if c else np.nan for c in compared]
+    part["vs_best_text"] = [fmt_p(c) for c in compared]
     return part
 
 
@@ -65,8 +64,7 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
         else:
             out[label] = [str(v) for v in part[stem]]
     out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
-    out[f"vs first: pooled {by.upper()} diff (p)"] = [
-        "" if pd.isna(r.vs_best_diff) else f"{r.vs_best_diff:+.3f} (p={r.vs_best_p:.3g})" for r in part.itertuples()]
+    out[f"vs first: pooled {by.upper()} diff (p)"] = part["vs_best_text"].tolist()
     if "Variant" in out and not any(out["Variant"]):
         del out["Variant"]  # a backbone x recipe grid has no further axes
     return pd.DataFrame(out)
@@ -139,7 +137,7 @@ def conclusion(analysis: Analysis) -> list[Table]:
                      f"{best['auc_pooled']:.3f} [{best['auc_ci_low']:.3f}, {best['auc_ci_high']:.3f}]",
                      "Runner-up": _name(runner) if runner is not None else "",
                      "Best - runner-up, AUC (p)": "" if runner is None or pd.isna(runner["vs_best_diff"])
-                     else f"{-runner['vs_best_diff']:+.3f} (p={runner['vs_best_p']:.3g})"})
+                     else f"{-runner['vs_best_diff']:+.3f} ({runner['vs_best_text'].split('(')[-1]}"})
         numbers.append(_numbers(part.iloc[:2]))
     if not rows:
         return []
