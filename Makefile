@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test chaos install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/services/start.sh
 	. ./.cxr-sweep/services/env && $(PY) -m pytest
+
+# The fault-injection tests at a larger scale: more writer kills, a worker killed after every epoch.
+chaos: $(STAMP)
+	bash tests/services/start.sh
+	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest tests/test_faults.py -v
 
 clean:
 	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from results.schema import (MACRO, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, LearningCurve, Prediction,
                             PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
@@ -139,6 +140,21 @@ class ResultsStore:
         except OperationalError as exc:
             raise StoreError(f"DB {url} cannot be opened for writing: {exc.orig}") from exc
 
+    @contextmanager
+    def _transaction(self):
+        """One write transaction; a failure rolls all of it back and becomes a StoreError that says what to
+        do. A full disk (or quota) is the likely one on a long sweep: what was committed stays, and the
+        sweep continues with --resume once there is space."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            message = str(exc.orig).strip()
+            if "full" in message.lower() or "no space" in message.lower() or "quota" in message.lower():
+                raise StoreError(f"DB {self.url} is full ({message}); nothing committed is lost: free space "
+                                 f"(or raise the quota), then continue with python -m sweeper.run --resume") from exc
+            raise StoreError(f"DB {self.url}: write failed ({message})") from exc
+
     def _create(self) -> None:
         with self.engine.begin() as conn:
             if inspect(conn).has_table("schema_meta"):
@@ -159,7 +175,7 @@ class ResultsStore:
     def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str, folds=(),
                     trials_per_study: int = 0) -> int:
         """Create the sweep row, or mark an existing one (a resume) as running again."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             upsert(conn, Sweep.__table__, [{"name": name, "spec_name": spec_name, "spec_text": spec_text,
                                             "code_version": code_version, "status": "RUNNING",
                                             "folds": [int(f) for f in folds], "trials_per_study": trials_per_study,
@@ -169,19 +185,19 @@ class ResultsStore:
 
     def register_cells(self, sweep_id: int, cells: list[dict]) -> None:
         """The planned cells: backbone, recipe, variant, strategy, init, sources, settings, pretrain_artefact."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             upsert(conn, Cell.__table__, [{"sweep_id": sweep_id, **c} for c in cells],
                    ["sweep_id", "backbone", "recipe", "variant"])
 
     def record_artefacts(self, sweep_id: int, artefacts: list[dict]) -> None:
         """Pretraining stages: name, backbone, strategy, init, epochs, lr, status, error, size_bytes."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             upsert(conn, PretrainArtefact.__table__,
                    [{"sweep_id": sweep_id, "error": None, "size_bytes": None, **a, "updated_at": _now()}
                     for a in artefacts], ["sweep_id", "name"])
 
     def finish_sweep(self, sweep_id: int, status: str) -> None:
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             conn.execute(Sweep.__table__.update().where(Sweep.id == sweep_id)
                          .values(status=status, finished_at=_now()))
 
@@ -196,7 +212,7 @@ class ResultsStore:
         """Delete the sweep's trials still RUNNING (and their curves) once every Ray trial has ended: they
         were started after the last experiment snapshot of a killed driver, so Ray never resumes them
         and their work is redone as other trials. Returns how many."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             doomed = select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.status == "RUNNING")
             return conn.execute(Trial.__table__.delete().where(Trial.id.in_(doomed))).rowcount
 
@@ -212,7 +228,7 @@ class ResultsStore:
 
     def trial_started(self, sweep_id: int, trial_key: str, info: dict) -> None:
         """`info`: backbone, recipe, variant, fold, study, optuna_number, params."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             row = {k: v for k, v in info.items() if k not in ("backbone", "recipe", "variant")}
             upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **row,
                                             "cell_id": self._cell_id(conn, sweep_id, info),
@@ -220,7 +236,7 @@ class ResultsStore:
                    ["sweep_id", "trial_key"])
 
     def epoch_reported(self, sweep_id: int, trial_key: str, result: dict) -> None:
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             row = {"trial_id": trial_id, "epoch": int(result["epoch"]), "seconds": _finite(result.get("epoch_seconds")),
                    **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap", "lr")}}
@@ -233,7 +249,7 @@ class ResultsStore:
         """Final status, plus val/test metrics at the best epoch from the last result, and the per-image
         test predictions (`image_keys`, `patient_keys`, `probs` and `labels` as n x classes arrays)."""
         rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(status=status, error=error, finished_at=_now()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import ray
@@ -47,11 +48,28 @@ def _reporter(checkpoint_every: int):
     return report
 
 
+def load_state(directory: Path) -> dict | None:
+    """The training state saved in a checkpoint directory, or None, with a warning, when it cannot be
+    read (truncated by a full disk or a killed upload, or not a checkpoint of ours): the trial then
+    starts again from scratch, which gives the same result as it is seeded. Tensors only
+    (`weights_only=True`): a checkpoint cannot run code."""
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError("it holds no training state")
+        return state
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means the same: start again
+        warnings.warn(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                      f"the trial starts again from scratch", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def tune_fit(config: dict) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
+            state = load_state(Path(directory))
     fit(fit_config(config), report=_reporter(int(config.get("checkpoint_every", 1))), state=state)

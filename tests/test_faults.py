@@ -1,0 +1,237 @@
+"""Faults a long sweep meets, injected for real: a writer killed inside its transaction, a full DB,
+an unreadable checkpoint, a diverging trial, a trial's worker process killed mid-epoch.
+
+`make chaos` runs the same tests with more repetitions (CXR_SWEEP_CHAOS_SCALE).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import event
+
+from results.query import run_query
+from results.store import ResultsStore, StoreError
+from tests.conftest import REPO
+from trainables.engine import NonFiniteLoss
+from trainables.fit import FitConfig, fit
+from trainables.tune_adapter import STATE_FILE, load_state
+
+SCALE = int(os.environ.get("CXR_SWEEP_CHAOS_SCALE", "1"))
+LABELS = [f"label{j}" for j in range(14)]
+IMAGES = 3000  # 42,000 prediction rows: the finishing transaction takes a good part of a second
+
+WRITER = f"""
+import sys, numpy as np
+from results.store import ResultsStore
+labels = {LABELS!r}
+store = ResultsStore(sys.argv[1])
+sweep = store.start_sweep("chaos", "x", "", "test", [0], 1)
+start = int(sys.argv[2])
+rng = np.random.default_rng(start)
+for i in range(start, start + 1000):
+    key = f"t{{i}}"
+    store.trial_started(sweep, key, {{"backbone": "resnet18", "recipe": "r", "fold": 0, "study": key,
+                                      "optuna_number": i, "params": {{}}}})
+    store.epoch_reported(sweep, key, {{"epoch": 1, "val_auc": 0.7}})
+    probs = rng.random(({IMAGES}, len(labels)))
+    print(f"finishing {{i}}", flush=True)
+    store.trial_finished(sweep, key, "COMPLETE", {{"best_val_auc": 0.7, "test_auc": 0.8}}, None, labels,
+                         {{"image_keys": [f"i{{n}}" for n in range({IMAGES})], "patient_keys": ["p"] * {IMAGES},
+                           "probs": probs, "labels": (probs > 0.5).astype(float)}})
+    print(f"finished {{i}}", flush=True)
+"""
+
+
+def _kill_writer_inside_its_transaction(url: str, start: int, rng: random.Random) -> tuple[int, str]:
+    """Start a writer, wait until it is inside a trial's finishing transaction, SIGKILL it; (trial, last line)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, url, str(start)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    line = ""
+    while not line.startswith("finishing"):
+        line = proc.stdout.readline().strip()
+        assert line or proc.poll() is None, "the writer died on its own"
+    time.sleep(rng.uniform(0.0, 0.15))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return int(line.split()[1]), line
+
+
+def test_a_writer_killed_inside_its_transaction_leaves_no_half_written_trial(tmp_path):
+    url, path = f"sqlite:///{tmp_path}/r.db", tmp_path / "r.db"
+    rng = random.Random(0)
+    kills, torn = 10 * SCALE, 0
+    for _ in range(kills):
+        start = int(run_query(url, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0]) if path.exists() else 0
+        trial, _ = _kill_writer_inside_its_transaction(url, start, rng)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = run_query(url, f"""SELECT t.status, (SELECT COUNT(*) FROM test_predictions p WHERE p.trial_id = t.id) n,
+                                  (SELECT COUNT(*) FROM trial_metrics m WHERE m.trial_id = t.id) m
+                                  FROM sweep_trials t WHERE t.trial_key = 't{trial}'""")
+        status, predictions, metrics = rows.iloc[0].tolist()
+        # all of the trial's finishing transaction or none of it
+        assert (status, predictions, metrics) in {("COMPLETE", IMAGES * len(LABELS), 2), ("RUNNING", 0, 0)}
+        torn += status == "RUNNING"
+    totals = run_query(url, "SELECT status, COUNT(*) AS n FROM sweep_trials GROUP BY status")
+    complete = run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0]
+    assert complete == IMAGES * len(LABELS) * int(totals.set_index("status")["n"].get("COMPLETE", 0))
+    assert torn >= kills // 2  # most kills landed inside the transaction (the test is not vacuous)
+    print(f"[chaos] {kills} writer kills: {torn} inside the finishing transaction, integrity ok every time")
+
+
+def _cap_pages(store: ResultsStore, pages: int):
+    """Give every new connection of the store a page limit: SQLite's way to make a disk 'full'."""
+    store.engine.dispose()
+
+    def cap(dbapi_connection, _record):
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    event.listen(store.engine, "connect", cap)
+    return cap
+
+
+def test_a_full_db_is_a_clear_error_loses_nothing_and_writing_resumes_after_space_is_freed(tmp_path):
+    url, path = f"sqlite:///{tmp_path}/r.db", tmp_path / "r.db"
+    store = ResultsStore(url)
+    sweep = store.start_sweep("full", "x", "", "test", [0], 1)
+    with sqlite3.connect(path) as conn:
+        used = conn.execute("PRAGMA page_count").fetchone()[0]
+    cap = _cap_pages(store, used + 60)  # room for a few trials of 300 images x 14 labels
+    probs = np.random.default_rng(0).random((300, len(LABELS)))
+    predictions = {"image_keys": [f"i{n}" for n in range(300)], "patient_keys": ["p"] * 300, "probs": probs,
+                   "labels": (probs > 0.5).astype(float)}
+    written = 0
+    with pytest.raises(StoreError, match=r"is full .*nothing committed is lost.*--resume"):
+        for i in range(100):
+            store.trial_started(sweep, f"t{i}", {"backbone": "b", "recipe": "r", "fold": 0, "study": "s",
+                                                 "optuna_number": i, "params": {}})
+            store.trial_finished(sweep, f"t{i}", "COMPLETE", {"best_val_auc": 0.5}, None, LABELS, predictions)
+            written += 1
+    assert 0 < written < 100
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    counts = run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0]
+    assert counts == written * 300 * len(LABELS)  # every committed trial whole, the failed one not at all
+    event.remove(store.engine, "connect", cap)  # space freed
+    store.engine.dispose()
+    failed = f"t{written}" if run_query(url, f"SELECT COUNT(*) FROM sweep_trials WHERE trial_key = 't{written}'"
+                                        ).iloc[0, 0] else None
+    if failed is None:  # the disk filled while the trial was being started
+        store.trial_started(sweep, f"t{written}", {"backbone": "b", "recipe": "r", "fold": 0, "study": "s",
+                                                   "optuna_number": written, "params": {}})
+    store.trial_finished(sweep, f"t{written}", "COMPLETE", {"best_val_auc": 0.5}, None, LABELS, predictions)
+    assert run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0] == (written + 1) * 300 * len(LABELS)
+
+
+def _fit_config(prepared_dir, **overrides) -> FitConfig:
+    settings = dict(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=2, batch_size=8,
+                    lr=1e-3, threads=1)
+    return FitConfig(**{**settings, **overrides})
+
+
+def _reports(cfg, state=None):
+    reports = []
+    fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None, state=state)
+    return reports
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_a_state"])
+def test_an_unreadable_checkpoint_restarts_the_trial_from_scratch_with_a_warning(prepared_dir, tmp_path, damage):
+    cfg = _fit_config(prepared_dir)
+    uninterrupted = _reports(cfg)
+    torch.save(uninterrupted[0][1], tmp_path / STATE_FILE)
+    whole = (tmp_path / STATE_FILE).read_bytes()
+    broken = {"truncated": whole[: len(whole) // 2], "garbage": os.urandom(4096), "empty": b""}.get(damage)
+    if damage == "not_a_state":
+        torch.save({"weights": torch.zeros(3)}, tmp_path / STATE_FILE)
+    else:
+        (tmp_path / STATE_FILE).write_bytes(broken)
+    with pytest.warns(RuntimeWarning, match=f"checkpoint {tmp_path / STATE_FILE} cannot be read.*from scratch"):
+        state = load_state(tmp_path)
+    assert state is None
+    again = _reports(cfg, state=state)
+    assert [m["epoch"] for m, _ in again] == [1, 2]  # from scratch, and seeded: the same result
+    assert again[-1][0]["test_auc"] == uninterrupted[-1][0]["test_auc"]
+
+
+def test_a_good_checkpoint_still_loads(prepared_dir, tmp_path):
+    reports = _reports(_fit_config(prepared_dir, epochs=1))
+    torch.save(reports[0][1], tmp_path / STATE_FILE)
+    assert load_state(tmp_path)["epoch"] == 1
+
+
+def test_a_diverging_trial_stops_with_the_reason(prepared_dir):
+    with pytest.raises(NonFiniteLoss, match="training loss is nan in this epoch; lower the learning rate"):
+        _reports(_fit_config(prepared_dir, lr=1e30, bn_recalibration=0))
+
+
+def _complete_rows(text: str) -> list[dict]:
+    """The JSON lines Ray has finished writing (the last one may be half-written while we read)."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [2] if SCALE == 1 else [1, 2, 3, 4, 5])
+def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path, kill_after):
+    import ray
+    from ray import tune
+
+    from trainables.tune_adapter import tune_fit
+
+    cfg = _fit_config(prepared_dir, epochs=6)
+    uninterrupted = _reports(cfg)[-1][0]
+    config = {**{k: v for k, v in cfg.__dict__.items()}, "checkpoint_every": 1}
+    storage = tmp_path / "ray"
+    killed: list[int] = []
+
+    def kill_after_epoch(epoch: int):
+        """Watch the trial's results; once `epoch` (or a later one, but not the last) is reported, SIGKILL
+        the process training it: it is then inside the next epoch (an epoch here takes about 0.5 s)."""
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for result in storage.glob("kill/*/result.json"):
+                rows = _complete_rows(result.read_text())
+                if rows and epoch <= rows[-1].get("epoch", 0) < cfg.epochs:
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)  # while it trains the next epoch
+                    killed.append(rows[-1]["pid"])
+                    return
+            time.sleep(0.05)
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        watcher = threading.Thread(target=kill_after_epoch, args=(kill_after,), daemon=True)
+        watcher.start()
+        tuner = tune.Tuner(tune.with_resources(tune_fit, {"cpu": 1}), param_space=config,
+                           run_config=tune.RunConfig(name="kill", storage_path=str(storage), verbose=0,
+                                                     failure_config=tune.FailureConfig(max_failures=2)))
+        grid = tuner.fit()
+        watcher.join(timeout=5)
+    finally:
+        ray.shutdown()
+    assert killed, "the trial's worker was never killed"
+    final = grid[0]
+    assert final.error is None
+    assert final.metrics["pid"] != killed[0]  # a new worker finished it
+    for key in ("epoch", "val_auc", "test_auc", "test_ap", "outer_train_mae", "train_loss"):
+        assert final.metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
+    epochs = [json.loads(line)["epoch"] for line in next(storage.glob("kill/*/result.json")).read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # resumed after the last checkpoint: no epoch lost or recorded twice
