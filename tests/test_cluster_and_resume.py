@@ -134,3 +134,49 @@ def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_pa
         for trial in trials:
             assert trial.state.name == mine.get(trial.number, "FAIL"), (study, trial.number)
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED"
+
+
+def _running_on(storage: Path, node_id: str, last_epoch: int) -> bool:
+    """Has a trial reported from `node_id` and not yet reached its last epoch?"""
+    for result in storage.glob("*/result.json"):
+        rows = []
+        for line in result.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # being written
+                break
+        if rows and rows[-1].get("node_id") == node_id and rows[-1].get("epoch", 0) < last_epoch:
+            return True
+    return False
+
+
+def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    spec = tmp_path / "cluster.toml"
+    spec.write_text(CLUSTER_SPEC.replace("epochs = 2", "epochs = 6").replace("checkpoint_every = 2",
+                                                                             "checkpoint_every = 1"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    storage, doomed = tmp_path / "home" / "ray" / "gone", workers[0]
+    try:
+        driver = subprocess.Popen(_sweep_args(str(spec), tmp_path / "home", "gone", "--address", cluster.address),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                  env=_env(tmp_path))
+        deadline = time.monotonic() + 300
+        while not _running_on(storage, doomed.node_id, last_epoch=6):
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial ran on the node to remove"
+            time.sleep(0.05)
+        cluster.remove_node(doomed)  # the machine is gone, with the trial it was training
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        cluster.shutdown()
+    assert driver.returncode == 0, output[-3000:]
+    db = f"sqlite:///{tmp_path}/home/results.db"
+    rows = run_query(db, "SELECT trial_key, study, optuna_number, status FROM sweep_trials")
+    assert len(rows) == 2 * 2 and rows["trial_key"].is_unique and set(rows["status"]) <= {"COMPLETE", "PRUNED"}
+    nodes = _reported_nodes(storage)
+    moved = [trial for trial, seen in nodes.items() if seen == {doomed.node_id, workers[1].node_id}]
+    assert moved, nodes  # a trial began on the removed node and finished on the other
+    print(f"[chaos] node removed mid-sweep: {len(moved)} trial(s) rescheduled, {len(rows)} recorded once each")

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from sqlalchemy import event
@@ -178,17 +178,6 @@ def test_a_diverging_trial_stops_with_the_reason(prepared_dir):
         _reports(_fit_config(prepared_dir, lr=1e30, bn_recalibration=0))
 
 
-def _complete_rows(text: str) -> list[dict]:
-    """The JSON lines Ray has finished writing (the last one may be half-written while we read)."""
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [2] if SCALE == 1 else [1, 2, 3, 4, 5])
 def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path, kill_after):
@@ -204,17 +193,18 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
     killed: list[int] = []
 
     def kill_after_epoch(epoch: int):
-        """Watch the trial's results; once `epoch` (or a later one, but not the last) is reported, SIGKILL
-        the process training it: it is then inside the next epoch (an epoch here takes about 0.5 s)."""
+        """Once the checkpoint of `epoch` is saved (the worker saves it before it trains on) and the last
+        one is not, SIGKILL the process training the trial: it is then inside a later epoch."""
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            for result in storage.glob("kill/*/result.json"):
-                rows = _complete_rows(result.read_text())
-                if rows and epoch <= rows[-1].get("epoch", 0) < cfg.epochs:
-                    os.kill(rows[-1]["pid"], signal.SIGKILL)  # while it trains the next epoch
-                    killed.append(rows[-1]["pid"])
-                    return
-            time.sleep(0.05)
+            saved = {p.name for p in storage.glob("kill/*/checkpoint_*")}
+            if f"checkpoint_{epoch - 1:06d}" in saved and f"checkpoint_{cfg.epochs - 1:06d}" not in saved:
+                for process in psutil.process_iter(["pid", "name"]):
+                    if process.info["name"] == "ray::ImplicitFunc.train":
+                        process.send_signal(signal.SIGKILL)
+                        killed.append(process.info["pid"])
+                        return
+            time.sleep(0.02)
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
