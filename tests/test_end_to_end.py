@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -33,12 +36,14 @@ def tiny_sweep(tmp_path_factory):
     """Module-scoped, so set up before the autouse key fixture: give the CLI its own key file."""
     home = tmp_path_factory.mktemp("home")
     (home.parent / "e2e.key").write_text(TEST_KEY.decode())
-    ENV.update(os.environ, CXR_SWEEP_PSEUDONYM_KEY_FILE=str(home.parent / "e2e.key"))
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's session and logs, to scan (a short path: sockets)
+    ENV.update(os.environ, CXR_SWEEP_PSEUDONYM_KEY_FILE=str(home.parent / "e2e.key"), RAY_TMPDIR=ray_tmp)
     db = f"sqlite:///{home}/results.db"
     proc = _cli("-m", "sweeper.run", "--spec", "tiny", "--home", str(home), "--db", db, "--num-cpus", "2",
                 "--name", "tiny-e2e")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return home, db, proc
+    yield home, db, proc
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_db_holds_exactly_one_result_per_cell_fold_and_trial(tiny_sweep):
@@ -121,17 +126,27 @@ def _searchable_bytes(path) -> bytes:
 
 
 def test_no_planted_identifier_reaches_any_output(tiny_sweep):
-    home, _, _ = tiny_sweep
+    home, _, proc = tiny_sweep
     planted = set()
     for path in (home / "phantom").rglob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         planted |= {str(v).encode() for v in (ds.PatientID, ds.PatientName, ds.AccessionNumber, ds.StudyInstanceUID)}
+        planted |= {str(v).encode() for v in (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.ReferringPhysicianName,
+                                               ds.RequestAttributesSequence[0].RequestedProcedureID)}
+        # (not the birth date: 8 digits can occur by chance in pixel bytes)
     outputs = [p for p in home.rglob("*") if p.is_file() and "phantom" not in p.relative_to(home).parts]
+    logs = [p for p in Path(ENV["RAY_TMPDIR"]).rglob("*") if p.is_file() and not p.is_socket()]
     assert any(p.name == "results.db" for p in outputs) and any(p.suffix == ".npy" for p in outputs)
     assert any(zipfile.is_zipfile(p) for p in outputs)  # checkpoints are among the outputs
-    for path in outputs:
+    assert any(p.name == "report.html" for p in outputs) and any(p.suffix == ".tex" for p in outputs)
+    assert any(p.suffix in (".out", ".err", ".log") for p in logs)  # Ray's worker and driver logs
+    for path in outputs + logs:
         data = _searchable_bytes(path)
         assert not [p for p in planted if p in data], f"identifier found in {path}"
+    for stream in (proc.stdout, proc.stderr):  # what the sweep printed
+        assert not [p for p in planted if p.decode() in stream]
+    print(f"[privacy] {len(planted)} planted identifiers, {len(outputs) + len(logs)} files and the sweep's "
+          f"output scanned: none found")
 
 
 def test_resuming_a_finished_sweep_adds_nothing(tiny_sweep):
