@@ -226,14 +226,22 @@ class ResultsStore:
         upsert(conn, Cell.__table__, [key], list(key))
         return conn.scalar(select(Cell.id).filter_by(**key))
 
-    def trial_started(self, sweep_id: int, trial_key: str, info: dict) -> None:
-        """`info`: backbone, recipe, variant, fold, study, optuna_number, params."""
+    def trial_started(self, sweep_id: int, trial_key: str, info: dict) -> str | None:
+        """`info`: backbone, recipe, variant, fold, study, optuna_number, params. Returns the status the trial
+        had before (ERROR: a failed trial that a resumed sweep runs again), None for a new trial."""
         with self._transaction() as conn:
+            before = conn.scalar(select(Trial.status).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
             row = {k: v for k, v in info.items() if k not in ("backbone", "recipe", "variant")}
             upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **row,
                                             "cell_id": self._cell_id(conn, sweep_id, info),
                                             "status": "RUNNING", "error": None, "started_at": _now()}],
                    ["sweep_id", "trial_key"])
+        return before
+
+    def set_optuna_number(self, sweep_id: int, trial_key: str, number: int) -> None:
+        with self._transaction() as conn:
+            conn.execute(Trial.__table__.update().where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key)
+                         .values(optuna_number=number))
 
     def epoch_reported(self, sweep_id: int, trial_key: str, result: dict) -> None:
         with self._transaction() as conn:

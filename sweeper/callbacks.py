@@ -19,8 +19,10 @@ MAX_ERROR_CHARS = 8000
 
 
 class ResultsCallback(Callback):
-    def __init__(self, db_url: str, sweep_id: int, total_trials: int, label_names: list[str]):
+    def __init__(self, db_url: str, sweep_id: int, total_trials: int, label_names: list[str], study_prefix: str = ""):
         self.db_url = db_url
+        self.study_prefix = study_prefix
+        self.reruns: set[str] = set()  # errored trials that a resumed sweep runs again
         self.label_names = list(label_names)
         self.total_trials = total_trials
         self.finished = 0
@@ -43,11 +45,13 @@ class ResultsCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         c = trial.config
-        self.store.trial_started(self.sweep_id, trial.trial_id, {
+        before = self.store.trial_started(self.sweep_id, trial.trial_id, {
             "backbone": c["backbone"], "recipe": c["recipe"], "variant": c.get("variant", ""),
             "fold": c["outer_fold"], "study": c["study"],
             "optuna_number": c["optuna_number"], "params": {"lr": c["lr"], "dropout": c["dropout"]},
         })
+        if before == "ERROR":
+            self.__dict__.setdefault("reruns", set()).add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.store.epoch_reported(self.sweep_id, trial.trial_id, result)
@@ -57,6 +61,8 @@ class ResultsCallback(Callback):
         status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
         predictions = read_predictions(trial.checkpoint) if status == "COMPLETE" else None
         self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions)
+        if trial.trial_id in self.__dict__.get("reruns", set()):
+            self._renumber_rerun(trial, status)
         self._progress(trial, status, result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -65,6 +71,19 @@ class ResultsCallback(Callback):
         self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", trial.last_result or None, message,
                                   self.label_names)
         self._progress(trial, "ERROR", trial.last_result or {}, message.strip().splitlines()[-1:] or [""])
+
+    def _renumber_rerun(self, trial, status: str) -> None:
+        """The searcher recorded a rerun's outcome as a new Optuna trial (its first attempt stays FAIL): point
+        the row at it, so that the DB and the study agree."""
+        import optuna
+
+        self.reruns.discard(trial.trial_id)
+        c = trial.config
+        study = optuna.load_study(study_name=self.study_prefix + c["study"], storage=self.db_url)
+        same = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == status
+                and t.params.get("lr") == c["lr"] and t.params.get("dropout") == c["dropout"]]
+        if same:
+            self.store.set_optuna_number(self.sweep_id, trial.trial_id, max(same))
 
     def _progress(self, trial, status: str, result: dict, error: list[str] | None = None) -> None:
         self.finished += 1

@@ -90,7 +90,7 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: P
             raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
         return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
     callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans),
-                               PreparedDataset(target).label_names)
+                               PreparedDataset(target).label_names, study_prefix=f"{options.name}/")
     return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
 
 

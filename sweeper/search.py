@@ -39,6 +39,17 @@ class StudyPlan:
     asked: int = field(default=0)
 
 
+def _outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
+    """How a Ray trial's end reads in Optuna: FAIL (error, or no finite validation AUC), PRUNED (stopped by
+    the scheduler: Ray sets "done" either way, the trainable sets "completed") or COMPLETE with its value."""
+    best = (result or {}).get("best_val_auc")
+    if error or not _finite(best):
+        return TrialState.FAIL, None
+    if not result.get("completed"):
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, float(best)
+
+
 def study_seed(key: str, base_seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{base_seed}:{key}".encode()).digest()[:4], "little")
 
@@ -61,6 +72,7 @@ class PerStudyOptunaSearcher(Searcher):
             for p in plans
         }
         self._live: dict[str, tuple[str, optuna.Trial]] = {}
+        self._failed: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study key, Optuna number) of an error
 
     @property
     def studies(self) -> dict[str, optuna.Study]:
@@ -86,16 +98,25 @@ class PerStudyOptunaSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
+            if trial_id in self._failed and not error:
+                self._record_rerun(trial_id, result or {})
             return
         key, trial = self._live.pop(trial_id)
+        state, value = _outcome(result, error)
+        self._studies[key].tell(trial, value, state=state, skip_if_finished=True)
+        if state == TrialState.FAIL:
+            self._failed[trial_id] = (key, trial.number)
+
+    def _record_rerun(self, trial_id: str, result: dict) -> None:
+        """An errored trial that `--resume` ran again (Ray's resume_errored) has ended. Its first attempt
+        stays FAIL in Optuna (a finished trial cannot change); this outcome is added as a new trial with
+        the same parameters, which the results callback then records as the row's Optuna number."""
+        key, number = self._failed.pop(trial_id)
         study = self._studies[key]
-        best = (result or {}).get("best_val_auc")
-        if error or not _finite(best):
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif not result.get("completed"):  # stopped by the scheduler (Ray sets "done" either way)
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        else:
-            study.tell(trial, float(best), skip_if_finished=True)
+        first = study.trials[number]
+        state, value = _outcome(result, error=False)
+        study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                                  value=value, state=state))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -104,6 +125,7 @@ class PerStudyOptunaSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.__dict__.setdefault("_failed", {})  # saved by a version that had no record of errors
         self.reconcile()
 
     def reconcile(self) -> list[int]:

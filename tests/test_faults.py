@@ -24,7 +24,7 @@ from sqlalchemy import event
 
 from results.query import run_query
 from results.store import ResultsStore, StoreError
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_KEY
 from trainables.engine import NonFiniteLoss
 from trainables.fit import FitConfig, fit
 from trainables.tune_adapter import STATE_FILE, load_state
@@ -225,3 +225,64 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
         assert final.metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
     epochs = [json.loads(line)["epoch"] for line in next(storage.glob("kill/*/result.json")).read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]  # resumed after the last checkpoint: no epoch lost or recorded twice
+
+
+FULL_DISK_SPEC = """
+name = "fulldisk"
+[data]
+target = "phantom"
+size = 32
+folds = 2
+phantom = { n_patients = 16, image_px = 64, seed = 2 }
+[grid]
+backbone = ["mobilenet_v2"]
+recipe = ["scratch"]
+[recipes.scratch]
+[search]
+trials = 1
+[train]
+epochs = 2
+batch_size = 8
+[resources]
+max_failures = 0
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB file system (tmpfs) for Ray's checkpoints: a full disk for real. Needs root to mount."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test for checkpoints is skipped")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after_space_is_freed(tmp_path, small_disk):
+    spec = tmp_path / "full.toml"
+    spec.write_text(FULL_DISK_SPEC)
+    (tmp_path / "k.key").write_text(TEST_KEY.decode())
+    db = f"sqlite:///{tmp_path}/results.db"
+    args = [sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"), "--db", db,
+            "--num-cpus", "2", "--name", "full", "--storage", str(small_disk / "ray")]
+    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
+    first = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = run_query(db, "SELECT status, error FROM sweep_trials")
+    assert list(rows["status"]) == ["ERROR", "ERROR"]
+    assert all("No space left on device" in e for e in rows["error"]), rows["error"].tolist()
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    subprocess.run(["mount", "-o", "remount,size=2g", str(small_disk)], check=True)  # space freed
+    second = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    rows = run_query(db, "SELECT trial_key, status, error FROM sweep_trials")
+    assert list(rows["status"]) == ["COMPLETE", "COMPLETE"] and rows["error"].isna().all()
+    assert run_query(db, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0] > 0
+    import optuna
+
+    for row in run_query(db, "SELECT study, optuna_number, status FROM sweep_trials").itertuples():
+        trial = optuna.load_study(study_name=f"full/{row.study}", storage=db).trials[row.optuna_number]
+        assert trial.state.name == row.status, (row.study, trial.state.name, row.status)

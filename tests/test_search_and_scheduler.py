@@ -137,3 +137,16 @@ def test_optunas_studies_share_the_results_dbs_sqlite_settings_also_after_a_pick
     study = optuna.create_study(storage=storage, study_name="s")
     study.tell(study.ask(SPACE), 0.5)
     assert optuna.load_study(study_name="s", storage=url).best_value == 0.5
+
+
+def test_an_errored_trial_run_again_by_resume_is_recorded_as_a_new_optuna_trial_with_its_parameters():
+    searcher = _searcher(n_studies=1, n_trials=1)
+    config = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", error=True)
+    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})  # resume_errored ran it again
+    trials = searcher.studies["cell0/fold0"].trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == trials[0].params == {"lr": config["lr"], "dropout": config["dropout"]}
+    assert trials[1].value == 0.8
+    searcher.on_trial_complete("t0", {"best_val_auc": 0.9, "completed": True})  # told once only
+    assert len(searcher.studies["cell0/fold0"].trials) == 2
