@@ -23,10 +23,12 @@ test: $(STAMP)
 	bash tests/services/start.sh
 	. ./.cxr-sweep/services/env && $(PY) -m pytest
 
-# The fault-injection tests at a larger scale: more writer kills, a worker killed after every epoch.
+# The fault-injection tests at a larger scale (50 writer kills, a trial's worker killed after each
+# epoch), with the cluster tests (a node removed, the driver killed and resumed).
 chaos: $(STAMP)
 	bash tests/services/start.sh
-	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest tests/test_faults.py -v
+	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest -v -s \
+		tests/test_faults.py tests/test_cluster_and_resume.py
 
 clean:
 	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port

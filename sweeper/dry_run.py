@@ -19,7 +19,7 @@ from data_prep.phantom import PhantomOptions
 from sweeper import estimate
 from sweeper.datasets import FILE_COLUMNS, data_key, located, raw_table
 from sweeper.plan import study_plans
-from sweeper.spec import PHANTOM, SweepSpec, cell_name
+from sweeper.spec import PHANTOM, SweepSpec
 from trainables.pretrain import Stage, chain_prefix, trained_sources
 from trainables.tune_adapter import fit_config
 
