@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -286,3 +287,65 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
     for row in run_query(db, "SELECT study, optuna_number, status FROM sweep_trials").itertuples():
         trial = optuna.load_study(study_name=f"full/{row.study}", storage=db).trials[row.optuna_number]
         assert trial.state.name == row.status, (row.study, trial.state.name, row.status)
+
+
+def _finished(db_path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM sweep_trials WHERE status != 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SCALE == 1, reason="a whole sweep twice: make chaos runs it (the fast version is the "
+                                       "max_page_count test above)")
+def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(tmp_path, small_disk):
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    db_path = small_disk / "results.db"
+    (tmp_path / "k.key").write_text(TEST_KEY.decode())
+    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
+    args = [sys.executable, "-m", "sweeper.run", "--spec", "tiny", "--home", str(tmp_path / "home"),
+            "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    deadline = time.monotonic() + 300
+    while _finished(db_path) < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, "no 2 finished trials in time"
+        time.sleep(0.5)
+    ballast = small_disk / "ballast"
+    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=1M"], capture_output=True)  # until the disk is full
+    _, err = driver.communicate(timeout=600)
+    assert driver.returncode == 2, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"error: DB sqlite:///{db_path} is full"), err[-2000:]
+    assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err.strip().splitlines()[-1]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ballast.unlink()  # space freed
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    rows = run_query(f"sqlite:///{db_path}", "SELECT study, optuna_number, status FROM sweep_trials")
+    assert len(rows) == 16 and not rows.duplicated(["study", "optuna_number"]).any()
+    assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
+
+
+def test_a_full_db_behind_rays_wrapping_becomes_the_stores_message_and_nothing_else_does():
+    import sqlalchemy.exc
+    from ray.tune.error import TuneError
+
+    from sweeper.driver import _db_error
+
+    url = "sqlite:////data/results.db"
+    full = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+    try:
+        try:
+            raise full
+        except Exception as inner:
+            raise TuneError("Traceback ...") from inner
+    except TuneError as wrapped:
+        message = str(_db_error(wrapped, url))
+    assert message.startswith(f"DB {url} is full (database or disk is full)") and "--resume" in message
+    as_text = TuneError("Traceback ...\nsqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database or "
+                        "disk is full")
+    assert "is full" in str(_db_error(as_text, url))
+    checkpoint_disk = TuneError("OSError: [Errno 28] No space left on device: '/ray/checkpoint_000001'")
+    assert _db_error(checkpoint_disk, url) is None  # not the DB: Ray's own error stands
