@@ -169,6 +169,8 @@ phantom = { n_patients = 16, image_px = 64, seed = 1 }
 backbone = ["resnet18"]
 recipe = ["scratch", "imagenet"]
 loss = ["bce", "weighted_bce"]
+lr = [1e-3, 1e30]  # 1e30: a diverging cell
+exclude = [{ recipe = "imagenet", lr = 1e30 }, { loss = "weighted_bce", lr = 1e30 }]
 [recipes.scratch]
 [recipes.imagenet]
 init = "imagenet"
@@ -192,14 +194,16 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
                           capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
-    assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 4
-    assert rows["variant"].tolist() == ["loss=bce"] * 2 + ["loss=weighted_bce"] * 2 + ["loss=bce"] * 2 + \
-        ["loss=weighted_bce"] * 2  # a grid axis beyond backbone and recipe
-    failed = rows.loc[rows["status"] == "ERROR", "error"]
-    assert all("ImageNet weights for resnet18 are not in the cache" in e for e in failed), failed.tolist()
-    assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 4 failed" in proc.stdout
-    assert "| scratch | loss=bce | none (scratch) |" in proc.stdout  # the report, variant in its own column
-    assert "| imagenet | loss=weighted_bce | ImageNet | missing |" in proc.stdout
-    assert "resnet18/imagenet/loss=bce: 0/2" in proc.stdout  # listed as missing
+    assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 2 + ["ERROR"] * 2 + ["COMPLETE"] * 2
+    assert rows["variant"].tolist() == [  # grid axes beyond backbone and recipe
+        *["loss=bce,lr=0.001"] * 2, *["loss=weighted_bce,lr=0.001"] * 2,  # imagenet
+        *["loss=bce,lr=0.001"] * 2, *["loss=bce,lr=1e+30"] * 2, *["loss=weighted_bce,lr=0.001"] * 2]  # scratch
+    failed = rows.loc[rows["status"] == "ERROR", "error"].tolist()
+    assert all("ImageNet weights for resnet18 are not in the cache" in e for e in failed[:4]), failed
+    assert all("NonFiniteLoss" in e and "lower the learning rate" in e for e in failed[4:]), failed
+    assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 6 failed" in proc.stdout  # and the others finished
+    assert "| scratch | loss=bce,lr=0.001 | none (scratch) |" in proc.stdout  # the report, variant in its own column
+    assert "| imagenet | loss=weighted_bce,lr=0.001 | ImageNet | missing |" in proc.stdout
+    assert "resnet18/imagenet/loss=bce,lr=0.001: 0/2" in proc.stdout  # listed as missing
     assert "### Loss comparison" in proc.stdout
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"

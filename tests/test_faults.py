@@ -176,7 +176,19 @@ def test_a_good_checkpoint_still_loads(prepared_dir, tmp_path):
 
 def test_a_diverging_trial_stops_with_the_reason(prepared_dir):
     with pytest.raises(NonFiniteLoss, match="training loss is nan in this epoch; lower the learning rate"):
-        _reports(_fit_config(prepared_dir, lr=1e30, bn_recalibration=0))
+        _reports(_fit_config(prepared_dir, lr=1e30))
+
+
+def test_diverged_predictions_stop_the_trial_with_the_reason_not_a_scoring_error(prepared_dir):
+    """Seen in a sweep: the last epoch's mean loss was finite, the weights were not, and scikit-learn's
+    'Input contains NaN' was all the trial said."""
+    from trainables.fit import _Run
+
+    run = _Run(_fit_config(prepared_dir), log=lambda *_: None)
+    indices = run.split.val
+    probs = np.full((len(indices), len(run.data.label_names)), np.nan, dtype=np.float32)
+    with pytest.raises(NonFiniteLoss, match="predictions are not finite after epoch 0 .*lower the learning rate"):
+        run.score(indices, probs)
 
 
 @pytest.mark.slow

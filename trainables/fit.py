@@ -174,6 +174,9 @@ class _Run:
         return self.score(indices, probs)
 
     def score(self, indices: np.ndarray, probs: np.ndarray) -> dict:
+        if not np.isfinite(probs).all():  # diverged weights: a finite last-epoch loss can still end here
+            raise engine.NonFiniteLoss(f"the model's predictions are not finite after epoch {self.epoch} (its "
+                                       f"weights diverged); lower the learning rate")
         truth = self.data.labels[indices]
         metrics = multilabel_metrics(truth, probs, self.thresholds, self.data.label_names)
         logits = torch.as_tensor(probs, device=self.device).logit(eps=1e-6)  # loss weights live on the device
