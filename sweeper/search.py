@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import pickle
+import warnings
 from functools import partial
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -97,34 +99,62 @@ class PerStudyOptunaSearcher(Searcher):
             trial.report(float(result[self.metric]), step=int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._live:
-            if trial_id in self._failed and not error:
-                self._record_rerun(trial_id, result or {})
+        located = self._locate(trial_id, result)
+        if located is None:
             return
-        key, trial = self._live.pop(trial_id)
-        state, value = _outcome(result, error)
-        self._studies[key].tell(trial, value, state=state, skip_if_finished=True)
-        if state == TrialState.FAIL:
-            self._failed[trial_id] = (key, trial.number)
-
-    def _record_rerun(self, trial_id: str, result: dict) -> None:
-        """An errored trial that `--resume` ran again (Ray's resume_errored) has ended. Its first attempt
-        stays FAIL in Optuna (a finished trial cannot change); this outcome is added as a new trial with
-        the same parameters, which the results callback then records as the row's Optuna number."""
-        key, number = self._failed.pop(trial_id)
+        key, number = located
         study = self._studies[key]
+        state, value = _outcome(result, error)
+        if study.trials[number].state.is_finished():
+            if state != TrialState.FAIL:  # an errored trial that --resume ran again (Ray's resume_errored)
+                self._record_rerun(study, number, state, value)
+        else:
+            study.tell(number, value, state=state, skip_if_finished=True)
+        if state == TrialState.FAIL:
+            self._failed[trial_id] = (key, number)
+
+    def _locate(self, trial_id: str, result: dict | None) -> tuple[str, int] | None:
+        """(study key, Optuna number) of a Ray trial: from the live ones, the failed ones, or else from the
+        study and number the trial's config carries (a searcher whose saved state was lost)."""
+        if trial_id in self._live:
+            key, trial = self._live.pop(trial_id)
+            return key, trial.number
+        if trial_id in self._failed:
+            return self._failed.pop(trial_id)
+        config = (result or {}).get("config") or {}
+        if config.get("study") in self._studies and config.get("optuna_number") is not None:
+            return config["study"], int(config["optuna_number"])
+        return None
+
+    @staticmethod
+    def _record_rerun(study: optuna.Study, number: int, state: TrialState, value: float | None) -> None:
+        """A finished trial cannot change in Optuna: the first attempt stays FAIL and this outcome is added as
+        a new trial with the same parameters, which the results callback then records as the row's number."""
         first = study.trials[number]
-        state, value = _outcome(result, error=False)
         study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
                                                   value=value, state=state))
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
+        """Written whole or not at all (a full disk must not leave a truncated state behind)."""
+        partial = f"{checkpoint_path}.partial"
+        with open(partial, "wb") as f:
             pickle.dump(self.__dict__, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        try:
+            with open(checkpoint_path, "rb") as f:
+                self.__dict__.update(pickle.load(f))
+        except (EOFError, pickle.UnpicklingError, OSError) as exc:
+            # Ray would otherwise start the whole experiment again: the studies, in the results DB, know
+            # what was asked; trials Ray restores are found by the study and number in their config
+            warnings.warn(f"the searcher's saved state {checkpoint_path} cannot be read ({exc!r}); its counts are "
+                          f"rebuilt from the Optuna studies", RuntimeWarning, stacklevel=2)
+            for key, plan in self._plans.items():
+                plan.asked = len(self._studies[key].trials)
+            self._live = {}
         self.__dict__.setdefault("_failed", {})  # saved by a version that had no record of errors
         self.reconcile()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
@@ -150,3 +151,30 @@ def test_an_errored_trial_run_again_by_resume_is_recorded_as_a_new_optuna_trial_
     assert trials[1].value == 0.8
     searcher.on_trial_complete("t0", {"best_val_auc": 0.9, "completed": True})  # told once only
     assert len(searcher.studies["cell0/fold0"].trials) == 2
+
+
+def test_a_searcher_whose_saved_state_is_unreadable_rebuilds_its_counts_from_the_studies(tmp_path):
+    """A full disk truncated Ray's copy of the searcher's state; Ray would start the whole experiment again."""
+    url = f"sqlite:///{tmp_path}/results.db"
+    plans = [StudyPlan(key="cell0/fold0", config={}, n_trials=2)]
+    searcher = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="s/")
+    config = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", error=True)
+    (tmp_path / "searcher.pkl").write_bytes(b"")  # what the full disk left
+    restored = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="s/")  # as at start
+    with pytest.warns(RuntimeWarning, match="cannot be read.*rebuilt from the Optuna studies"):
+        restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t1")["optuna_number"] == 1 and restored.suggest("t2") == "FINISHED"  # no extra asks
+    # the errored trial, run again by --resume, is found by the study and number in its config
+    restored.on_trial_complete("t0", {"best_val_auc": 0.7, "completed": True, "config": config})
+    assert [t.state.name for t in restored.studies["cell0/fold0"].trials] == ["FAIL", "RUNNING", "COMPLETE"]
+
+
+def test_the_searchers_state_is_replaced_whole(tmp_path):
+    searcher = _searcher(n_studies=1, n_trials=1)
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "state.pkl"))
+    assert not list(tmp_path.glob("*.partial"))
+    restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.suggest("t1") == "FINISHED"
