@@ -1,12 +1,14 @@
 """The sweep driver: data sets, Ray, one Tuner for the whole grid, DB, report."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray import tune
 from sqlalchemy.exc import DBAPIError
@@ -90,10 +92,30 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: P
     if options.resume:
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
+        check_experiment_state(path)
         return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
     callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans),
                                PreparedDataset(target).label_names, study_prefix=f"{options.name}/")
     return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
+
+
+def check_experiment_state(path: str) -> None:
+    """Refuse to resume from a damaged Ray experiment state (a full disk can truncate it): Ray would log
+    the error and silently start the whole experiment again, asking every study anew."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+    states = sorted(info.path for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
+                    if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json"))
+    if not states:
+        return
+    with filesystem.open_input_stream(states[-1]) as stream:
+        text = stream.readall().decode("utf-8", errors="replace")
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise FileNotFoundError(
+            f"--resume: Ray's experiment state {states[-1]} is damaged ({exc}; a full disk truncates it). The "
+            f"results DB keeps every trial finished so far; start the remaining work as a new sweep (another "
+            f"--name), or restore that file from a backup and resume again") from exc
 
 
 def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> None:

@@ -273,9 +273,8 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(SCALE == 1, reason="make chaos only: when the full disk also truncates Ray's own experiment "
-                                       "state (it shares the storage path), Ray starts the experiment again on "
-                                       "--resume and this test fails; see README, 'What a sweep survives'")
+@pytest.mark.skipif(SCALE == 1, reason="make chaos only: two sweeps, and which way the resume goes depends on "
+                                       "whether the full disk also truncated Ray's own experiment state")
 def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after_space_is_freed(tmp_path, small_disk):
     spec = tmp_path / "full.toml"
     spec.write_text(FULL_DISK_SPEC)
@@ -293,6 +292,10 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     subprocess.run(["mount", "-o", "remount,size=2g", str(small_disk)], check=True)  # space freed
     second = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    if second.returncode == 2:  # the full disk had truncated Ray's experiment state too (shared storage path)
+        assert "experiment state" in second.stderr and "is damaged" in second.stderr, second.stderr[-2000:]
+        assert list(run_query(db, "SELECT status FROM sweep_trials")["status"]) == ["ERROR", "ERROR"]  # kept
+        pytest.xfail("Ray's own experiment state was truncated: resume refused with what to do (see README)")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     rows = run_query(db, "SELECT trial_key, status, error FROM sweep_trials")
     assert list(rows["status"]) == ["COMPLETE", "COMPLETE"] and rows["error"].isna().all()
@@ -364,3 +367,15 @@ def test_a_full_db_behind_rays_wrapping_becomes_the_stores_message_and_nothing_e
     assert "is full" in str(_db_error(as_text, url))
     checkpoint_disk = TuneError("OSError: [Errno 28] No space left on device: '/ray/checkpoint_000001'")
     assert _db_error(checkpoint_disk, url) is None  # not the DB: Ray's own error stands
+
+
+def test_resuming_from_a_truncated_ray_experiment_state_is_refused_with_what_to_do(tmp_path):
+    from sweeper.driver import check_experiment_state
+
+    state = tmp_path / "experiment_state-2026-11-23_14-30-46.json"
+    state.write_text(json.dumps({"trial_data": ["x" * 100], "runner_data": {}}))
+    check_experiment_state(str(tmp_path))  # whole: nothing to say
+    state.write_text(state.read_text()[:40])  # what a full disk leaves
+    with pytest.raises(FileNotFoundError, match=r"experiment state .*experiment_state-2026-11-23_14-30-46.json is "
+                                                r"damaged .*keeps every trial finished so far.*another --name"):
+        check_experiment_state(str(tmp_path))
