@@ -105,8 +105,11 @@ class PerStudyOptunaSearcher(Searcher):
         key, number = located
         study = self._studies[key]
         state, value = _outcome(result, error)
-        if study.trials[number].state.is_finished():
-            if state != TrialState.FAIL:  # an errored trial that --resume ran again (Ray's resume_errored)
+        told = study.trials[number].state
+        if told.is_finished():
+            # a FAIL that now ended well: an errored trial that --resume ran again (Ray's resume_errored);
+            # anything else already told is Ray replaying work done after its last snapshot: nothing new
+            if told == TrialState.FAIL and state != TrialState.FAIL:
                 self._record_rerun(study, number, state, value)
         else:
             study.tell(number, value, state=state, skip_if_finished=True)

@@ -178,3 +178,12 @@ def test_the_searchers_state_is_replaced_whole(tmp_path):
     restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.suggest("t1") == "FINISHED"
+
+
+def test_a_trial_replayed_after_a_resume_is_not_told_twice():
+    """Ray re-runs the work done after its last snapshot: a trial already COMPLETE in Optuna ends again."""
+    searcher = _searcher(n_studies=1, n_trials=1)
+    config = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
+    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True, "config": config})  # the replay
+    assert [t.state.name for t in searcher.studies["cell0/fold0"].trials] == ["COMPLETE"]
