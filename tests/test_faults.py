@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -26,6 +25,7 @@ from sqlalchemy import event
 from results.query import run_query
 from results.store import ResultsStore, StoreError
 from tests.conftest import REPO, TEST_KEY
+from tests.test_cluster_and_resume import _finished_trials
 from trainables.engine import NonFiniteLoss
 from trainables.fit import FitConfig, fit
 from trainables.tune_adapter import STATE_FILE, load_state
@@ -307,14 +307,6 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
         assert trial.state.name == row.status, (row.study, trial.state.name, row.status)
 
 
-def _finished(db_path: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM sweep_trials WHERE status != 'RUNNING'").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(SCALE == 1, reason="a whole sweep twice: make chaos runs it (the fast version is the "
                                        "max_page_count test above)")
@@ -327,7 +319,7 @@ def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
             "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 300
-    while _finished(db_path) < 2:
+    while _finished_trials(db_path) < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "no 2 finished trials in time"
         time.sleep(0.5)
     ballast = small_disk / "ballast"
