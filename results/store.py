@@ -216,6 +216,18 @@ class ResultsStore:
             doomed = select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.status == "RUNNING")
             return conn.execute(Trial.__table__.delete().where(Trial.id.in_(doomed))).rowcount
 
+    def forget_errors(self, sweep_id: int, numbers: dict[str, list[int]]) -> int:
+        """Delete the ERROR rows of these {study: [Optuna numbers]}: failed trials run again as new Ray trials
+        (Ray's record of the old ones is lost), whose rows replace them. Returns how many."""
+        with self._transaction() as conn:
+            deleted = 0
+            for study, wanted in numbers.items():
+                if wanted:
+                    doomed = select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.status == "ERROR",
+                                                    Trial.study == study, Trial.optuna_number.in_(wanted))
+                    deleted += conn.execute(Trial.__table__.delete().where(Trial.id.in_(doomed))).rowcount
+            return deleted
+
     def _trial_id(self, conn, sweep_id: int, trial_key: str) -> int:
         return conn.scalar(select(Trial.id).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
 

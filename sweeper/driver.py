@@ -50,15 +50,14 @@ def _trainable(spec: SweepSpec):
 
 
 def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback,
-               max_concurrent: int | None) -> tune.Tuner:
-    searcher = PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, storage=callback.db_url,
-                                      prefix=f"{name}/")
+               max_concurrent: int | None, searcher: PerStudyOptunaSearcher | None = None) -> tune.Tuner:
+    searcher = searcher or _searcher(spec, plans, name, callback.db_url)
     scheduler = PerStudyASHA(METRIC, MODE, max_t=spec.train.epochs, grace_period=spec.asha.grace_period,
                              reduction_factor=spec.asha.reduction_factor)
     return tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=sum(p.n_trials for p in plans),
+            search_alg=searcher, scheduler=scheduler, num_samples=max(1, sum(p.n_trials - p.asked for p in plans)),
             max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a new actor per trial costs seconds (DESIGN.md)
         ),
@@ -68,6 +67,10 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )
+
+
+def _searcher(spec: SweepSpec, plans, name: str, db_url: str) -> PerStudyOptunaSearcher:
+    return PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, storage=db_url, prefix=f"{name}/")
 
 
 @dataclass(frozen=True)
@@ -86,36 +89,65 @@ class RunOptions:
     max_concurrent: int | None = None  # --max-concurrent; None: the spec's
 
 
-def _tuner(spec: SweepSpec, plans, options: RunOptions, sweep_id: int, target: Path,
+def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, sweep_id: int, target: Path,
            max_concurrent: int | None) -> tune.Tuner:
     path = f"{options.storage.rstrip('/')}/{options.name}"
-    if options.resume:
-        if not tune.Tuner.can_restore(path):
-            raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
-        check_experiment_state(path)
+    label_names = PreparedDataset(target).label_names
+    if not options.resume:
+        callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans), label_names,
+                                   study_prefix=f"{options.name}/")
+        return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
+    if not tune.Tuner.can_restore(path):
+        raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
+    damaged = damaged_experiment_state(path)
+    if damaged is None:
         return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
-    callback = ResultsCallback(options.db_url, sweep_id, sum(p.n_trials for p in plans),
-                               PreparedDataset(target).label_names, study_prefix=f"{options.name}/")
-    return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
+    # Ray would log the damage and silently start the whole experiment again, asking every study anew:
+    # the studies in the results DB know what ran, so a new experiment runs only what is missing
+    state, reason = damaged
+    aside = set_aside(state)
+    searcher = _searcher(spec, plans, options.name, options.db_url)
+    todo, again = searcher.continue_from_studies()
+    replaced = store.forget_errors(sweep_id, again)  # the reruns' rows take their place, as with Ray's resume
+    store.remove_unfinished(sweep_id)  # in progress when Ray's record was lost: run again below
+    done = sum(store.status_counts(sweep_id).values())
+    print(f"[sweeper] Ray's experiment state {state} is damaged ({reason}; a full disk truncates it), moved to "
+          f"{aside}. Continuing from the Optuna studies in the results DB: {sum(todo.values())} trial(s) still to "
+          f"run in {sum(1 for n in todo.values() if n)} of {len(todo)} studies. The trials then in progress, and "
+          f"{replaced} that had failed, start again from scratch with the same parameters (the errors stay in "
+          f"Ray's trial directories)")
+    callback = ResultsCallback(options.db_url, sweep_id, done + sum(todo.values()), label_names,
+                               study_prefix=f"{options.name}/")
+    return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent, searcher)
 
 
-def check_experiment_state(path: str) -> None:
-    """Refuse to resume from a damaged Ray experiment state (a full disk can truncate it): Ray would log
-    the error and silently start the whole experiment again, asking every study anew."""
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+def damaged_experiment_state(path: str) -> tuple[str, str] | None:
+    """(file, why) when the newest Ray experiment state under `path` cannot be read; a full disk truncates
+    it, as it shares the storage path with the checkpoints."""
+    filesystem, root = _filesystem(path)
     states = sorted(info.path for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
                     if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json"))
     if not states:
-        return
+        return None
     with filesystem.open_input_stream(states[-1]) as stream:
         text = stream.readall().decode("utf-8", errors="replace")
     try:
         json.loads(text)
     except ValueError as exc:
-        raise FileNotFoundError(
-            f"--resume: Ray's experiment state {states[-1]} is damaged ({exc}; a full disk truncates it). The "
-            f"results DB keeps every trial finished so far; start the remaining work as a new sweep (another "
-            f"--name), or restore that file from a backup and resume again") from exc
+        return states[-1], str(exc)
+    return None
+
+
+def set_aside(state: str) -> str:
+    """Rename a damaged experiment state so neither Ray nor a later --resume reads it; kept for a post-mortem."""
+    filesystem, _ = _filesystem(state)
+    aside = f"{state}.damaged"
+    filesystem.move(state, aside)
+    return aside
+
+
+def _filesystem(path: str):
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
 
 
 def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> None:
@@ -149,7 +181,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks))
         started = time.monotonic()
-        grid = _fit(_tuner(spec, plans, options, sweep_id, data["target"], max_concurrent), options.db_url)
+        grid = _fit(_tuner(spec, plans, options, store, sweep_id, data["target"], max_concurrent), options.db_url)
         print(f"[sweeper] Tune ran for {time.monotonic() - started:.1f} s")
         stage_errors = stage_failures(tasks)
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks, errors=stage_errors))

@@ -157,9 +157,43 @@ class PerStudyOptunaSearcher(Searcher):
                           f"rebuilt from the Optuna studies", RuntimeWarning, stacklevel=2)
             for key, plan in self._plans.items():
                 plan.asked = len(self._studies[key].trials)
+                self._reseed(key, plan.asked)
             self._live = {}
         self.__dict__.setdefault("_failed", {})  # saved by a version that had no record of errors
         self.reconcile()
+
+    def continue_from_studies(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """Ray's record of the experiment is lost (its experiment state was damaged): carry on from the
+        Optuna studies alone, which live in the results DB. Trials left RUNNING are marked FAIL; each study
+        is asked for the trials it still lacks, and the parameters of its failed trials (errors, and work in
+        progress when the record was lost) come first, as Ray's resume_errored would run them again.
+        Returns {study key: trials still to run} and {study key: numbers of the failed trials run again}."""
+        self._live, self._failed = {}, {}
+        self.reconcile()
+        todo, again = {}, {}
+        for key, plan in self._plans.items():
+            study = self._studies[key]
+            trials = study.get_trials(deepcopy=False)
+            self._reseed(key, len(trials))
+            ended_well = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            waiting = [t for t in trials if t.state == TrialState.WAITING]  # queued by an earlier attempt at this
+            plan.asked = min(len(ended_well), plan.n_trials)
+            todo[key] = plan.n_trials - plan.asked
+            retry, seen = [], {_params_key(t.params) for t in ended_well}
+            seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in waiting}  # no params until asked
+            for t in trials:
+                if t.state == TrialState.FAIL and _params_key(t.params) not in seen:
+                    seen.add(_params_key(t.params))
+                    retry.append(t)
+            again[key] = [t.number for t in retry[:max(0, todo[key] - len(waiting))]]
+            for number in again[key]:
+                study.enqueue_trial(study.trials[number].params, skip_if_exists=False)
+        return todo, again
+
+    def _reseed(self, key: str, asked: int) -> None:
+        """A sampler made anew would draw the same first parameters as the lost one did: seed it past them."""
+        plan = self._plans[key]
+        self._studies[key].sampler = optuna.samplers.TPESampler(seed=study_seed(f"{key}#{asked}", plan.seed))
 
     def reconcile(self) -> list[int]:
         """After a crash: a study trial still RUNNING that no live Ray trial owns is an orphan
@@ -189,6 +223,10 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return optuna.storages.RDBStorage(url)
     return optuna.storages.RDBStorage(url, engine_kwargs={"creator": partial(sqlite_connection, parsed.database)})
+
+
+def _params_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
 
 
 def _finite(value) -> bool:

@@ -99,25 +99,26 @@ def _finished_trials(db_path: Path) -> int:
         return 0
 
 
-def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_path):
+def _kill_driver_mid_sweep(tmp_path: Path, name: str) -> tuple[Path, list[str], dict]:
+    """Start a `tiny` sweep and SIGKILL the driver with its local Ray once 4 trials have finished."""
     home, env = tmp_path / "home", _env(tmp_path)
-    args = _sweep_args("tiny", home, "killed", "--num-cpus", "2")
+    args = _sweep_args("tiny", home, name, "--num-cpus", "2")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
                               start_new_session=True)  # its own process group: the driver and its local Ray
     deadline = time.monotonic() + 400
     try:
-        while _finished_trials(home / "results.db") < 4 or not list((home / "ray" / "killed").glob("experiment_state*")):
+        while _finished_trials(home / "results.db") < 4 or not list((home / "ray" / name).glob("experiment_state*")):
             assert driver.poll() is None, "the sweep ended before it could be killed"
             assert time.monotonic() < deadline, "no 4 finished trials in time"
             time.sleep(0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # like a machine that lost power: no clean-up at all
         driver.wait()
-    killed_at = _finished_trials(home / "results.db")
-    assert 4 <= killed_at < 16
+    assert 4 <= _finished_trials(home / "results.db") < 16
+    return home, args, env
 
-    proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+def _assert_every_trial_recorded_once(home: Path, name: str) -> None:
     db = f"sqlite:///{home}/results.db"
     rows = run_query(db, "SELECT trial_key, study, optuna_number, status, epochs_run FROM sweep_trials")
     assert len(rows) == 16 and rows["trial_key"].is_unique  # tiny: 2 x 2 cells x 2 folds x 2 trials
@@ -129,11 +130,36 @@ def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_pa
                            "WHERE m.split = 'test'")
     assert set(tested["trial_key"]) == set(complete["trial_key"])  # no finished result lost
     for study in rows["study"].unique():  # Optuna agrees; its only extra trials are orphans marked FAIL
-        trials = optuna.load_study(study_name=f"killed/{study}", storage=db).trials
+        trials = optuna.load_study(study_name=f"{name}/{study}", storage=db).trials
         mine = rows.loc[rows["study"] == study].set_index("optuna_number")["status"]
         for trial in trials:
             assert trial.state.name == mine.get(trial.number, "FAIL"), (study, trial.number)
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED"
+
+
+def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_path):
+    home, args, env = _kill_driver_mid_sweep(tmp_path, "killed")
+    proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_every_trial_recorded_once(home, "killed")
+
+
+def test_a_resume_whose_ray_experiment_state_was_truncated_continues_from_the_studies_in_the_db(tmp_path):
+    """What a full disk does to Ray's own record of the experiment (it shares the checkpoints' storage):
+    Ray would start the whole experiment again; the driver runs only what the DB says is missing."""
+    home, args, env = _kill_driver_mid_sweep(tmp_path, "truncated")
+    db = f"sqlite:///{home}/results.db"
+    kept = run_query(db, "SELECT trial_key FROM sweep_trials WHERE status != 'RUNNING'")["trial_key"]
+    state = sorted((home / "ray" / "truncated").glob("experiment_state*.json"))[-1]
+    state.write_bytes(state.read_bytes()[:100])
+    proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"Ray's experiment state {state} is damaged" in proc.stdout, proc.stdout[-3000:]
+    assert "Continuing from the Optuna studies in the results DB" in proc.stdout
+    assert Path(f"{state}.damaged").is_file()
+    _assert_every_trial_recorded_once(home, "truncated")
+    again = run_query(db, "SELECT trial_key FROM sweep_trials")["trial_key"]
+    assert set(kept) <= set(again)  # what had finished before the kill was kept, not run again
 
 
 def _running_on(storage: Path, node_id: str, last_epoch: int) -> bool:

@@ -187,3 +187,31 @@ def test_a_trial_replayed_after_a_resume_is_not_told_twice():
     searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
     searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True, "config": config})  # the replay
     assert [t.state.name for t in searcher.studies["cell0/fold0"].trials] == ["COMPLETE"]
+
+
+def test_continuing_from_the_studies_alone_runs_what_is_missing_failed_parameters_first(tmp_path):
+    """Ray's experiment state is lost: a new searcher over the same studies asks only for what they lack."""
+    url = f"sqlite:///{tmp_path}/results.db"
+
+    def searcher():
+        plans = [StudyPlan(key="cell0/fold0", config={}, n_trials=4)]
+        return PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="s/")
+
+    first = searcher()
+    asked = {t: first.suggest(t) for t in ("done", "broken", "running")}
+    first.on_trial_complete("done", {"best_val_auc": 0.8, "completed": True})
+    first.on_trial_complete("broken", None, error=True)  # "running" was in progress when the record was lost
+
+    again = searcher()
+    todo, retried = again.continue_from_studies()
+    assert todo == {"cell0/fold0": 3} and retried == {"cell0/fold0": [1, 2]}
+    study = again.studies["cell0/fold0"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
+    assert searcher().continue_from_studies()[0] == todo  # the driver died again before asking: nothing queued twice
+    assert sum(t.state.name == "WAITING" for t in study.trials) == 2
+
+    configs = [again.suggest(f"n{i}") for i in range(3)]
+    assert again.suggest("n3") == "FINISHED"
+    params = [(c["lr"], c["dropout"]) for c in configs]
+    assert params[:2] == [(asked[t]["lr"], asked[t]["dropout"]) for t in ("broken", "running")]
+    assert params[2] not in [(a["lr"], a["dropout"]) for a in asked.values()]  # a new draw, not the lost sampler's first
