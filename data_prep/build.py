@@ -176,7 +176,10 @@ def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseud
     _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log)
     if not progress.kept:
         rejected = progress.rejected
-        raise DataPrepError(f"every image was rejected ({len(rejected)}); first reason: {rejected[0]['reason']}")
+        reasons = pd.Series([r["reason"] for r in rejected]).value_counts()
+        raise DataPrepError(f"every image was rejected ({len(rejected)}) from {image_dir}; the label table's row "
+                            f"{rejected[0]['csv_row']}: {rejected[0]['reason']}; reasons: "
+                            + "; ".join(f"{n} x {why[:120]}" for why, n in reasons.head(3).items()))
     n = len(progress.kept)
     dropped = _near_duplicates(progress, images[:n], thumbs[:n], params.near_duplicates, log)
     keep = np.setdiff1d(np.arange(n), dropped)

@@ -61,14 +61,6 @@ def test_a_corrupt_file_is_quarantined_and_the_build_goes_on(phantom_dir, tmp_pa
     assert PreparedDataset(out).images.shape[0] == len(table) - dropped - 1
 
 
-def test_a_set_with_every_image_rejected_is_an_error(tmp_path):
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.dcm").write_bytes(b"junk")
-    (tmp_path / "labels.csv").write_text("file,findings\na.dcm,scoliosis\n")
-    with pytest.raises(DataPrepError, match="every image was rejected"):
-        build(tmp_path / "img", tmp_path / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=2), **QUIET)
-
-
 def test_no_identifier_from_the_dicom_headers_or_paths_reaches_the_output(prepared_dir, phantom_dir):
     """Top-level, nested-sequence and private-tag identifiers, dates, UIDs and file names."""
     planted = set()

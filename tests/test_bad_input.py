@@ -1,0 +1,198 @@
+"""Every kind of bad input the issue names, through the commands a user runs: each stops with exit 2 and
+one line naming the file, row or key and what was expected; or, for a bad image among good ones, the
+image is quarantined with its reason and the rest of the data set is still built (nothing lost).
+
+The function-level cases live beside their modules (test_spec_and_cli, test_labels_and_folds,
+test_dicom, test_raster_and_source_builds, test_build, test_results); a fold with no positives for a
+class is a metric, not an error: NaN with the reason, the other classes scored
+(test_losses_and_metrics). This file is the inventory through the commands."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep import build as build_cli
+from data_prep.dataset import PreparedDataset
+from data_prep.phantom import IMAGE_ROOTS, make_phantom_set
+from results import query as query_cli
+from results.store import ResultsStore
+from sweeper import run as sweep_cli
+
+SPEC = """
+name = "bad"
+[data]
+target = "phantom"
+size = 32
+folds = 2
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch"]
+[recipes.scratch]
+"""
+
+CASES: dict[str, callable] = {}
+
+
+def case(function):
+    CASES[function.__name__] = function
+    return function
+
+
+def _spec(tmp_path: Path, text: str) -> tuple:
+    path = tmp_path / "my_spec.toml"
+    path.write_text(text)
+    return sweep_cli.main, ["--spec", str(path), "--home", str(tmp_path / "home")], [str(path)]
+
+
+@case
+def spec_unknown_key(tmp_path):
+    main, argv, named = _spec(tmp_path, SPEC + "[train]\nepochz = 3\n")
+    return main, argv, named + ["train.epochz: unknown key"]
+
+
+@case
+def spec_wrong_type(tmp_path):
+    main, argv, named = _spec(tmp_path, SPEC + '[train]\nepochs = "many"\n')
+    return main, argv, named + ["train.epochs", "integer"]
+
+
+@case
+def spec_empty_grid(tmp_path):
+    main, argv, named = _spec(tmp_path, SPEC.replace('backbone = ["resnet18"]', "backbone = []"))
+    return main, argv, named + ["grid.backbone", "at least 1 item"]
+
+
+@case
+def spec_unknown_backbone(tmp_path):
+    main, argv, named = _spec(tmp_path, SPEC.replace('"resnet18"', '"resnet51"'))
+    return main, argv, named + ["unknown backbone(s) ['resnet51']"]
+
+
+@case
+def spec_source_without_a_path(tmp_path):
+    text = SPEC.replace("[grid]", 'sources = { nih = "" }\n[grid]').replace("[recipes.scratch]",
+                                                                        '[recipes.scratch]\nsources = ["nih"]')
+    main, argv, _ = _spec(tmp_path, text)
+    return main, argv + ["--db", f"sqlite:///{tmp_path}/r.db"], ["data set 'nih': pass --data nih=PATH",
+                                                                  "CXR_SWEEP_DATA_NIH"]
+
+
+def _target_build(tmp_path: Path, csv_bytes: bytes) -> tuple:
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / "labels.csv").write_bytes(csv_bytes)
+    return build_cli.main, ["target", "--images", str(raw), "--labels", str(raw / "labels.csv"), "--out",
+                            str(tmp_path / "prep"), "--size", "32", "--folds", "2", "--workers", "1"], [
+        str(raw / "labels.csv")]
+
+
+@case
+def labels_missing_column(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"name,findings\na.dcm,scoliosis\n")
+    return main, argv, named + ["missing column(s) ['file']"]
+
+
+@case
+def labels_unknown_label(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\nb.dcm,oops\n")
+    return main, argv, named + ["row 3: unknown finding 'oops'"]
+
+
+@case
+def labels_duplicate_image_rows(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\na.dcm,normal\n")
+    return main, argv, named + ["'a.dcm' listed more than once, at rows [2, 3]"]
+
+
+@case
+def labels_not_utf8(tmp_path):
+    main, argv, named = _target_build(tmp_path, "file,findings\nä.dcm,scoliosis\n".encode("latin-1"))
+    return main, argv, named + ["not UTF-8"]
+
+
+@case
+def labels_empty_file(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"")
+    return main, argv, named + ["empty"]
+
+
+@case
+def images_every_one_rejected(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\nb.dcm,normal\n")
+    (tmp_path / "raw" / "a.dcm").write_bytes(b"junk")  # b.dcm is missing
+    return main, argv, ["every image was rejected (2) from", "row 2: not a readable DICOM", "1 x file not found"]
+
+
+@case
+def images_folder_missing(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\n")
+    argv[argv.index("--images") + 1] = str(tmp_path / "nowhere")
+    return main, argv, [f"image folder {tmp_path / 'nowhere'} does not exist"]
+
+
+@case
+def db_url_cannot_be_opened(tmp_path):
+    return query_cli.main, ["SELECT 1", "--db", f"sqlite:///{tmp_path}/missing/r.db"], [
+        f"{tmp_path}/missing", "does not exist"]
+
+
+@case
+def db_url_not_a_url(tmp_path):
+    return query_cli.main, ["SELECT 1", "--db", "results.db"], ["results.db", "not a SQLAlchemy URL"]
+
+
+@case
+def db_of_a_newer_schema(tmp_path):
+    url = f"sqlite:///{tmp_path}/newer.db"
+    store = ResultsStore(url)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_meta SET value = '99' WHERE key = 'schema_version'")
+    store.engine.dispose()
+    main, argv, _ = _spec(tmp_path, SPEC)
+    return main, argv + ["--db", url], [f"{tmp_path}/newer.db", "schema version 99"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_stops_with_one_line_naming_where_and_what(name, tmp_path, capsys):
+    main, argv, expected = CASES[name](tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert not (tmp_path / "home" / "ray").exists()  # stopped before any Ray work
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if how == "truncate" else b"this is not an image")
+
+
+@pytest.mark.parametrize("kind, how", [("target", "truncate"), ("target", "junk"), ("target", "missing"),
+                                       ("nih", "truncate"), ("nih", "junk"), ("chexpert", "truncate"),
+                                       ("chexpert", "junk")])
+def test_a_bad_image_is_quarantined_with_its_row_and_reason_and_the_rest_is_built(kind, how, tmp_path, capsys):
+    """Corrupt DICOM (target), PNG (NIH) and JPG (CheXpert), and a listed file that is not there."""
+    raw = tmp_path / "raw"
+    table = make_phantom_set(raw, kind=kind, n_patients=8, size=48, prevalence=0.3, seed=4)
+    rows = pd.read_csv(table)
+    column = rows.columns[0]  # the image path column of each format
+    victim = raw / IMAGE_ROOTS[kind] / rows[column].iloc[3]
+    if how == "missing":
+        victim.unlink()
+    else:
+        _corrupt(victim, how)
+    extra = {"nih": ["--preset", "none"], "chexpert": ["--policy", "u_ignore"]}.get(kind, [])
+    assert build_cli.main([kind, "--images", str(raw / IMAGE_ROOTS[kind]), "--labels", str(table), "--out",
+                           str(tmp_path / "prep"), "--size", "32", "--folds", "2", "--workers", "1", *extra]) == 0
+    data = PreparedDataset(capsys.readouterr().out.strip().splitlines()[-1])
+    rejected = pd.read_csv(data.root / "rejected.csv")
+    assert rejected["csv_row"].tolist() == [5]  # the table's row 5 (its header is row 1)
+    reason = rejected["reason"].iloc[0]
+    assert {"missing": "file not found", "junk": "not", "truncate": ""}[how] in reason and reason
+    assert data.images.shape[0] == len(rows) - 1 and np.isfinite(data.images).all()
+
