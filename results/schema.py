@@ -13,11 +13,15 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
                   3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
-                     "(cell_id) instead of repeating backbone, recipe and variant"}
+                     "(cell_id) instead of repeating backbone, recipe and variant",
+                  4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)"}
+# How an older DB is brought up to date, in place: {version: statements}. A version missing here
+# (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
+MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -82,6 +86,7 @@ class Trial(Base):
     best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    checkpoint: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # final checkpoint: path or URI
 
 
 class LearningCurve(Base):
@@ -153,7 +158,7 @@ _CELL = "s.name AS sweep, c.backbone, c.recipe, c.variant, c.strategy"
 VIEWS = {
     "trial_summary": f"""
         SELECT {_CELL}, t.fold, t.id AS trial_id, t.trial_key, t.study, t.optuna_number, t.status, t.params,
-               t.epochs_run, t.best_epoch, t.error, t.started_at, t.finished_at
+               t.epochs_run, t.best_epoch, t.error, t.started_at, t.finished_at, t.checkpoint
         FROM sweep_trials t JOIN cells c ON c.id = t.cell_id JOIN sweeps s ON s.id = t.sweep_id""",
     "selected_trials": f"""
         SELECT sweep_id, cell_id, backbone, recipe, variant, fold, trial_id, val_auc FROM (

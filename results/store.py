@@ -19,8 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from results.schema import (MACRO, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, LearningCurve, Prediction,
-                            PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
+from results.schema import (MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, LearningCurve,
+                            Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -163,14 +163,26 @@ class ResultsStore:
                     raise StoreError(f"DB {self.url} has schema version {found}; this code writes version "
                                      f"{SCHEMA_VERSION}. Upgrade cxr-sweep or use another --db")
                 if found is not None and int(found) < SCHEMA_VERSION:
-                    raise StoreError(f"DB {self.url} has schema version {found}, older than this code's "
-                                     f"{SCHEMA_VERSION} ({SCHEMA_CHANGES[SCHEMA_VERSION]}); there is no migration "
-                                     f"yet: use a new --db (the old one stays readable with results.query)")
+                    self._migrate(conn, int(found))
             Base.metadata.create_all(conn)
             create = "CREATE VIEW IF NOT EXISTS" if conn.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
             for name, body in VIEWS.items():
                 conn.execute(text(f"{create} {name} AS {body}"))
             upsert(conn, SchemaMeta.__table__, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}], ["key"])
+
+    def _migrate(self, conn, found: int) -> None:
+        """Bring a DB of an older schema up to date in place, in the caller's transaction; refuse one whose
+        changes cannot be applied in place."""
+        missing = [v for v in range(found + 1, SCHEMA_VERSION + 1) if v not in MIGRATIONS]
+        if missing:
+            raise StoreError(f"DB {self.url} has schema version {found}, older than this code's {SCHEMA_VERSION} "
+                             f"({SCHEMA_CHANGES[missing[-1]]}); there is no migration from it: use a new --db (the "
+                             f"old one stays readable with results.query)")
+        for name in reversed(VIEWS):  # made again after: a view's columns are fixed when it is made
+            conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(text(statement))
 
     def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str, folds=(),
                     trials_per_study: int = 0) -> int:
@@ -265,14 +277,16 @@ class ResultsStore:
                          .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
 
     def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
-                       label_names: list[str] = (), predictions: dict | None = None) -> None:
-        """Final status, plus val/test metrics at the best epoch from the last result, and the per-image
-        test predictions (`image_keys`, `patient_keys`, `probs` and `labels` as n x classes arrays)."""
+                       label_names: list[str] = (), predictions: dict | None = None,
+                       checkpoint: str | None = None) -> None:
+        """Final status, plus val/test metrics at the best epoch from the last result, the per-image test
+        predictions (`image_keys`, `patient_keys`, `probs` and `labels` as n x classes arrays), and where the
+        final checkpoint is kept (a path or URI in Ray's storage)."""
         rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
-                         .values(status=status, error=error, finished_at=_now()))
+                         .values(status=status, error=error, finished_at=_now(), checkpoint=checkpoint))
             if result and "best_val_auc" in result:
                 upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result, label_names),
                        ["trial_id", "split", "metric", "class_name"])

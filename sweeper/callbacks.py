@@ -60,7 +60,8 @@ class ResultsCallback(Callback):
         result = trial.last_result or {}
         status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
         predictions = read_predictions(trial.checkpoint) if status == "COMPLETE" else None
-        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions)
+        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions,
+                                  checkpoint_uri(trial.checkpoint) if status == "COMPLETE" else None)
         if trial.trial_id in self.__dict__.get("reruns", set()):
             self._renumber_rerun(trial, status)
         self._progress(trial, status, result)
@@ -111,6 +112,14 @@ def read_predictions(checkpoint) -> dict | None:
         return None
     return {"image_keys": saved["image_keys"], "patient_keys": saved["patient_keys"],
             "probs": saved["probs"].numpy(), "labels": saved["labels"].numpy()}
+
+
+def checkpoint_uri(checkpoint) -> str | None:
+    """Where a checkpoint is kept, as sweeper.predict reads it back: a local path, or scheme://path."""
+    if checkpoint is None:
+        return None
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
 
 
 def _error_text(trial) -> str | None:

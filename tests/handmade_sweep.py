@@ -47,7 +47,8 @@ def _trial(store, sweep, key, backbone, recipe, fold, val_auc, result, predictio
         store.epoch_reported(sweep, key, {"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 1.1 / epoch,
                                           "val_auc": val_auc - 0.1 / epoch, "best_epoch": epoch, "lr": 1e-3})
     store.trial_finished(sweep, key, status, {"epoch": 3, "best_val_auc": val_auc, **result}, None, LABELS,
-                         predictions if status == "COMPLETE" else None)
+                         predictions if status == "COMPLETE" else None,
+                         f"/ray/handmade/{key}/checkpoint_000002" if status == "COMPLETE" else None)
 
 
 def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:

@@ -10,6 +10,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 
@@ -111,6 +113,42 @@ def test_query_cli_prints_rows(tiny_sweep):
     _, db, _ = tiny_sweep
     proc = _cli("-m", "results.query", "--db", db, "SELECT COUNT(*) AS n FROM sweep_trials")
     assert proc.returncode == 0 and proc.stdout.split() == ["n", "16"]
+
+
+def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_them(tiny_sweep, tmp_path):
+    """The CLI from the DB: the cell's trial best on inner validation, its checkpoint in Ray's storage, the raw
+    phantom DICOMs decoded as the data set was built; a junk file is rejected and the rest predicted."""
+    from data_prep.pseudonym import Pseudonymizer
+    from results.choose import choose_trial
+
+    home, db, _ = tiny_sweep
+    raw = next((home / "phantom").glob("target-*"))
+    (tmp_path / "junk.dcm").write_bytes(b"junk")
+    out = tmp_path / "predictions.csv"
+    proc = _cli("-m", "sweeper.predict", "--db", db, "--cell", "resnet18/scratch", str(raw), str(tmp_path / "junk.dcm"),
+                "--out", str(out), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = choose_trial(db, None, "resnet18/scratch")
+    assert f"trial {chosen.trial_key}" in proc.stderr and "images decoded at 32 px, 8-bit, on cpu" in proc.stderr
+    rows = pd.read_csv(out, keep_default_na=False)
+    table = pd.read_csv(raw / "labels.csv")
+    assert len(rows) == len(table) + 1 and "not a readable DICOM" in rows.iloc[-1]["rejected"]
+    assert f"{len(table)} image(s) predicted, 1 rejected" in proc.stderr
+    evaluated = run_query(db, f"SELECT p.image_key, p.class_name, p.prob FROM test_predictions p JOIN sweep_trials t "
+                              f"ON t.id = p.trial_id WHERE t.trial_key = '{chosen.trial_key}'")
+    evaluated = evaluated.pivot(index="image_key", columns="class_name", values="prob")
+    pseudonym = Pseudonymizer(TEST_KEY)
+    rows["image_key"] = [pseudonym("image", Path(f).relative_to(raw).as_posix()) if not r else ""
+                         for f, r in zip(rows["file"], rows["rejected"])]
+    mine = rows.set_index("image_key").loc[evaluated.index, evaluated.columns].astype(float)
+    assert len(mine) > 3
+    np.testing.assert_allclose(mine.to_numpy(), evaluated.to_numpy(), atol=1e-5)
+    thresholds = run_query(db, f"SELECT m.class_name, m.value FROM trial_metrics m JOIN sweep_trials t ON t.id = "
+                               f"m.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND m.metric = 'threshold'")
+    predicted = mine.to_numpy() > thresholds.set_index("class_name")["value"].loc[evaluated.columns].to_numpy()
+    labels = rows.set_index("image_key").loc[evaluated.index, "predicted"]
+    assert [set(filter(None, p.split("|"))) for p in labels] == [
+        {c for c, yes in zip(evaluated.columns, row) if yes} for row in predicted]
 
 
 TENSOR_STORAGE = re.compile(r"/data/\d+$")

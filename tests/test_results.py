@@ -150,8 +150,8 @@ def _refused_and_unchanged(url, sql):
 
 
 @pytest.mark.parametrize("version, expected", [
-    ("99", "schema version 99; this code writes version 3"),
-    ("2", "schema version 2, older than this code's 3 .*cells, test_predictions"),
+    ("99", "schema version 99; this code writes version 4"),
+    ("2", "schema version 2, older than this code's 4 .*cells, test_predictions.*no migration from it"),
 ])
 def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, version, expected):
     store = ResultsStore(engine_url)
@@ -160,6 +160,27 @@ def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, v
     store.engine.dispose()
     with pytest.raises(StoreError, match=expected):
         ResultsStore(engine_url)
+
+
+def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
+    from results.schema import VIEWS
+
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("old", "x", "", "v", [0], 1)
+    store.register_cells(sweep, [{"backbone": "resnet18", "recipe": "scratch", "variant": "", "strategy": "regular",
+                                  "init": "scratch", "sources": [], "settings": {}, "pretrain_artefact": None}])
+    store.trial_started(sweep, "t1", {"backbone": "resnet18", "recipe": "scratch", "variant": "", "fold": 0,
+                                      "study": "s", "optuna_number": 0, "params": {"lr": 0.01}})
+    with store.engine.begin() as conn:  # what a version-3 DB looks like
+        for name in reversed(VIEWS):
+            conn.exec_driver_sql(f"DROP VIEW {name}")
+        conn.exec_driver_sql("ALTER TABLE sweep_trials DROP COLUMN checkpoint")
+        conn.exec_driver_sql("UPDATE schema_meta SET value = '3' WHERE key = 'schema_version'")
+    store.engine.dispose()
+    ResultsStore(engine_url).trial_finished(sweep, "t1", "PRUNED", None, None, checkpoint="/ray/old/t1/checkpoint_1")
+    rows = run_query(engine_url, "SELECT trial_key, status, checkpoint FROM trial_summary")
+    assert rows.to_dict("records") == [{"trial_key": "t1", "status": "PRUNED", "checkpoint": "/ray/old/t1/checkpoint_1"}]
+    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "4"
 
 
 def test_bad_db_urls_are_clear_errors(tmp_path):

@@ -73,7 +73,7 @@ class FitConfig:
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
 
 
-def _device(name: str) -> torch.device:
+def choose_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -104,7 +104,7 @@ class _Run:
     """Everything one fit holds; `state()` / `restore()` are the checkpoint."""
 
     def __init__(self, cfg: FitConfig, log):
-        self.cfg, self.device = cfg, _device(cfg.device)
+        self.cfg, self.device = cfg, choose_device(cfg.device)
         self.precision = engine.Precision.choose(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.data = PreparedDataset(cfg.data_dir)
@@ -211,6 +211,7 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         if done:
             final, predictions = final_evaluation(run)
             metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
-            checkpoint.update(predictions=predictions, final_metrics=metrics)
+            # the manifest (label names, size, bits): what sweeper.predict decodes new images with
+            checkpoint.update(predictions=predictions, final_metrics=metrics, manifest=run.data.manifest)
         report(metrics, checkpoint)
     return metrics

@@ -78,7 +78,9 @@ def _grey_first_conv(trunk: nn.Module) -> None:
     raise ValueError("trunk has no convolution to adapt")
 
 
-def build_branch(backbone: str, init: str = "scratch") -> Branch:
+def build_branch(backbone: str, init: str = "scratch", weights: bool = True) -> Branch:
+    """`weights=False`: the architecture `init` gives (input adapter included) without loading its weights,
+    for a checkpoint's to be loaded into."""
     check_backbone(backbone)
     check_init(backbone, init)
     if backbone == "alexnet_style":
@@ -88,7 +90,8 @@ def build_branch(backbone: str, init: str = "scratch") -> Branch:
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         trunk = TORCHVISION_TRUNKS[backbone](model)
         if init == "imagenet":
-            load_imagenet(model, backbone)
+            if weights:
+                load_imagenet(model, backbone)
             preset = torchvision.models.get_model_weights(backbone).DEFAULT.transforms()
             branch = Branch(trunk, pool, tuple(preset.mean), tuple(preset.std))
         else:

@@ -1,0 +1,121 @@
+"""`python -m sweeper.predict`: apply a sweep's trained model to new DICOM, PNG or JPG files.
+
+    python -m sweeper.predict --db URL [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
+                              [--out predictions.csv]
+
+The model is a cell's trial best on inner validation (results.choose), rebuilt from its final
+checkpoint in Ray's storage; images are decoded as the data set it trained on was built
+(trainables.predict). Files that cannot be decoded get data_prep's reason; the rest are predicted.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs
+from tqdm import tqdm
+
+from results.choose import ChosenTrial, choose_trial
+from results.query import QueryError
+from results.store import StoreError
+from trainables.predict import PredictError, TrainedModel, image_files
+from trainables.tune_adapter import STATE_FILE
+
+PRINT_ALL_UP_TO = 20  # files whose every probability is printed; beyond, the predicted labels only
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m sweeper.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES_OR_FOLDERS",
+                        help="image files, or folders searched for .dcm/.dicom/.png/.jpg files and files with no suffix")
+    parser.add_argument("--db", required=True, help="SQLAlchemy URL of the sweep's results DB")
+    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cell", default=None, metavar="BACKBONE/RECIPE[/VARIANT]",
+                       help="the cell whose model to apply (its fold with the best inner-validation AUC)")
+    which.add_argument("--best", action="store_true",
+                       help="the cell with the best mean inner-validation AUC (the default)")
+    parser.add_argument("--out", type=Path, default=None, help="write every file's probabilities to this CSV")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores but one)")
+    return parser.parse_args(argv)
+
+
+def read_checkpoint(uri: str) -> bytes:
+    """The state file of a checkpoint directory kept in Ray's storage (a path, or s3:// gs:// ...)."""
+    where = f"{uri.rstrip('/')}/{STATE_FILE}"
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(where if "://" in where else Path(where).resolve().as_uri())
+        with filesystem.open_input_stream(path) as stream:
+            return stream.readall()
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise PredictError(f"cannot read the model's checkpoint {where} ({exc}); it is kept in the sweep's Ray "
+                           f"storage: run where that storage is mounted, or copy it back there") from exc
+
+
+def describe(chosen: ChosenTrial, model: TrainedModel) -> str:
+    return (f"[predict] model: sweep {chosen.sweep}, cell {chosen.cell}, outer fold {chosen.fold}, trial "
+            f"{chosen.trial_key} (inner-validation AUC {chosen.val_auc:.3f}); images decoded at {model.size} px, "
+            f"{model.bits}-bit, on {model.device}")
+
+
+def _line(path: Path, probs: np.ndarray, model: TrainedModel, every: bool) -> str:
+    """The labels above their fitted thresholds; with `every`, each label's probability too, highest first."""
+    above = probs > model.thresholds
+    names = [name for name, yes in zip(model.label_names, above) if yes]
+    text = f"{path}: {', '.join(names) if names else 'no label above its threshold'}"
+    if every:
+        width = max(map(len, model.label_names))
+        text += "".join(f"\n    {model.label_names[k]:<{width}}  {probs[k]:.3f}  (threshold {model.thresholds[k]:.3f})"
+                        + ("  *" if above[k] else "") for k in np.argsort(-probs))
+    return text
+
+
+def run(args) -> int:
+    files = image_files(args.inputs)
+    if not files:
+        raise PredictError(f"no image files under {', '.join(map(str, args.inputs))}")
+    chosen = choose_trial(args.db, args.sweep, args.cell)
+    model = TrainedModel.load(read_checkpoint(chosen.checkpoint), args.device, source=chosen.checkpoint)
+    print(describe(chosen, model), file=sys.stderr)
+    rows, rejected = [], 0
+    every = len(files) <= PRINT_ALL_UP_TO
+    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
+        for path, probs, reason in model.predict(files, args.batch_size, args.workers):
+            bar.update(1)
+            if probs is None:
+                rejected += 1
+                rows.append({"file": str(path), "rejected": reason, "predicted": ""})
+                tqdm.write(f"{path}: rejected: {reason}", file=sys.stdout)
+                continue
+            above = probs > model.thresholds
+            rows.append({"file": str(path), "rejected": "",
+                         "predicted": "|".join(n for n, yes in zip(model.label_names, above) if yes),
+                         **{name: float(p) for name, p in zip(model.label_names, probs)}})
+            tqdm.write(_line(path, probs, model, every), file=sys.stdout)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["file", "rejected", "predicted", *model.label_names])
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"[predict] {len(files) - rejected} image(s) predicted, {rejected} rejected"
+          + (f"; every probability in {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (PredictError, QueryError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

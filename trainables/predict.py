@@ -1,0 +1,133 @@
+"""Apply a trained trial to new images, exactly as it was evaluated.
+
+The model is rebuilt from the trial's final checkpoint (its configuration and its best-on-
+validation weights; no pretrained weights are needed). Images are decoded and resized by
+data_prep's own decoder with the size and bit depth of the data set the model was trained on,
+read from that data set's manifest (stored in the checkpoint), then fed through the same feed,
+precision and batching as the trial's own evaluation.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from data_prep.dataset import read_manifest
+from data_prep.decode import DTYPES, decoded
+from trainables import engine
+from trainables.feed import ImageFeed
+from trainables.fit import FitConfig, choose_device
+from trainables.models import Classifier, build_branch
+from trainables.tune_adapter import STATE_FILE, fit_config
+
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+
+
+class PredictError(Exception):
+    """A model or input that cannot be used; the message says which and why."""
+
+
+@dataclass
+class TrainedModel:
+    model: Classifier
+    config: FitConfig
+    label_names: list[str]
+    thresholds: np.ndarray  # fitted on the trial's training labels; a label is predicted above it
+    size: int  # the prepared data set's side in pixels
+    bits: int  # and its bits per pixel
+    device: torch.device
+    precision: engine.Precision
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "auto", source: str = "checkpoint") -> "TrainedModel":
+        """From the training state of a completed trial's final checkpoint."""
+        if "final_metrics" not in state or "best_model" not in state:
+            raise PredictError(f"{source} is not the final checkpoint of a completed trial (no final evaluation)")
+        cfg = fit_config(state["config"])
+        manifest = state.get("manifest") or _manifest(cfg.data_dir, source)
+        label_names = list(manifest["label_names"])
+        model = architecture(cfg, len(label_names))
+        model.load_state_dict(state["best_model"], strict=True)
+        chosen = choose_device(device)
+        return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
+                   thresholds=np.asarray(state["final_metrics"]["thresholds"], dtype=np.float64),
+                   size=int(manifest["size"]), bits=int(manifest["params"].get("bits", 8)), device=chosen,
+                   precision=engine.Precision.choose(cfg.precision, chosen))
+
+    @classmethod
+    def load(cls, data: bytes | Path, device: str = "auto", source: str | None = None) -> "TrainedModel":
+        """From a checkpoint directory, or the bytes of its state file (read from remote storage)."""
+        if isinstance(data, Path):
+            source = source or str(data)
+            path = data / STATE_FILE if data.is_dir() else data
+            if not path.is_file():
+                raise PredictError(f"no checkpoint at {path}; was the sweep's storage moved or deleted?")
+            data = path.read_bytes()
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - truncated, not ours: one clear message
+            raise PredictError(f"{source}: cannot read the checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        return cls.from_state(state, device, source or "checkpoint")
+
+    def predict(self, paths: list[Path], batch_size: int = 64,
+                workers: int | None = None) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+        """(path, probabilities, None) per decodable file and (path, None, reason) per rejected one (data_prep's
+        reason), decoded on `workers` processes and predicted `batch_size` at a time."""
+        workers = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
+        pending: list[tuple[Path, np.ndarray | None, str | None]] = []
+        results = decoded(list(paths), self.size, workers, self.bits)
+        for path, (image, _patient_id, reason) in zip(paths, results):  # the patient ID is never used
+            pending.append((path, image, reason))
+            if sum(image is not None for _, image, _ in pending) == batch_size:
+                yield from self._batch(pending)
+                pending = []
+        yield from self._batch(pending)
+
+    def _batch(self, pending: list[tuple[Path, np.ndarray | None, str | None]]):
+        decodable = [image for _, image, _ in pending if image is not None]
+        probs = iter([])
+        if decodable:
+            images = np.stack(decodable).astype(DTYPES[self.bits], copy=False)
+            feed = ImageFeed(images, self.device, "resident")
+            probs = iter(engine.predict(self.model, feed, np.arange(len(images)), len(images), self.precision))
+        for path, image, reason in pending:
+            yield (path, next(probs), None) if image is not None else (path, None, reason)
+
+
+def architecture(cfg: FitConfig, num_classes: int) -> Classifier:
+    """The trial's model with untrained weights: the branches its recipe builds (a mixed recipe: the init
+    branch beside the pretrained one), each with the input adapter of the weights it started from."""
+    pretrained_init = (cfg.pretrain_init or cfg.init) if cfg.pretrain_dirs else cfg.init
+    branches = [build_branch(cfg.backbone, pretrained_init, weights=False)]
+    if cfg.strategy == "mixed":
+        branches.insert(0, build_branch(cfg.backbone, cfg.init, weights=False))
+    return Classifier(branches, num_classes, cfg.dropout)
+
+
+def _manifest(data_dir: str, source: str) -> dict:
+    """Checkpoints written before the manifest was stored in them: read it from the data set."""
+    try:
+        return read_manifest(data_dir)
+    except Exception as exc:  # noqa: BLE001
+        raise PredictError(f"{source} does not carry its data set's decoding settings and the data set it was "
+                           f"trained on ({data_dir}) cannot be read here: {exc}") from exc
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    """Files as given, and the image files under folders (DICOM, PNG, JPG; DICOM often has no suffix),
+    sorted; a path that does not exist is an error naming it."""
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")
+                            and (p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise PredictError(f"{item}: no such file or folder")
+    return found
