@@ -3,7 +3,8 @@
 Output (immutable, content-addressed: the directory name is a hash of the inputs and every
 parameter, so the same inputs and settings give the same directory):
     images.npy     N x S x S uint8 (or uint16 with bits=16), bright = dense; np.load(mmap_mode="r")
-    labels.csv     image_key, patient_key, one 0/1 column per label (row i = image i)
+    labels.csv     image_key, patient_key, view, source_height, source_width (the image's own size
+                   before resizing), one 0/1 column per label, empty where unknown (row i = image i)
     folds.csv      image_key, fold
     rejected.csv   csv_row, image_key, reason (quarantined files)
     duplicates.csv csv_row, image_key, duplicate_of, kind, similarity, same_patient, same_labels
@@ -27,6 +28,7 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
+from data_prep.dataset import SOURCE_SIZE
 from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
@@ -214,7 +216,7 @@ def _decode_all(work, image_dir, table, names, params, pseudonym, progress, imag
     results = tqdm(decoded(paths, params.size, params.workers, params.bits), total=len(table), initial=start,
                    desc="decode", unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
-    for i, (pixels, patient_id, reason) in enumerate(results, start=start):
+    for i, (pixels, patient_id, reason, shape) in enumerate(results, start=start):
         if len(pending) >= JOURNAL_EVERY:
             _append_journal(work, (images, thumbs), pending)
         image_key, row = pseudonym("image", table["file"][i]), int(table["csv_row"][i])
@@ -225,7 +227,8 @@ def _decode_all(work, image_dir, table, names, params, pseudonym, progress, imag
             record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
         else:
             film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
-                    "view": table["view"][i], **{n: float(v) for n, v in zip(names, label_matrix[i])}}
+                    "view": table["view"][i], "source_height": shape[0], "source_width": shape[1],
+                    **{n: float(v) for n, v in zip(names, label_matrix[i])}}
             digest = hashlib.sha256(pixels.tobytes()).hexdigest()
             if digest in progress.seen:
                 record = {"list": "duplicates", "row": {**film, "duplicate_of": progress.seen[digest],
@@ -249,7 +252,7 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 25
 
 
 def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
-    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *names])
+    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *SOURCE_SIZE, *names])
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     label_values = labels[names].to_numpy(np.float32)
     if params.holdout is None:

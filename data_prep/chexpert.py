@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataPrepError
-from data_prep.labels import LabelSet, read_csv, refuse_duplicates
+from data_prep.labels import LabelSet, label_step, read_csv, refuse_duplicates
 
 ALL_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
               "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -72,8 +72,11 @@ def read_chexpert_labels(path: Path, options: ChexpertOptions = ChexpertOptions(
     for label in options.labels:
         frame[label] = _values(path, table, label, options)
     keep = frontal.to_numpy() if options.frontal_only else np.ones(len(frame), bool)
-    frame = frame[keep].reset_index(drop=True)
     names = list(options.labels)
+    steps = [label_step("as read", frame[names], names)]
+    frame = frame[keep].reset_index(drop=True)
+    if not keep.all():
+        steps.append(label_step("lateral views removed", frame[names], names))
     stats = {"rows": len(table), "images": len(frame), "policy": options.policy, "blank": options.blank,
-             "masked": {n: int(frame[n].isna().sum()) for n in names}}
+             "masked": {n: int(frame[n].isna().sum()) for n in names}, "steps": steps}
     return LabelSet(frame, names, stats)

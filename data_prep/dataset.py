@@ -11,6 +11,8 @@ import pandas as pd
 from data_prep.errors import DataPrepError
 from data_prep.folds import inner_split
 
+SOURCE_SIZE = ("source_height", "source_width")  # labels.csv: each image's own size before resizing
+
 
 @dataclass(frozen=True)
 class Split:

@@ -31,14 +31,16 @@ def resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:
     return np.clip(np.round(resized * top), 0, top).astype(DTYPES[bits])
 
 
-def decode_and_resize(path: Path, size: int, bits: int = 8) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(size x size image, PatientID, None) or (None, None, rejection reason). Runs in workers:
-    only the small result crosses the process boundary, so memory stays bounded."""
+def decode_and_resize(path: Path, size: int, bits: int = 8) -> tuple[np.ndarray | None, str | None, str | None,
+                                                                     tuple[int, int] | None]:
+    """(size x size image, PatientID, None, the image's own height and width) or (None, None, rejection
+    reason, None). Runs in workers: only the small result crosses the process boundary, so memory stays
+    bounded."""
     try:
         pixels, patient_id = read_image(path)
     except ImageRejected as exc:
-        return None, None, str(exc)
-    return resize(pixels, size, bits), patient_id, None
+        return None, None, str(exc), None
+    return resize(pixels, size, bits), patient_id, None, (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
 def _init_worker() -> None:

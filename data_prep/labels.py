@@ -35,6 +35,14 @@ class LabelSet:
         return self.frame[self.names].to_numpy(np.float32)
 
 
+def label_step(step: str, labels, names: list[str]) -> dict:
+    """One stage of a reader's label processing (merges, filters, undersampling), for data_prep.summary:
+    its images and positives per label."""
+    values = np.asarray(labels, dtype=np.float32)
+    return {"step": step, "images": int(len(values)),
+            "positives": {n: int(np.nansum(values[:, k])) for k, n in enumerate(names)}}
+
+
 def read_csv(path: Path, required: list[str], **kwargs) -> pd.DataFrame:
     """Read a CSV as text, with errors that name the file and what was expected."""
     try:
@@ -116,17 +124,23 @@ def read_target_labels(path: Path, mapping: TargetMapping | None = None, discard
     optional `patient`. Without a mapping, the label names are every finding seen."""
     table = read_csv(path, ["file"])
     refuse_duplicates(path, table["file"])
+    steps = []
     if "findings" in table.columns:
-        labels, names, dropped = _map_findings(path, table["findings"], mapping, discarded_only)
+        labels, names, dropped, raw = _map_findings(path, table["findings"], mapping, discarded_only)
+        steps += [{"step": "findings as read", "images": len(table), "positives": raw},
+                  label_step("grouped into categories", labels, names)]
     else:
         names = mapping.names if mapping else [c for c in table.columns if c not in ("file", "patient", "view")]
         labels, dropped = _from_columns(path, table, names), np.zeros(len(table), bool)
+        steps.append(label_step("as read", labels, names))
+    if dropped.any():
+        steps.append(label_step("images whose only findings are discarded, dropped", labels[~dropped], names))
     frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["file"],
                           "patient": table.get("patient", ""), "view": table.get("view", "")})
     frame[names] = labels
     frame = frame[~dropped].reset_index(drop=True)
     stats = {"rows": len(table), "dropped_only_discarded": int(dropped.sum()),
-             "mapping": asdict(mapping) if mapping else None}
+             "mapping": asdict(mapping) if mapping else None, "steps": steps}
     return LabelSet(frame, names, stats)
 
 
@@ -140,6 +154,7 @@ def _map_findings(path, findings: pd.Series, mapping: TargetMapping | None, disc
     lookup, names = mapping.lookup(), mapping.names
     labels = np.zeros((len(parsed), len(names)), np.float32)
     dropped = np.zeros(len(parsed), bool)
+    raw: dict[str, int] = {}  # images per finding as written (lower case), before grouping
     column = {n: k for k, n in enumerate(names)}
     for i, row in enumerate(parsed):
         if not row:
@@ -152,10 +167,12 @@ def _map_findings(path, findings: pd.Series, mapping: TargetMapping | None, disc
                 raise DataPrepError(f"{path}: row {i + 2}: unknown finding {name!r}; expected 'normal' or one of "
                                     f"{sorted(lookup)}")
             categories.add(lookup[_norm(name)])
+        for name in {_norm(n) for n in row} - {NORMAL}:
+            raw[name] = raw.get(name, 0) + 1
         kept = [c for c in categories if c in column]
         labels[i, [column[c] for c in kept]] = 1
         dropped[i] = bool(categories) and not kept and discarded_only == "drop"
-    return labels, names, dropped
+    return labels, names, dropped, dict(sorted(raw.items()))
 
 
 def _from_columns(path, table: pd.DataFrame, names: list[str]) -> np.ndarray:

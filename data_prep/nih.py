@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataPrepError
-from data_prep.labels import LabelSet, read_csv, refuse_duplicates
+from data_prep.labels import LabelSet, label_step, read_csv, refuse_duplicates
 
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
               "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")
@@ -79,21 +79,29 @@ def read_nih_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
     refuse_duplicates(path, table["Image Index"])
     labels = pd.DataFrame(_parse(path, table), columns=list(NIH_LABELS))
     stats = {"rows": len(table), "counts_raw": labels.sum().astype(int).to_dict()}
+    steps = [label_step("as read", labels, list(labels.columns))]
     labels = _merge(labels, options.merges) if options.merges else labels
     stats["counts_merged"] = labels.sum().astype(int).to_dict()
+    if options.merges:
+        steps.append(label_step("labels merged", labels, list(labels.columns)))
     keep = np.ones(len(table), bool)
     if options.views is not None:
         keep &= table["View Position"].isin(options.views).to_numpy()
     if options.drop_no_finding:
         keep &= labels.to_numpy().max(axis=1) > 0
     stats["after_filters"] = int(keep.sum())
+    if not keep.all():
+        steps.append(label_step("views filtered" + (", No Finding dropped" if options.drop_no_finding else ""),
+                                labels[keep], list(labels.columns)))
     if options.undersample_top:
         kept = labels[keep].reset_index(drop=True)
         keep[np.flatnonzero(keep)] = undersample(kept, options.undersample_top, options.undersample_to, options.seed)
+        steps.append(label_step(f"{options.undersample_top} most frequent labels undersampled to "
+                                f"{options.undersample_to}", labels[keep], list(labels.columns)))
     frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["Image Index"], "patient": table["Patient ID"],
                           "view": table["View Position"]})
     names = list(labels.columns)
     frame[names] = labels
     frame = frame[keep].reset_index(drop=True)
-    stats.update(images=len(frame), counts_final=frame[names].sum().astype(int).to_dict())
+    stats.update(images=len(frame), counts_final=frame[names].sum().astype(int).to_dict(), steps=steps)
     return LabelSet(frame, names, stats)

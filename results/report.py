@@ -64,11 +64,15 @@ def report(url: str, sweep: str | None = None, n_boot: int = 200) -> str:
     return to_markdown(build(url, sweep, n_boot=n_boot, figures=False), figure_dir=None)
 
 
-def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000) -> tuple[str, dict[str, Path]]:
-    """Write the whole report under `out`; (its Markdown without figure links, the files written).
-    The sweep driver calls this at its end."""
+def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000,
+                 extra_sections: list[tuple[str, list, list]] = ()) -> tuple[str, dict[str, Path]]:
+    """Write the whole report under `out`; (the comparison's Markdown without figure links, the files
+    written). The sweep driver calls this at its end, with the sections of its data-set summaries
+    (`extra_sections`: heading, Tables, Figures), which go into the files only."""
     built = build(url, sweep, n_boot=n_boot)
-    return to_markdown(built, figure_dir=None), write(built, out)
+    markdown = to_markdown(built, figure_dir=None)
+    built.sections += list(extra_sections)
+    return markdown, write(built, out)
 
 
 def main(argv: list[str] | None = None) -> int:

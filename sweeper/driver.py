@@ -17,6 +17,7 @@ from data_prep.dataset import PreparedDataset
 from results.report import write_report
 from results.store import ResultsStore, StoreError
 from sweeper.callbacks import ResultsCallback
+from sweeper.data_sections import data_sections
 from sweeper.datasets import ensure_datasets, locations
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
@@ -187,7 +188,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks, errors=stage_errors))
     finally:
         ray.shutdown()
-    return _finish(store, sweep_id, grid, stages, stage_errors, options)
+    return _finish(store, sweep_id, grid, stages, stage_errors, options, data)
 
 
 def _fit(tuner: tune.Tuner, db_url: str):
@@ -223,7 +224,8 @@ def _db_error(exc: BaseException | None, db_url: str, seen: int = 0) -> StoreErr
     return found
 
 
-def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors: dict, options: RunOptions) -> int:
+def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors: dict, options: RunOptions,
+            data: dict[str, Path]) -> int:
     """Reconcile the DB with Ray's result grid, print the report and summary; the exit code."""
     errors = [t.error for t in grid if t.error is not None]  # Tuner.fit returns normally even then
     abandoned = store.remove_unfinished(sweep_id)
@@ -233,17 +235,19 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
-    _print_report(options)
+    _print_report(options, data)
     print(summary(counts, failed, stages, stage_errors, options.db_url))
     return 0 if not (failed or stage_errors) else 1
 
 
-def _print_report(options: RunOptions) -> None:
-    """Print the report and write it under HOME/reports/NAME. The results are in the DB already, so a
-    failure here is reported and the run's summary and exit code still follow."""
+def _print_report(options: RunOptions, data: dict[str, Path]) -> None:
+    """Print the report and write it, with the summaries of the sweep's data sets, under HOME/reports/NAME.
+    The results are in the DB already, so a failure here is reported and the run's summary and exit code
+    still follow."""
     again = f"python -m results.report --db {options.db_url} --sweep {options.name} --out DIR"
     try:
-        markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name)
+        markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name,
+                                         extra_sections=data_sections(data))
     except Exception as exc:  # noqa: BLE001 - never lose the summary for the sake of the report
         print(f"[sweeper] the report could not be made ({type(exc).__name__}: {exc}); the results are in the DB: "
               f"{again}")

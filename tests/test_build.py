@@ -26,8 +26,11 @@ def test_layout_matches_the_contract(prepared_dir, phantom_dir):
     only_pacemaker = (source["findings"] == "heart pacemaker placement").sum()
     assert manifest["label_stats"]["dropped_only_discarded"] == only_pacemaker
     assert images.dtype == np.uint8 and images.shape == (len(source) - only_pacemaker, 32, 32)
-    assert list(labels.columns[:3]) == ["image_key", "patient_key", "view"]
-    assert list(labels.columns[3:]) == manifest["label_names"]
+    assert list(labels.columns[:5]) == ["image_key", "patient_key", "view", "source_height", "source_width"]
+    assert list(labels.columns[5:]) == manifest["label_names"]
+    kept = source[source["findings"] != "heart pacemaker placement"]["file"]
+    headers = [pydicom.dcmread(phantom_dir / f, stop_before_pixels=True) for f in kept]
+    assert sorted(zip(labels["source_height"], labels["source_width"])) == sorted((h.Rows, h.Columns) for h in headers)
     assert folds["image_key"].tolist() == labels["image_key"].tolist()
     assert set(folds["fold"]) == {0, 1, 2}
     assert manifest["size"] == 32 and set(manifest["inputs"]) == {"labels_csv", "images"}

@@ -94,6 +94,7 @@ def test_report_lists_every_cell(tiny_sweep):
     home, _, _ = tiny_sweep
     page = (home / "reports" / "tiny-e2e" / "report.html").read_text()  # and wrote it whole
     assert page.count("<table>") >= 3 and page.count("data:image/png;base64,") >= 4
+    assert "<h2>Data set target (" in page and "<h2>Data set nih (" in page  # the data sets it learned from
 
 
 def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_recorded(tiny_sweep):

@@ -218,15 +218,23 @@ def test_views_give_hand_written_sql_the_reported_numbers(handmade):
     assert "lr" in (json.loads(params) if isinstance(params, str) else params)
 
 
-def test_the_sweep_driver_writes_the_report_and_survives_a_report_failure(tmp_path, capsys):
+def test_the_sweep_driver_writes_the_report_with_its_data_sets_and_survives_a_report_failure(tmp_path, capsys,
+                                                                                             prepared_dir):
     from sweeper.driver import RunOptions, _print_report
 
     url = f"sqlite:///{tmp_path}/results.db"
     build_sweep(url, "s1")
-    _print_report(RunOptions(name="s1", db_url=url, home=tmp_path, storage=str(tmp_path)))
-    assert "### Conclusion: best recipe per backbone" in capsys.readouterr().out
-    assert (tmp_path / "reports" / "s1" / "report.html").is_file()
-    _print_report(RunOptions(name="nope", db_url=url, home=tmp_path, storage=str(tmp_path)))
+    _print_report(RunOptions(name="s1", db_url=url, home=tmp_path, storage=str(tmp_path)), {"target": prepared_dir})
+    printed = capsys.readouterr().out
+    assert "### Conclusion: best recipe per backbone" in printed and "Data set target" not in printed  # files only
+    out = tmp_path / "reports" / "s1"
+    page = (out / "report.html").read_text()
+    assert f"Data set target ({prepared_dir.name})" in page and "target: label counts at each step" in page
+    labels = pd.read_csv(out / "tables" / "data_target_labels.csv")
+    assert labels.set_index("label")["positives"].to_dict() == \
+        pd.read_csv(prepared_dir / "labels.csv")[labels["label"]].sum().astype(int).to_dict()
+    assert (out / "figures" / "data_target_cooccurrence.png").is_file()
+    _print_report(RunOptions(name="nope", db_url=url, home=tmp_path, storage=str(tmp_path)), {})
     printed = capsys.readouterr().out
     assert "the report could not be made (QueryError: no sweep named 'nope'" in printed
     assert f"python -m results.report --db {url} --sweep nope" in printed
