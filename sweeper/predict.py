@@ -1,7 +1,7 @@
 """`python -m sweeper.predict`: apply a sweep's trained model to new DICOM, PNG or JPG files.
 
     python -m sweeper.predict --db URL [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
-                              [--out predictions.csv]
+                              [--out predictions.csv] [--explain DIR] [--layers DIR]
 
 The model is a cell's trial best on inner validation (results.choose), rebuilt from its final
 checkpoint in Ray's storage; images are decoded as the data set it trained on was built
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from results.choose import ChosenTrial, choose_trial
 from results.query import QueryError
 from results.store import StoreError
+from trainables.explain import grad_cam, layer_grid, layer_outputs, overlay, safe_name, write_png
 from trainables.predict import PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
 
@@ -39,6 +40,11 @@ def parse_args(argv):
     which.add_argument("--best", action="store_true",
                        help="the cell with the best mean inner-validation AUC (the default)")
     parser.add_argument("--out", type=Path, default=None, help="write every file's probabilities to this CSV")
+    parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                        help="write a Grad-CAM heatmap over each file for each label it predicts (the most likely "
+                             "one if none), one per branch of a mixed model, as PNG here")
+    parser.add_argument("--layers", type=Path, default=None, metavar="DIR",
+                        help="write the outputs of a few layers of each branch for each file, as image grids, here")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores but one)")
@@ -75,6 +81,26 @@ def _line(path: Path, probs: np.ndarray, model: TrainedModel, every: bool) -> st
     return text
 
 
+def explain(model: TrainedModel, image: np.ndarray, probs: np.ndarray, out: Path, stem: str) -> list[Path]:
+    """Grad-CAM over the input for each label above its threshold (else the most likely one), per branch."""
+    labels = np.flatnonzero(probs > model.thresholds)
+    labels = labels[np.argsort(-probs[labels])] if len(labels) else np.argsort(-probs)[:1]
+    grey = image.astype(np.float32) / np.iinfo(image.dtype).max
+    written = []
+    for k in labels:
+        heats = grad_cam(model.model, model.tensor(image), int(k))
+        for b, heat in enumerate(heats):
+            branch = f"_branch{b}" if len(heats) > 1 else ""
+            name = f"{stem}_{safe_name(model.label_names[k])}{branch}.png"
+            written.append(write_png(overlay(grey, heat), out / name, scale_to=256))
+    return written
+
+
+def show_layers(model: TrainedModel, image: np.ndarray, out: Path) -> list[Path]:
+    return [write_png(layer_grid(output), out / f"{safe_name(name)}.png", scale_to=256)
+            for name, output in layer_outputs(model.model, model.tensor(image)).items()]
+
+
 def run(args) -> int:
     files = image_files(args.inputs)
     if not files:
@@ -82,10 +108,10 @@ def run(args) -> int:
     chosen = choose_trial(args.db, args.sweep, args.cell)
     model = TrainedModel.load(read_checkpoint(chosen.checkpoint), args.device, source=chosen.checkpoint)
     print(describe(chosen, model), file=sys.stderr)
-    rows, rejected = [], 0
+    rows, rejected, explained = [], 0, 0
     every = len(files) <= PRINT_ALL_UP_TO
     with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
-        for path, probs, reason in model.predict(files, args.batch_size, args.workers):
+        for number, (path, probs, reason, image) in enumerate(model.predict(files, args.batch_size, args.workers)):
             bar.update(1)
             if probs is None:
                 rejected += 1
@@ -97,6 +123,11 @@ def run(args) -> int:
                          "predicted": "|".join(n for n, yes in zip(model.label_names, above) if yes),
                          **{name: float(p) for name, p in zip(model.label_names, probs)}})
             tqdm.write(_line(path, probs, model, every), file=sys.stdout)
+            stem = f"{number:05d}_{safe_name(path.stem)}"
+            if args.explain:
+                explained += len(explain(model, image, probs, args.explain, stem))
+            if args.layers:
+                explained += len(show_layers(model, image, args.layers / stem))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
@@ -104,7 +135,9 @@ def run(args) -> int:
             writer.writeheader()
             writer.writerows(rows)
     print(f"[predict] {len(files) - rejected} image(s) predicted, {rejected} rejected"
-          + (f"; every probability in {args.out}" if args.out else ""), file=sys.stderr)
+          + (f"; every probability in {args.out}" if args.out else "")
+          + (f"; {explained} picture(s) in {', '.join(str(d) for d in (args.explain, args.layers) if d)}"
+             if explained else ""), file=sys.stderr)
     return 0
 
 

@@ -48,5 +48,24 @@ def chexpert_prepared_dir(tmp_path_factory) -> Path:
                  key=TEST_KEY, name="chexpert_phantom", log=lambda *_: None)
 
 
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """(data set, final metrics, final checkpoint state) of a short run that learns the phantom's
+    cardiac hypertrophy (a big heart): 120 patients at 64 px, 10 epochs, about 15 s."""
+    import copy
+
+    from trainables.fit import FitConfig, fit
+
+    raw = tmp_path_factory.mktemp("learnable")
+    make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
+    data = build(raw, raw / "labels.csv", tmp_path_factory.mktemp("learnable_prepared"),
+                 BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
+    reports = []
+    cfg = FitConfig(data_dir=str(data), backbone="resnet18", outer_fold=0, epochs=10, batch_size=16, lr=1e-3,
+                    dropout=0.0, threads=2, schedule="constant")
+    fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)
+    return data, reports[-1][0], reports[-1][1]
+
+
 # Real-service fixtures (PostgreSQL, headless Chromium): engine_url, render_html.
 from tests.services_fixtures import _postgres_admin, engine_url, render_html  # noqa: E402,F401

@@ -12,7 +12,6 @@ import torch
 
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
-from data_prep.phantom import make_phantom_set
 from tests.conftest import TEST_KEY
 from trainables import engine
 from trainables.feed import ImageFeed
@@ -191,7 +190,7 @@ def test_regular_transfer_pretrains_each_stage_of_the_chain_once(prepared_dir, c
 
 
 def test_co_trained_pretraining_uses_one_head_per_source(prepared_dir, chexpert_prepared_dir, tmp_path):
-    cache, logs = tmp_path / "pretrained", []
+    cache = tmp_path / "pretrained"
     final = _run(_config(prepared_dir, epochs=1, strategy="co_trained", pretrain_epochs=1, pretrain_cache=str(cache),
                          pretrain_dirs=(str(chexpert_prepared_dir), str(prepared_dir))))[-1][0]
     assert np.isfinite(final["test_auc"])
@@ -208,17 +207,8 @@ def test_mixed_strategy_fine_tunes_two_branches(prepared_dir, chexpert_prepared_
     assert np.isfinite(reports[-1][0]["test_auc"])
 
 
-@pytest.fixture(scope="module")
-def learnable_dir(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("learnable")
-    make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
-    return build(raw, raw / "labels.csv", tmp_path_factory.mktemp("learnable_prepared"),
-                 BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
-
-
-def test_a_tiny_run_learns_a_phantom_label(learnable_dir):
-    final = _run(_config(learnable_dir, epochs=10, batch_size=16, lr=1e-3, dropout=0.0, threads=2,
-                         schedule="constant"))[-1][0]
+def test_a_tiny_run_learns_a_phantom_label(learned_run):
+    learnable_dir, final, _ = learned_run
     data = PreparedDataset(learnable_dir)
     per_label = dict(zip(data.label_names, final["test_auc_per_class"]))
     assert max(per_label.values()) > 0.85 and final["test_auc"] > 0.7, f"too little learned: {per_label}"

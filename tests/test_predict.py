@@ -35,9 +35,9 @@ def test_a_trained_model_predicts_files_exactly_as_its_trial_evaluated_them(stra
     tested = [phantom_dir / f for f in files if pseudonym("image", f) in by_key]
     (tmp_path / "broken.dcm").write_bytes(b"not a DICOM file")
     results = list(model.predict([tmp_path / "broken.dcm", *tested], batch_size=5, workers=1))
-    assert results[0][1] is None and "not a readable DICOM file" in results[0][2]
+    assert results[0].probs is None and "not a readable DICOM file" in results[0].reason
     assert len(results) == len(tested) + 1 and len(tested) == len(by_key) > 5
-    for path, probs, reason in results[1:]:
+    for path, probs, reason, _ in results[1:]:
         assert reason is None
         np.testing.assert_allclose(probs, by_key[pseudonym("image", path.relative_to(phantom_dir).as_posix())],
                                    atol=1e-5, err_msg=str(path))
@@ -92,8 +92,8 @@ def test_a_model_predicts_on_the_gpu_as_on_the_cpu(prepared_dir, phantom_dir, tm
     state = _run(_config(prepared_dir, epochs=1))[-1][1]
     torch.save(state, tmp_path / STATE_FILE)
     files = [phantom_dir / f for f in pd.read_csv(phantom_dir / "labels.csv")["file"][:12]]
-    cpu = np.stack([p for _, p, _ in TrainedModel.load(tmp_path, "cpu").predict(files, workers=1)])
+    cpu = np.stack([p.probs for p in TrainedModel.load(tmp_path, "cpu").predict(files, workers=1)])
     gpu_model = TrainedModel.load(tmp_path, "cuda")
     assert gpu_model.device.type == "cuda"
-    gpu = np.stack([p for _, p, _ in gpu_model.predict(files, batch_size=4, workers=1)])
+    gpu = np.stack([p.probs for p in gpu_model.predict(files, batch_size=4, workers=1)])
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)  # bf16 autocast on the GPU when the trial chose it

@@ -24,7 +24,8 @@ PREFETCH = 3  # batches read ahead by the streaming thread
 CPU_RESIDENT_BYTES = 8 << 30
 
 
-def _scale(batch: torch.Tensor) -> torch.Tensor:
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """Stored uint8 or uint16 images (B, H, W) as float (B, 1, H, W) in [0, 1]: what every model takes."""
     top = 255.0 if batch.dtype == torch.uint8 else 65535.0
     return batch.unsqueeze(1).float().div_(top)
 
@@ -80,7 +81,7 @@ class ImageFeed:
     def _resident(self, chunks: list[np.ndarray]):
         for idx in chunks:
             started = time.perf_counter()
-            batch = _scale(self.stored[torch.as_tensor(idx, device=self.device)])
+            batch = to_unit(self.stored[torch.as_tensor(idx, device=self.device)])
             self.waited += time.perf_counter() - started
             yield batch, idx
 
@@ -100,7 +101,7 @@ class ImageFeed:
                     torch.cuda.current_stream(self.device).wait_event(event)
                     batch.record_stream(torch.cuda.current_stream(self.device))
                 self.waited += time.perf_counter() - started
-                yield _scale(batch), idx
+                yield to_unit(batch), idx
         finally:
             stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue

@@ -12,7 +12,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from data_prep.dataset import read_manifest
 from data_prep.decode import DTYPES, decoded
 from trainables import engine
-from trainables.feed import ImageFeed
+from trainables.feed import ImageFeed, to_unit
 from trainables.fit import FitConfig, choose_device
 from trainables.models import Classifier, build_branch
 from trainables.tune_adapter import STATE_FILE, fit_config
@@ -30,6 +30,13 @@ IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
 
 class PredictError(Exception):
     """A model or input that cannot be used; the message says which and why."""
+
+
+class Prediction(NamedTuple):
+    path: Path
+    probs: np.ndarray | None  # one per label; None: the file was rejected
+    reason: str | None  # data_prep's reason for a rejected file
+    image: np.ndarray | None  # as decoded and resized (the data set's dtype), for explanations
 
 
 @dataclass
@@ -74,10 +81,9 @@ class TrainedModel:
             raise PredictError(f"{source}: cannot read the checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
         return cls.from_state(state, device, source or "checkpoint")
 
-    def predict(self, paths: list[Path], batch_size: int = 64,
-                workers: int | None = None) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-        """(path, probabilities, None) per decodable file and (path, None, reason) per rejected one (data_prep's
-        reason), decoded on `workers` processes and predicted `batch_size` at a time."""
+    def predict(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> Iterator[Prediction]:
+        """A Prediction per file, in order (a rejected one with data_prep's reason), decoded on `workers`
+        processes and predicted `batch_size` at a time."""
         workers = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
         pending: list[tuple[Path, np.ndarray | None, str | None]] = []
         results = decoded(list(paths), self.size, workers, self.bits)
@@ -96,7 +102,11 @@ class TrainedModel:
             feed = ImageFeed(images, self.device, "resident")
             probs = iter(engine.predict(self.model, feed, np.arange(len(images)), len(images), self.precision))
         for path, image, reason in pending:
-            yield (path, next(probs), None) if image is not None else (path, None, reason)
+            yield Prediction(path, next(probs), None, image) if image is not None else Prediction(path, None, reason, None)
+
+    def tensor(self, image: np.ndarray) -> torch.Tensor:
+        """One decoded image as the model's input (1, 1, H, W) on its device, scaled as in training."""
+        return to_unit(torch.from_numpy(np.array(image))[None]).to(self.device)  # a copy: images may be read-only
 
 
 def architecture(cfg: FitConfig, num_classes: int) -> Classifier:
