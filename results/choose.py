@@ -51,3 +51,12 @@ def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) ->
                          f"checkpoint (a DB written before schema version 4); run the sweep again to apply its models")
     return ChosenTrial(sweep, row["backbone"], row["recipe"], row["variant"], int(row["fold"]), row["trial_key"],
                        float(row["val_auc"]), row["checkpoint"])
+
+
+def cells_with_models(url: str, sweep: str) -> list[str]:
+    """The cells of a sweep that have a completed, selected trial with a recorded checkpoint, by name."""
+    frame = run_query(url, f"""
+        SELECT DISTINCT st.backbone, st.recipe, st.variant
+        FROM selected_trials st JOIN sweep_trials t ON t.id = st.trial_id JOIN sweeps s ON s.id = st.sweep_id
+        WHERE s.name = {quote(sweep)} AND t.checkpoint IS NOT NULL ORDER BY st.backbone, st.recipe, st.variant""")
+    return ["/".join(p for p in parts if p) for parts in frame[CELL].itertuples(index=False)]

@@ -18,6 +18,7 @@ from results.report import write_report
 from results.store import ResultsStore, StoreError
 from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
+from sweeper.explain_sections import explanation_sections
 from sweeper.datasets import ensure_datasets, locations
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
@@ -88,6 +89,7 @@ class RunOptions:
     version: str = "unknown"
     data: dict[str, str] = field(default_factory=dict)  # --data NAME=LOCATION
     max_concurrent: int | None = None  # --max-concurrent; None: the spec's
+    report_images: bool = True  # Grad-CAM over a few test images per cell in the report
 
 
 def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, sweep_id: int, target: Path,
@@ -246,8 +248,11 @@ def _print_report(options: RunOptions, data: dict[str, Path]) -> None:
     still follow."""
     again = f"python -m results.report --db {options.db_url} --sweep {options.name} --out DIR"
     try:
+        extra = data_sections(data)
+        if options.report_images and "target" in data:
+            extra += explanation_sections(options.db_url, options.name, data["target"])
         markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name,
-                                         extra_sections=data_sections(data))
+                                         extra_sections=extra)
     except Exception as exc:  # noqa: BLE001 - never lose the summary for the sake of the report
         print(f"[sweeper] the report could not be made ({type(exc).__name__}: {exc}); the results are in the DB: "
               f"{again}")

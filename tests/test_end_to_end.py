@@ -94,7 +94,11 @@ def test_report_lists_every_cell(tiny_sweep):
     home, _, _ = tiny_sweep
     page = (home / "reports" / "tiny-e2e" / "report.html").read_text()  # and wrote it whole
     assert page.count("<table>") >= 3 and page.count("data:image/png;base64,") >= 4
-    assert "<h2>Data set target (" in page and "<h2>Data set nih (" in page  # the data sets it learned from
+    assert "<h2>Data set target (" in page and "<h2>Data set phantom_nih (" in page  # the data sets it learned from
+    assert "<h2>Explanations: Grad-CAM on test images</h2>" in page  # and what each cell's model looks at
+    figures = home / "reports" / "tiny-e2e" / "figures"
+    assert sorted(p.name for p in figures.glob("gradcam_*.png")) == sorted(
+        f"gradcam_{b}_{r}.png" for b, r in CELLS)
 
 
 def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_recorded(tiny_sweep):
@@ -147,6 +151,14 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     thresholds = run_query(db, f"SELECT m.class_name, m.value FROM trial_metrics m JOIN sweep_trials t ON t.id = "
                                f"m.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND m.metric = 'threshold'")
     predicted = mine.to_numpy() > thresholds.set_index("class_name")["value"].loc[evaluated.columns].to_numpy()
+    files = [raw / f for f in table["file"][:2]]
+    explained = _cli("-m", "sweeper.predict", "--db", db, "--cell", "resnet18/nih_pretrained", *map(str, files),
+                     "--explain", str(tmp_path / "cam"), "--layers", str(tmp_path / "layers"), "--workers", "1")
+    assert explained.returncode == 0, explained.stderr[-3000:]
+    heatmaps = sorted(p.name for p in (tmp_path / "cam").iterdir())
+    assert {name[:5] for name in heatmaps} == {"00000", "00001"} and all(n.endswith(".png") for n in heatmaps)
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == [f"0000{i}_{f.stem}" for i, f in enumerate(files)]
+    assert len(list((tmp_path / "layers").glob("*/branches.0.trunk.*.png"))) == 2 * 6
     labels = rows.set_index("image_key").loc[evaluated.index, "predicted"]
     assert [set(filter(None, p.split("|"))) for p in labels] == [
         {c for c, yes in zip(evaluated.columns, row) if yes} for row in predicted]

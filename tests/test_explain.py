@@ -66,3 +66,19 @@ def test_grad_cam_looks_at_a_fine_enough_layer_on_small_inputs():
     assert sides["side"] >= MIN_CAM_SIDE and layer is not model.branches[0].trunk
     (layer,) = cam_layers(model, torch.rand(1, 1, 512, 512))
     assert layer is model.branches[0].trunk  # 16 x 16 at 512 px: the usual last layer
+
+
+def test_the_reports_examples_are_the_most_right_and_most_wrong_for_the_most_common_label():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from sweeper.explain_sections import examples
+
+    rows = [("a", 0.9, 1), ("b", 0.6, 1), ("c", 0.2, 1), ("d", 0.1, 1), ("e", 0.8, 0), ("f", 0.3, 0), ("g", 0.05, 0)]
+    frame = pd.DataFrame([(k, "Effusion", p, t) for k, p, t in rows] + [(k, "Hernia", 0.5, 0) for k, _, _ in rows],
+                         columns=["image_key", "class_name", "prob", "target"])
+    model = SimpleNamespace(label_names=["Hernia", "Effusion"], thresholds=np.array([0.5, 0.5]))
+    label, picked = examples(frame, model)  # Hernia has no positives: not a label to explain
+    assert label == "Effusion"
+    assert picked == [("true positive", "a", 0.9), ("false negative", "d", 0.1), ("false positive", "e", 0.8),
+                      ("true negative", "g", 0.05)]
