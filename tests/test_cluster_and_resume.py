@@ -99,31 +99,54 @@ def _finished_trials(db_path: Path) -> int:
         return 0
 
 
+KILL_SPEC = """
+name = "kill"
+[data]
+target = "phantom"
+size = 32
+folds = 2
+phantom = { n_patients = 24, image_px = 64, seed = 0 }
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch"]
+[recipes.scratch]
+[search]
+trials = 4
+[asha]
+grace_period = 1
+[train]
+epochs = 2
+batch_size = 8
+"""
+KILL_TRIALS = 2 * 4  # folds x trials
+
+
 def _kill_driver_mid_sweep(tmp_path: Path, name: str) -> tuple[Path, list[str], dict]:
-    """Start a `tiny` sweep and SIGKILL the driver with its local Ray once 4 trials have finished."""
+    """Start a sweep of 8 trials and SIGKILL the driver with its local Ray once 3 have finished."""
     home, env = tmp_path / "home", _env(tmp_path)
-    args = _sweep_args("tiny", home, name, "--num-cpus", "2")
+    (tmp_path / "kill.toml").write_text(KILL_SPEC)
+    args = _sweep_args(str(tmp_path / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
                               start_new_session=True)  # its own process group: the driver and its local Ray
     deadline = time.monotonic() + 400
     try:
-        while _finished_trials(home / "results.db") < 4 or not list((home / "ray" / name).glob("experiment_state*")):
+        while _finished_trials(home / "results.db") < 3 or not list((home / "ray" / name).glob("experiment_state*")):
             assert driver.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no 4 finished trials in time"
+            assert time.monotonic() < deadline, "no 3 finished trials in time"
             time.sleep(0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # like a machine that lost power: no clean-up at all
         driver.wait()
-    assert 4 <= _finished_trials(home / "results.db") < 16
+    assert 3 <= _finished_trials(home / "results.db") < KILL_TRIALS
     return home, args, env
 
 
 def _assert_every_trial_recorded_once(home: Path, name: str) -> None:
     db = f"sqlite:///{home}/results.db"
     rows = run_query(db, "SELECT trial_key, study, optuna_number, status, epochs_run FROM sweep_trials")
-    assert len(rows) == 16 and rows["trial_key"].is_unique  # tiny: 2 x 2 cells x 2 folds x 2 trials
+    assert len(rows) == KILL_TRIALS and rows["trial_key"].is_unique
     assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
-    assert (rows.groupby("study").size() == 2).all() and not rows.duplicated(["study", "optuna_number"]).any()
+    assert (rows.groupby("study").size() == 4).all() and not rows.duplicated(["study", "optuna_number"]).any()
     complete = rows.loc[rows["status"] == "COMPLETE"]
     assert (complete["epochs_run"] == 2).all()
     tested = run_query(db, "SELECT DISTINCT t.trial_key FROM trial_metrics m JOIN sweep_trials t ON t.id = m.trial_id "
