@@ -90,6 +90,7 @@ class RunOptions:
     data: dict[str, str] = field(default_factory=dict)  # --data NAME=LOCATION
     max_concurrent: int | None = None  # --max-concurrent; None: the spec's
     report_images: bool = True  # Grad-CAM over a few test images per cell in the report
+    report_bootstrap: int = 1000  # resamples for the report's intervals and p-values
 
 
 def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, sweep_id: int, target: Path,
@@ -252,7 +253,7 @@ def _print_report(options: RunOptions, data: dict[str, Path]) -> None:
         if options.report_images and "target" in data:
             extra += explanation_sections(options.db_url, options.name, data["target"])
         markdown, written = write_report(options.db_url, options.name, options.home / "reports" / options.name,
-                                         extra_sections=extra)
+                                         n_boot=options.report_bootstrap, extra_sections=extra)
     except Exception as exc:  # noqa: BLE001 - never lose the summary for the sake of the report
         print(f"[sweeper] the report could not be made ({type(exc).__name__}: {exc}); the results are in the DB: "
               f"{again}")

@@ -32,6 +32,8 @@ def parse_args(argv):
     parser.add_argument("--max-concurrent", type=_positive, default=None, metavar="N",
                         help="fine-tuning trials at once (default: the spec's resources.max_concurrent, else "
                              "what the cluster's resources fit)")
+    parser.add_argument("--report-bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the final report's intervals and p-values (default 1000)")
     parser.add_argument("--no-report-images", action="store_true",
                         help="leave test images (Grad-CAM over a few per cell) out of the report")
     parser.add_argument("--dry-run", action="store_true",
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         options = RunOptions(name=name, db_url=db_url, home=home, storage=storage, address=args.address,
                              resume=args.resume, num_cpus=args.num_cpus, version=code_version(),
                              data=data_locations(args.data), max_concurrent=args.max_concurrent,
-                             report_images=not args.no_report_images)
+                             report_images=not args.no_report_images, report_bootstrap=args.report_bootstrap)
         return run_sweep(spec, spec_text, args.spec, options)
     except (SpecError, StoreError, DataPrepError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -125,7 +125,8 @@ def _kill_driver_mid_sweep(tmp_path: Path, name: str) -> tuple[Path, list[str], 
     """Start a sweep of 8 trials and SIGKILL the driver with its local Ray once 3 have finished."""
     home, env = tmp_path / "home", _env(tmp_path)
     (tmp_path / "kill.toml").write_text(KILL_SPEC)
-    args = _sweep_args(str(tmp_path / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images")
+    args = _sweep_args(str(tmp_path / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images",
+                       "--report-bootstrap", "50")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
                               start_new_session=True)  # its own process group: the driver and its local Ray
     deadline = time.monotonic() + 400

@@ -42,7 +42,7 @@ def tiny_sweep(tmp_path_factory):
     ENV.update(os.environ, CXR_SWEEP_PSEUDONYM_KEY_FILE=str(home.parent / "e2e.key"), RAY_TMPDIR=ray_tmp)
     db = f"sqlite:///{home}/results.db"
     proc = _cli("-m", "sweeper.run", "--spec", "tiny", "--home", str(home), "--db", db, "--num-cpus", "2",
-                "--name", "tiny-e2e")
+                "--name", "tiny-e2e", "--report-bootstrap", "50")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield home, db, proc
     shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -204,7 +204,7 @@ def test_resuming_a_finished_sweep_adds_nothing(tiny_sweep):
     home, db, _ = tiny_sweep
     before = run_query(db, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0]
     proc = _cli("-m", "sweeper.run", "--spec", "tiny", "--home", str(home), "--db", db, "--num-cpus", "2",
-                "--name", "tiny-e2e", "--resume")
+                "--name", "tiny-e2e", "--resume", "--report-bootstrap", "50", "--no-report-images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_query(db, "SELECT COUNT(*) FROM sweep_trials").iloc[0, 0] == before == 16
 
@@ -241,7 +241,8 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "f.key"), "CXR_SWEEP_OFFLINE": "1",
            "TORCH_HOME": str(tmp_path / "empty-torch-home")}  # no ImageNet weights: the imagenet trials fail
     proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"),
-                           "--db", db, "--num-cpus", "2", "--name", "failing"],
+                           "--db", db, "--num-cpus", "2", "--name", "failing", "--report-bootstrap", "50",
+                           "--no-report-images"],
                           capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")

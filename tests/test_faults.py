@@ -295,7 +295,7 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
     (tmp_path / "k.key").write_text(TEST_KEY.decode())
     db = f"sqlite:///{tmp_path}/results.db"
     args = [sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"), "--db", db,
-            "--num-cpus", "2", "--name", "full", "--storage", str(small_disk / "ray")]
+            "--num-cpus", "2", "--name", "full", "--storage", str(small_disk / "ray"), "--report-bootstrap", "50"]
     env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
     first = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
@@ -334,7 +334,7 @@ def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
     (tmp_path / "k.key").write_text(TEST_KEY.decode())
     env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
     args = [sys.executable, "-m", "sweeper.run", "--spec", "tiny", "--home", str(tmp_path / "home"),
-            "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull"]
+            "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull", "--report-bootstrap", "50"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 300
     while _finished_trials(db_path) < 2:
