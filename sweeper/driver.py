@@ -110,6 +110,8 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, swe
     # the studies in the results DB know what ran, so a new experiment runs only what is missing
     state, reason = damaged
     aside = set_aside(state)
+    while (more := damaged_experiment_state(path)) is not None:  # another of Ray's files may be damaged too
+        set_aside(more[0])
     searcher = _searcher(spec, plans, options.name, options.db_url)
     todo, again = searcher.continue_from_studies()
     replaced = store.forget_errors(sweep_id, again)  # the reruns' rows take their place, as with Ray's resume
@@ -125,20 +127,29 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, swe
     return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent, searcher)
 
 
+RAY_STATE_FILES = (("experiment_state-", ".json", "json"), ("search_gen_state-", ".json", "pickle"),
+                   ("tuner", ".pkl", "pickle"))  # what Tuner.restore reads; Ray pickles its search state
+
+
 def damaged_experiment_state(path: str) -> tuple[str, str] | None:
-    """(file, why) when the newest Ray experiment state under `path` cannot be read; a full disk truncates
-    it, as it shares the storage path with the checkpoints."""
+    """(file, why) for the first of Ray's state files under `path` (the newest of each kind) that cannot be
+    read; a full disk truncates them, as they share the storage path with the checkpoints. Our searcher's
+    own state is not among them: it is rebuilt from the studies when unreadable (sweeper.search)."""
+    import ray.cloudpickle
+
     filesystem, root = _filesystem(path)
-    states = sorted(info.path for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
-                    if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json"))
-    if not states:
-        return None
-    with filesystem.open_input_stream(states[-1]) as stream:
-        text = stream.readall().decode("utf-8", errors="replace")
-    try:
-        json.loads(text)
-    except ValueError as exc:
-        return states[-1], str(exc)
+    files = [info for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
+             if info.type == pyarrow.fs.FileType.File]
+    for prefix, suffix, kind in RAY_STATE_FILES:
+        found = sorted(i.path for i in files if i.base_name.startswith(prefix) and i.base_name.endswith(suffix))
+        if not found:
+            continue
+        with filesystem.open_input_stream(found[-1]) as stream:
+            data = stream.readall()
+        try:
+            json.loads(data.decode("utf-8")) if kind == "json" else ray.cloudpickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - truncated or empty: any failure to read means the same
+            return found[-1], f"{type(exc).__name__}: {exc}"
     return None
 
 

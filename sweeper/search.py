@@ -124,9 +124,12 @@ class PerStudyOptunaSearcher(Searcher):
             return key, trial.number
         if trial_id in self._failed:
             return self._failed.pop(trial_id)
-        config = (result or {}).get("config") or {}
-        if config.get("study") in self._studies and config.get("optuna_number") is not None:
-            return config["study"], int(config["optuna_number"])
+        result = result or {}
+        config = result.get("config") or {}  # Ray passes the result flattened: "config/study", ...
+        study = result.get("config/study", config.get("study"))
+        number = result.get("config/optuna_number", config.get("optuna_number"))
+        if study in self._studies and number is not None:
+            return study, int(number)
         return None
 
     @staticmethod

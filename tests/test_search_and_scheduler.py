@@ -165,8 +165,11 @@ def test_a_searcher_whose_saved_state_is_unreadable_rebuilds_its_counts_from_the
     with pytest.warns(RuntimeWarning, match="cannot be read.*rebuilt from the Optuna studies"):
         restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("t1")["optuna_number"] == 1 and restored.suggest("t2") == "FINISHED"  # no extra asks
-    # the errored trial, run again by --resume, is found by the study and number in its config
-    restored.on_trial_complete("t0", {"best_val_auc": 0.7, "completed": True, "config": config})
+    # the errored trial, run again by --resume, is found by the study and number in its config, which Ray
+    # passes flattened (ray.tune.utils.flatten_dict: "config/study", ...)
+    from ray.tune.utils import flatten_dict
+
+    restored.on_trial_complete("t0", flatten_dict({"best_val_auc": 0.7, "completed": True, "config": config}))
     assert [t.state.name for t in restored.studies["cell0/fold0"].trials] == ["FAIL", "RUNNING", "COMPLETE"]
 
 
@@ -185,7 +188,8 @@ def test_a_trial_replayed_after_a_resume_is_not_told_twice():
     searcher = _searcher(n_studies=1, n_trials=1)
     config = searcher.suggest("t0")
     searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
-    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True, "config": config})  # the replay
+    replay = {"best_val_auc": 0.8, "completed": True, **{f"config/{k}": v for k, v in config.items()}}
+    searcher.on_trial_complete("t0", replay)  # as Ray passes it: flattened
     assert [t.state.name for t in searcher.studies["cell0/fold0"].trials] == ["COMPLETE"]
 
 
