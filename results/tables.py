@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from results.analysis import PERCENT, Analysis, fmt, fmt_p
+from results.analysis import PERCENT, Analysis, fmt, fmt_p, p_text
 from results.load import CELL
 
 
@@ -47,6 +47,7 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     part["vs_best_diff"] = [c.difference if c else np.nan for c in compared]
     part["vs_best_p"] = [c.p_value if c else np.nan for c in compared]
     part["vs_best_text"] = [fmt_p(c) for c in compared]
+    part["vs_best_p_text"] = [p_text(c) for c in compared]
     return part
 
 
@@ -137,7 +138,7 @@ def conclusion(analysis: Analysis) -> list[Table]:
                      f"{best['auc_pooled']:.3f} [{best['auc_ci_low']:.3f}, {best['auc_ci_high']:.3f}]",
                      "Runner-up": _name(runner) if runner is not None else "",
                      "Best - runner-up, AUC (p)": "" if runner is None or pd.isna(runner["vs_best_diff"])
-                     else f"{-runner['vs_best_diff']:+.3f} ({runner['vs_best_text'].split('(')[-1]}"})
+                     else f"{-runner['vs_best_diff']:+.3f} ({runner['vs_best_p_text']})"})
         numbers.append(_numbers(part.iloc[:2]))
     if not rows:
         return []
