@@ -71,6 +71,20 @@ def _known(pooled: dict) -> tuple[np.ndarray, np.ndarray]:
     return truth[keep], probs[keep]
 
 
+def _roc(ax, truth: np.ndarray, probs: np.ndarray, **style) -> bool:
+    """Draw one ROC curve; False (nothing drawn) when the truth has no positives or no negatives."""
+    if len(truth) == 0 or truth.min() == truth.max():
+        return False
+    fpr, tpr, _ = roc_curve(truth, probs)
+    ax.plot(fpr, tpr, **style)
+    return True
+
+
+def _roc_frame(ax) -> None:
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)  # chance
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
+
+
 def roc_pr_curves(analysis: Analysis) -> list[Figure]:
     """Per backbone: ROC and precision-recall curves (micro-average over classes) of every cell's pooled
     out-of-fold test predictions."""
@@ -82,14 +96,11 @@ def roc_pr_curves(analysis: Analysis) -> list[Figure]:
         fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
         for key in keys:
             truth, probs = _known(analysis.pooled[key])
-            if truth.min() == truth.max():
-                continue
-            fpr, tpr, _ = roc_curve(truth, probs)
-            precision, recall, _ = precision_recall_curve(truth, probs)
-            roc_ax.plot(fpr, tpr, label=_cell_name(key[1], key[2]))
-            pr_ax.plot(recall, precision, label=_cell_name(key[1], key[2]))
-        roc_ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        roc_ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC: {backbone}")
+            if _roc(roc_ax, truth, probs, label=_cell_name(key[1], key[2])):
+                precision, recall, _ = precision_recall_curve(truth, probs)
+                pr_ax.plot(recall, precision, label=_cell_name(key[1], key[2]))
+        _roc_frame(roc_ax)
+        roc_ax.set_title(f"ROC: {backbone}")
         pr_ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall: {backbone}")
         roc_ax.legend(fontsize=7)
         figures.append(Figure(f"roc_pr_{backbone}", f"ROC and precision-recall curves: {backbone}", _png(fig),
@@ -107,11 +118,8 @@ def per_class_roc(analysis: Analysis) -> list[Figure]:
         for j, name in enumerate(pooled["classes"]):
             truth, probs = pooled["truth"][:, j], pooled["probs"][:, j]
             keep = ~np.isnan(truth)
-            if keep.any() and truth[keep].min() != truth[keep].max():
-                fpr, tpr, _ = roc_curve(truth[keep], probs[keep])
-                ax.plot(fpr, tpr, lw=1, label=name)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
+            _roc(ax, truth[keep], probs[keep], lw=1, label=name)
+        _roc_frame(ax)
         ax.set_title(f"{key[0]} / {_cell_name(key[1], key[2])}", fontsize=9)
         ax.legend(fontsize=6)
         figures.append(Figure("roc_per_class_" + "_".join(k for k in key if k), f"Per-class ROC: {key[0]} / {_cell_name(key[1], key[2])}",
