@@ -25,13 +25,14 @@ from bench.decode_bench import make_files  # noqa: E402
 from trainables import engine  # noqa: E402
 from trainables.explain import grad_cam  # noqa: E402
 from trainables.fit import FitConfig, choose_device  # noqa: E402
-from trainables.predict import TrainedModel, architecture  # noqa: E402
+from trainables.predict import TrainedModel  # noqa: E402
+from trainables.recipe import recipe_architecture  # noqa: E402
 
 
 def model_for(backbone: str, size: int, device: str) -> TrainedModel:
     cfg = FitConfig(data_dir="-", backbone=backbone, outer_fold=0, device=device)
     chosen = choose_device(device)
-    return TrainedModel(model=architecture(cfg, 14).to(chosen).eval(), config=cfg, label_names=[f"l{k}" for k in range(14)],
+    return TrainedModel(model=recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, None, 14, cfg.dropout).to(chosen).eval(), config=cfg, label_names=[f"l{k}" for k in range(14)],
                         thresholds=np.full(14, 0.5), size=size, bits=8, device=chosen,
                         precision=engine.Precision.choose("auto", chosen))
 

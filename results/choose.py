@@ -13,6 +13,11 @@ from results.load import CELL, latest_sweep, quote
 from results.query import QueryError, run_query
 
 
+def cell_name(backbone: str, recipe: str, variant: str) -> str:
+    """BACKBONE/RECIPE, or BACKBONE/RECIPE/VARIANT: how --cell names a cell."""
+    return "/".join(part for part in (backbone, recipe, variant) if part)
+
+
 @dataclass(frozen=True)
 class ChosenTrial:
     sweep: str
@@ -26,19 +31,25 @@ class ChosenTrial:
 
     @property
     def cell(self) -> str:
-        return "/".join(part for part in (self.backbone, self.recipe, self.variant) if part)
+        return cell_name(self.backbone, self.recipe, self.variant)
+
+
+def _selected(url: str, sweep: str):
+    """The sweep's selected trials (one per cell and fold) with their checkpoints and cell names."""
+    selected = run_query(url, f"""
+        SELECT st.backbone, st.recipe, st.variant, st.fold, st.val_auc, t.trial_key, t.checkpoint
+        FROM selected_trials st JOIN sweep_trials t ON t.id = st.trial_id JOIN sweeps s ON s.id = st.sweep_id
+        WHERE s.name = {quote(sweep)} ORDER BY st.backbone, st.recipe, st.variant""")
+    selected["name"] = [cell_name(*parts) for parts in selected[CELL].itertuples(index=False)]
+    return selected
 
 
 def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) -> ChosenTrial:
     """`cell`: BACKBONE/RECIPE or BACKBONE/RECIPE/VARIANT; None: the best cell on validation."""
     sweep = sweep or latest_sweep(url)
-    selected = run_query(url, f"""
-        SELECT st.backbone, st.recipe, st.variant, st.fold, st.val_auc, t.trial_key, t.checkpoint
-        FROM selected_trials st JOIN sweep_trials t ON t.id = st.trial_id JOIN sweeps s ON s.id = st.sweep_id
-        WHERE s.name = {quote(sweep)}""")
+    selected = _selected(url, sweep)
     if selected.empty:
         raise QueryError(f"sweep {sweep!r} in {url} has no completed trial to apply yet")
-    selected["name"] = ["/".join(p for p in parts if p) for parts in selected[CELL].itertuples(index=False)]
     if cell is None:
         cell = selected.groupby("name")["val_auc"].mean().idxmax()
     part = selected[selected["name"] == cell.strip("/")]
@@ -55,8 +66,5 @@ def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) ->
 
 def cells_with_models(url: str, sweep: str) -> list[str]:
     """The cells of a sweep that have a completed, selected trial with a recorded checkpoint, by name."""
-    frame = run_query(url, f"""
-        SELECT DISTINCT st.backbone, st.recipe, st.variant
-        FROM selected_trials st JOIN sweep_trials t ON t.id = st.trial_id JOIN sweeps s ON s.id = st.sweep_id
-        WHERE s.name = {quote(sweep)} AND t.checkpoint IS NOT NULL ORDER BY st.backbone, st.recipe, st.variant""")
-    return ["/".join(p for p in parts if p) for parts in frame[CELL].itertuples(index=False)]
+    selected = _selected(url, sweep)
+    return list(dict.fromkeys(selected.loc[selected["checkpoint"].notna(), "name"]))

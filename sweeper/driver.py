@@ -103,15 +103,14 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, swe
         return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
-    damaged = damaged_experiment_state(path)
-    if damaged is None:
+    damaged = []  # (file, why, where it was moved): every one of Ray's files that a full disk truncated
+    while (found := damaged_experiment_state(path)) is not None:
+        damaged.append((*found, set_aside(found[0])))
+    if not damaged:
         return tune.Tuner.restore(path, trainable=_trainable(spec), resume_errored=True)
     # Ray would log the damage and silently start the whole experiment again, asking every study anew:
     # the studies in the results DB know what ran, so a new experiment runs only what is missing
-    state, reason = damaged
-    aside = set_aside(state)
-    while (more := damaged_experiment_state(path)) is not None:  # another of Ray's files may be damaged too
-        set_aside(more[0])
+    state, reason, aside = damaged[0]
     searcher = _searcher(spec, plans, options.name, options.db_url)
     todo, again = searcher.continue_from_studies()
     replaced = store.forget_errors(sweep_id, again)  # the reruns' rows take their place, as with Ray's resume

@@ -23,7 +23,7 @@ from results.figures import Figure  # noqa: E402
 from results.load import quote  # noqa: E402
 from results.query import run_query  # noqa: E402
 from sweeper.predict import read_checkpoint  # noqa: E402
-from trainables.explain import grad_cam, overlay  # noqa: E402
+from trainables.explain import heatmap_overlays  # noqa: E402
 from trainables.predict import TrainedModel  # noqa: E402
 
 HEADING = "Explanations: Grad-CAM on test images"
@@ -82,9 +82,7 @@ def explanation_sections(db_url: str, sweep: str, target: Path, log=print) -> li
             k = model.label_names.index(label)
             pictures, captions = [], []
             for kind, key, prob in picked:
-                image = data.images[row_of[key]]
-                grey = image.astype(np.float32) / np.iinfo(image.dtype).max
-                pictures.append([overlay(grey, heat) for heat in grad_cam(model.model, model.tensor(image), k)])
+                pictures.append(heatmap_overlays(model.model, model.tensor(data.images[row_of[key]]), k))
                 captions.append(f"{kind}\np={prob:.2f} (threshold {model.thresholds[k]:.2f})")
             title = f"{cell}, outer fold {chosen.fold}: {label}"
             figures.append(Figure(f"gradcam_{cell}", title, _panel(title, pictures, captions, len(pictures[0])),

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from results.choose import ChosenTrial, choose_trial
 from results.query import QueryError
 from results.store import StoreError
-from trainables.explain import grad_cam, layer_grid, layer_outputs, overlay, safe_name, write_png
+from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
 from trainables.predict import PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
 
@@ -85,14 +85,13 @@ def explain(model: TrainedModel, image: np.ndarray, probs: np.ndarray, out: Path
     """Grad-CAM over the input for each label above its threshold (else the most likely one), per branch."""
     labels = np.flatnonzero(probs > model.thresholds)
     labels = labels[np.argsort(-probs[labels])] if len(labels) else np.argsort(-probs)[:1]
-    grey = image.astype(np.float32) / np.iinfo(image.dtype).max
     written = []
     for k in labels:
-        heats = grad_cam(model.model, model.tensor(image), int(k))
-        for b, heat in enumerate(heats):
-            branch = f"_branch{b}" if len(heats) > 1 else ""
+        pictures = heatmap_overlays(model.model, model.tensor(image), int(k))
+        for b, picture in enumerate(pictures):
+            branch = f"_branch{b}" if len(pictures) > 1 else ""
             name = f"{stem}_{safe_name(model.label_names[k])}{branch}.png"
-            written.append(write_png(overlay(grey, heat), out / name, scale_to=256))
+            written.append(write_png(picture, out / name, scale_to=256))
     return written
 
 

@@ -62,6 +62,12 @@ def grad_cam(model: Classifier, image: torch.Tensor, label: int) -> list[np.ndar
     return maps
 
 
+def heatmap_overlays(model: Classifier, image: torch.Tensor, label: int) -> list[np.ndarray]:
+    """`label`'s Grad-CAM per branch over the input (1, 1, H, W), each as RGB uint8."""
+    grey = image[0, 0].detach().float().cpu().numpy()
+    return [overlay(grey, heat) for heat in grad_cam(model, image, label)]
+
+
 def overlay(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The input (grey, [0, 1]) under the heatmap in the jet colour map, as RGB uint8."""
     colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]

@@ -22,7 +22,8 @@ from data_prep.decode import DTYPES, decoded
 from trainables import engine
 from trainables.feed import ImageFeed, to_unit
 from trainables.fit import FitConfig, choose_device
-from trainables.models import Classifier, build_branch
+from trainables.models import Classifier
+from trainables.recipe import recipe_architecture
 from trainables.tune_adapter import STATE_FILE, fit_config
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
@@ -58,7 +59,7 @@ class TrainedModel:
         cfg = fit_config(state["config"])
         manifest = state.get("manifest") or _manifest(cfg.data_dir, source)
         label_names = list(manifest["label_names"])
-        model = architecture(cfg, len(label_names))
+        model = recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(label_names), cfg.dropout)
         model.load_state_dict(state["best_model"], strict=True)
         chosen = choose_device(device)
         return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
@@ -107,16 +108,6 @@ class TrainedModel:
     def tensor(self, image: np.ndarray) -> torch.Tensor:
         """One decoded image as the model's input (1, 1, H, W) on its device, scaled as in training."""
         return to_unit(torch.from_numpy(np.array(image))[None]).to(self.device)  # a copy: images may be read-only
-
-
-def architecture(cfg: FitConfig, num_classes: int) -> Classifier:
-    """The trial's model with untrained weights: the branches its recipe builds (a mixed recipe: the init
-    branch beside the pretrained one), each with the input adapter of the weights it started from."""
-    pretrained_init = (cfg.pretrain_init or cfg.init) if cfg.pretrain_dirs else cfg.init
-    branches = [build_branch(cfg.backbone, pretrained_init, weights=False)]
-    if cfg.strategy == "mixed":
-        branches.insert(0, build_branch(cfg.backbone, cfg.init, weights=False))
-    return Classifier(branches, num_classes, cfg.dropout)
 
 
 def _manifest(data_dir: str, source: str) -> dict:

@@ -30,9 +30,21 @@ def build_recipe_model(backbone: str, init: str, strategy: str, stage: Stage | N
                        dropout: float, cache_dir: Path, device: torch.device, log=print) -> Classifier:
     """`stage` is the pretraining the recipe needs (None when it has no sources)."""
     check_recipe(strategy, stage.sources if stage else ())
-    pretrained = build_branch(backbone, stage.init if stage else init)
-    if stage is not None:
-        load_branch(pretrained, ensure_stage(stage, cache_dir, device, log))
-    if strategy == "mixed":
-        return Classifier([build_branch(backbone, init), pretrained], num_classes, dropout)
+    pretrain = (lambda branch: load_branch(branch, ensure_stage(stage, cache_dir, device, log))) if stage else None
+    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights=True, pretrain=pretrain)
+
+
+def recipe_architecture(backbone: str, init: str, strategy: str, stage: Stage | None, num_classes: int,
+                        dropout: float) -> Classifier:
+    """build_recipe_model's model with untrained weights and no pretraining run: the same branches, each
+    with the input adapter of the weights it starts from, for a trained state dict to be loaded into."""
+    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights=False, pretrain=None)
+
+
+def _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights: bool, pretrain) -> Classifier:
+    pretrained = build_branch(backbone, stage.init if stage else init, weights)
+    if pretrain is not None:
+        pretrain(pretrained)
+    if strategy == "mixed":  # the init branch beside the pretrained one
+        return Classifier([build_branch(backbone, init, weights), pretrained], num_classes, dropout)
     return Classifier([pretrained], num_classes, dropout)
