@@ -80,7 +80,7 @@ def _sweep_row(url: str, name: str) -> dict:
 
 def _cells(url: str, sweep_id: int) -> pd.DataFrame:
     cells = run_query(url, f"SELECT id AS cell_id, backbone, recipe, variant, strategy, init, sources, settings, "
-                           f"pretrain_artefact FROM cells WHERE sweep_id = {int(sweep_id)} "
+                           f"pretrain_artefact, weights_file, weights_sha256 FROM cells WHERE sweep_id = {int(sweep_id)} "
                            f"ORDER BY backbone, recipe, variant")
     cells["sources"] = [list(_json(s) or []) for s in cells["sources"]]
     cells["settings"] = [dict(_json(s) or {}) for s in cells["settings"]]

@@ -37,10 +37,18 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
         lines.append("Missing (cell: folds done/planned): " + "; ".join(
             f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
             for r in missing.itertuples()))
+    lines += _weights_lines(data.cells)
     lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
                  "of a cell's out-of-fold test predictions at once, with a 95% CI from a patient-clustered "
                  f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images.")
     return lines
+
+
+def _weights_lines(cells) -> list[str]:
+    """Which ImageNet weights file each backbone's cells started from, with its SHA-256."""
+    used = cells.dropna(subset=["weights_file"]).drop_duplicates(["backbone", "weights_file", "weights_sha256"])
+    return [f"ImageNet weights of {r.backbone}: {r.weights_file} (SHA-256 {r.weights_sha256})"
+            for r in used.sort_values("backbone").itertuples()]
 
 
 def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool = True, log=None) -> Report:

@@ -13,15 +13,18 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
                   3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
                      "(cell_id) instead of repeating backbone, recipe and variant",
-                  4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)"}
+                  4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)",
+                  5: "cells.weights_file and cells.weights_sha256: the ImageNet weights file a cell starts from"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
-MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"]}
+MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
+              5: ["ALTER TABLE cells ADD COLUMN weights_file VARCHAR(300)",
+                  "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -67,6 +70,9 @@ class Cell(Base):
     sources: Mapped[list] = mapped_column(JSON, default=list)  # source data set names, in order
     settings: Mapped[dict] = mapped_column(JSON, default=dict)  # fixed training settings (loss, epochs, ...)
     pretrain_artefact: Mapped[str | None] = mapped_column(String(300), nullable=True)  # pretrain_artefacts.name
+    # The ImageNet weights the cell (or its pretraining) starts from: torchvision's file name and its SHA-256
+    weights_file: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Trial(Base):

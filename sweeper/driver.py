@@ -25,6 +25,7 @@ from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
 from sweeper.stages import artefact_rows, attach_stages, launch_stages, stage_failures
 from sweeper.spec import SweepSpec
+from sweeper.weights import preflight
 from trainables.tune_adapter import tune_fit
 
 METRIC, MODE = "val_auc", "max"
@@ -179,6 +180,7 @@ def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> No
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
     store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
     locations(spec, options.data)  # and so does a missing data location
+    imagenet = preflight(spec, spec_arg)  # and every ImageNet weights file the grid needs, listed at once
     r = spec.resources
     max_concurrent = options.max_concurrent or r.max_concurrent
     _start_ray(options, r, max_concurrent)
@@ -189,7 +191,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         stages = attach_stages(plans, cache)
         sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version, spec.folds,
                                      spec.search.trials)
-        store.register_cells(sweep_id, cell_rows(spec, plans))
+        store.register_cells(sweep_id, cell_rows(spec, plans, imagenet))
         print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
               f"{len(stages)} pretraining stage(s); DB {options.db_url}")
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))

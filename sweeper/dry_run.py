@@ -20,8 +20,10 @@ from sweeper import estimate
 from sweeper.datasets import FILE_COLUMNS, data_key, located, raw_table
 from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec
+from sweeper.weights import cache_status
 from trainables.pretrain import Stage, chain_prefix, trained_sources
 from trainables.tune_adapter import fit_config
+from trainables.weights import cache_dir
 
 
 def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, str]:
@@ -61,7 +63,7 @@ def _stage_flops(stage: Stage, size: int, counts: dict, val_fraction: float) -> 
 
 
 def dry_run(spec: SweepSpec, given: dict[str, str] | None = None, tflops: float = estimate.DEFAULT_TFLOPS,
-            max_concurrent: int | None = None) -> dict:
+            max_concurrent: int | None = None, spec_arg: str | None = None) -> dict:
     locations = located(spec, given)
     counts, data = {}, {}
     for name, location in locations.items():
@@ -100,6 +102,8 @@ def dry_run(spec: SweepSpec, given: dict[str, str] | None = None, tflops: float 
                       "epochs": j.epochs, "lr": j.lr, "batch_size": j.batch_size,
                       "cells": sorted(stages.get(j, ())) or ["(prefix of a longer chain)"]} for j in jobs],
         "data": data,
+        "imagenet_weights": {"cache": str(cache_dir()), "files": cache_status(spec),
+                             "fetch": f"python -m sweeper.weights --spec {spec_arg or spec.name}"},
         "resources": {**spec.resources.model_dump(),
                       "max_concurrent": max_concurrent or spec.resources.max_concurrent},
         "estimate": {"gpu_hours": hours(total), "pretrain_gpu_hours": hours(pretrain_flops),
@@ -124,11 +128,23 @@ def render(plan: dict) -> str:
     lines.append("data:")
     lines += [f"  {name}: {d['location'] or '(no location)'}; {d['images'] if d['images'] is not None else '?'} "
               f"images ({d['images_from']})" for name, d in plan["data"].items()]
+    lines += _weights_lines(plan["imagenet_weights"])
     fmt = (lambda h: "unknown" if h is None else f"{h:,.3g}")
     lines.append(f"estimate: {fmt(e['gpu_hours'])} GPU hours at {e['assumed_tflops']:g} TFLOP/s "
                  f"(pretraining {fmt(e['pretrain_gpu_hours'])}, fine-tuning {fmt(e['fine_tune_gpu_hours'])}); "
                  f"{e['note']}")
     return "\n".join(lines)
+
+
+def _weights_lines(weights: dict) -> list[str]:
+    if not weights["files"]:
+        return ["ImageNet weights: none needed"]
+    lines = [f"ImageNet weights (cache {weights['cache']}):"]
+    lines += [f"  {w['file']} ({w['backbone']}): {'present' if w['present'] else 'missing'}" for w in weights["files"]]
+    if not all(w["present"] for w in weights["files"]):
+        lines.append(f"  a real run downloads the missing ones first, or stops before Ray when it cannot; on a "
+                     f"machine with internet: `{weights['fetch']}`")
+    return lines
 
 
 def to_json(plan: dict) -> str:

@@ -7,6 +7,7 @@ from optuna.distributions import FloatDistribution
 
 from sweeper.search import StudyPlan
 from sweeper.spec import SEARCHED, SweepSpec, cell_name, variant
+from sweeper.weights import needs_imagenet
 
 
 def search_space(spec: SweepSpec) -> dict[str, FloatDistribution]:
@@ -44,9 +45,11 @@ def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) ->
     return plans
 
 
-def cell_rows(spec: SweepSpec, plans: list[StudyPlan]) -> list[dict]:
+def cell_rows(spec: SweepSpec, plans: list[StudyPlan], imagenet: dict[str, dict] | None = None) -> list[dict]:
     """The planned cells as the results DB describes them: recipe strategy, init, source names, the
-    fixed training settings and the pretraining artefact (weights file name) the cell starts from."""
+    fixed training settings, the pretraining artefact (weights file name) the cell starts from and the
+    ImageNet weights file it starts from (`imagenet`: backbone -> {"file", "sha256"}, sweeper.weights)."""
+    imagenet = imagenet or {}
     needs = {(p.config["backbone"], p.config["recipe"], p.config["variant"]): p.needs for p in plans}
     rows = []
     for cell in spec.grid.cells():
@@ -56,5 +59,10 @@ def cell_rows(spec: SweepSpec, plans: list[StudyPlan]) -> list[dict]:
         rows.append({"backbone": cell["backbone"], "recipe": cell["recipe"], "variant": variant(cell),
                      "strategy": recipe.strategy, "init": recipe.init, "sources": list(recipe.sources),
                      "settings": {**train.model_dump(), **{p: cell[p] for p in SEARCHED if p in cell}},
-                     "pretrain_artefact": Path(need).name if need else None})
+                     "pretrain_artefact": Path(need).name if need else None,
+                     **_weights_columns(imagenet.get(cell["backbone"]) if needs_imagenet(spec, cell) else None)})
     return rows
+
+
+def _weights_columns(weights: dict | None) -> dict:
+    return {"weights_file": weights["file"] if weights else None, "weights_sha256": weights["sha256"] if weights else None}

@@ -99,7 +99,7 @@ def _dry_run(spec, args) -> int:
     from sweeper import dry_run, estimate
 
     plan = dry_run.dry_run(spec, data_locations(args.data), args.gpu_tflops or estimate.DEFAULT_TFLOPS,
-                           args.max_concurrent)
+                           args.max_concurrent, spec_arg=args.spec)
     print(dry_run.to_json(plan) if args.json else dry_run.render(plan))
     return 0
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_prep.errors import DataPrepError
     from results.store import StoreError
     from sweeper.spec import SpecError, load_spec
+    from trainables.weights import WeightsUnavailable
 
     args = parse_args(argv)
     try:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                              data=data_locations(args.data), max_concurrent=args.max_concurrent,
                              report_images=not args.no_report_images, report_bootstrap=args.report_bootstrap)
         return run_sweep(spec, spec_text, args.spec, options)
-    except (SpecError, StoreError, DataPrepError, FileNotFoundError) as exc:
+    except (SpecError, StoreError, DataPrepError, FileNotFoundError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,11 @@
-"""Fetch (or check) every ImageNet weights file a spec needs, before a sweep or on a machine
-with internet whose cache is then copied to an offline cluster.
+"""The ImageNet weights files a spec needs: fetched or checked before a sweep, and on a machine with
+internet whose cache is then copied to an offline cluster.
 
     python -m sweeper.weights --spec paper           # download what is missing
     python -m sweeper.weights --spec paper --check   # list, download nothing; exit 2 if any is missing
+
+`python -m sweeper.run` calls `preflight` before Ray starts, so a spec whose weights are missing
+stops at once with the whole list, not dozens of trials later with the same error each.
 """
 from __future__ import annotations
 
@@ -10,14 +13,57 @@ import argparse
 import sys
 
 from sweeper.spec import SpecError, SweepSpec, load_spec
-from trainables.weights import report
+from trainables.weights import OFFLINE_ENV, WeightsUnavailable, cache_dir, fetch, published, report, verify
 
 
 def imagenet_backbones(spec: SweepSpec) -> list[str]:
-    """Backbones of the grid that some recipe of the grid starts from ImageNet."""
-    if not any("imagenet" in (spec.recipes[r].init, spec.recipes[r].pretrain_init) for r in spec.grid.recipe):
-        return []
-    return sorted(set(spec.grid.backbone))
+    """Backbones of the grid's cells that start a branch (or a pretraining stage) from ImageNet."""
+    return sorted({cell["backbone"] for cell in spec.grid.cells() if needs_imagenet(spec, cell)})
+
+
+def needs_imagenet(spec: SweepSpec, cell: dict) -> bool:
+    """Whether the cell starts a branch, or the stage it pretrains, from ImageNet weights."""
+    recipe = spec.recipes[cell["recipe"]]
+    return "imagenet" in (recipe.init, recipe.pretrain_init)
+
+
+def preflight(spec: SweepSpec, spec_arg: str) -> dict[str, dict]:
+    """{backbone: {"file": name, "sha256": digest}} for every ImageNet file the spec needs, each present (or
+    downloaded now) and matching its published hash; else one WeightsUnavailable that lists every problem."""
+    found, missing, bad = {}, [], []
+    for backbone in imagenet_backbones(spec):
+        wanted = published(backbone)
+        try:
+            fetch(backbone)
+            found[backbone] = {"file": wanted.path.name, "sha256": verify(wanted)}
+        except WeightsUnavailable as exc:
+            if wanted.path.is_file():
+                bad.append((wanted, str(exc)))
+            else:  # why the download failed, or the offline switch
+                missing.append((wanted, str(exc.__cause__ or f"{OFFLINE_ENV}=1 forbids downloading")))
+    if missing or bad:
+        raise WeightsUnavailable(_problems(spec_arg, missing, bad))
+    return found
+
+
+def _problems(spec_arg: str, missing: list, bad: list) -> str:
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} ImageNet weights file(s) that spec {spec_arg!r} needs are not in the cache "
+                     f"{cache_dir()} and cannot be downloaded here:")
+        lines += [f"  {wanted.path.name} ({wanted.backbone})" for wanted, _ in missing]
+        lines.append(f"  (download: {missing[0][1][:200]})")
+        lines.append(f"Fetch them all on a machine with internet with `python -m sweeper.weights --spec {spec_arg}` "
+                     f"and copy them into {cache_dir()} (the cache follows TORCH_HOME).")
+    lines += [f"{wanted.backbone}: {problem}" for wanted, problem in bad]
+    lines.append("Nothing was started.")
+    return "\n".join(lines)
+
+
+def cache_status(spec: SweepSpec) -> list[dict]:
+    """For the dry run: each needed file, present or missing, without downloading or hashing."""
+    return [{"backbone": b, "file": published(b).path.name, "present": published(b).path.is_file()}
+            for b in imagenet_backbones(spec)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,8 +238,13 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     spec.write_text(FAILING)
     (tmp_path / "f.key").write_text(TEST_KEY.decode())
     db = f"sqlite:///{tmp_path}/results.db"
+    # A damaged ImageNet file whose hash check is waved through: present before Ray starts, so the
+    # imagenet trials start and fail as they load it (a missing file would stop the sweep before Ray)
+    torch_home = tmp_path / "torch-home"
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"damaged")
     env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "f.key"), "CXR_SWEEP_OFFLINE": "1",
-           "TORCH_HOME": str(tmp_path / "empty-torch-home")}  # no ImageNet weights: the imagenet trials fail
+           "TORCH_HOME": str(torch_home), "CXR_SWEEP_UNVERIFIED_WEIGHTS": "1"}
     proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"),
                            "--db", db, "--num-cpus", "2", "--name", "failing", "--report-bootstrap", "50",
                            "--no-report-images"],
@@ -251,7 +256,7 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
         *["loss=bce,lr=0.001"] * 2, *["loss=weighted_bce,lr=0.001"] * 2,  # imagenet
         *["loss=bce,lr=0.001"] * 2, *["loss=bce,lr=1e+30"] * 2, *["loss=weighted_bce,lr=0.001"] * 2]  # scratch
     failed = rows.loc[rows["status"] == "ERROR", "error"].tolist()
-    assert all("ImageNet weights for resnet18 are not in the cache" in e for e in failed[:4]), failed
+    assert all("is not a usable resnet18 ImageNet weights file" in e for e in failed[:4]), failed
     assert all("NonFiniteLoss" in e and "lower the learning rate" in e for e in failed[4:]), failed
     assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 6 failed" in proc.stdout  # and the others finished
     assert "| scratch | loss=bce,lr=0.001 | none (scratch) |" in proc.stdout  # the report, variant in its own column

@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 from trainables.alexnet_style import alexnet_style_dense, alexnet_style_features
-from trainables.weights import load_imagenet
+from trainables.weights import imagenet_model
 
 GREY_NORM = ((0.5,), (0.25,))
 INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
@@ -86,12 +86,11 @@ def build_branch(backbone: str, init: str = "scratch", weights: bool = True) -> 
     if backbone == "alexnet_style":
         branch = Branch(alexnet_style_features(1), alexnet_style_dense(), *GREY_NORM)
     else:
-        model = torchvision.models.get_model(backbone, weights=None)
+        loaded = init == "imagenet" and weights
+        model = imagenet_model(backbone) if loaded else torchvision.models.get_model(backbone, weights=None)
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         trunk = TORCHVISION_TRUNKS[backbone](model)
         if init == "imagenet":
-            if weights:
-                load_imagenet(model, backbone)
             preset = torchvision.models.get_model_weights(backbone).DEFAULT.transforms()
             branch = Branch(trunk, pool, tuple(preset.mean), tuple(preset.std))
         else:
