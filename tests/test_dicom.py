@@ -154,8 +154,13 @@ def _multi_frame(ds):
     ds.NumberOfFrames = 2
 
 
-def _signed_mismatch(ds):
-    ds.PixelRepresentation = 1  # 12-bit signed holds -2048..2047; the data go up to 4095
+def _signed_garbage_above_high_bit(ds):
+    """Signed 12-bit data may hold zeros or a sign extension above HighBit (PS3.5 8.1.1); bit 13
+    set on a positive value is neither."""
+    ds.PixelRepresentation = 1
+    pixels = ds.pixel_array.astype("<u2") & 0x07FF
+    pixels[0, 0] = 0x2000 | 5
+    ds.PixelData = pixels.tobytes()
 
 
 def _window_zero(ds):
@@ -172,7 +177,7 @@ def _bits_stored_too_small(ds):
 
 @pytest.mark.parametrize("change, reason", [
     (_header_only, "no PixelData"), (_extra_bytes, "PixelData holds"), (_multi_frame, "NumberOfFrames 2"),
-    (_signed_mismatch, "outside BitsStored=12 range -2048..2047"), (_window_zero, "WindowWidth 0"),
+    (_signed_garbage_above_high_bit, "outside BitsStored=12 range -2048..2047"), (_window_zero, "WindowWidth 0"),
     (_palette, "PhotometricInterpretation 'PALETTE COLOR'"), (_bits_stored_too_small, "outside BitsStored=8"),
 ])
 def test_bad_files_are_rejected_with_their_reason(phantom_dir, tmp_path, change, reason):
@@ -181,11 +186,11 @@ def test_bad_files_are_rejected_with_their_reason(phantom_dir, tmp_path, change,
         read_dicom(path)
 
 
-def test_compressed_syntax_without_a_decoder_is_rejected(phantom_dir, tmp_path):
+def test_corrupt_compressed_stream_is_rejected(phantom_dir, tmp_path):
     from pydicom.encaps import encapsulate
 
     def jpeg2000(ds):
-        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000, no decoder installed here
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000: a codestream cut after SIZ's marker
         ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 32])
 
     with pytest.raises(ImageRejected, match="pixel data cannot be decoded"):
@@ -212,6 +217,20 @@ def test_pydicoms_real_cr_files_match_pydicoms_own_per_pixel_pipeline(path):
     expected = 1.0 - np.clip((values - low) / (high - low), 0, 1)
     np.testing.assert_allclose(image, expected, atol=1e-5)
     assert image.std() > 0.01
+
+
+def test_signed_values_with_zeros_above_high_bit_are_sign_extended(phantom_dir, tmp_path):
+    """PS3.5 8.1.1: only the bits up to HighBit hold the value. 12-bit signed data written with
+    zeros above bit 11 (0x0FFB for -5) decode as the sign-extended values (0xFFFB)."""
+    def signed(ds, extend):
+        values = ds.pixel_array.astype(np.int32) - 2048  # -2048..2047
+        ds.PixelRepresentation, ds.WindowCenter = 1, 0
+        ds.PixelData = (values if extend else values & 0x0FFF).astype("<i4").astype("<u2").tobytes()
+
+    extended = read_dicom(_variant(phantom_dir, tmp_path, "ext", lambda ds: signed(ds, True)))[0]
+    zeroed = read_dicom(_variant(phantom_dir, tmp_path, "zero", lambda ds: signed(ds, False)))[0]
+    np.testing.assert_array_equal(zeroed, extended)
+    assert extended.std() > 0.01
 
 
 def test_pydicoms_truncated_file_is_rejected():

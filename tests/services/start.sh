@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start what the test suite needs beyond Python: a throwaway PostgreSQL cluster and headless
-# Chromium. Idempotent and quick on a second run. Writes .cxr-sweep/services/env (export lines)
+# Start what the test suite needs beyond Python: a throwaway PostgreSQL cluster, headless
+# Chromium, and the DICOM reference tools (dcmtk, OpenJPH) the decoder is compared with. Idempotent and quick on a second run. Writes .cxr-sweep/services/env (export lines)
 # for the services that are up; a missing service is one warning line and exit 0, so the
 # tests for it skip (or fail when CXR_SWEEP_REQUIRE_SERVICES=1, as in CI).
 set -euo pipefail
@@ -132,7 +132,25 @@ setup_chromium() {
     say "$("$exe" --version 2>/dev/null | awk '{ print $1, $2; exit }') ready: $exe"
 }
 
+# setup_tool PACKAGE PROGRAM VAR WHAT: a command-line tool from apt; VAR names its directory.
+setup_tool() {
+    local t0 exe
+    t0=$(now)
+    exe=$(command -v "$2" || true)
+    if [ -z "$exe" ]; then
+        apt_install "$1" || { missing "$1 not installed ($(why_not_installed))" "$4"; return 0; }
+        exe=$(command -v "$2")
+        say "$1 installed with apt ($(secs "$t0"))"
+    fi
+    echo "export $3=$(dirname "$exe")" >>"$ENV_FILE.tmp"
+    say "$1 ready: $exe"
+}
+
 : >"$ENV_FILE.tmp"
 start_postgres
 setup_chromium
+# dcmtk renders DICOM through the PS3.4 grey pipeline and re-encodes it (JPEG, JPEG-LS, RLE);
+# OpenJPH encodes and decodes HTJ2K: tests/test_dicom_dcmtk.py compares data_prep.dicom with them.
+setup_tool dcmtk dcmj2pnm CXR_SWEEP_TEST_DCMTK "dcmtk comparison"
+setup_tool openjph-tools ojph_compress CXR_SWEEP_TEST_OPENJPH "HTJ2K comparison"
 mv "$ENV_FILE.tmp" "$ENV_FILE"
