@@ -148,7 +148,7 @@ def _int(ds: Dataset, keyword: str, allowed, *, default: int | None = None, expe
         return default
     number = _number(keyword, value, integer=True, expected=f"an integer, {expected}")
     if number not in allowed:
-        raise ImageRejected(f"{keyword} {number}; expected {expected}")
+        raise ImageRejected(f"{keyword} {_shown(value) if isinstance(value, str) else number}; expected {expected}")
     return number
 
 

@@ -20,13 +20,18 @@ from __future__ import annotations
 import numpy as np
 
 from data_prep.dicom_header import Header, Lut
+from data_prep.errors import ImageRejected
 
 
 def grey_table(header: Header) -> np.ndarray:
     """float32 table: entry i is the [0, 1] brightness of stored value `stored_range[0] + i`."""
     low, high = header.stored_range
-    values, out_low, out_high = modality(header, np.arange(low, high + 1, dtype=np.float64))
-    unit = voi(header, values, out_low, out_high)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values, out_low, out_high = modality(header, np.arange(low, high + 1, dtype=np.float64))
+        unit = voi(header, values, out_low, out_high)
+    if not np.isfinite(unit).all():  # e.g. a rescale of 1e300 overflows
+        raise ImageRejected(f"RescaleSlope/Intercept {header.rescale} and window {header.window} overflow; "
+                            "expected a modality output within the range of 64-bit floats")
     return (1.0 - unit if header.inverted else unit).astype(np.float32)
 
 
