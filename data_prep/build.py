@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
 from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
+from data_prep.locate import check_missing, locate
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 1
@@ -52,6 +54,7 @@ class BuildParams:
     near_duplicates: float | None = 0.9  # detail correlation that makes two films one; None: keep them all
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
     holdout: tuple[float, float, float] | None = None  # seed 003's train/val/test fractions instead of folds
+    allow_missing: bool = field(default=False, compare=False)  # build even when >1% of listed images are missing
 
 
 def _hashed(params: BuildParams) -> dict:
@@ -75,13 +78,23 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def input_hashes(image_dir: Path, table: pd.DataFrame, labels_csv: Path) -> dict[str, str]:
-    """Hashes of the label CSV and of all listed images (paths and bytes), without naming files."""
+def input_hashes(files: list[str], paths: list[Path | None], labels_csv: Path) -> dict[str, str]:
+    """Hashes of the label CSV and of all listed images (paths as listed and bytes, wherever the layout put
+    them), without naming files."""
     images = hashlib.sha256()
-    for rel in sorted(table["file"]):
-        path = image_dir / rel
-        images.update(rel.encode() + b"\0" + (_sha256_file(path).encode() if path.is_file() else b"missing"))
+    for rel, path in sorted(zip(files, paths), key=lambda pair: pair[0]):
+        images.update(rel.encode() + b"\0" + (_sha256_file(path).encode() if path is not None else b"missing"))
     return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
+
+
+def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allow_missing: bool = False):
+    """(label set, where each row's image is) for the rows the source's options keep; DataPrepError when more
+    than 1% of them are not found under `image_dir` and `allow_missing` is off."""
+    label_set = read_labels(labels_csv, source)
+    files = [str(f) for f in label_set.frame["file"]]
+    located = locate(source.kind, image_dir, files)
+    check_missing(source.kind, located, files, labels_csv, allow_missing)
+    return label_set, located
 
 
 def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
@@ -90,14 +103,18 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
     if not image_dir.is_dir():
         raise DataPrepError(f"image folder {image_dir} does not exist")
-    label_set = read_labels(labels_csv, params.source)
+    label_set, located = locate_listed(image_dir, labels_csv, params.source, params.allow_missing)
     table, names = label_set.frame, label_set.names
+    files = [str(f) for f in table["file"]]
+    log(f"[data_prep] {len(files) - len(located.missing)} of {len(files)} listed images found under {image_dir}"
+        + (f" in {len(located.folders)} folders (indexed in {located.seconds:.1f} s)" if located.seconds else ""))
+    paths = [path or image_dir / rel for path, rel in zip(located.paths, files)]  # missing: rejected as not found
     pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
         "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id},
         "label_stats": label_set.stats,  # for a target: the mapping table used
-        "inputs": input_hashes(image_dir, table, labels_csv),
+        "inputs": input_hashes(files, located.paths, labels_csv),
     }
     dataset_id = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = out_root / f"{name}-{dataset_id}"
@@ -110,8 +127,12 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
         if (out_dir / "manifest.json").is_file():
             return out_dir
         work.mkdir(exist_ok=True)
-        counts = _write(work, image_dir, table, names, params, pseudonym, log)
-        manifest.update(dataset_id=dataset_id, counts=counts)
+        try:
+            counts = _write(work, image_dir, paths, table, names, params, pseudonym, log)
+        except DataPrepError:  # nothing to resume: a rerun must not start from this one's journal
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        manifest.update(dataset_id=dataset_id, counts={**counts, "missing": len(located.missing)})
         (work / JOURNAL).unlink()
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(work, out_dir)  # atomic: a half-built set is never visible
@@ -168,14 +189,14 @@ def _scratch(work: Path, name: str, resume: bool, dtype, shape) -> np.memmap:
     return np.load(path, mmap_mode="r+") if resume else np.lib.format.open_memmap(path, "w+", dtype, shape)
 
 
-def _write(work: Path, image_dir: Path, table, names, params: BuildParams, pseudonym, log) -> dict:
+def _write(work: Path, image_dir: Path, paths: list[Path], table, names, params: BuildParams, pseudonym, log) -> dict:
     progress = _journal(work)
     resume = progress.done > 0
     images = _scratch(work, "images", resume, DTYPES[params.bits], (len(table), params.size, params.size))
     thumbs = _scratch(work, "thumbnails", resume, np.float32, (len(table), THUMB * THUMB))
     if resume:
         log(f"[data_prep] resuming an interrupted build at image {progress.done + 1}/{len(table)}")
-    _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log)
+    _decode_all(work, paths, table, names, params, pseudonym, progress, images, thumbs, log)
     if not progress.kept:
         rejected = progress.rejected
         reasons = pd.Series([r["reason"] for r in rejected]).value_counts()
@@ -207,13 +228,12 @@ def _near_duplicates(progress: _Progress, images, thumbs, threshold: float | Non
     return [d for d, _, _ in found]
 
 
-def _decode_all(work, image_dir, table, names, params, pseudonym, progress, images, thumbs, log) -> None:
+def _decode_all(work, paths, table, names, params, pseudonym, progress, images, thumbs, log) -> None:
     """Decode every row not yet journalled: kept films go to `images`, their thumbnails to
     `thumbs`; rejections and exact duplicates are recorded."""
     start = progress.done
     label_matrix = table[names].to_numpy(np.float32)
-    paths = [image_dir / rel for rel in table["file"][start:]]
-    results = tqdm(decoded(paths, params.size, params.workers, params.bits), total=len(table), initial=start,
+    results = tqdm(decoded(paths[start:], params.size, params.workers, params.bits), total=len(table), initial=start,
                    desc="decode", unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
     for i, (pixels, patient_id, reason, shape) in enumerate(results, start=start):
@@ -304,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG)")
     parser.add_argument("--images", "--dicom-dir", dest="images", type=Path, required=True,
-                        help="folder the label table's image paths are relative to")
+                        help="the folder you downloaded or unpacked: listed images are found in any of the "
+                             "source's published layouts under it")
     parser.add_argument("--labels", type=Path, required=True,
                         help="label table: target CSV, NIH Data_Entry_2017*.csv, or CheXpert train.csv")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
@@ -316,12 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--near-duplicates", type=_threshold, default=0.9, metavar="CORR|off",
                         help="fine-detail correlation at which two films count as one exposure filed twice "
                              "(default 0.9; 'off' keeps them all)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="build even when more than 1%% of the listed images are not found (the count goes "
+                             "into the manifest and the data-set summary)")
     parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
                         help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
     add_source_options(parser)
     args = parser.parse_args(argv)
     params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.bits,
-                         args.near_duplicates, args.workers, args.holdout)
+                         args.near_duplicates, args.workers, args.holdout, args.allow_missing)
     try:
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.dicom import LUMA, MAX_SIDE
+from data_prep.dicom import LUMA
+from data_prep.dicom_header import MAX_SIDE
 from data_prep.errors import ImageRejected
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -72,7 +72,8 @@ def _overview(data: PreparedDataset, table: pd.DataFrame) -> dict:
             "size": f"{m['size']} px, {params.get('bits', 8)}-bit",
             "split": "holdout " + "/".join(str(round(100 * f)) for f in params["holdout"]) if params.get("holdout")
             else f"{data.num_folds} patient-grouped outer folds",
-            "rejected": counts.get("rejected", 0), "duplicates removed": counts.get("duplicates", 0)}
+            "rejected": counts.get("rejected", 0), "listed but not found (of the rejected)": counts.get("missing", 0),
+            "duplicates removed": counts.get("duplicates", 0)}
 
 
 def _steps(manifest: dict, built: pd.Series) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.build import BuildParams, build
+from data_prep.build import BuildParams, build, locate_listed
 from data_prep.dataset import PreparedDataset
 from data_prep.labels import KINDS, SourceOptions
 from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
@@ -32,7 +32,7 @@ def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildPara
                            frontal_only=how.frontal_only, seed=how.seed)
     return BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
                        bits=how.bits, near_duplicates=None if how.near_duplicates == "off" else how.near_duplicates,
-                       holdout=spec.data.holdout_fractions if is_target else None)
+                       holdout=spec.data.holdout_fractions if is_target else None, allow_missing=how.allow_missing)
 
 
 def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
@@ -49,7 +49,8 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
                  name=f"phantom_{kind}", log=log)
 
 
-RAW_TABLES = {"target": ("labels.csv",), "nih": ("Data_Entry_2017*.csv",), "chexpert": ("train.csv", "*/train.csv")}
+RAW_TABLES = {"target": ("labels.csv",), "nih": ("Data_Entry_2017*.csv",),
+              "chexpert": ("train.csv", "*/train.csv", "train_cheXbert.csv")}  # original, Kaggle, Stanford AIMI
 FILE_COLUMNS = {"target": "file", "nih": "Image Index", "chexpert": "Path"}
 
 
@@ -68,9 +69,13 @@ def raw_table(kind: str, location: str, key: str) -> Path:
     return found[0]
 
 
-def raw_image_root(kind: str, table: Path, key: str) -> Path:
-    """The folder the table's image paths are relative to: the table's own, its `images/`, or its parent's
-    (CheXpert's Path column starts with the CheXpert-v1.0 folder that holds train.csv)."""
+def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
+    """The folder the listed images are found under: for a public source the folder the user downloaded
+    (data_prep.locate finds each image in any of its published layouts); for a target, the folder its
+    paths are relative to: the table's own, its `images/`, or its parent's."""
+    given = Path(location).expanduser()
+    if kind != "target":
+        return given if given.is_dir() else table.parent
     try:
         first = str(pd.read_csv(table, usecols=[FILE_COLUMNS[kind]], nrows=1).iloc[0, 0])
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
@@ -84,11 +89,34 @@ def raw_image_root(kind: str, table: Path, key: str) -> Path:
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 
 
-def _raw(kind: str, location: str, name: str, key: str, spec: SweepSpec, home: Path, log) -> Path:
+def raw_source(kind: str, location: str, key: str) -> tuple[Path, Path]:
+    """(label table, image folder) of a raw `KIND:FOLDER` location."""
     table = raw_table(kind, location, key)
+    return table, raw_image_root(kind, location, table, key)
+
+
+def _raw(kind: str, location: str, name: str, key: str, spec: SweepSpec, home: Path, log) -> Path:
+    table, root = raw_source(kind, location, key)
     log(f"[sweeper] preparing {key} from raw {kind} source {table} (reused when inputs and settings are unchanged)")
-    return build(raw_image_root(kind, table, key), table, home / "prepared",
-                 _params(spec, name, kind, key == "data.target"), name=name, log=log)
+    return build(root, table, home / "prepared", _params(spec, name, kind, key == "data.target"), name=name, log=log)
+
+
+def raw_images(spec: SweepSpec, name: str, kind: str, location: str, check: bool = False) -> tuple[int, int]:
+    """(images found, images listed) of a raw `KIND:FOLDER` location, read as its build will read it; with
+    `check`, DataPrepError where its build would stop (more than 1% missing, allow_missing off)."""
+    key = data_key(name)
+    table, root = raw_source(kind, location, key)
+    params = _params(spec, name, kind, key == "data.target")
+    _, located = locate_listed(root, table, params.source, allow_missing=params.allow_missing or not check)
+    return len(located.paths) - len(located.missing), len(located.paths)
+
+
+def check_raw_sources(spec: SweepSpec, found: dict[str, str]) -> None:
+    """Before Ray starts: every raw `KIND:FOLDER` location must hold its listed images (data_prep.locate)."""
+    for name, location in found.items():
+        kind, colon, rest = location.partition(":")
+        if colon and kind in KINDS:
+            raw_images(spec, name, kind, rest, check=True)
 
 
 def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:

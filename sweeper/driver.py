@@ -19,7 +19,7 @@ from results.store import ResultsStore, StoreError
 from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
 from sweeper.explain_sections import explanation_sections
-from sweeper.datasets import ensure_datasets, locations
+from sweeper.datasets import check_raw_sources, ensure_datasets, locations
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
@@ -179,7 +179,7 @@ def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> No
 
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
     store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
-    locations(spec, options.data)  # and so does a missing data location
+    check_raw_sources(spec, locations(spec, options.data))  # and so does a missing location or most images missing
     imagenet = preflight(spec, spec_arg)  # and every ImageNet weights file the grid needs, listed at once
     r = spec.resources
     max_concurrent = options.max_concurrent or r.max_concurrent

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from data_prep.dataset import read_manifest
 from data_prep.labels import KINDS
+from data_prep.locate import MISSING_TOLERANCE
 from data_prep.phantom import PhantomOptions
 from sweeper import estimate
-from sweeper.datasets import FILE_COLUMNS, data_key, located, raw_table
+from sweeper.datasets import data_key, located, raw_images, raw_source
 from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec
 from sweeper.weights import cache_status
@@ -27,14 +26,17 @@ from trainables.weights import cache_dir
 
 
 def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, str]:
-    """(images, where the number comes from) for one data set, reading at most a label table."""
+    """(images, where the number comes from) for one data set, reading at most a label table and the names of
+    the files under a raw source's folder."""
     scheme, colon, rest = location.partition(":")
     if location == PHANTOM or scheme == PHANTOM:
         low, high = PhantomOptions.images_per_patient
         return round(spec.data.phantom.n_patients * (low + high) / 2), "phantom settings (expected)"
     if colon and scheme in KINDS:
-        table = raw_table(scheme, rest, data_key(name))
-        return len(pd.read_csv(table, usecols=[FILE_COLUMNS[scheme]])), f"rows of {table} (before exclusions)"
+        found, listed = raw_images(spec, name, scheme, rest)
+        stops = listed - found > MISSING_TOLERANCE * listed
+        return found, (f"found of {listed} listed in {raw_source(scheme, rest, data_key(name))[0]}"
+                       + ("; a real run stops: more than 1% missing (allow_missing builds anyway)" if stops else ""))
     if location:
         return int(read_manifest(Path(location).expanduser())["counts"]["images"]), "prepared manifest"
     if name in spec.data.expected_images:

@@ -136,6 +136,8 @@ class Prepare(Strict):
     seed: int = Field(0, description="nih: undersampling seed")
     bits: Literal[8, 16] = 8
     near_duplicates: float | Literal["off"] = Field(0.9, description="detail correlation of one exposure, or 'off'")
+    allow_missing: bool = Field(False, description="build even when more than 1% of the listed images are not "
+                                                   "found (the count goes into the manifest)")
 
     @field_validator("near_duplicates")
     @classmethod

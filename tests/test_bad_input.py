@@ -122,8 +122,16 @@ def labels_empty_file(tmp_path):
 @case
 def images_every_one_rejected(tmp_path):
     main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\nb.dcm,normal\n")
-    (tmp_path / "raw" / "a.dcm").write_bytes(b"junk")  # b.dcm is missing
-    return main, argv, ["every image was rejected (2) from", "row 2: not a readable DICOM", "1 x file not found"]
+    (tmp_path / "raw" / "a.dcm").write_bytes(b"junk")
+    (tmp_path / "raw" / "b.dcm").write_bytes(b"")
+    return main, argv, ["every image was rejected (2) from", "row 2: not a readable DICOM", "2 x not a readable"]
+
+
+@case
+def images_most_not_found(tmp_path):
+    main, argv, named = _target_build(tmp_path, b"file,findings\na.dcm,scoliosis\nb.dcm,normal\n")
+    return main, argv, [f"2 of 2 images listed in {tmp_path / 'raw' / 'labels.csv'} were not found under {tmp_path / 'raw'}",
+                        "the images of label-table rows 2, 3", "--allow-missing"]  # rows, not file names
 
 
 @case
@@ -187,6 +195,7 @@ def test_a_bad_image_is_quarantined_with_its_row_and_reason_and_the_rest_is_buil
     else:
         _corrupt(victim, how)
     extra = {"nih": ["--preset", "none"], "chexpert": ["--policy", "u_ignore"]}.get(kind, [])
+    extra += ["--allow-missing"] if how == "missing" else []  # 1 of a small set's films is more than 1%
     assert build_cli.main([kind, "--images", str(raw / IMAGE_ROOTS[kind]), "--labels", str(table), "--out",
                            str(tmp_path / "prep"), "--size", "32", "--folds", "2", "--workers", "1", *extra]) == 0
     data = PreparedDataset(capsys.readouterr().out.strip().splitlines()[-1])
@@ -195,4 +204,5 @@ def test_a_bad_image_is_quarantined_with_its_row_and_reason_and_the_rest_is_buil
     reason = rejected["reason"].iloc[0]
     assert {"missing": "file not found", "junk": "not", "truncate": ""}[how] in reason and reason
     assert data.images.shape[0] == len(rows) - 1 and np.isfinite(data.images).all()
+    assert data.manifest["counts"]["missing"] == (how == "missing")
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 import pytest
 
 from data_prep.dataset import PreparedDataset
+from data_prep.errors import DataPrepError
 from data_prep.phantom import make_phantom_set
 from sweeper.datasets import ensure_datasets
 from sweeper.spec import SpecError, parse_spec
@@ -83,12 +85,15 @@ def test_bad_raw_locations_name_the_key_and_what_was_expected(phantom_dir, tmp_p
         ensure_datasets(_spec("phantom"), tmp_path, log=lambda *_: None, given={"nih": location.format(tmp=tmp_path)})
 
 
-def test_a_table_whose_images_are_elsewhere_says_where_it_looked(raw_nih, tmp_path):
-    shutil.copy(raw_nih / "Data_Entry_2017.csv", tmp_path / "Data_Entry_2017.csv")
-    with pytest.raises(SpecError, match="the image in row 2 of .*Data_Entry_2017.csv \\(column 'Image Index'\\) "
-                                        "is in none of") as info:
-        ensure_datasets(_spec("phantom"), tmp_path / "home", log=lambda *_: None, given={"nih": f"nih:{tmp_path}"})
-    assert ".png" not in str(info.value)  # a file name can carry a patient identifier
+def test_a_table_whose_images_are_elsewhere_stops_before_building_and_says_where_it_looked(raw_nih, tmp_path):
+    downloaded = tmp_path / "download"
+    downloaded.mkdir()
+    shutil.copy(raw_nih / "Data_Entry_2017.csv", downloaded / "Data_Entry_2017.csv")
+    listed = len(pd.read_csv(downloaded / "Data_Entry_2017.csv"))
+    with pytest.raises(DataPrepError, match=f"{listed} of {listed} images listed in .*Data_Entry_2017.csv were not "
+                                            f"found under {downloaded} \\(no image files in any folder there\\)"):
+        ensure_datasets(_spec("phantom"), tmp_path / "home", log=lambda *_: None, given={"nih": f"nih:{downloaded}"})
+    assert not list((tmp_path / "home" / "prepared").glob("*nih*"))  # nothing built or left half-built
 
 
 @pytest.mark.parametrize("prepare, expected", [

@@ -1,0 +1,58 @@
+"""Time to find every listed NIH image in Kaggle's layout: the real table's 112,120 names, empty files in
+`images_001/images` ... `images_012/images` (the walk reads names, not bytes), located from the top folder.
+
+    python bench/locate_bench.py [--table ../shared/data/nih_data_entry_2017_v2020.csv.gz] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from data_prep.locate import locate  # noqa: E402
+
+DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_data_entry_2017_v2020.csv.gz"
+
+
+def lay_out(root: Path, names: list[str]) -> None:
+    """Kaggle's NIH layout: the names in table order over 12 folders."""
+    per = -(-len(names) // 12)
+    for i, name in enumerate(names):
+        folder = root / f"images_{i // per + 1:03d}" / "images"
+        if i % per == 0:
+            folder.mkdir(parents=True)
+        (folder / name).touch()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    names = pd.read_csv(args.table, usecols=["Image Index"])["Image Index"].tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        lay_out(root, names)
+        print(f"{len(names)} files laid out in {time.perf_counter() - started:.1f} s; "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+        for run in range(args.runs):
+            started = time.perf_counter()
+            found = locate("nih", root, names)
+            total = time.perf_counter() - started
+            assert not found.missing and len(found.folders) == 12
+            print(f"run {run + 1}: {len(names)} found in {total:.2f} s (walk and index {found.seconds:.2f} s, "
+                  f"the rest the paths as listed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
