@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import subprocess
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,9 @@ import pydicom.data
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, UID
 
+from data_prep.dicom import read_dicom
+from data_prep.dicom_header import read_header
+from data_prep.dicom_lut import grey_table
 from tests.services_fixtures import _service
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -175,14 +177,22 @@ def htj2k_pair(source: Path, work: Path, *, lossless: bool) -> tuple[Path, Path]
             with_pixels(source, work / f"{stem}.reference.dcm", decoded))
 
 
-@dataclass(frozen=True)
-class Case:
-    """Our decoder reads `path`; dcmtk renders `reference` (the same file, or a native one with
-    the same pixels where dcmtk has no decoder)."""
-    id: str
-    path: Path
-    reference: Path
-    how: str  # where the file comes from, for the report's table
+def assert_agrees(path: Path, reference: Path, options: list[str] | None = None) -> float:
+    """Our image of `path` equals dcmtk's rendering of `reference` within the tolerance; returns
+    the largest difference (1.0 = the whole output range)."""
+    ours, _ = read_dicom(path)
+    theirs = render(reference, options)
+    assert ours.shape == theirs.shape
+    ds = quiet_read(path)
+    units = LOSSY_UNITS.get(str(ds.file_meta.TransferSyntaxUID), 0)
+    if ds.PhotometricInterpretation.startswith("MONOCHROME"):
+        step = float(np.abs(np.diff(grey_table(read_header(quiet_read(path, stop_before_pixels=False))))).max())
+        tolerance = TOLERANCE + units * step
+    else:  # dcmtk's +G rounds luminance to the stored grid (1 unit), then writes it scaled to 16 bits
+        tolerance = (2 + units) / (2**ds.BitsStored - 1) + 1 / 65535
+    difference = float(np.abs(ours - theirs).max())
+    assert difference <= tolerance, f"{path.name}: {difference * 255:.3f}/255 from dcmtk (allowed {tolerance * 255:.3f})"
+    return difference
 
 
 # Files dcmtk cannot decode and a native file with the same pixels: pydicom-data's JPEG 2000

@@ -14,8 +14,7 @@ from pydicom.pixels import apply_voi, apply_windowing
 from pydicom.sequence import Sequence
 
 from data_prep.dicom import read_dicom
-from tests.dicom_corpus import TOLERANCE, quiet_read, real_file, render
-from tests.test_dicom_dcmtk import assert_agrees
+from tests.dicom_corpus import TOLERANCE, assert_agrees, quiet_read, real_file, render
 
 CT = "693_UNCR.dcm"  # real CT: signed, 14 of 16 bits, rescale 1 / -1024, window 40 / 100
 CR = "6154"  # real CR film: MONOCHROME1, 12-bit, stored values 1994..2802
