@@ -1,13 +1,18 @@
 """Patient-grouped, multi-label stratified outer folds and inner validation splits.
 
-iterative-stratification stratifies rows, not patients, so we stratify patients (label
-vector = any positive over the patient's images) and map back to images (DESIGN.md).
+iterative-stratification stratifies rows, not patients, and counts each row once. Stratifying
+patients on their any-positive label vector (how outer folds were made before issue 17) balances
+patient-level prevalence but not image-level prevalence: on the full NIH table (5 folds) a label's
+share of a fold's images was up to 13-20% off the overall, because patients with many films weigh
+unevenly. Outer folds and the holdout split therefore come from `_balanced_groups`, a seeded greedy
+on per-patient counts (positive films and patients per label, films, patients); the inner validation
+split still stratifies patients with the library.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from data_prep.errors import DataPrepError
 
@@ -19,16 +24,68 @@ def _patient_table(patient_keys, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     return per_patient.index.to_numpy(), per_patient.to_numpy(), codes
 
 
+def _patient_counts(patient_keys, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts, weights, codes): one row per patient of what a group must hold in proportion - per label its
+    positive films and whether it has any (image- and patient-level prevalence), per label with masked
+    (NaN) values its known films (the prevalence's denominator), then 1 (patients) and its films."""
+    patients, codes = np.unique(np.asarray(patient_keys).astype(str), return_inverse=True)
+    values = np.asarray(labels, dtype=np.float64).reshape(len(codes), -1)
+    known = ~np.isnan(values)
+    positive = np.zeros((len(patients), values.shape[1]))
+    np.add.at(positive, codes, np.where(known, values, 0.0) > 0)
+    films = np.bincount(codes, minlength=len(patients)).astype(np.float64)
+    masked = ~known.all(axis=0)
+    known_films = np.zeros((len(patients), int(masked.sum())))
+    np.add.at(known_films, codes, known[:, masked])
+    counts = np.hstack([positive, positive > 0, known_films, np.ones((len(patients), 1)), films[:, None]])
+    weights = np.ones(counts.shape[1])
+    weights[-1] = max(values.shape[1], 1)  # image counts weigh as much as all labels' positive films together
+    return counts, weights, codes
+
+
+def _balanced_groups(patient_keys, labels: np.ndarray, fractions, seed: int) -> np.ndarray:
+    """Group number per image (group g gets about fractions[g] of everything); all images of a patient
+    share a group.
+
+    Iterative stratification on counts (the library counts each row once and cannot weigh patients by
+    their films): patients in order of film count, most first (ties in seeded random order), each into
+    the group that least raises the sum over groups g and count columns d of
+        weight[d] * fractions[g] * (load[g, d] / fractions[g] - placed[d])**2 / total[d]**2,
+    each group's squared relative deviation from its share of what is placed so far (zero when every
+    load is in proportion). While as many patients are left as groups are empty, only empty groups
+    take one, so every group gets a patient."""
+    counts, column_weight, codes = _patient_counts(patient_keys, labels)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    totals = counts.sum(axis=0)
+    weight = np.outer(1 / fractions, np.where(totals > 0, column_weight / np.maximum(totals, 1e-12) ** 2, 0.0))
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(counts))
+    order = shuffled[np.argsort(-counts[shuffled, -1], kind="stable")]
+    load = np.zeros((len(fractions), counts.shape[1]))
+    members = np.zeros(len(fractions), np.int64)
+    group_of_patient = np.empty(len(counts), np.int64)
+    for left, patient in zip(range(len(order), 0, -1), order):
+        columns = np.flatnonzero(counts[patient])
+        added = counts[patient, columns]
+        cost = ((2 * load[:, columns] + added) * added * weight[:, columns]).sum(axis=1)
+        empty = members == 0
+        if left <= empty.sum():
+            cost[~empty] = np.inf
+        group = int(np.argmin(cost))
+        group_of_patient[patient] = group
+        load[group, columns] += added
+        members[group] += 1
+    return group_of_patient[codes]
+
+
 def patient_folds(patient_keys, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number (0..k-1) for each image; all images of a patient share a fold."""
-    patients, patient_labels, codes = _patient_table(patient_keys, labels)
-    if len(patients) < k:
-        raise DataPrepError(f"{len(patients)} patients cannot fill {k} folds; use fewer folds or more data")
-    fold_of_patient = np.empty(len(patients), np.int64)
-    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(patients)), patient_labels)):
-        fold_of_patient[test] = fold
-    return fold_of_patient[codes]
+    """Fold number (0..k-1) for each image; all images of a patient share a fold. Each fold holds
+    about 1/k of the images, of the patients and, per label, of the positive films and of the patients
+    with one (image- and patient-level prevalence both stratified)."""
+    n_patients = len(np.unique(np.asarray(patient_keys).astype(str)))
+    if n_patients < k:
+        raise DataPrepError(f"{n_patients} patients cannot fill {k} folds; use fewer folds or more data")
+    return _balanced_groups(patient_keys, labels, [1 / k] * k, seed)
 
 
 def inner_split(patient_keys, labels: np.ndarray, train_idx: np.ndarray, val_fraction: float, seed: int):
@@ -45,21 +102,14 @@ def inner_split(patient_keys, labels: np.ndarray, train_idx: np.ndarray, val_fra
 
 def holdout_split(patient_keys, labels: np.ndarray, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarray:
     """Seed 003's train/val/test split ('train', 'val', 'test' per image), patient-grouped and
-    multi-label stratified: test first, then validation out of the rest."""
+    stratified like `patient_folds` (images, patients and per label image- and patient-level
+    positives in proportion to the fractions)."""
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise DataPrepError(f"split fractions {fractions}; expected three positive numbers summing to 1 (e.g. 60/20/20)")
-    patients, patient_labels, codes = _patient_table(patient_keys, labels)
-    if len(patients) < 3:
-        raise DataPrepError(f"{len(patients)} patient(s) cannot fill a train/val/test split")
-    split = np.full(len(patients), "train", dtype=object)
-    first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fractions[2], random_state=seed)
-    rest, test = next(first.split(np.zeros(len(patients)), patient_labels))
-    split[test] = "test"
-    second = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fractions[1] / (1 - fractions[2]),
-                                              random_state=seed)
-    _, val = next(second.split(np.zeros(len(rest)), patient_labels[rest]))
-    split[rest[val]] = "val"
-    return split[codes]
+    n_patients = len(np.unique(np.asarray(patient_keys).astype(str)))
+    if n_patients < 3:
+        raise DataPrepError(f"{n_patients} patient(s) cannot fill a train/val/test split")
+    return np.array(["train", "val", "test"], dtype=object)[_balanced_groups(patient_keys, labels, fractions, seed)]
 
 
 def _label_columns(table: pd.DataFrame) -> list[str]:
