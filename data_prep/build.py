@@ -3,8 +3,9 @@
 Output (immutable, content-addressed: the directory name is a hash of the inputs and every
 parameter, so the same inputs and settings give the same directory):
     images.npy     N x S x S uint8 (or uint16 with bits=16), bright = dense; np.load(mmap_mode="r")
-    labels.csv     image_key, patient_key, view, source_height, source_width (the image's own size
-                   before resizing), one 0/1 column per label, empty where unknown (row i = image i)
+    labels.csv     image_key, patient_key, view, sex (M, F or empty), age (years, "90+" above 89, or
+                   empty), source_height, source_width (the image's own size before resizing), one
+                   0/1 column per label, empty where unknown (row i = image i)
     folds.csv      image_key, fold
     rejected.csv   csv_row, image_key, reason (quarantined files)
     duplicates.csv csv_row, image_key, duplicate_of, kind, similarity, same_patient, same_labels
@@ -34,11 +35,12 @@ from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
-from data_prep.labels import KINDS, SourceOptions, add_source_options, read_labels
+from data_prep.labels import PREPARED_METADATA
+from data_prep.sources import KINDS, SourceOptions, TargetOptions, add_cli_options, options_from_args, read_labels
 from data_prep.locate import check_missing, locate
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: labels.csv carries sex and age; folds balance image-level prevalence
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
 DUPLICATE_COLUMNS = ["csv_row", "image_key", "duplicate_of", "kind", "similarity", "same_patient", "same_labels"]
@@ -49,7 +51,7 @@ class BuildParams:
     size: int = 512
     folds: int = 5
     seed: int = 0
-    source: SourceOptions = SourceOptions()
+    source: SourceOptions = TargetOptions()
     bits: int = 8  # 8 or 16 bits per output pixel
     near_duplicates: float | None = 0.9  # detail correlation that makes two films one; None: keep them all
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
@@ -247,7 +249,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
             record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
         else:
             film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
-                    "view": table["view"][i], "source_height": shape[0], "source_width": shape[1],
+                    **{column: table[column][i] for column in PREPARED_METADATA}, "source_height": shape[0], "source_width": shape[1],
                     **{n: float(v) for n, v in zip(names, label_matrix[i])}}
             digest = hashlib.sha256(pixels.tobytes()).hexdigest()
             if digest in progress.seen:
@@ -272,7 +274,7 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 25
 
 
 def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
-    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", "view", *SOURCE_SIZE, *names])
+    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", *PREPARED_METADATA, *SOURCE_SIZE, *names])
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     label_values = labels[names].to_numpy(np.float32)
     if params.holdout is None:
@@ -322,12 +324,14 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG)")
+    parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG), "
+                                                    "mimic (MIMIC-CXR-JPG)")
     parser.add_argument("--images", "--dicom-dir", dest="images", type=Path, required=True,
                         help="the folder you downloaded or unpacked: listed images are found in any of the "
                              "source's published layouts under it")
     parser.add_argument("--labels", type=Path, required=True,
-                        help="label table: target CSV, NIH Data_Entry_2017*.csv, or CheXpert train.csv")
+                        help="label table: target CSV, NIH Data_Entry_2017*.csv, CheXpert train.csv (or the AIMI "
+                             "release's train_cheXbert.csv), or MIMIC's mimic-cxr-2.0.0-metadata.csv(.gz)")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
     parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
@@ -342,11 +346,13 @@ def main(argv: list[str] | None = None) -> int:
                              "into the manifest and the data-set summary)")
     parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
                         help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
-    add_source_options(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of any sampling (default 0)")
+    add_cli_options(parser)
     args = parser.parse_args(argv)
-    params = BuildParams(args.size, args.folds, args.seed, SourceOptions.from_args(args.kind, args), args.bits,
-                         args.near_duplicates, args.workers, args.holdout, args.allow_missing)
     try:
+        source = options_from_args(args.kind, args, parser, seed=args.seed)
+        params = BuildParams(args.size, args.folds, args.seed, source, args.bits, args.near_duplicates, args.workers,
+                             args.holdout, args.allow_missing)
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,12 +14,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.dicom import read_image
+from data_prep.dicom import read_dicom
 from data_prep.errors import ImageRejected
+from data_prep.raster import RASTER_SUFFIXES, read_raster
 
 PARALLEL_MIN_IMAGES = 64  # below this, worker start-up costs more than it saves
 DTYPES = {8: np.uint8, 16: np.uint16}
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters (malloc.h)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """Any supported file: DICOM (PatientID from the header) or PNG/JPG (no patient inside)."""
+    if not Path(path).is_file():
+        raise ImageRejected("file not found")
+    if Path(path).suffix.lower() in RASTER_SUFFIXES:
+        return read_raster(path), None
+    return read_dicom(path)
 
 
 def resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:

@@ -44,17 +44,6 @@ def read_dicom(path: Path) -> tuple[np.ndarray, str | None]:
     return image.astype(np.float32, copy=False), patient
 
 
-def read_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """Any supported file: DICOM (PatientID from the header) or PNG/JPG (no patient inside)."""
-    from data_prep.raster import RASTER_SUFFIXES, read_raster
-
-    if not Path(path).is_file():
-        raise ImageRejected("file not found")
-    if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        return read_raster(path), None
-    return read_dicom(path)
-
-
 def _stored_values(ds, header: Header) -> np.ndarray:
     """Greyscale stored values, unmasked: native ones are a view of the checked buffer."""
     if header.syntax.is_encapsulated:

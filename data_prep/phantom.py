@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from data_prep.chexpert import ALL_LABELS as CHEXPERT_COLUMNS
+from data_prep.sources.chexpert import ALL_LABELS as CHEXPERT_COLUMNS
 from data_prep.phantom_anatomy import film, film_pose, patient_anatomy
 from data_prep.phantom_findings import PHANTOM_SETS, UNCERTAIN, paint_findings
 

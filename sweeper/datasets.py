@@ -18,7 +18,7 @@ import pandas as pd
 
 from data_prep.build import BuildParams, build, locate_listed
 from data_prep.dataset import PreparedDataset
-from data_prep.labels import KINDS, SourceOptions
+from data_prep.sources import KINDS
 from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
 from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
@@ -26,10 +26,7 @@ from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildParams:
     """How data set `name` of kind `kind` is built: [data] and [data.prepare.NAME]."""
     how = spec.data.prepare.get(name, Prepare())
-    source = SourceOptions(kind=kind, mapping=None if how.mapping == "none" else how.mapping,
-                           discarded_only=how.discarded_only, nih_preset=how.nih_preset,
-                           policy=spec.data.chexpert_policy, blank=how.blank, all_labels=how.all_labels,
-                           frontal_only=how.frontal_only, seed=how.seed)
+    source = how.source(kind, spec.data.chexpert_policy, f"data.prepare.{name}")
     return BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
                        bits=how.bits, near_duplicates=None if how.near_duplicates == "off" else how.near_duplicates,
                        holdout=spec.data.holdout_fractions if is_target else None, allow_missing=how.allow_missing)
@@ -50,8 +47,8 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
 
 
 RAW_TABLES = {"target": ("labels.csv",), "nih": ("Data_Entry_2017*.csv",),
-              "chexpert": ("train.csv", "*/train.csv", "train_cheXbert.csv")}  # original, Kaggle, Stanford AIMI
-FILE_COLUMNS = {"target": "file", "nih": "Image Index", "chexpert": "Path"}
+              "chexpert": ("train.csv", "*/train.csv", "train_cheXbert.csv"),  # original, Kaggle, Stanford AIMI
+              "mimic": ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")}
 
 
 def raw_table(kind: str, location: str, key: str) -> Path:
@@ -77,15 +74,15 @@ def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
     if kind != "target":
         return given if given.is_dir() else table.parent
     try:
-        first = str(pd.read_csv(table, usecols=[FILE_COLUMNS[kind]], nrows=1).iloc[0, 0])
+        first = str(pd.read_csv(table, usecols=["file"], nrows=1).iloc[0, 0])
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{key}: {table} has no {FILE_COLUMNS[kind]!r} column or no rows ({exc})") from None
+        raise SpecError(f"{key}: {table} has no 'file' column or no rows ({exc})") from None
     candidates = [table.parent, table.parent / "images", table.parent.parent]
     for root in candidates:
         if (root / first).is_file():
             return root
     # named by row and column, not by its file name, which can carry a patient identifier (DESIGN.md 5)
-    raise SpecError(f"{key}: the image in row 2 of {table} (column {FILE_COLUMNS[kind]!r}) is in none of "
+    raise SpecError(f"{key}: the image in row 2 of {table} (column 'file') is in none of "
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 
 

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data_prep.labels import DEFAULT_TARGET_MAPPING
+from data_prep.errors import DataPrepError
+from data_prep.sources import KINDS, OPTIONS, option_names, source_options
 from trainables.augment import AugmentConfig
 from trainables.engine import PRECISIONS
 from trainables.losses import LOSSES
@@ -121,19 +122,14 @@ class Phantom(Strict):
         return value
 
 
-class Prepare(Strict):
-    """How a raw location (`KIND:FOLDER`) of one data set is built by data_prep; size, folds, holdout
-    and the CheXpert policy come from [data] itself. Defaults: data_prep's, but NIH keeps every
-    image and label unless nih_preset = "seed003"."""
+class Prepare(BaseModel):
+    """How a raw location (`KIND:FOLDER`) of one data set is built. The build's own settings are fields
+    here; every other key is an option of the data set's source kind, defined once in data_prep.sources
+    (the same options, defaults and checks as `python -m data_prep.build KIND`): checked at once against
+    the options any kind has, and fully once the location says which kind it is. Size, folds, holdout
+    and the CheXpert/MIMIC uncertainty policy come from [data] itself."""
 
-    mapping: str = Field(DEFAULT_TARGET_MAPPING, description="target: finding mapping (a shipped name, a .toml "
-                                                             "path, or 'none')")
-    discarded_only: Literal["drop", "normal"] = "drop"
-    nih_preset: Literal["seed003", "none"] = "none"
-    blank: Literal["negative", "mask"] = "negative"
-    all_labels: bool = False
-    frontal_only: bool = False
-    seed: int = Field(0, description="nih: undersampling seed")
+    model_config = ConfigDict(extra="allow", frozen=True)
     bits: Literal[8, 16] = 8
     near_duplicates: float | Literal["off"] = Field(0.9, description="detail correlation of one exposure, or 'off'")
     allow_missing: bool = Field(False, description="build even when more than 1% of the listed images are not "
@@ -145,6 +141,24 @@ class Prepare(Strict):
         if value != "off" and not 0 < value <= 1:
             raise ValueError("expected a correlation in (0, 1], or 'off'")
         return value
+
+    @model_validator(mode="after")
+    def _source_options_exist(self):
+        known = sorted({n for kind in KINDS for n in option_names(kind)} - {"policy"})
+        for key in self.model_extra or {}:
+            if key == "policy":
+                raise ValueError("policy: set data.chexpert_policy, which every CheXpert and MIMIC set follows")
+            if key not in known:
+                raise ValueError(f"{key}: unknown option; expected bits, near_duplicates, allow_missing or an "
+                                 f"option of a source kind: {known}")
+        return self
+
+    def source(self, kind: str, policy: str, where: str):
+        """The kind's options (data_prep.sources) from this table and the data's CheXpert policy."""
+        values = dict(self.model_extra or {})
+        if kind in OPTIONS and "policy" in OPTIONS[kind].model_fields:
+            values["policy"] = policy
+        return source_options(kind, values, where)
 
 
 class Data(Strict):
@@ -175,6 +189,14 @@ class Data(Strict):
         bad = sorted(name for name, n in self.expected_images.items() if n < 1)
         if bad:
             raise ValueError(f"expected_images.{bad[0]}: expected a positive image count")
+        for name, how in self.prepare.items():  # a location written in the spec says the kind: check it all now
+            location = self.target if name == "target" else self.sources[name]
+            kind = location.partition(":")[2] if location.startswith(f"{PHANTOM}:") else location.partition(":")[0]
+            if ":" in location and kind in OPTIONS:
+                try:
+                    how.source(kind, self.chexpert_policy, f"prepare.{name}")
+                except DataPrepError as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     @field_validator("holdout")

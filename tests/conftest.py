@@ -39,12 +39,12 @@ def prepared_dir(phantom_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def chexpert_prepared_dir(tmp_path_factory) -> Path:
     """A small phantom CheXpert source (U-Ignore: uncertain labels are unknown) at the target's 32 px."""
-    from data_prep.labels import SourceOptions
+    from data_prep.sources import ChexpertOptions
 
     raw = tmp_path_factory.mktemp("chexpert_raw")
     make_phantom_set(raw, kind="chexpert", n_patients=16, size=48, prevalence=0.3, seed=5)
     return build(raw, raw / "train.csv", tmp_path_factory.mktemp("chexpert_prepared"),
-                 BuildParams(size=32, folds=3, seed=0, source=SourceOptions(kind="chexpert", policy="u_ignore")),
+                 BuildParams(size=32, folds=3, seed=0, source=ChexpertOptions(policy="u_ignore")),
                  key=TEST_KEY, name="chexpert_phantom", log=lambda *_: None)
 
 

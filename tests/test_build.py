@@ -26,8 +26,8 @@ def test_layout_matches_the_contract(prepared_dir, phantom_dir):
     only_pacemaker = (source["findings"] == "heart pacemaker placement").sum()
     assert manifest["label_stats"]["dropped_only_discarded"] == only_pacemaker
     assert images.dtype == np.uint8 and images.shape == (len(source) - only_pacemaker, 32, 32)
-    assert list(labels.columns[:5]) == ["image_key", "patient_key", "view", "source_height", "source_width"]
-    assert list(labels.columns[5:]) == manifest["label_names"]
+    assert list(labels.columns[:7]) == ["image_key", "patient_key", "view", "sex", "age", "source_height", "source_width"]
+    assert list(labels.columns[7:]) == manifest["label_names"]
     kept = source[source["findings"] != "heart pacemaker placement"]["file"]
     headers = [pydicom.dcmread(phantom_dir / f, stop_before_pixels=True) for f in kept]
     assert sorted(zip(labels["source_height"], labels["source_width"])) == sorted((h.Rows, h.Columns) for h in headers)
@@ -170,13 +170,13 @@ def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
 
 
 def _nih_with_copies(tmp_path):
-    from data_prep.labels import SourceOptions
+    from data_prep.sources import NihOptions
     from data_prep.phantom import make_phantom_set
 
     raw = tmp_path / "raw"
     table = pd.read_csv(make_phantom_set(raw, "nih", n_patients=40, size=128, prevalence=0.3, seed=4,
                                          images_per_patient=(1, 4), near_duplicates=0.3))
-    return raw, table, SourceOptions(kind="nih", nih_preset="none")
+    return raw, table, NihOptions()
 
 
 def test_near_duplicate_films_are_removed_and_listed_and_follow_up_films_are_kept(tmp_path):

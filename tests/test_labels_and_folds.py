@@ -8,7 +8,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, inner_split, patient_folds
-from data_prep.labels import load_mapping, read_target_labels
+from data_prep.sources.target import load_mapping, read_target_labels
 from tests.conftest import FIXTURES
 
 NIH = FIXTURES / "nih_data_entry_first1500patients.csv.gz"

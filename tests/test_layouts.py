@@ -15,7 +15,7 @@ import pytest
 
 from data_prep.build import BuildParams, build, main as build_main
 from data_prep.errors import DataPrepError
-from data_prep.labels import SourceOptions
+from data_prep.sources import ChexpertOptions, NihOptions
 from data_prep.locate import locate
 from data_prep.summary import summarise
 from sweeper.datasets import raw_images
@@ -59,7 +59,7 @@ def _nih(root: Path, rows: pd.DataFrame, layout: str) -> Path:
 
 
 NIH_ALL = BuildParams(size=16, folds=3, near_duplicates=None, workers=1,
-                      source=SourceOptions(kind="nih", nih_preset="none"))
+                      source=NihOptions())
 
 
 @pytest.mark.parametrize("layout", ["box", "kaggle"])
@@ -161,7 +161,7 @@ def _chexpert(root: Path, layout: str) -> Path:
     return table
 
 
-CHEXPERT = BuildParams(size=16, folds=3, near_duplicates=None, workers=1, source=SourceOptions(kind="chexpert"))
+CHEXPERT = BuildParams(size=16, folds=3, near_duplicates=None, workers=1, source=ChexpertOptions())
 
 
 @pytest.mark.parametrize("layout", ["small", "full", "kaggle", "aimi"])
@@ -228,3 +228,23 @@ def test_a_sweep_finds_each_layout_from_the_folder_and_its_dry_run_counts_what_i
     assert plan["data"]["nih"]["images"] == 25
     assert "found of 300 listed" in plan["data"]["nih"]["images_from"]
     assert "a real run stops: more than 1% missing" in plan["data"]["nih"]["images_from"]
+
+
+def test_nih_sex_age_and_view_reach_labels_csv_and_ages_above_89_are_90_plus(tmp_path, nih_rows):
+    from data_prep.sources.nih import read_labels
+
+    with gzip.open(NIH_TABLE, "rt") as handle:
+        full = pd.read_csv(handle)
+    rows = pd.concat([full[full["Patient Age"] > 89], full.head(20)]).drop_duplicates("Image Index")
+    rows.to_csv(tmp_path / "Data_Entry_2017_v2020.csv", index=False)
+    read = read_labels(tmp_path / "Data_Entry_2017_v2020.csv", NihOptions()).frame
+    ages = rows["Patient Age"].to_numpy()
+    assert read["age"].tolist() == ["90+" if a > 89 else str(a) for a in ages] and (ages > 89).sum() == 64
+    assert read["sex"].tolist() == rows["Patient Gender"].tolist()
+    root = tmp_path / "download"
+    out = build(root, _nih(root, nih_rows, "box"), tmp_path / "prepared", NIH_ALL, name="nih", key=TEST_KEY,
+                log=lambda *_: None)
+    labels = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False)
+    assert labels["sex"].tolist() == nih_rows["Patient Gender"].tolist()
+    assert labels["age"].tolist() == ["90+" if a > 89 else str(a) for a in nih_rows["Patient Age"]]
+    assert labels["view"].tolist() == nih_rows["View Position"].tolist()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data_prep.dataset import PreparedDataset
-from data_prep.dicom import read_image
+from data_prep.decode import read_image
 from data_prep.errors import ImageRejected
 from data_prep.phantom import IMAGE_ROOTS, TABLES, make_phantom_set
 from data_prep.raster import read_raster

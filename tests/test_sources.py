@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.chexpert import ChexpertOptions, read_chexpert_labels
+from data_prep.sources.chexpert import ChexpertOptions
+from data_prep.sources.chexpert import read_labels as read_chexpert_labels
 from data_prep.errors import DataPrepError
-from data_prep.nih import NIH_LABELS, SEED003, NihOptions, read_nih_labels
+from data_prep.sources.nih import NIH_LABELS, SEED003, NihRecipe
+from data_prep.sources.nih import read_with_recipe as read_nih_labels
 from tests.conftest import FIXTURES, REPO
 
 NIH = FIXTURES / "nih_data_entry_first1500patients.csv.gz"
@@ -45,7 +47,7 @@ def test_seed003_merges_are_unions_of_the_merged_labels(nih_table):
 
 
 def test_view_filter_and_no_finding_drop(nih_table):
-    labels = read_nih_labels(NIH, NihOptions(views=("PA",), drop_no_finding=True))
+    labels = read_nih_labels(NIH, NihRecipe(views=("PA",), drop_no_finding=True))
     expected = ((nih_table["View Position"] == "PA") & (nih_table["Finding Labels"] != "No Finding")).sum()
     assert len(labels.frame) == expected and set(labels.frame["view"]) == {"PA"}
     assert (labels.labels.max(axis=1) == 1).all()
@@ -115,7 +117,15 @@ def test_patients_views_and_frontal_filter(chexpert_csv):
     assert labels.frame["patient"].tolist() == ["patient00001", "patient00002", "patient00002"]
     assert labels.frame["view"].tolist() == ["AP", "AP", "LATERAL"]
     assert len(read_chexpert_labels(chexpert_csv, ChexpertOptions(frontal_only=True)).frame) == 2
-    assert len(read_chexpert_labels(chexpert_csv, ChexpertOptions(labels=("Fracture",))).names) == 1
+    assert len(read_chexpert_labels(chexpert_csv, ChexpertOptions(all_labels=True)).names) == 13
+
+
+def test_chexpert_sex_and_age_are_read_and_an_unknown_sex_is_blank(chexpert_csv):
+    frame = read_chexpert_labels(chexpert_csv).frame
+    assert frame["sex"].tolist() == ["F", "F", "F"] and frame["age"].tolist() == ["68", "87", "83"]
+    chexpert_csv.write_text(CHEXPERT.replace("Female,68", "Unknown,0").replace("Female,87", "Male,91"))
+    frame = read_chexpert_labels(chexpert_csv).frame
+    assert frame["sex"].tolist() == ["", "M", "F"] and frame["age"].tolist() == ["0", "90+", "83"]
 
 
 def test_bad_chexpert_value_is_named(chexpert_csv):

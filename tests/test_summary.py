@@ -9,8 +9,9 @@ import pytest
 
 from data_prep import summary as summary_cli
 from data_prep.build import BuildParams, build
-from data_prep.labels import SourceOptions
-from data_prep.nih import SEED003, read_nih_labels
+from data_prep.sources import NihOptions
+from data_prep.sources.nih import SEED003
+from data_prep.sources.nih import read_with_recipe as read_nih_labels
 from data_prep.phantom import make_phantom_set
 from data_prep.summary import summarise
 from tests.conftest import TEST_KEY
@@ -26,7 +27,7 @@ def nih_set(tmp_path_factory):
     victim = raw / "images" / kept["Image Index"].iloc[2]
     victim.write_bytes(victim.read_bytes()[:200])
     built = build(raw / "images", table, tmp_path_factory.mktemp("nih_prep"),
-                  BuildParams(size=32, folds=2, source=SourceOptions(kind="nih", nih_preset="seed003")),
+                  BuildParams(size=32, folds=2, source=NihOptions(preset="seed003")),
                   key=TEST_KEY, name="nih_phantom", log=lambda *_: None)
     return raw, table, built
 

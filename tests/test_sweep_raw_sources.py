@@ -41,14 +41,14 @@ def _spec(target: str, prepare: str = ""):
 
 
 def test_raw_target_and_source_are_built_with_the_specs_settings_and_reused(phantom_dir, raw_nih, tmp_path):
-    spec = _spec(f"target:{phantom_dir}", '[data.prepare.nih]\nnih_preset = "seed003"\n')
+    spec = _spec(f"target:{phantom_dir}", '[data.prepare.nih]\npreset = "seed003"\n')
     logged = []
     paths = ensure_datasets(spec, tmp_path, log=logged.append, given={"nih": f"nih:{raw_nih}"})
     target, nih = PreparedDataset(paths["target"]), PreparedDataset(paths["nih"])
     assert paths["target"].parent == tmp_path / "prepared" and paths["target"].name.startswith("target-")
     assert target.manifest["size"] == 32 and target.num_folds == 3
     assert "Nodule" in nih.label_names and "Mass" not in nih.label_names and "Pneumonia" not in nih.label_names
-    assert nih.manifest["params"]["source"] == {"kind": "nih", "nih_preset": "seed003", "seed": 0}
+    assert nih.manifest["params"]["source"] == {"kind": "nih", "preset": "seed003", "seed": 0}
     again = ensure_datasets(spec, tmp_path, log=logged.append, given={"nih": f"nih:{raw_nih}"})
     assert again == paths and sum("reusing prepared data set" in line for line in logged) == 2
 
@@ -98,10 +98,20 @@ def test_a_table_whose_images_are_elsewhere_stops_before_building_and_says_where
 
 @pytest.mark.parametrize("prepare, expected", [
     ("[data.prepare.chexpert]\nblank = \"mask\"\n", "data: prepare.chexpert: no such data set"),
-    ("[data.prepare.nih]\nnih_preset = \"seed004\"\n", "data.prepare.nih.nih_preset: Input should be 'seed003' or 'none'"),
+    ("[data.prepare.nih]\nnih_preset = \"seed003\"\n", "data.prepare.nih: nih_preset: unknown option; expected bits, "
+                                                    "near_duplicates, allow_missing or an option of a source kind"),
+    ("[data.prepare.nih]\npolicy = \"u_ones\"\n", "policy: set data.chexpert_policy"),
     ("[data.prepare.nih]\nnear_duplicates = 1.5\n", "expected a correlation in (0, 1], or 'off'"),
     ("expected_images = { target = 0 }\n", "data: expected_images.target: expected a positive image count"),
 ])
 def test_prepare_options_are_validated_with_their_key(prepare, expected):
     with pytest.raises(SpecError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         _spec("phantom", prepare)
+
+
+def test_a_source_option_is_checked_by_its_kinds_model_once_the_spec_names_the_kind():
+    with pytest.raises(SpecError, match="data: prepare.target.discarded_only: Input should be 'drop' or 'normal'"):
+        _spec("target:/nowhere", '[data.prepare.target]\ndiscarded_only = "keep"\n')
+    with pytest.raises(SpecError, match="prepare.target.preset: not an option of target sources; their options: "
+                                        "\\['mapping', 'discarded_only'\\]"):
+        _spec("target:/nowhere", '[data.prepare.target]\npreset = "seed003"\n')

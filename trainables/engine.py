@@ -117,21 +117,32 @@ def spread(indices: np.ndarray, n: int) -> np.ndarray:
 
 def recalibrate_batch_norm(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precision: Precision,
                            source_of: torch.Tensor | None = None) -> None:
-    """Replace every batch-norm layer's running statistics by their average over `indices` (per batch).
+    """Replace every batch-norm layer's running statistics by their average over `indices` (precise BN).
 
     Running averages lag the weights: on short runs (and with MobileNetV3's momentum at any
     length) eval-mode activations shrink layer by layer until every image gets the same
-    prediction. torch's `update_bn` recomputes them with a cumulative average (precise BN).
+    prediction. Like torch's `update_bn`, but each batch weighs by its images, not as one
+    batch: a short last batch would otherwise count as much as a full one.
     """
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers:
         return
     indices = _without_lone_last(indices, batch_size)
-    if source_of is not None:
-        model = _WithSources(model, source_of)
-    inputs = (precision.prepare(x) if source_of is None else (precision.prepare(x), idx)
-              for x, idx in feed.batches(indices, batch_size))
-    with precision.autocast():
-        torch.optim.swa_utils.update_bn(([x] for x in inputs), model)
+    momenta, was_training = [m.momentum for m in layers], model.training
+    for layer in layers:
+        layer.reset_running_stats()
+    forward = model if source_of is None else _WithSources(model, source_of)
+    model.train()
+    seen = 0
+    with torch.no_grad(), precision.autocast():
+        for x, idx in feed.batches(indices, batch_size):
+            seen += len(idx)
+            for layer in layers:  # running = old + n/seen * (batch - old): the average over every image so far
+                layer.momentum = len(idx) / seen
+            forward(precision.prepare(x) if source_of is None else (precision.prepare(x), idx))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)
 
 
 class _WithSources(torch.nn.Module):

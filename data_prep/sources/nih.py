@@ -1,19 +1,24 @@
-"""NIH ChestX-ray14 labels (`Data_Entry_2017*.csv`): merges, view filter, undersampling.
+"""NIH ChestX-ray14 labels (`Data_Entry_2017*.csv`): merges, view filter, undersampling, and each
+film's sex, age and view.
 
-Seed 003's recipe is `SEED003`: Mass+Nodule -> Nodule, Infiltration+Consolidation+Pneumonia
--> Consolidation, AP and PA only, images with no finding dropped, and the four most
-frequent labels undersampled. Everything is deterministic by seed.
+By default every image and all 14 labels are kept. Seed 003's recipe (`preset = "seed003"`,
+`SEED003`): Mass+Nodule -> Nodule, Infiltration+Consolidation+Pneumonia -> Consolidation, AP and
+PA only, images with no finding dropped, and the four most frequent labels undersampled.
+Everything is deterministic by seed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from data_prep.errors import DataPrepError
-from data_prep.labels import LabelSet, label_step, read_csv, refuse_duplicates
+from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
+from data_prep.sources.options import Options
 
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
               "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")
@@ -21,8 +26,22 @@ NO_FINDING = "No Finding"
 COLUMNS = ["Image Index", "Finding Labels", "Patient ID", "View Position"]
 
 
+class NihOptions(Options):
+    kind: Literal["nih"] = "nih"
+    preset: Literal["none", "seed003"] = Field(
+        "none", description="seed003: seed 003's merges, AP/PA only, no 'No Finding', the 4 most frequent labels "
+                            "undersampled to 4000; none: every image and label")
+    seed: int = Field(0, description="undersampling seed")
+
+    @property
+    def recipe(self) -> "NihRecipe":
+        return NihRecipe(**{**(SEED003 if self.preset == "seed003" else NihRecipe()).__dict__, "seed": self.seed})
+
+
 @dataclass(frozen=True)
-class NihOptions:
+class NihRecipe:
+    """What the reader does: the presets are recipes."""
+
     merges: dict[str, tuple[str, ...]] = field(default_factory=dict)  # new label -> NIH labels it replaces
     views: tuple[str, ...] | None = None  # keep only these View Positions (None: all)
     drop_no_finding: bool = False
@@ -31,7 +50,7 @@ class NihOptions:
     seed: int = 0
 
 
-SEED003 = NihOptions(
+SEED003 = NihRecipe(
     merges={"Nodule": ("Mass", "Nodule"), "Consolidation": ("Infiltration", "Consolidation", "Pneumonia")},
     views=("AP", "PA"), drop_no_finding=True, undersample_top=4, undersample_to=4000,  # ~20,000 images left
 )
@@ -74,7 +93,11 @@ def undersample(labels: pd.DataFrame, top: int, to: int, seed: int) -> np.ndarra
     return keep
 
 
-def read_nih_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
+def read_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
+    return read_with_recipe(path, options.recipe)
+
+
+def read_with_recipe(path: Path, options: NihRecipe = NihRecipe()) -> LabelSet:
     table = read_csv(path, COLUMNS)
     refuse_duplicates(path, table["Image Index"])
     labels = pd.DataFrame(_parse(path, table), columns=list(NIH_LABELS))
@@ -99,7 +122,8 @@ def read_nih_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:
         steps.append(label_step(f"{options.undersample_top} most frequent labels undersampled to "
                                 f"{options.undersample_to}", labels[keep], list(labels.columns)))
     frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["Image Index"], "patient": table["Patient ID"],
-                          "view": table["View Position"]})
+                          "view": table["View Position"], "sex": sex_of(table.get("Patient Gender")),
+                          "age": age_years(table.get("Patient Age"))})
     names = list(labels.columns)
     frame[names] = labels
     frame = frame[keep].reset_index(drop=True)

@@ -1,36 +1,43 @@
-"""CheXpert labels (`train.csv`): uncertainty policies, blank handling, frontal filter.
+"""CheXpert labels (`train.csv`; the Stanford AIMI release's `train_cheXbert.csv`): uncertainty
+policies, blank handling, frontal filter, and each film's sex, age and view.
 
 Values are 1, 0, -1 (uncertain) and blank (not mentioned). They differ: -1 follows the
 policy, blank is negative by default or masked on request. `u_ignore` masks uncertain
-labels (NaN: left out of the loss and the metrics), it does not drop images.
+labels (NaN: left out of the loss and the metrics), it does not drop images. MIMIC-CXR's
+labeler tables use the same values and labels (data_prep.sources.mimic).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from data_prep.errors import DataPrepError
-from data_prep.labels import LabelSet, label_step, read_csv, refuse_duplicates
+from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
+from data_prep.sources.options import Blank, Options, Policy
 
 ALL_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
               "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
               "Fracture", "Support Devices")
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-POLICIES = ("u_ignore", "u_zeros", "u_ones", "u_mixed")
 U_ONES_IN_MIXED = ("Atelectasis", "Edema")
 PATIENT = re.compile(r"(patient\d+)")
 
 
-@dataclass(frozen=True)
-class ChexpertOptions:
-    policy: str = "u_ones"
-    labels: tuple[str, ...] = COMPETITION
-    blank: str = "negative"  # or "mask"
-    frontal_only: bool = False
+class ChexpertOptions(Options):
+    kind: Literal["chexpert"] = "chexpert"
+    policy: Policy = Field("u_ones", description="what an uncertain (-1) label becomes")
+    blank: Blank = Field("negative", description="what a blank (unmentioned) label becomes")
+    all_labels: bool = Field(False, description="all 13 findings, not the 5 competition ones")
+    frontal_only: bool = Field(False, description="drop lateral views")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return ALL_LABELS[1:] if self.all_labels else COMPETITION
 
 
 def _uncertain_value(policy: str, label: str) -> float:
@@ -41,10 +48,11 @@ def _uncertain_value(policy: str, label: str) -> float:
     return 1.0 if policy == "u_ones" else 0.0
 
 
-def _values(path: Path, table: pd.DataFrame, label: str, options: ChexpertOptions) -> np.ndarray:
+def label_values(path: Path, table: pd.DataFrame, label: str, policy: str, blank: str) -> np.ndarray:
+    """One label column as floats: 1, 0, the policy's value for -1, and 0 or NaN (masked) for blank."""
     raw = table[label].str.strip()
-    known = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": _uncertain_value(options.policy, label),
-             "-1": _uncertain_value(options.policy, label), "": 0.0 if options.blank == "negative" else np.nan}
+    known = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": _uncertain_value(policy, label),
+             "-1": _uncertain_value(policy, label), "": 0.0 if blank == "negative" else np.nan}
     bad = ~raw.isin(known)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -52,14 +60,7 @@ def _values(path: Path, table: pd.DataFrame, label: str, options: ChexpertOption
     return raw.map(known).to_numpy(np.float32)
 
 
-def read_chexpert_labels(path: Path, options: ChexpertOptions = ChexpertOptions()) -> LabelSet:
-    if options.policy not in POLICIES:
-        raise DataPrepError(f"uncertainty policy {options.policy!r}; expected one of {POLICIES}")
-    if options.blank not in ("negative", "mask"):
-        raise DataPrepError(f"blank={options.blank!r}; expected 'negative' or 'mask'")
-    unknown = [n for n in options.labels if n not in ALL_LABELS]
-    if unknown:
-        raise DataPrepError(f"unknown CheXpert label(s) {unknown}; expected any of {list(ALL_LABELS)}")
+def read_labels(path: Path, options: ChexpertOptions = ChexpertOptions()) -> LabelSet:
     table = read_csv(path, ["Path", "Frontal/Lateral", "AP/PA", *options.labels])
     refuse_duplicates(path, table["Path"])
     patients = table["Path"].str.extract(PATIENT, expand=False)
@@ -68,11 +69,12 @@ def read_chexpert_labels(path: Path, options: ChexpertOptions = ChexpertOptions(
         raise DataPrepError(f"{path}: row {row}: no 'patientNNNNN' in Path {table['Path'].iloc[row - 2]!r}")
     frontal = table["Frontal/Lateral"].str.strip() == "Frontal"
     frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["Path"], "patient": patients,
-                          "view": np.where(frontal, table["AP/PA"].str.strip(), "LATERAL")})
-    for label in options.labels:
-        frame[label] = _values(path, table, label, options)
-    keep = frontal.to_numpy() if options.frontal_only else np.ones(len(frame), bool)
+                          "view": np.where(frontal, table["AP/PA"].str.strip(), "LATERAL"),
+                          "sex": sex_of(table.get("Sex")), "age": age_years(table.get("Age"))})
     names = list(options.labels)
+    for label in names:
+        frame[label] = label_values(path, table, label, options.policy, options.blank)
+    keep = frontal.to_numpy() if options.frontal_only else np.ones(len(frame), bool)
     steps = [label_step("as read", frame[names], names)]
     frame = frame[keep].reset_index(drop=True)
     if not keep.all():

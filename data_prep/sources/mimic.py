@@ -1,0 +1,75 @@
+"""MIMIC-CXR-JPG as PhysioNet ships it: `mimic-cxr-2.0.0-metadata.csv(.gz)` (one row per image:
+dicom_id, subject_id, study_id, ViewPosition, ...), a labeler's table per study
+(`mimic-cxr-2.0.0-chexpert.csv(.gz)` or `-negbio.csv(.gz)`: subject_id, study_id and CheXpert's 14
+labels as 1, 0, -1 or blank), `mimic-cxr-2.0.0-split.csv(.gz)`, and images at
+`files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg`.
+
+The metadata table is the label table a build is given; the labeler's table lies beside it.
+Patient = subject_id. Labels are per study, so every image of a study gets its study's labels,
+with CheXpert's uncertainty and blank policies; a study the labeler has no row for has every
+label blank. No date, time or other header value leaves this module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from data_prep.errors import DataPrepError
+from data_prep.labelset import LabelSet, label_step, read_csv, refuse_duplicates
+from data_prep.sources.chexpert import ChexpertOptions, label_values
+
+PREFIX = "mimic-cxr-2.0.0-"
+FRONTAL = ("PA", "AP")
+
+
+class MimicOptions(ChexpertOptions):
+    kind: Literal["mimic"] = "mimic"  # type: ignore[assignment]
+    labeler: Literal["chexpert", "negbio"] = Field("chexpert", description="whose study labels to use")
+    frontal_only: bool = Field(False, description="keep PA and AP views only")
+
+
+def companion(metadata: Path, what: str) -> Path:
+    """`mimic-cxr-2.0.0-WHAT.csv` or `.csv.gz` beside the metadata table."""
+    for name in (f"{PREFIX}{what}.csv", f"{PREFIX}{what}.csv.gz"):
+        if (metadata.parent / name).is_file():
+            return metadata.parent / name
+    raise DataPrepError(f"{metadata.parent}: no {PREFIX}{what}.csv or {PREFIX}{what}.csv.gz beside {metadata.name}; "
+                        f"MIMIC-CXR-JPG ships it in the same folder")
+
+
+def image_path(subject: str, study: str, dicom_id: str) -> str:
+    return f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg"
+
+
+def read_labels(path: Path, options: MimicOptions = MimicOptions()) -> LabelSet:
+    meta = read_csv(path, ["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    refuse_duplicates(path, meta["dicom_id"])
+    studies_path = companion(path, options.labeler)
+    names = list(options.labels)
+    studies = read_csv(studies_path, ["subject_id", "study_id", *names])
+    refuse_duplicates(studies_path, studies["study_id"])
+    values = pd.DataFrame({n: label_values(studies_path, studies, n, options.policy, options.blank) for n in names})
+    values["study_id"] = studies["study_id"].to_numpy()
+    joined = meta[["dicom_id", "subject_id", "study_id", "ViewPosition"]].merge(values, on="study_id", how="left")
+    unlabelled = joined[names[0]].isna() & ~joined["study_id"].isin(studies["study_id"])
+    blank = 0.0 if options.blank == "negative" else np.nan  # a study with no labeler row: every label blank
+    joined.loc[unlabelled, names] = blank
+    frame = pd.DataFrame({"csv_row": np.arange(len(meta)) + 2,
+                          "file": [image_path(*row) for row in zip(meta["subject_id"], meta["study_id"],
+                                                                     meta["dicom_id"])],
+                          "patient": meta["subject_id"].to_numpy(), "view": meta["ViewPosition"].str.strip().to_numpy(),
+                          "sex": "", "age": ""})
+    frame[names] = joined[names].to_numpy(np.float32)
+    steps = [label_step("as read (study labels on each image)", frame[names], names)]
+    keep = frame["view"].isin(FRONTAL).to_numpy() if options.frontal_only else np.ones(len(frame), bool)
+    frame = frame[keep].reset_index(drop=True)
+    if not keep.all():
+        steps.append(label_step("views other than PA and AP removed", frame[names], names))
+    stats = {"rows": len(meta), "images": len(frame), "labeler": options.labeler, "policy": options.policy,
+             "blank": options.blank, "studies_without_labels": int(meta.loc[unlabelled.to_numpy(), "study_id"].nunique()),
+             "masked": {n: int(frame[n].isna().sum()) for n in names}, "steps": steps}
+    return LabelSet(frame, names, stats)
