@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from data_prep.dataset import read_manifest
-from data_prep.labels import KINDS
+from data_prep.sources import KINDS
 from data_prep.locate import MISSING_TOLERANCE
 from data_prep.phantom import PhantomOptions
 from sweeper import estimate
