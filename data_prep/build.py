@@ -36,7 +36,8 @@ from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
 from data_prep.labels import PREPARED_METADATA
-from data_prep.sources import KINDS, SourceOptions, TargetOptions, add_cli_options, options_from_args, read_labels
+from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, options_from_args,
+                               read_labels, read_official)
 from data_prep.locate import check_missing, locate
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
@@ -57,6 +58,7 @@ class BuildParams:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
     holdout: tuple[float, float, float] | None = None  # seed 003's train/val/test fractions instead of folds
     allow_missing: bool = field(default=False, compare=False)  # build even when >1% of listed images are missing
+    split: str = "random"  # "official": the source's own test set is the one outer fold's test part
 
 
 def _hashed(params: BuildParams) -> dict:
@@ -69,6 +71,12 @@ def _hashed(params: BuildParams) -> dict:
               "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
     if params.holdout is not None:  # only when set, so folds-only data sets keep their ids
         hashed.update(folds=1, holdout=[float(f) for f in params.holdout])
+    if params.split not in SPLITS:
+        raise DataPrepError(f"split={params.split!r}; expected one of {list(SPLITS)}")
+    if params.split == "official":
+        if params.holdout is not None:
+            raise DataPrepError("split='official' and a holdout split exclude each other; choose one")
+        hashed.update(folds=1, split="official")
     return hashed
 
 
@@ -89,10 +97,12 @@ def input_hashes(files: list[str], paths: list[Path | None], labels_csv: Path) -
     return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
 
 
-def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allow_missing: bool = False):
-    """(label set, where each row's image is) for the rows the source's options keep; DataPrepError when more
-    than 1% of them are not found under `image_dir` and `allow_missing` is off."""
-    label_set = read_labels(labels_csv, source)
+def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allow_missing: bool = False,
+                  split: str = "random"):
+    """(label set, where each row's image is) for the rows the source's options keep (with the official split,
+    its test rows included and marked); DataPrepError when more than 1% of them are not found under
+    `image_dir` and `allow_missing` is off."""
+    label_set = read_official(labels_csv, source)[0] if split == "official" else read_labels(labels_csv, source)
     files = [str(f) for f in label_set.frame["file"]]
     located = locate(source.kind, image_dir, files)
     check_missing(source.kind, located, files, labels_csv, allow_missing)
@@ -105,7 +115,7 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
     if not image_dir.is_dir():
         raise DataPrepError(f"image folder {image_dir} does not exist")
-    label_set, located = locate_listed(image_dir, labels_csv, params.source, params.allow_missing)
+    label_set, located = locate_listed(image_dir, labels_csv, params.source, params.allow_missing, params.split)
     table, names = label_set.frame, label_set.names
     files = [str(f) for f in table["file"]]
     log(f"[data_prep] {len(files) - len(located.missing)} of {len(files)} listed images found under {image_dir}"
@@ -249,7 +259,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
             record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
         else:
             film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
-                    **{column: table[column][i] for column in PREPARED_METADATA}, "source_height": shape[0], "source_width": shape[1],
+                    **{column: table[column][i] for column in PREPARED_METADATA}, **_official(table, i), "source_height": shape[0], "source_width": shape[1],
                     **{n: float(v) for n, v in zip(names, label_matrix[i])}}
             digest = hashlib.sha256(pixels.tobytes()).hexdigest()
             if digest in progress.seen:
@@ -265,6 +275,11 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
     _append_journal(work, (images, thumbs), pending)
 
 
+def _official(table: pd.DataFrame, i: int) -> dict:
+    """The row's part in the source's own split, where the build uses it (kept with the film, not written)."""
+    return {"official": table["official"][i]} if "official" in table else {}
+
+
 def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 256) -> None:
     """source[rows] into a new .npy file, a chunk at a time (never the whole set in memory)."""
     out = np.lib.format.open_memmap(path, "w+", source.dtype, (len(rows),) + source.shape[1:])
@@ -277,7 +292,10 @@ def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, para
     labels = pd.DataFrame(kept, columns=["image_key", "patient_key", *PREPARED_METADATA, *SOURCE_SIZE, *names])
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     label_values = labels[names].to_numpy(np.float32)
-    if params.holdout is None:
+    if params.split == "official":  # one fold: its test part is the source's own test set
+        folds = np.where([film["official"] == "test" for film in kept], 0, -1)
+        pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
+    elif params.holdout is None:
         folds = patient_folds(labels["patient_key"], label_values, params.folds, params.seed)
         pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
     else:  # one "fold": its test part is the held-out test split, its training part train + val
@@ -287,8 +305,11 @@ def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, para
     pd.DataFrame(progress.rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv",
                                                                                       index=False)
     _duplicates_table(progress, names).to_csv(work / "duplicates.csv", index=False)
+    folds = pd.read_csv(work / "folds.csv")
+    test_patients = set(labels["patient_key"][folds["fold"] == 0])
     return {"images": len(kept), "rejected": len(progress.rejected), "duplicates": len(progress.duplicates),
-            "patients": int(labels["patient_key"].nunique()),
+            "patients": int(labels["patient_key"].nunique()), "folds_sha256": _sha256_file(work / "folds.csv"),
+            "test_patients_also_in_training": len(test_patients & set(labels["patient_key"][folds["fold"] != 0])),
             "positives": {n: int(labels[n].sum()) for n in names},
             "masked": {n: int(labels[n].isna().sum()) for n in names}}
 
@@ -344,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-missing", action="store_true",
                         help="build even when more than 1%% of the listed images are not found (the count goes "
                              "into the manifest and the data-set summary)")
+    parser.add_argument("--split", choices=SPLITS, default="random",
+                        help="random: patient-grouped --folds of the whole set (default); official: the source's "
+                             "own test set (NIH test_list.txt, CheXpert valid.csv, MIMIC's split file) as the test "
+                             "part of one fold, the rest for training and inner validation")
     parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
                         help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of any sampling (default 0)")
@@ -352,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = options_from_args(args.kind, args, parser, seed=args.seed)
         params = BuildParams(args.size, args.folds, args.seed, source, args.bits, args.near_duplicates, args.workers,
-                             args.holdout, args.allow_missing)
+                             args.holdout, args.allow_missing, args.split)
         out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -59,6 +59,17 @@ class PreparedDataset:
         return int(self.manifest["params"]["folds"])
 
     @property
+    def split_name(self) -> str:
+        """How its test parts were chosen: random (patient-grouped folds), holdout or official (the source's own)."""
+        params = self.manifest["params"]
+        return "official" if params.get("split") == "official" else "holdout" if params.get("holdout") else "random"
+
+    @property
+    def folds_sha256(self) -> str | None:
+        """The SHA-256 of folds.csv: two results share their test parts only when this agrees."""
+        return self.manifest.get("counts", {}).get("folds_sha256")
+
+    @property
     def is_holdout(self) -> bool:
         """Built with one fixed train/val/test split (seed 003) rather than K folds."""
         return self.holdout is not None

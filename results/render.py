@@ -54,7 +54,8 @@ def to_markdown(report: Report, figure_dir: str | None = "figures") -> str:
 def to_latex(table: Table) -> str:
     """A booktabs tabular with every header, cell and the caption escaped for LaTeX (pandas' escaping)."""
     styler = table.display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, caption=_escape_latex(table.title), label=f"tab:{file_stem(table.key)}")
+    caption = table.title + (f". {table.note}" if table.note else "")
+    return styler.to_latex(hrules=True, caption=_escape_latex(caption), label=f"tab:{file_stem(table.key)}")
 
 
 _PAGE = """<!doctype html>

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from results.load import SweepData, load
@@ -37,11 +38,24 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
         lines.append("Missing (cell: folds done/planned): " + "; ".join(
             f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
             for r in missing.itertuples()))
+    lines.append(split_text(sweep) + "; numbers compare only between sweeps of the same split and folds")
     lines += _weights_lines(data.cells)
     lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
                  "of a cell's out-of-fold test predictions at once, with a 95% CI from a patient-clustered "
                  f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images.")
     return lines
+
+
+SPLITS = {"random": "random (patient-grouped folds of the whole target)", "holdout": "holdout (one fixed "
+          "patient-grouped train/val/test split)", "official": "official (the source's own test set)"}
+
+
+def split_text(sweep: dict) -> str:
+    """Which split the sweep's test numbers come from, and the hash of the folds file that defines it."""
+    split, digest = sweep.get("split"), sweep.get("folds_sha256")
+    if not isinstance(split, str):
+        return "Split: not recorded (a sweep from before schema version 6)"
+    return f"Split: {SPLITS.get(split, split)}, folds.csv SHA-256 {digest}"
 
 
 def _weights_lines(cells) -> list[str]:
@@ -55,7 +69,9 @@ def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool 
     started = time.perf_counter()
     data = load(url, sweep)
     analysis = Analysis(data, n_boot=n_boot)
-    sections = [(heading, tables, []) for heading, tables in all_tables(analysis)]
+    split = split_text(data.sweep)  # every table says which split its numbers come from
+    sections = [(heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in tables], [])
+                for heading, tables in all_tables(analysis)]
     if figures:
         from results.figures import all_figures  # matplotlib only when figures are drawn
 

@@ -13,18 +13,20 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
                   3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
                      "(cell_id) instead of repeating backbone, recipe and variant",
                   4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)",
-                  5: "cells.weights_file and cells.weights_sha256: the ImageNet weights file a cell starts from"}
+                  5: "cells.weights_file and cells.weights_sha256: the ImageNet weights file a cell starts from",
+                  6: "sweeps.split and sweeps.folds_sha256: which split the target's test parts come from"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
               5: ["ALTER TABLE cells ADD COLUMN weights_file VARCHAR(300)",
-                  "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"]}
+                  "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"],
+              6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -51,6 +53,10 @@ class Sweep(Base):
     status: Mapped[str] = mapped_column(String(20))  # RUNNING, FINISHED, FINISHED_WITH_ERRORS
     folds: Mapped[list] = mapped_column(JSON, default=list)  # the outer folds planned
     trials_per_study: Mapped[int] = mapped_column(Integer, default=0)
+    # How the target's test parts were chosen (random, holdout, official) and the SHA-256 of its folds.csv:
+    # two sweeps' numbers are comparable only where both agree
+    split: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    folds_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 

@@ -185,12 +185,13 @@ class ResultsStore:
                 conn.execute(text(statement))
 
     def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str, folds=(),
-                    trials_per_study: int = 0) -> int:
+                    trials_per_study: int = 0, split: str | None = None, folds_sha256: str | None = None) -> int:
         """Create the sweep row, or mark an existing one (a resume) as running again."""
         with self._transaction() as conn:
             upsert(conn, Sweep.__table__, [{"name": name, "spec_name": spec_name, "spec_text": spec_text,
                                             "code_version": code_version, "status": "RUNNING",
                                             "folds": [int(f) for f in folds], "trials_per_study": trials_per_study,
+                                            "split": split, "folds_sha256": folds_sha256,
                                             "started_at": _now(), "finished_at": None}], ["name"],
                    keep=("started_at", "spec_text"))
             return conn.scalar(select(Sweep.id).where(Sweep.name == name))

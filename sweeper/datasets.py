@@ -29,7 +29,8 @@ def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildPara
     source = how.source(kind, spec.data.chexpert_policy, f"data.prepare.{name}")
     return BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
                        bits=how.bits, near_duplicates=None if how.near_duplicates == "off" else how.near_duplicates,
-                       holdout=spec.data.holdout_fractions if is_target else None, allow_missing=how.allow_missing)
+                       holdout=spec.data.holdout_fractions if is_target else None, allow_missing=how.allow_missing,
+                       split=spec.data.split if is_target else "random")
 
 
 def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
@@ -104,7 +105,8 @@ def raw_images(spec: SweepSpec, name: str, kind: str, location: str, check: bool
     key = data_key(name)
     table, root = raw_source(kind, location, key)
     params = _params(spec, name, kind, key == "data.target")
-    _, located = locate_listed(root, table, params.source, allow_missing=params.allow_missing or not check)
+    _, located = locate_listed(root, table, params.source, allow_missing=params.allow_missing or not check,
+                               split=params.split)
     return len(located.paths) - len(located.missing), len(located.paths)
 
 
@@ -127,6 +129,11 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
                         f"{spec.data.chexpert_policy!r}; rebuild it with python -m data_prep.build ... "
                         f"--policy {spec.data.chexpert_policy}, or change the spec")
     if not is_target:
+        return
+    if prepared.split_name == "official" or spec.data.split == "official":
+        if prepared.split_name != spec.data.split:
+            raise SpecError(f"{where}: built with the {prepared.split_name} split but data.split is "
+                            f"{spec.data.split!r}; build it with python -m data_prep.build ... --split {spec.data.split}")
         return
     if spec.data.holdout:
         if params.get("holdout") != list(spec.data.holdout_fractions):

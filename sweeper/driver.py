@@ -189,8 +189,9 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         cache = options.home / "pretrained"
         plans = study_plans(spec, data, pretrain_cache=cache)
         stages = attach_stages(plans, cache)
+        target = PreparedDataset(data["target"])
         sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version, spec.folds,
-                                     spec.search.trials)
+                                     spec.search.trials, split=target.split_name, folds_sha256=target.folds_sha256)
         store.register_cells(sweep_id, cell_rows(spec, plans, imagenet))
         print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
               f"{len(stages)} pretraining stage(s); DB {options.db_url}")

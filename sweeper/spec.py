@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data_prep.errors import DataPrepError
-from data_prep.sources import KINDS, OPTIONS, option_names, source_options
+from data_prep.sources import KINDS, OPTIONS, SPLITS, option_names, source_options
 from trainables.augment import AugmentConfig
 from trainables.engine import PRECISIONS
 from trainables.losses import LOSSES
@@ -168,6 +168,10 @@ class Data(Strict):
                                                     "or '' (given with --data NAME=PATH or CXR_SWEEP_DATA_NAME)")
     size: int = Field(64, ge=16)
     folds: int = Field(5, ge=2)
+    split: Literal[SPLITS] = Field(  # type: ignore[valid-type]
+        "random", description="random: patient-grouped data.folds of the whole target; official: the target "
+                              "source's own test set (NIH test_list.txt, CheXpert valid.csv, MIMIC's split file) as "
+                              "the test part of one fold")
     holdout: list[float] | None = Field(
         None, description="train/val/test percentages, e.g. [60, 20, 20]: one fixed split of the target instead of "
                           "folds (seed 003); the validation part is what tuning sees")
@@ -197,6 +201,13 @@ class Data(Strict):
                     how.source(kind, self.chexpert_policy, f"prepare.{name}")
                 except DataPrepError as exc:
                     raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_split(self):
+        if self.split == "official" and self.holdout:
+            raise ValueError("split = 'official' and holdout exclude each other: the official split's test set is "
+                             "the source's own; leave holdout out")
         return self
 
     @field_validator("holdout")
@@ -312,9 +323,10 @@ class SweepSpec(Strict):
         for name, recipe in self.recipes.items():
             problems += [f"recipes.{name}.sources: {s!r} is not in data.sources ({sorted(self.data.sources)})"
                          for s in recipe.sources if s not in self.data.sources]
-        n_folds = 1 if self.data.holdout else self.data.folds
+        single = self.data.holdout or self.data.split == "official"
+        n_folds = 1 if single else self.data.folds
         problems += [f"grid.fold: {f} is outside 0..{n_folds - 1} (data.folds = {self.data.folds}"
-                     + (", or 1 with data.holdout)" if self.data.holdout else ")")
+                     + (", or 1 with data.holdout or data.split = 'official')" if single else ")")
                      for f in self.grid.fold or [] if not 0 <= f < n_folds]
         if self.asha.grace_period > self.train.epochs:
             problems.append(f"asha.grace_period ({self.asha.grace_period}) exceeds train.epochs ({self.train.epochs})")
@@ -344,7 +356,7 @@ class SweepSpec(Strict):
     def folds(self) -> list[int]:
         if self.grid.fold is not None:
             return list(self.grid.fold)
-        return [0] if self.data.holdout else list(range(self.data.folds))
+        return [0] if self.data.holdout or self.data.split == "official" else list(range(self.data.folds))
 
 
 def cell_name(cell: dict) -> str:

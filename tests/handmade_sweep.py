@@ -10,6 +10,7 @@ from results.store import ResultsStore
 
 LABELS = ["Cardiomegaly", "Effusion", "Nodule"]
 FOLDS = (0, 1, 2)
+FOLDS_SHA256 = "5f" * 32  # what the sweep records of its target's folds.csv
 N_PATIENTS = 36
 # backbone -> recipe -> (strategy, init, sources, signal strength of its predictions)
 CELLS = {
@@ -55,7 +56,8 @@ def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: b
     """2 backbones x 4 recipes x 3 folds x 2 trials, plus (if asked) a planned cell with no trial."""
     rng = np.random.default_rng(seed)
     store = ResultsStore(url)
-    sweep = store.start_sweep(name, "handmade", "name = 'handmade'", "test", FOLDS, 2)
+    sweep = store.start_sweep(name, "handmade", "name = 'handmade'", "test", FOLDS, 2, split="random",
+                              folds_sha256=FOLDS_SHA256)
     images, patients, fold_of, truth = _images(rng)
     planned = [{"backbone": b, "recipe": r, "variant": "", "strategy": s, "init": i, "sources": src,
                 "settings": {"loss": "batch_weighted_bce"}} for b, recipes in CELLS.items()

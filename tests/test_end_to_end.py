@@ -1,6 +1,7 @@
 """A real tiny sweep through the CLI: local Ray, real SQLite file, report, resume."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -112,6 +113,10 @@ def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_record
     artefacts = run_query(db, "SELECT name, status FROM pretrain_artefacts")
     assert set(artefacts["status"]) == {"READY"}
     assert set(cells["pretrain_artefact"].dropna()) == set(artefacts["name"])
+    home, _, _ = tiny_sweep
+    (target,) = [d for d in (home / "prepared").iterdir() if d.name.startswith("phantom_target-")]
+    digest = hashlib.sha256((target / "folds.csv").read_bytes()).hexdigest()
+    assert run_query(db, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [["random", digest]]
 
 
 def test_query_cli_prints_rows(tiny_sweep):

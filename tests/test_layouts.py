@@ -5,6 +5,7 @@ smaller data set."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from data_prep.build import BuildParams, build, main as build_main
+from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
 from data_prep.sources import ChexpertOptions, NihOptions
 from data_prep.locate import locate
@@ -115,18 +117,18 @@ CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "
                    "Fracture", "Support Devices"]
 
 
-def _chexpert_rows(prefix: str, n_patients: int = 12) -> pd.DataFrame:
-    """Rows as CheXpert's train.csv has them: Path, Sex, Age, Frontal/Lateral, AP/PA and the 14 labels with
-    1.0, 0.0, -1.0 or blank; two studies for some patients, a lateral view for some studies."""
-    rng = np.random.default_rng(0)
+def _chexpert_rows(prefix: str, n_patients: int = 12, part: str = "train", first: int = 1) -> pd.DataFrame:
+    """Rows as CheXpert's train.csv (or valid.csv) has them: Path, Sex, Age, Frontal/Lateral, AP/PA and the 14
+    labels with 1.0, 0.0, -1.0 or blank; two studies for some patients, a lateral view for some studies."""
+    rng = np.random.default_rng(first)
     rows = []
-    for p in range(1, n_patients + 1):
+    for p in range(first, first + n_patients):
         for study in range(1, 2 + p % 2):
             views = [("view1_frontal.jpg", "Frontal", "AP" if p % 3 else "PA")] + (
                 [("view2_lateral.jpg", "Lateral", "")] if (p + study) % 2 else [])
             for view, frontal, appa in views:
                 labels = rng.choice(["1.0", "0.0", "-1.0", ""], size=len(CHEXPERT_LABELS), p=[0.2, 0.3, 0.1, 0.4])
-                rows.append({"Path": f"{prefix}/train/patient{p:05d}/study{study}/{view}",
+                rows.append({"Path": f"{prefix}/{part}/patient{p:05d}/study{study}/{view}",
                              "Sex": "Female" if p % 2 else "Male", "Age": 40 + p, "Frontal/Lateral": frontal,
                              "AP/PA": appa, **dict(zip(CHEXPERT_LABELS, labels))})
     return pd.DataFrame(rows)
@@ -138,25 +140,22 @@ def _chexpert(root: Path, layout: str) -> Path:
     CheXpert-v1.0-small/) and the Stanford AIMI release (train_cheXbert.csv at the top, patients spread over
     batch folders, valid.csv in the first batch's folder)."""
     prefix = "CheXpert-v1.0" if layout in ("full", "aimi") else "CheXpert-v1.0-small"
-    rows = _chexpert_rows(prefix)
+    rows, valid = _chexpert_rows(prefix), _chexpert_rows(prefix, n_patients=4, part="valid", first=64541)
     top = {"small": root / prefix, "full": root / prefix, "kaggle": root, "aimi": root}[layout]
     top.mkdir(parents=True)
-    for i, path in enumerate(rows["Path"]):
-        tail = Path(path).relative_to(prefix)  # train/patientNNNNN/studyN/viewN_x.jpg
-        if layout == "aimi":
+    valid_folder = root / "CheXpert-v1.0 batch 1 (validate & csv)" if layout == "aimi" else top
+    for i, path in enumerate([*rows["Path"], *valid["Path"]]):
+        tail = Path(path).relative_to(prefix)  # train/patientNNNNN/studyN/viewN_x.jpg (or valid/...)
+        if layout == "aimi" and tail.parts[0] == "train":
             batch = 2 + int(tail.parts[1][-5:]) * 3 // 13  # patients spread over batches 2..4
             tail = Path(f"CheXpert-v1.0 batch {batch} (train {batch - 1})", *tail.parts[1:])
-        _film(top / tail, i)
+        _film((valid_folder if tail.parts[0] == "valid" else top) / tail, i)
     if layout == "aimi":
         table = root / "train_cheXbert.csv"
         rows.to_csv(root / "train_visualCheXbert.csv", index=False)
-        valid = root / "CheXpert-v1.0 batch 1 (validate & csv)"
-        valid.mkdir()
-        rows[:0].to_csv(valid / "valid.csv", index=False)
     else:
         table = top / "train.csv"
-        if layout == "kaggle":
-            rows[:0].to_csv(root / "valid.csv", index=False)
+    valid.to_csv(valid_folder / "valid.csv", index=False)
     rows.to_csv(table, index=False)
     return table
 
@@ -248,3 +247,74 @@ def test_nih_sex_age_and_view_reach_labels_csv_and_ages_above_89_are_90_plus(tmp
     assert labels["sex"].tolist() == nih_rows["Patient Gender"].tolist()
     assert labels["age"].tolist() == ["90+" if a > 89 else str(a) for a in nih_rows["Patient Age"]]
     assert labels["view"].tolist() == nih_rows["View Position"].tolist()
+
+
+@pytest.mark.parametrize("layout", ["small", "kaggle", "aimi"])
+def test_chexperts_official_split_tests_on_its_valid_csv(tmp_path, layout):
+    root = tmp_path / "download"
+    table = _chexpert(root, layout)
+    params = BuildParams(**{**CHEXPERT.__dict__, "split": "official"})
+    out = build(root, table, tmp_path / "prepared", params, name="chexpert", key=TEST_KEY, log=lambda *_: None)
+    data = PreparedDataset(out)
+    valid = pd.read_csv(next(root.rglob("valid.csv")))
+    assert data.split_name == "official" and data.num_folds == 1
+    assert (data.folds == 0).sum() == len(valid) and (data.folds == -1).sum() == len(pd.read_csv(table))
+    split = data.split(0)
+    assert len(split.test) == len(valid) and not set(data.patient_keys[split.test]) & set(data.patient_keys[split.train])
+    assert data.folds_sha256 == hashlib.sha256((out / "folds.csv").read_bytes()).hexdigest()
+    assert set(data.manifest["label_stats"]["official_split"]) == {table.name, str(next(root.rglob("valid.csv"))
+                                                                                   .relative_to(table.parent))}
+
+
+def test_nihs_official_split_tests_on_test_list_and_counts_patients_on_both_sides(tmp_path, nih_rows):
+    root = tmp_path / "download"
+    table = _nih(root, nih_rows, "kaggle")
+    params = BuildParams(**{**NIH_ALL.__dict__, "split": "official"})
+    data = PreparedDataset(build(root, table, tmp_path / "prepared", params, name="nih", key=TEST_KEY,
+                                 log=lambda *_: None))
+    assert (data.folds == 0).sum() == 60 and (data.folds == -1).sum() == 240  # test_list.txt: the last 60 rows
+    straddling = set(nih_rows["Patient ID"][:240]) & set(nih_rows["Patient ID"][240:])
+    assert data.manifest["counts"]["test_patients_also_in_training"] == len(straddling)
+    (root / "test_list.txt").unlink()
+    with pytest.raises(DataPrepError, match="no test_list.txt; the official split needs NIH's train_val_list.txt"):
+        build(root, table, tmp_path / "prepared", params, name="nih", key=TEST_KEY, log=lambda *_: None)
+
+
+def test_a_target_has_no_official_split(tmp_path, phantom_dir):
+    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, split="official")
+    with pytest.raises(DataPrepError, match="target sources have no official split"):
+        build(phantom_dir, phantom_dir / "labels.csv", tmp_path, params, key=TEST_KEY, log=lambda *_: None)
+
+
+OFFICIAL_SPEC = """
+name = "official"
+[data]
+target = ""
+size = 16
+split = "official"
+[data.prepare.target]
+near_duplicates = "off"
+[grid]
+backbone = ["resnet18"]
+recipe = ["scratch"]
+[recipes.scratch]
+"""
+
+
+def test_a_spec_with_the_official_split_builds_its_target_so_and_refuses_a_set_built_otherwise(tmp_path, nih_rows):
+    from sweeper.datasets import ensure_datasets
+    from sweeper.spec import SpecError
+
+    root = tmp_path / "nih"
+    _nih(root, nih_rows, "kaggle")
+    spec = parse_spec(OFFICIAL_SPEC)
+    assert spec.folds == [0]
+    paths = ensure_datasets(spec, tmp_path / "home", log=lambda *_: None, given={"target": f"nih:{root}"})
+    assert PreparedDataset(paths["target"]).split_name == "official"
+    random = build(root, root / "Data_Entry_2017_v2020.csv", tmp_path / "other", NIH_ALL, key=TEST_KEY,
+                   log=lambda *_: None)
+    with pytest.raises(SpecError, match="built with the random split but data.split is 'official'; build it with "
+                                        "python -m data_prep.build ... --split official"):
+        ensure_datasets(spec, tmp_path / "home", log=lambda *_: None, given={"target": str(random)})
+    with pytest.raises(SpecError, match="split = 'official' and holdout exclude each other"):
+        parse_spec(OFFICIAL_SPEC.replace('split = "official"', 'split = "official"\nholdout = [60, 20, 20]'))

@@ -154,3 +154,13 @@ def test_mimic_is_a_sweep_source_and_co_trains_beside_chexpert(mimic, prepared_d
     (path,) = (tmp_path / "stages").glob("*co_trained*.pt")
     stage = torch.load(path, weights_only=True)["stage"]
     assert stage["strategy"] == "co_trained" and list(stage["sources"]) == [str(paths["mimic"]), str(paths["chexpert"])]
+
+
+def test_mimics_official_split_tests_on_its_split_files_test_images(mimic, tmp_path):
+    from data_prep.dataset import PreparedDataset
+
+    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, source=MimicOptions(), split="official")
+    data = PreparedDataset(build(mimic.parent, mimic, tmp_path, params, name="mimic", key=TEST_KEY, log=lambda *_: None))
+    split = pd.read_csv(mimic.parent / "mimic-cxr-2.0.0-split.csv.gz")
+    assert data.split_name == "official" and (data.folds == 0).sum() == (split["split"] == "test").sum()
+    assert data.manifest["counts"]["test_patients_also_in_training"] == 0

@@ -159,6 +159,19 @@ def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_pat
         assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_summary_and_every_table_name_the_split_and_its_folds_hash(handmade, tmp_path):
+    from tests.handmade_sweep import FOLDS_SHA256
+
+    url, _ = handmade
+    built = build(url, "handmade", n_boot=20, figures=False)
+    split = f"Split: random (patient-grouped folds of the whole target), folds.csv SHA-256 {FOLDS_SHA256}"
+    assert any(line.startswith(split) for line in built.summary)
+    tables = [t for _, ts, _ in built.sections for t in ts]
+    assert len(tables) >= 6 and all(t.note.endswith(split + ".") for t in tables)
+    write(built, tmp_path / "r")
+    assert FOLDS_SHA256 in (tmp_path / "r" / "tables" / "conclusion.tex").read_text()
+
+
 def test_report_of_an_unknown_sweep_is_a_clear_error(handmade, capsys):
     url, _ = handmade
     assert main(["--db", url, "--sweep", "nope"]) == 2

@@ -7,6 +7,7 @@ definition and one default wherever it is set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import typing
 from pathlib import Path
 
@@ -54,6 +55,26 @@ def _message(error: dict, kind: str) -> str:
 def read_labels(path: Path, options: SourceOptions) -> LabelSet:
     """The label table of any source kind."""
     return READERS[options.kind](Path(path), options)
+
+
+OFFICIAL = {"nih": nih.official_split, "chexpert": chexpert.official_split, "mimic": mimic.official_split}
+SPLITS = ("random", "official")  # patient-grouped folds of the whole set, or the source's own test set
+
+
+def read_official(path: Path, options: SourceOptions) -> tuple[LabelSet, list[str]]:
+    """The labels with an `official` column (test or train) from the source's own split; the files it
+    comes from. DataPrepError for a kind without one."""
+    if options.kind not in OFFICIAL:
+        raise DataPrepError(f"{options.kind} sources have no official split; expected split 'random' (kinds with "
+                            f"one: {sorted(OFFICIAL)})")
+    label_set, files = OFFICIAL[options.kind](Path(path), options)
+    label_set.stats["official_split"] = {name: _sha256(Path(path).parent / name) for name in files}  # in the id
+    return label_set, files
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def add_cli_options(parser: argparse.ArgumentParser) -> None:

@@ -82,3 +82,17 @@ def read_labels(path: Path, options: ChexpertOptions = ChexpertOptions()) -> Lab
     stats = {"rows": len(table), "images": len(frame), "policy": options.policy, "blank": options.blank,
              "masked": {n: int(frame[n].isna().sum()) for n in names}, "steps": steps}
     return LabelSet(frame, names, stats)
+
+
+def official_split(path: Path, options: ChexpertOptions) -> tuple[LabelSet, list[str]]:
+    """The training table's rows and CheXpert's `valid.csv` (the radiologists' labels) as the test set: the
+    file beside the table, or in a folder beside it (the Stanford AIMI release keeps it in its batch-1
+    folder). The returned set has an `official` column: test or train."""
+    found = [path.parent / "valid.csv"] if (path.parent / "valid.csv").is_file() else sorted(path.parent.glob("*/valid.csv"))
+    if len(found) != 1:
+        raise DataPrepError(f"{path.parent}: {'no' if not found else len(found)} valid.csv beside {path.name} or in a "
+                            f"folder beside it; CheXpert's official split tests on its valid.csv")
+    train, test = read_labels(path, options), read_labels(found[0], options)
+    frame = pd.concat([train.frame.assign(official="train"), test.frame.assign(official="test")], ignore_index=True)
+    stats = {**train.stats, "official_test_rows": test.stats["rows"]}
+    return LabelSet(frame, train.names, stats), [path.name, str(found[0].relative_to(path.parent))]

@@ -73,3 +73,20 @@ def read_labels(path: Path, options: MimicOptions = MimicOptions()) -> LabelSet:
              "blank": options.blank, "studies_without_labels": int(meta.loc[unlabelled.to_numpy(), "study_id"].nunique()),
              "masked": {n: int(frame[n].isna().sum()) for n in names}, "steps": steps}
     return LabelSet(frame, names, stats)
+
+
+def official_split(path: Path, options: MimicOptions) -> tuple[LabelSet, list[str]]:
+    """(labels with an `official` column, test or train; the files the split comes from): the images
+    `mimic-cxr-2.0.0-split.csv` puts in `test`; its `train` and `validate` images are the rest."""
+    label_set = read_labels(path, options)
+    frame = label_set.frame
+    split_path = companion(path, "split")
+    split = read_csv(split_path, ["dicom_id", "split"]).set_index("dicom_id")["split"].str.strip()
+    dicom_ids = frame["file"].str.rsplit("/", n=1).str[-1].str.removesuffix(".jpg")
+    found = split.reindex(dicom_ids)
+    if found.isna().any():
+        rows = [int(r) for r in frame["csv_row"][found.isna().to_numpy()][:3]]
+        raise DataPrepError(f"{split_path}: {int(found.isna().sum())} image(s) of {path.name} are not in it "
+                            f"(rows {rows}); expected every dicom_id with train, validate or test")
+    frame["official"] = np.where(found == "test", "test", "train")
+    return label_set, [split_path.name]

@@ -129,3 +129,30 @@ def read_with_recipe(path: Path, options: NihRecipe = NihRecipe()) -> LabelSet:
     frame = frame[keep].reset_index(drop=True)
     stats.update(images=len(frame), counts_final=frame[names].sum().astype(int).to_dict(), steps=steps)
     return LabelSet(frame, names, stats)
+
+
+OFFICIAL_LISTS = ("train_val_list.txt", "test_list.txt")  # NIH's own split, beside the label table
+
+
+def official_split(path: Path, options: NihOptions) -> tuple[LabelSet, list[str]]:
+    """(labels with an `official` column, test or train; the files the split comes from): NIH's `test_list.txt`
+    is the test set, `train_val_list.txt` the rest; an image in neither list is an error (the lists cover
+    every image of the release)."""
+    label_set = read_labels(path, options)
+    frame = label_set.frame
+    lists = [_listed(path.parent / name) for name in OFFICIAL_LISTS]
+    test = frame["file"].isin(lists[1]).to_numpy()
+    neither = ~(test | frame["file"].isin(lists[0]).to_numpy())
+    if neither.any():
+        rows = [int(r) for r in frame["csv_row"][neither][:3]]
+        raise DataPrepError(f"{path}: {int(neither.sum())} image(s) are in neither {OFFICIAL_LISTS[0]} nor "
+                            f"{OFFICIAL_LISTS[1]} (rows {rows}); expected NIH's own lists beside the table")
+    frame["official"] = np.where(test, "test", "train")
+    return label_set, list(OFFICIAL_LISTS)
+
+
+def _listed(path: Path) -> set[str]:
+    if not path.is_file():
+        raise DataPrepError(f"{path.parent}: no {path.name}; the official split needs NIH's {OFFICIAL_LISTS[0]} and "
+                            f"{OFFICIAL_LISTS[1]} beside the label table (both ship with the data set)")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
