@@ -38,7 +38,8 @@ from data_prep.folds import holdout_split, patient_folds
 from data_prep.labels import PREPARED_METADATA
 from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, options_from_args,
                                read_labels, read_official)
-from data_prep.locate import check_missing, locate
+from data_prep.labelset import age_years, sex_of
+from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
 FORMAT_VERSION = 2  # 2: labels.csv carries sex and age; folds balance image-level prevalence
@@ -103,9 +104,9 @@ def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allo
     its test rows included and marked); DataPrepError when more than 1% of them are not found under
     `image_dir` and `allow_missing` is off."""
     label_set = read_official(labels_csv, source)[0] if split == "official" else read_labels(labels_csv, source)
-    files = [str(f) for f in label_set.frame["file"]]
-    located = locate(source.kind, image_dir, files)
-    check_missing(source.kind, located, files, labels_csv, allow_missing)
+    label_set, located = locate_label_set(source.kind, image_dir, label_set)  # a study's row: a row per image
+    check_missing(source.kind, located, [str(f) for f in label_set.frame["file"]], labels_csv, allow_missing,
+                  label_set.frame["csv_row"].tolist(), label_set.stats.get("images_named_by", "file"))
     return label_set, located
 
 
@@ -248,7 +249,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
     results = tqdm(decoded(paths[start:], params.size, params.workers, params.bits), total=len(table), initial=start,
                    desc="decode", unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
-    for i, (pixels, patient_id, reason, shape) in enumerate(results, start=start):
+    for i, (pixels, patient_id, reason, shape, facts) in enumerate(results, start=start):
         if len(pending) >= JOURNAL_EVERY:
             _append_journal(work, (images, thumbs), pending)
         image_key, row = pseudonym("image", table["file"][i]), int(table["csv_row"][i])
@@ -259,7 +260,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
             record = {"list": "rejected", "row": {"csv_row": row, "image_key": image_key, "reason": reason}}
         else:
             film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
-                    **{column: table[column][i] for column in PREPARED_METADATA}, **_official(table, i), "source_height": shape[0], "source_width": shape[1],
+                    **_metadata(table, i, facts), **_official(table, i), "source_height": shape[0], "source_width": shape[1],
                     **{n: float(v) for n, v in zip(names, label_matrix[i])}}
             digest = hashlib.sha256(pixels.tobytes()).hexdigest()
             if digest in progress.seen:
@@ -273,6 +274,15 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
         if (i + 1) % 1000 == 0:
             log(f"[data_prep] decoded {i + 1}/{len(table)} images")
     _append_journal(work, (images, thumbs), pending)
+
+
+def _metadata(table: pd.DataFrame, i: int, facts: dict) -> dict:
+    """The row's view, sex and age: the label table's value where it has one, else the image header's (DICOM
+    ViewPosition, PatientSex, and the age in years data_prep.dicom_header computed), through the same helpers
+    as the table's (M, F or empty; 90+ above 89)."""
+    header = {"view": facts.get("view", ""), "sex": sex_of([facts.get("sex", "")])[0],
+              "age": age_years([facts["age"]])[0] if "age" in facts else ""}
+    return {column: table[column][i] or header[column] for column in PREPARED_METADATA}
 
 
 def _official(table: pd.DataFrame, i: int) -> dict:

@@ -10,11 +10,12 @@ import ctypes
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from data_prep.dicom import read_dicom
+from data_prep.dicom import read_film
 from data_prep.errors import ImageRejected
 from data_prep.raster import RASTER_SUFFIXES, read_raster
 
@@ -23,13 +24,13 @@ DTYPES = {8: np.uint8, 16: np.uint16}
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters (malloc.h)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """Any supported file: DICOM (PatientID from the header) or PNG/JPG (no patient inside)."""
+def read_image(path: Path) -> tuple[np.ndarray, str | None, dict[str, str | int]]:
+    """Any supported file: DICOM (PatientID and patient facts from the header) or PNG/JPG (nothing inside)."""
     if not Path(path).is_file():
         raise ImageRejected("file not found")
     if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        return read_raster(path), None
-    return read_dicom(path)
+        return read_raster(path), None, {}
+    return read_film(path)
 
 
 def resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:
@@ -41,16 +42,25 @@ def resize(image: np.ndarray, size: int, bits: int = 8) -> np.ndarray:
     return np.clip(np.round(resized * top), 0, top).astype(DTYPES[bits])
 
 
-def decode_and_resize(path: Path, size: int, bits: int = 8) -> tuple[np.ndarray | None, str | None, str | None,
-                                                                     tuple[int, int] | None]:
-    """(size x size image, PatientID, None, the image's own height and width) or (None, None, rejection
-    reason, None). Runs in workers: only the small result crosses the process boundary, so memory stays
-    bounded."""
+class Decoded(NamedTuple):
+    """One file's decode: small enough to cross a process boundary."""
+
+    pixels: np.ndarray | None  # size x size, or None when rejected
+    patient_id: str | None  # the header's PatientID (DICOM only)
+    reason: str | None  # why the file was rejected, or None
+    shape: tuple[int, int] | None  # the image's own height and width
+    facts: dict[str, str | int]  # the header's sex, age (whole years) and view, where present and well-formed
+
+
+def decode_and_resize(path: Path, size: int, bits: int = 8) -> Decoded:
+    """(size x size image, PatientID, None, the image's own height and width, header facts) or (None, None,
+    rejection reason, None, {}). Runs in workers: only the small result crosses the process boundary, so memory
+    stays bounded, and the header's dates never leave it (an age in years does)."""
     try:
-        pixels, patient_id = read_image(path)
+        pixels, patient_id, facts = read_image(path)
     except ImageRejected as exc:
-        return None, None, str(exc), None
-    return resize(pixels, size, bits), patient_id, None, (int(pixels.shape[0]), int(pixels.shape[1]))
+        return Decoded(None, None, str(exc), None, {})
+    return Decoded(resize(pixels, size, bits), patient_id, None, (int(pixels.shape[0]), int(pixels.shape[1])), facts)
 
 
 def _init_worker() -> None:

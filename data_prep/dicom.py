@@ -10,6 +10,7 @@
    HighBit hold the value), anything else there is rejected.
 3. Grey: the PS3.4 pipeline as one table over the stored values (`dicom_lut.grey_table`).
    Colour (RGB; YBR_* converted to RGB by pydicom) becomes grey by luminance.
+4. `read_film` also returns the header's patient facts (sex, age in years, view; `film_facts`).
 See DESIGN.md "things known to bite" for why nothing pydicom returns is trusted unchecked.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import get_decoder
 
-from data_prep.dicom_header import COLOUR, Header, patient_id, read_header
+from data_prep.dicom_header import COLOUR, Header, film_facts, patient_id, read_header
 from data_prep.dicom_lut import grey_table
 from data_prep.errors import ImageRejected
 
@@ -29,19 +30,26 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, as PIL's convert("L") and
 
 def read_dicom(path: Path) -> tuple[np.ndarray, str | None]:
     """Return (image in [0, 1], bright = dense; PatientID or None). Raises ImageRejected."""
+    image, patient, _ = read_film(path)
+    return image, patient
+
+
+def read_film(path: Path) -> tuple[np.ndarray, str | None, dict[str, str | int]]:
+    """`read_dicom` and the header's patient facts (`dicom_header.film_facts`: sex, age in years, view)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises many types for unreadable files
         raise ImageRejected(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     header = read_header(ds)
     patient = patient_id(ds)
+    facts = film_facts(ds)
     if header.photometric in COLOUR:
         rgb = _decoded(ds, header)
         _check_range(rgb, header)
         image = (rgb.astype(np.float64) @ LUMA) / (2**header.stored - 1)
     else:
         image = np.take(grey_table(header), _table_index(_stored_values(ds, header), header))
-    return image.astype(np.float32, copy=False), patient
+    return image.astype(np.float32, copy=False), patient, facts
 
 
 def _stored_values(ds, header: Header) -> np.ndarray:

@@ -6,10 +6,17 @@ element is touched. Every element the decoder uses is read here, checked against
 standard allows, and turned into a plain Python value; any problem becomes an ImageRejected
 that names the element, what it held and what was expected. Nothing after `read_header`
 touches the dataset's grey-pipeline elements again.
+
+`film_facts` reads the few patient facts a prepared data set may carry (sex, age in years, view)
+the other way round: a malformed value is left out, never a rejection, and the dates an age is
+computed from stay inside it.
 """
 from __future__ import annotations
 
+import datetime
 import math
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +111,67 @@ def patient_id(ds: Dataset) -> str | None:
     if not isinstance(value, str):
         raise ImageRejected(f"PatientID {_shown(value)}; expected one text value")
     return value.strip() or None
+
+
+AGE_UNITS = {"D": 365.2425, "W": 365.2425 / 7, "M": 12, "Y": 1}  # PS3.5 AS: nnnD, nnnW, nnnM or nnnY
+OLDEST_PLAUSIBLE = 130  # an older age is a placeholder birth date or a typo, not an age
+DATE_KEYWORDS = ("StudyDate", "AcquisitionDate", "ContentDate")  # the exam's date, in order of preference
+VIEW_CODE = re.compile(r"[A-Z][A-Z _]{0,15}")  # a CS of letters: PA, AP, LL, LATERAL (no digits, so no IDs)
+
+
+def film_facts(ds: Dataset) -> dict[str, str | int]:
+    """What a prepared data set may carry from the header, for subgroup analysis: `sex` (PatientSex as
+    written, up to 16 characters), `age` (whole years at the exam, from PatientAge or else from PatientBirthDate
+    and the exam's date, computed here so that neither date leaves this function) and `view` (ViewPosition).
+    An absent or malformed value is left out; this never raises."""
+    with warnings.catch_warnings():  # pydicom's warnings about a malformed value can quote it
+        warnings.simplefilter("ignore")
+        return _film_facts(ds)
+
+
+def _film_facts(ds: Dataset) -> dict[str, str | int]:
+    facts: dict[str, str | int] = {}
+    sex = _text(ds, "PatientSex")
+    if sex:
+        facts["sex"] = sex[:16]
+    age = _age(_text(ds, "PatientAge"))
+    if age is None:
+        birth = _date(_text(ds, "PatientBirthDate"))
+        exam = next((d for d in (_date(_text(ds, k)) for k in DATE_KEYWORDS) if d is not None), None)
+        if birth is not None and exam is not None:
+            age = exam.year - birth.year - ((exam.month, exam.day) < (birth.month, birth.day))
+    if age is not None and 0 <= age <= OLDEST_PLAUSIBLE:
+        facts["age"] = age
+    view = (_text(ds, "ViewPosition") or "").upper()
+    if VIEW_CODE.fullmatch(view):
+        facts["view"] = view
+    return facts
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """One stripped text value, or None: absent, empty, several values, another type or unreadable."""
+    try:
+        value = _value(ds, keyword)
+    except ImageRejected:
+        return None
+    return value.strip(" \0") or None if isinstance(value, str) else None
+
+
+def _age(text: str | None) -> int | None:
+    """Whole years from a DICOM AS value ("045Y", "006M", "003W", "010D"); None when malformed."""
+    if text is None or len(text) != 4 or not text[:3].isdigit() or text[3] not in AGE_UNITS:
+        return None
+    return int(int(text[:3]) / AGE_UNITS[text[3]])
+
+
+def _date(text: str | None) -> datetime.date | None:
+    """A DICOM DA value (YYYYMMDD) as a date; None when malformed."""
+    if text is None or len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
 
 
 def _value(ds: Dataset, keyword: str):

@@ -88,7 +88,7 @@ class TrainedModel:
         workers = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
         pending: list[tuple[Path, np.ndarray | None, str | None]] = []
         results = decoded(list(paths), self.size, workers, self.bits)
-        for path, (image, _patient_id, reason, _shape) in zip(paths, results):  # the patient ID is never used
+        for path, (image, _patient_id, reason, _shape, _facts) in zip(paths, results):  # nothing from a header is used
             pending.append((path, image, reason))
             if sum(image is not None for _, image, _ in pending) == batch_size:
                 yield from self._batch(pending)

@@ -1,7 +1,20 @@
-"""The target (a hospital's films, seed 000): a CSV of `file` and either `findings` ('|'-separated
-sub-categories, grouped into categories by a mapping, see data_prep/mappings/) or 0/1 label
-columns; optional `patient`, `view`, `sex` and `age` columns (else the patient comes from the
-DICOM header).
+"""The target (a hospital's films, seed 000): a CSV that names each image by one column, and either
+`findings` ('|'-separated sub-categories, grouped into categories by a mapping, see data_prep/mappings/)
+or 0/1 label columns; optional `patient`, `view`, `sex` and `age` columns.
+
+Each image is named by exactly one of (NAMED_BY):
+- `file`: its path relative to `--images` (nested folders and files without a suffix are fine), or,
+  where `--images` holds a DICOMDIR, the Referenced File ID it lists (`IMAGES\\IM0001`);
+- `sop_instance_uid`: the SOP Instance UID in its header;
+- `accession_number`: the Accession Number in the header of every image of a study: the row's labels
+  go to every image of the study (each a row of labels.csv, like MIMIC's study labels), so a table
+  whose labels belong to one image of a study names that image by `sop_instance_uid`.
+UIDs and accession numbers are found by reading the header of every DICOM file under `--images` once
+(data_prep.locate.find_by_header); they are pseudonymised like paths and never written or shown.
+
+Where the table has no `patient`, `view`, `sex` or `age` value for a row, the DICOM header's is used
+(PatientID; ViewPosition; PatientSex; PatientAge, or the age from PatientBirthDate and the exam's date):
+a value in the table wins over the header's.
 """
 from __future__ import annotations
 
@@ -22,6 +35,11 @@ from data_prep.sources.options import Options
 NORMAL = "normal"
 DEFAULT_TARGET_MAPPING = "seed000_target"
 METADATA = ("patient", "view", "sex", "age")  # columns that are not labels
+NAMED_BY = {  # a column that names each image: what it holds
+    "file": "its path relative to --images, or a DICOMDIR's Referenced File ID",
+    "sop_instance_uid": "the SOP Instance UID in its header",
+    "accession_number": "the Accession Number of its study, for every image of the study",
+}
 
 
 class TargetOptions(Options):
@@ -88,29 +106,61 @@ def load_mapping(name_or_path: str | Path) -> TargetMapping:
 
 
 def read_target_labels(path: Path, mapping: TargetMapping | None = None, discarded_only: str = "drop") -> LabelSet:
-    """Target CSV: `file`, `findings` ('|'-separated, mapped through `mapping`) or 0/1 columns,
-    optional `patient`. Without a mapping, the label names are every finding seen."""
-    table = read_csv(path, ["file"])
-    refuse_duplicates(path, table["file"])
+    """Target CSV: `file`, `sop_instance_uid` or `accession_number` (NAMED_BY), `findings` ('|'-separated,
+    mapped through `mapping`) or 0/1 columns, optional `patient`, `view`, `sex`, `age`. Without a mapping,
+    the label names are every finding seen. The frame's `file` holds the naming column's values; stats'
+    `images_named_by` names that column where it is not `file`."""
+    table = read_csv(path, [])
+    named_by = _named_by(path, table)
+    if named_by == "file":
+        refuse_duplicates(path, table["file"])
+    else:
+        table[named_by] = _identifiers(path, table[named_by])
     steps = []
     if "findings" in table.columns:
         labels, names, dropped, raw = _map_findings(path, table["findings"], mapping, discarded_only)
         steps += [{"step": "findings as read", "images": len(table), "positives": raw},
                   label_step("grouped into categories", labels, names)]
     else:
-        names = mapping.names if mapping else [c for c in table.columns if c not in ("file", *METADATA)]
+        names = mapping.names if mapping else [c for c in table.columns if c not in (*NAMED_BY, *METADATA)]
         labels, dropped = _from_columns(path, table, names), np.zeros(len(table), bool)
         steps.append(label_step("as read", labels, names))
     if dropped.any():
         steps.append(label_step("images whose only findings are discarded, dropped", labels[~dropped], names))
-    frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table["file"],
+    frame = pd.DataFrame({"csv_row": np.arange(len(table)) + 2, "file": table[named_by],
                           "patient": table.get("patient", ""), "view": table.get("view", ""),
                           "sex": sex_of(table.get("sex")), "age": age_years(table.get("age"))})
     frame[names] = labels
     frame = frame[~dropped].reset_index(drop=True)
     stats = {"rows": len(table), "dropped_only_discarded": int(dropped.sum()),
              "mapping": asdict(mapping) if mapping else None, "steps": steps}
+    if named_by != "file":  # only then, so that data sets named by path keep their ids
+        stats["images_named_by"] = named_by
     return LabelSet(frame, names, stats)
+
+
+def _named_by(path: Path, table: pd.DataFrame) -> str:
+    """The one column that names each image."""
+    given = [c for c in NAMED_BY if c in table.columns]
+    if len(given) == 1:
+        return given[0]
+    what = "; ".join(f"{c}: {meaning}" for c, meaning in NAMED_BY.items())
+    if not given:
+        raise DataPrepError(f"{path}: missing column(s) ['file']: name each image by one column ({what}); "
+                            f"columns are {list(table.columns)}")
+    raise DataPrepError(f"{path}: columns {given} each name the images; keep one ({what})")
+
+
+def _identifiers(path: Path, values: pd.Series) -> pd.Series:
+    """UIDs or accession numbers, stripped; an empty or repeated one is refused by row, never shown (an
+    identifier must not reach a log)."""
+    values = values.str.strip(" \0")
+    for problem, rows in (("is empty", values == ""), ("repeats an earlier row's value", values.duplicated())):
+        if rows.any():
+            shown = [int(i) + 2 for i in np.flatnonzero(rows)][:10]
+            raise DataPrepError(f"{path}: column {values.name!r} {problem} at rows {shown} (row 1 is the header); "
+                                "each row names one image (or, by accession_number, one study)")
+    return values
 
 
 def _map_findings(path, findings: pd.Series, mapping: TargetMapping | None, discarded_only: str):
