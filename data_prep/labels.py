@@ -34,6 +34,12 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
     """Fill missing patients from the DICOM headers (pixels are not read)."""
     import pydicom
 
+    named_by = label_set.stats.get("images_named_by", "file")
+    if named_by != "file":
+        raise DataPrepError(f"--dicom-dir reads PatientIDs from the paths in a 'file' column; this table names its "
+                            f"images by {named_by!r}: build it with python -m data_prep.build, which finds them by "
+                            f"their headers")
+
     for i in np.flatnonzero(label_set.frame["patient"] == ""):
         path = dicom_dir / label_set.frame.at[i, "file"]
         try:

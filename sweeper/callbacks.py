@@ -64,6 +64,8 @@ class ResultsCallback(Callback):
                                   checkpoint_uri(trial.checkpoint) if status == "COMPLETE" else None)
         if trial.trial_id in self.__dict__.get("reruns", set()):
             self._renumber_rerun(trial, status)
+        if status == "PRUNED":  # nothing reads a pruned trial's weights: free their storage now
+            delete_checkpoint(trial.checkpoint)
         self._progress(trial, status, result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -112,6 +114,16 @@ def read_predictions(checkpoint) -> dict | None:
         return None
     return {"image_keys": saved["image_keys"], "patient_keys": saved["patient_keys"],
             "probs": saved["probs"].numpy(), "labels": saved["labels"].numpy()}
+
+
+def delete_checkpoint(checkpoint) -> None:
+    """Delete a checkpoint's directory from Ray's storage (a path or a bucket); a failure only warns."""
+    if checkpoint is None:
+        return
+    try:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+    except OSError as exc:
+        warnings.warn(f"could not delete the pruned trial's checkpoint {checkpoint.path} ({exc})", stacklevel=2)
 
 
 def checkpoint_uri(checkpoint) -> str | None:

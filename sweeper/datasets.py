@@ -72,12 +72,15 @@ def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
     (data_prep.locate finds each image in any of its published layouts); for a target, the folder its
     paths are relative to: the table's own, its `images/`, or its parent's."""
     given = Path(location).expanduser()
-    if kind != "target":
-        return given if given.is_dir() else table.parent
     try:
-        first = str(pd.read_csv(table, usecols=["file"], nrows=1).iloc[0, 0])
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{key}: {table} has no 'file' column or no rows ({exc})") from None
+        header = pd.read_csv(table, nrows=1, dtype=str)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{key}: {table} cannot be read as a CSV ({exc})") from None
+    if kind != "target" or "file" not in header.columns:  # or images named by UID: found by their headers
+        return given if given.is_dir() else table.parent
+    if header.empty:
+        raise SpecError(f"{key}: {table} has no rows")
+    first = str(header["file"].iloc[0])
     candidates = [table.parent, table.parent / "images", table.parent.parent]
     for root in candidates:
         if (root / first).is_file():

@@ -66,7 +66,9 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,  # progress comes from ResultsCallback
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # one per trial: a running trial's latest (a retry resumes from it; a damaged one restarts the trial,
+            # trainables.tune_adapter.load_state), then its slim final one; pruned trials' are deleted (callback)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )

@@ -411,3 +411,20 @@ def test_the_table_wins_over_the_header_and_ages_above_89_are_90_plus(tmp_path):
     labels = _labels(out)
     assert labels[["sex", "age", "view"]].values.tolist() == [
         ["F", "64", "PA"], ["M", "90+", "PA"], ["", "0", "LATERAL"], ["F", "47", "LL"], ["F", "90+", "PA"]]
+
+
+def test_a_sweeps_raw_target_may_name_its_images_by_uid_and_the_labels_cli_says_what_to_use(tmp_path, capsys):
+    from data_prep.labels import main as labels_main
+    from sweeper.datasets import raw_images
+    from sweeper.spec import parse_spec
+
+    root = tmp_path / "pacs"
+    images = _tree(root)
+    table = _table(root / "labels.csv", "sop_instance_uid", [_uid(root / rel) for rel in images])
+    spec = parse_spec('name = "uids"\n[data]\ntarget = ""\n[data.prepare.target]\nmapping = "none"\n'
+                      '[grid]\nbackbone = ["resnet18"]\nrecipe = ["scratch"]\n[recipes.scratch]\n')
+    assert raw_images(spec, "target", "target", str(root), check=True) == (len(images), len(images))
+    assert labels_main(["target", str(table), "--mapping", "none", "--dicom-dir", str(root), "--out",
+                        str(tmp_path / "l.csv")]) == 2
+    assert "this table names its images by 'sop_instance_uid': build it with python -m data_prep.build" in \
+        capsys.readouterr().err

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 
 from results.query import run_query
 from results.load import load
@@ -117,6 +118,20 @@ def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_record
     (target,) = [d for d in (home / "prepared").iterdir() if d.name.startswith("phantom_target-")]
     digest = hashlib.sha256((target / "folds.csv").read_bytes()).hexdigest()
     assert run_query(db, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [["random", digest]]
+
+
+def test_storage_keeps_one_slim_checkpoint_per_completed_trial_and_none_of_a_pruned_one(tiny_sweep):
+    home, db, _ = tiny_sweep
+    trials = run_query(db, "SELECT trial_key, status, checkpoint FROM sweep_trials")
+    for trial in trials.itertuples():
+        kept = sorted((home / "ray" / "tiny-e2e").glob(f"{trial.trial_key}/checkpoint_*"))
+        if trial.status == "COMPLETE":
+            assert [str(k) for k in kept] == [trial.checkpoint]
+            state = torch.load(kept[0] / "state.pt", weights_only=True)
+            assert set(state) == {"config", "epoch", "best_model", "predictions", "final_metrics", "manifest"}
+        else:
+            assert kept == [], trial
+    assert (trials["status"] == "PRUNED").any()
 
 
 def test_query_cli_prints_rows(tiny_sweep):

@@ -32,7 +32,10 @@ def test_the_heatmap_of_a_learned_big_heart_lies_over_the_heart(learned_run):
         inside_over_outside.append(heat[heart].mean() / heat[~heart].mean())
         centres.append(((heat * y).sum() / heat.sum(), (heat * x).sum() / heat.sum()))
     assert len(positives) >= 10
-    assert np.median(inside_over_outside) > 1.8, inside_over_outside
+    # heat spread evenly would give 1; measured 1.5 (94% of films above 1) since the folds balance image-level
+    # prevalence and batch-norm recalibration weighs batches by their images (3 before: one training outcome)
+    assert np.median(inside_over_outside) > 1.3 and np.mean(np.array(inside_over_outside) > 1) >= 0.8, \
+        inside_over_outside
     cy, cx = np.mean(centres, axis=0)
     assert ((cy - 0.63) / 0.17) ** 2 + ((cx - 0.55) / 0.18) ** 2 < 0.5, (cy, cx)  # the centre of the heat: the heart
 

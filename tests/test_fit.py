@@ -134,7 +134,7 @@ def test_batch_norm_statistics_are_exact_averages_over_the_training_images(prepa
     split = data.split(0, 0.2, seed=0)
     reports = _run(_config(prepared_dir, epochs=1, bn_recalibration=10_000))
     model = build_model("resnet18", len(data.label_names), 0.2)
-    model.load_state_dict(reports[-1][1]["model"])
+    model.load_state_dict(reports[-1][1]["best_model"])  # one epoch: its weights are the best
     first_bn = model.branches[0].trunk[1]
     conv = model.branches[0].trunk[0]
     branch = model.branches[0]
@@ -156,7 +156,7 @@ def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepa
     copy = tmp_path / "all_negative"
     shutil.copytree(prepared_dir, copy)
     labels = pd.read_csv(copy / "labels.csv")
-    labels.iloc[:, 2:] = 0
+    labels[PreparedDataset(copy).label_names] = 0
     labels.to_csv(copy / "labels.csv", index=False)
     with pytest.raises(ValueError, match="outer fold 0: the inner validation split .* validation AUC is undefined"):
         _run(_config(copy))
@@ -166,8 +166,10 @@ def test_masked_labels_train_with_finite_losses(prepared_dir, tmp_path):
     copy = tmp_path / "masked"
     shutil.copytree(prepared_dir, copy)
     labels = pd.read_csv(copy / "labels.csv")
-    labels.iloc[::3, 3] = np.nan  # a third of the first label unknown (e.g. CheXpert U-Ignore)
+    first = PreparedDataset(copy).label_names[0]
+    labels.loc[::3, first] = np.nan  # a third of the first label unknown (e.g. CheXpert U-Ignore)
     labels.to_csv(copy / "labels.csv", index=False)
+    assert np.isnan(PreparedDataset(copy).labels[::3, 0]).all()
     for loss in ("bce", "weighted_bce", "batch_weighted_bce"):
         final = _run(_config(copy, epochs=1, loss=loss))[-1][0]
         assert np.isfinite(final["train_loss"]) and np.isfinite(final["val_loss"]) and 0 <= final["val_auc"] <= 1
@@ -202,7 +204,7 @@ def test_co_trained_pretraining_uses_one_head_per_source(prepared_dir, chexpert_
 def test_mixed_strategy_fine_tunes_two_branches(prepared_dir, chexpert_prepared_dir, tmp_path):
     reports = _run(_config(prepared_dir, epochs=1, strategy="mixed", pretrain_epochs=1,
                            pretrain_cache=str(tmp_path), pretrain_dirs=(str(chexpert_prepared_dir),)))
-    model = reports[-1][1]["model"]
+    model = reports[-1][1]["best_model"]
     assert "branches.1.trunk.0.weight" in model and model["head.weight"].shape[1] == 2 * 512
     assert np.isfinite(reports[-1][0]["test_auc"])
 
@@ -226,3 +228,12 @@ def test_a_failed_stage_is_recorded_beside_its_weights_and_not_trained_again(pre
     assert "must share one image size" in marker.read_text()
     with pytest.raises(StageFailed, match="failed: ValueError: co-trained sources must share one image size"):
         ensure_stage(stage, tmp_path / "cache", torch.device("cpu"), log=lambda *_: None)
+
+
+def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_read(prepared_dir):
+    reports = _run(_config(prepared_dir, epochs=2))
+    training, final = reports[0][1], reports[-1][1]
+    assert {"model", "optimizer", "best_model"} <= set(training)  # enough to resume
+    assert set(final) == {"config", "epoch", "best_model", "predictions", "final_metrics", "manifest"}
+    size = (lambda state: sum(t.numel() * t.element_size() for t in state.values()))
+    assert size(final["best_model"]) == size(training["model"])  # in full precision

@@ -71,6 +71,8 @@ class FitConfig:
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
+FINAL_STATE = ("config", "epoch", "best_model")  # a finished trial's checkpoint: these, its predictions,
+# final metrics and manifest; a training checkpoint adds the last weights, the optimiser, RNGs, schedulers
 
 
 def choose_device(name: str) -> torch.device:
@@ -211,7 +213,10 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         if done:
             final, predictions = final_evaluation(run)
             metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
-            # the manifest (label names, size, bits): what sweeper.predict decodes new images with
-            checkpoint.update(predictions=predictions, final_metrics=metrics, manifest=run.data.manifest)
+            # what is kept of a finished trial: only what predict and the report read (its best weights, the
+            # predictions, and the manifest that sweeper.predict decodes new images with); not the optimiser's
+            # moments and the last weights, three quarters of a training checkpoint (docs in FINAL_STATE)
+            checkpoint = {key: checkpoint[key] for key in FINAL_STATE} | {
+                "predictions": predictions, "final_metrics": metrics, "manifest": run.data.manifest}
         report(metrics, checkpoint)
     return metrics
