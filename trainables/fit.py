@@ -71,8 +71,8 @@ class FitConfig:
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
-FINAL_STATE = ("config", "epoch", "best_model")  # a finished trial's checkpoint: these, its predictions,
-# final metrics and manifest; a training checkpoint adds the last weights, the optimiser, RNGs, schedulers
+FINAL_STATE = ("config", "epoch")  # a finished trial's checkpoint: these, its best weights (half precision),
+# predictions, final metrics and manifest; a training checkpoint adds the last weights, optimiser, RNGs, ...
 
 
 def choose_device(name: str) -> torch.device:
@@ -95,6 +95,21 @@ def _require_defined_auc(data: PreparedDataset, val_idx: np.ndarray, cfg: FitCon
         raise ValueError(f"{data.root.name}, outer fold {cfg.outer_fold}: the inner validation split "
                          f"({len(val_idx)} images) has no label with both positive and negative images, so "
                          f"validation AUC is undefined; use a larger val_fraction or more data")
+
+
+HALF_MAX = 60000.0  # a weight beyond fp16's range (65504) keeps full precision
+
+
+def half_precision(weights: dict) -> dict:
+    """Floating-point tensors in fp16 where every value fits, half the size of a finished trial's weights.
+    The trial's final evaluation runs on exactly these values (`_rounded`), so its stored predictions are
+    those of the weights kept: nothing is lost that a later prediction could show."""
+    return {k: v.half() if v.is_floating_point() and v.abs().max() <= HALF_MAX else v for k, v in weights.items()}
+
+
+def _rounded(weights: dict) -> dict:
+    """The weights as `half_precision` keeps them, back in their own dtype for computing."""
+    return {k: h.to(weights[k].dtype) for k, h in half_precision(weights).items()}
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict:
@@ -211,12 +226,13 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
         done = run.epoch >= cfg.epochs or run.stopper.should_stop
         checkpoint = run.state()
         if done:
+            run.best_model = _rounded(run.best_model)  # evaluated as it is kept (half precision)
             final, predictions = final_evaluation(run)
             metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
             # what is kept of a finished trial: only what predict and the report read (its best weights, the
             # predictions, and the manifest that sweeper.predict decodes new images with); not the optimiser's
             # moments and the last weights, three quarters of a training checkpoint (docs in FINAL_STATE)
-            checkpoint = {key: checkpoint[key] for key in FINAL_STATE} | {
+            checkpoint = {key: checkpoint[key] for key in FINAL_STATE} | {"best_model": half_precision(run.best_model),
                 "predictions": predictions, "final_metrics": metrics, "manifest": run.data.manifest}
         report(metrics, checkpoint)
     return metrics
