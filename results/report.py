@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
         lines.append("Missing (cell: folds done/planned): " + "; ".join(
             f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
             for r in missing.itertuples()))
+    if _smoke(sweep):
+        lines.append("SMOKE RUN (python -m sweeper.run --smoke): the grid shrunk to minutes on phantom data; its "
+                     "numbers test the pipeline, not the recipes")
     lines.append(split_text(sweep) + "; numbers compare only between sweeps of the same split and folds")
     lines += _weights_lines(data.cells)
     lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
@@ -48,6 +52,14 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
 
 SPLITS = {"random": "random (patient-grouped folds of the whole target)", "holdout": "holdout (one fixed "
           "patient-grouped train/val/test split)", "official": "official (the source's own test set)"}
+
+
+def _smoke(sweep: dict) -> bool:
+    """Whether the spec as it ran says smoke = true (sweeper.run --smoke)."""
+    try:
+        return bool(tomllib.loads(str(sweep.get("spec_text") or "")).get("smoke"))
+    except tomllib.TOMLDecodeError:
+        return False
 
 
 def split_text(sweep: dict) -> str:

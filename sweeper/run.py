@@ -19,6 +19,12 @@ DEFAULT_DB = f"sqlite:///{DEFAULT_HOME}/results.db"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m sweeper.run", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="demo", help="built-in spec name or path of a TOML file (default: demo)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the same grid shrunk to minutes on a CPU: 32 px, 2 folds, 2 trials, 2 epochs, 1 "
+                             "pretraining epoch, phantom data for every location not given (sweeper/overrides.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a spec key, checked like the file (repeatable; after --smoke): "
+                             "--set train.epochs=10 --set 'grid.backbone=[\"resnet50\"]'")
     parser.add_argument("--db", default=None, help=f"SQLAlchemy URL of the results DB (default: {DEFAULT_DB})")
     parser.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
     parser.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec (or --name)")
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        spec, spec_text = load_spec(args.spec)  # before anything slow: a bad spec stops here
+        spec, spec_text = load_spec(args.spec, args.overrides, args.smoke)  # before anything slow: a bad spec stops here
         if args.dry_run:
             return _dry_run(spec, args)
         home = args.home.resolve()

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data_prep.errors import DataPrepError
+from sweeper.overrides import OverrideError, apply, as_text
 from data_prep.sources import KINDS, OPTIONS, SPLITS, option_names, source_options
 from trainables.augment import AugmentConfig
 from trainables.engine import PRECISIONS
@@ -308,6 +309,7 @@ class Resources(Strict):
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    smoke: bool = Field(False, description="set by --smoke: the grid shrunk to try the pipeline, not the recipes")
     data: Data = Data()
     grid: Grid
     recipes: dict[str, Recipe]
@@ -405,7 +407,16 @@ def _message(error: dict) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def load_spec(name_or_path: str) -> tuple[SweepSpec, str]:
-    """(validated spec, its TOML text, kept verbatim in the DB)."""
+def load_spec(name_or_path: str, overrides: list[str] = (), smoke: bool = False) -> tuple[SweepSpec, str]:
+    """(validated spec, its TOML text as it runs, kept in the DB): the file verbatim, or with --smoke and each
+    --set KEY=VALUE applied (sweeper.overrides) and validated like the file itself."""
     origin, text = read_spec_text(name_or_path)
-    return parse_spec(text, origin), text
+    if not overrides and not smoke:
+        return parse_spec(text, origin), text
+    try:
+        raw = apply(tomllib.loads(text), list(overrides), smoke)
+    except (tomllib.TOMLDecodeError, OverrideError) as exc:
+        raise SpecError(f"{origin}: {exc}") from None
+    shown = " ".join(["--smoke"] * smoke + [f"--set {o}" for o in overrides])
+    text = f"# {origin} with {shown}\n" + as_text(raw)
+    return parse_spec(text, f"{origin} with {shown}"), text

@@ -234,3 +234,41 @@ def test_the_zhou2020_grid_is_its_networks_losses_and_learning_rates_on_one_hold
     assert {p.config["loss"] for p in plans} == {"bce", "weighted_bce"}
     assert {p.config["lr"] for p in plans} == {0.01, 0.001, 0.0001, 0.00001}
     assert all(set(p.space) == {"dropout"} and p.config["batch_size"] == 64 for p in plans)
+
+
+def test_set_overrides_any_key_with_the_specs_own_validation():
+    spec, text = load_spec("paper", ["train.epochs=10", "data.size=256", "search.trials=4",
+                                     'grid.backbone=["resnet50"]', "data.target=phantom"])
+    assert (spec.train.epochs, spec.data.size, spec.search.trials, spec.grid.backbone) == (10, 256, 4, ["resnet50"])
+    assert spec.data.target == "phantom" and parse_spec(text).train.epochs == 10  # the DB keeps it as it ran
+    assert text.startswith("# built-in spec 'paper' with --set train.epochs=10")
+    with pytest.raises(SpecError, match="train.epochz: unknown key"):
+        load_spec("paper", ["train.epochz=3"])
+    with pytest.raises(SpecError, match="train.epochs: Input should be greater than or equal to 1"):
+        load_spec("paper", ["train.epochs=0"])
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        load_spec("paper", ["train.epochs"])
+    with pytest.raises(SpecError, match="data.size is a value, not a table"):
+        load_spec("paper", ["data.size.x=1"])
+
+
+@pytest.mark.parametrize("name", ["paper", "zhou2020"])
+def test_smoke_keeps_every_cell_and_stage_and_shrinks_the_rest(name):
+    from sweeper.dry_run import dry_run
+
+    full, _ = load_spec(name)
+    smoke, text = load_spec(name, smoke=True)
+    assert smoke.smoke and smoke.name == f"{name}-smoke" and "smoke = true" in text
+    assert smoke.grid.cells() == full.grid.cells()
+    plan, small = dry_run(full), dry_run(smoke)
+    assert [c["cell"] for c in plan["cells"]] == [c["cell"] for c in small["cells"]]
+    assert [(j["backbone"], j["init"], j["strategy"], j["sources"]) for j in plan["pretrain"]] == \
+        [(j["backbone"], j["init"], j["strategy"], j["sources"]) for j in small["pretrain"]]
+    assert all(j["epochs"] == 1 for j in small["pretrain"])
+    assert (smoke.data.size, smoke.search.trials, smoke.train.epochs, smoke.train.batch_size) == (32, 2, 2, 8)
+    assert smoke.folds == ([0] if full.data.holdout else [0, 1])
+    assert smoke.train.checkpoint_every == smoke.train.epochs  # a checkpoint only at the end
+    assert smoke.resources.gpus_per_trial == 0 and smoke.data.target == "phantom"
+    assert all(where.startswith("phantom:") for where in smoke.data.sources.values())
+    later, _ = load_spec(name, ["train.epochs=3"], smoke=True)  # --set applies after --smoke
+    assert later.train.epochs == 3
