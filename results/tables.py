@@ -162,6 +162,8 @@ def loss_comparison(analysis: Analysis) -> list[Table]:
         row_texts = []
         for _, row in part.iterrows():
             texts = {"Backbone": row["backbone"], "Recipe": row["recipe"], "Loss": row["loss"]}
+            if cells["others"].any():  # the further axes (seed 003's learning rate) tell the groups apart
+                texts["Other settings"] = row["others"]
             for label, stem in {"Binary accuracy": "binary_acc", "Exact-match accuracy": "exact_match",
                                 "False-negative rate": "fnr", "Test AUC": "auc"}.items():
                 compared = analysis.compare(_key(row), reference, stem) if _key(row) != reference else None

@@ -118,17 +118,20 @@ def test_per_class_table_shows_prevalence_and_each_cells_auc(handmade):
 
 
 def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url):
+    """Seed 003's grid: loss x learning rate; each row names its rate, so the two bce rows differ."""
     rng = np.random.default_rng(1)
     store = ResultsStore(engine_url)
     sweep = store.start_sweep("losses", "seed003", "", "test", [0], 1)
-    store.register_cells(sweep, [{"backbone": "alexnet_style", "recipe": "scratch", "variant": f"loss={loss}",
-                                  "settings": {"loss": loss}} for loss in ("bce", "weighted_bce")])
+    cells = [(loss, lr) for lr in ("0.01", "0.001") for loss in ("bce", "weighted_bce")]
+    store.register_cells(sweep, [{"backbone": "alexnet_style", "recipe": "scratch", "variant": f"loss={loss},lr={lr}",
+                                  "settings": {"loss": loss}} for loss, lr in cells])
     truth = (rng.random((80, 2)) < 0.3).astype(float)
     patients = [f"p{i // 2}" for i in range(80)]
-    for loss, probs in (("bce", np.full((80, 2), 0.1)), ("weighted_bce", np.where(truth == 1, 0.7, 0.4))):
-        key = f"t-{loss}"
-        store.trial_started(sweep, key, {"backbone": "alexnet_style", "recipe": "scratch", "variant": f"loss={loss}",
-                                         "fold": 0, "study": key, "optuna_number": 0, "params": {}})
+    for (loss, lr), probs in zip(cells, [np.full((80, 2), 0.1), np.where(truth == 1, 0.7, 0.4)] * 2):
+        key = f"t-{loss}-{lr}"
+        store.trial_started(sweep, key, {"backbone": "alexnet_style", "recipe": "scratch",
+                                         "variant": f"loss={loss},lr={lr}", "fold": 0, "study": key,
+                                         "optuna_number": 0, "params": {}})
         said = probs > 0.5
         result = {"epoch": 1, "best_val_auc": 0.7, "test_binary_acc": float((said == (truth == 1)).mean()),
                   "test_fnr": float((~said & (truth == 1)).sum() / (truth == 1).sum()), "test_auc": 0.5,
@@ -138,7 +141,9 @@ def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url
                               "probs": probs, "labels": truth})
     built = build(engine_url, "losses", n_boot=300, figures=False)
     table = next(t for h, ts, _ in built.sections for t in ts if t.key == "loss_comparison").display
-    assert table["Loss"].tolist() == ["bce", "weighted_bce"]
+    assert table["Loss"].tolist() == ["bce", "weighted_bce"] * 2
+    assert table["Other settings"].tolist() == ["lr=0.001", "lr=0.001", "lr=0.01", "lr=0.01"]
+    assert not table[["Backbone", "Recipe", "Loss", "Other settings"]].duplicated().any()
     assert table["False-negative rate"].iloc[0].startswith("100.00%")
     assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -100.00 points (p<=0.0066)")  # 300 resamples
 
