@@ -147,6 +147,35 @@ def learning_curves(analysis: Analysis) -> list[Figure]:
     return figures
 
 
+EPOCH_METRICS = {"val_binary_acc": "binary accuracy", "val_exact_match": "exact-match accuracy",
+                 "val_fnr": "false-negative rate"}
+
+
+def accuracy_over_epochs(analysis: Analysis) -> list[Figure]:
+    """Seed 003's figures, per backbone: inner-validation binary accuracy, exact-match ("absolute") accuracy
+    and false-negative rate at 0.5 by epoch, of each cell's selected trials (a line per fold)."""
+    trials, curves = analysis.data.trials, analysis.data.curves
+    selected = trials[trials.selected == 1]
+    if selected.empty or curves.empty or curves[list(EPOCH_METRICS)].isna().all().all():
+        return []
+    figures = []
+    for backbone, part in selected.groupby("backbone", sort=True):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for i, ((recipe, variant), cell) in enumerate(part.groupby(["recipe", "variant"], sort=True)):
+            for j, trial_id in enumerate(cell.trial_id):
+                c = curves[curves.trial_id == trial_id]
+                for ax, column in zip(axes, EPOCH_METRICS):
+                    ax.plot(c.epoch, c[column], color=f"C{i % 10}", lw=1,
+                            label=_cell_name(recipe, variant) if j == 0 and ax is axes[0] else None)
+        for ax, (column, name) in zip(axes, EPOCH_METRICS.items()):
+            ax.set(xlabel="epoch", ylabel=f"validation {name}", title=f"{name.capitalize()}: {backbone}")
+        axes[0].legend(fontsize=6)
+        figures.append(Figure(f"accuracy_over_epochs_{backbone}", f"Accuracy and false negatives over epochs: {backbone}",
+                              _png(fig), "Inner validation at a 0.5 threshold, per epoch of the selected trial of "
+                                         "each fold (seed 003's figures)."))
+    return figures
+
+
 def learning_rate_study(analysis: Analysis) -> list[Figure]:
     """Seed 003's learning-rate study, per backbone: validation loss by epoch of every trial coloured by
     its learning rate, and each trial's best validation AUC against its learning rate."""
@@ -175,6 +204,6 @@ def learning_rate_study(analysis: Analysis) -> list[Figure]:
 def all_figures(analysis: Analysis) -> list[tuple[str, list[Figure]]]:
     return [("Backbone model selection", backbone_bars(analysis)),
             ("ROC and precision-recall curves", roc_pr_curves(analysis) + per_class_roc(analysis)),
-            ("Learning curves", learning_curves(analysis)),
+            ("Learning curves", learning_curves(analysis) + accuracy_over_epochs(analysis)),
             ("Learning-rate study", learning_rate_study(analysis))]
 

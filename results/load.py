@@ -115,10 +115,12 @@ def load(url: str, name: str | None = None) -> SweepData:
              AND th.metric = 'threshold' AND th.class_name = o.class_name
         WHERE o.sweep = {q}""")
     curves = run_query(url, f"""
-        SELECT c.trial_id, c.epoch, c.train_loss, c.val_loss, c.val_auc, c.lr FROM learning_curves c
+        SELECT c.trial_id, c.epoch, c.train_loss, c.val_loss, c.val_auc, c.lr, c.val_binary_acc, c.val_exact_match,
+               c.val_fnr FROM learning_curves c
         JOIN trial_summary t ON t.trial_id = c.trial_id WHERE t.sweep = {q} ORDER BY c.trial_id, c.epoch""")
     for frame in (metrics, predictions, curves):  # NULL (undefined) comes back as None in object columns
-        for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr"):
+        for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
+                       "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
                 frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     folds = [int(f) for f in (_json(sweep.get("folds")) or [])]

@@ -13,20 +13,23 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
+CURVE_METRICS = ("val_binary_acc", "val_exact_match", "val_fnr")  # learning_curves' per-epoch seed-003 metrics
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
                   3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
                      "(cell_id) instead of repeating backbone, recipe and variant",
                   4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)",
                   5: "cells.weights_file and cells.weights_sha256: the ImageNet weights file a cell starts from",
-                  6: "sweeps.split and sweeps.folds_sha256: which split the target's test parts come from"}
+                  6: "sweeps.split and sweeps.folds_sha256: which split the target's test parts come from",
+                  7: "learning_curves.val_binary_acc, val_exact_match and val_fnr: seed 003's curves over epochs"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
               5: ["ALTER TABLE cells ADD COLUMN weights_file VARCHAR(300)",
                   "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"],
-              6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"]}
+              6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"],
+              7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -112,6 +115,10 @@ class LearningCurve(Base):
     val_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_ap: Mapped[float | None] = mapped_column(Float, nullable=True)
     lr: Mapped[float | None] = mapped_column(Float, nullable=True)  # the optimiser's rate in that epoch
+    # seed 003's curves, on inner validation at a 0.5 threshold: binary accuracy, exact match, false-negative rate
+    val_binary_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_exact_match: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_fnr: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 

@@ -19,8 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from results.schema import (MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, LearningCurve,
-                            Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
+from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
+                            LearningCurve, Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -272,7 +272,8 @@ class ResultsStore:
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             row = {"trial_id": trial_id, "epoch": int(result["epoch"]), "seconds": _finite(result.get("epoch_seconds")),
-                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap", "lr")}}
+                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap", "lr",
+                                                          *CURVE_METRICS)}}
             upsert(conn, LearningCurve.__table__, [row], ["trial_id", "epoch"])
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))

@@ -120,6 +120,13 @@ def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_record
     assert run_query(db, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [["random", digest]]
 
 
+def test_learning_curves_hold_seed_003s_metrics_for_every_epoch(tiny_sweep):
+    _, db, _ = tiny_sweep
+    curves = run_query(db, "SELECT COUNT(*) AS n, COUNT(val_binary_acc) AS acc, COUNT(val_exact_match) AS exact "
+                           "FROM learning_curves")
+    assert curves.iloc[0].tolist() == [curves.n[0]] * 3 and curves.n[0] > 0
+
+
 def test_storage_keeps_one_slim_checkpoint_per_completed_trial_and_none_of_a_pruned_one(tiny_sweep):
     home, db, _ = tiny_sweep
     trials = run_query(db, "SELECT trial_key, status, checkpoint FROM sweep_trials")

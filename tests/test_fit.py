@@ -38,6 +38,7 @@ def _run(cfg, **kwargs):
 def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepared_dir):
     reports = _run(_config(prepared_dir))
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert all(np.isfinite(m[k]) for m, _ in reports for k in ("val_binary_acc", "val_exact_match", "val_fnr"))
     assert all("test_auc" not in m for m, _ in reports[:-1])  # the test fold is not looked at while training
     final, state = reports[-1]
     assert final["completed"] and final["stop_reason"] == "epochs"

@@ -160,7 +160,7 @@ def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_pat
         assert (out / "tables" / f"{stem}.tex").read_text().startswith("\\begin{table}")
         assert len(pd.read_csv(out / "tables" / f"{stem}.csv")) > 0
     for stem in ("backbone_selection_auc", "backbone_selection_ap", "backbone_selection_hamming", "roc_pr_resnet50",
-                 "learning_curves_resnet50", "learning_rate_densenet121"):
+                 "learning_curves_resnet50", "learning_rate_densenet121", "accuracy_over_epochs_resnet50"):
         assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -256,3 +256,12 @@ def test_the_sweep_driver_writes_the_report_with_its_data_sets_and_survives_a_re
     printed = capsys.readouterr().out
     assert "the report could not be made (QueryError: no sweep named 'nope'" in printed
     assert f"python -m results.report --db {url} --sweep nope" in printed
+
+
+def test_seed_003s_curves_over_epochs_are_stored_per_epoch_and_drawn(handmade):
+    url, _ = handmade
+    curves = load(url, "handmade").curves
+    assert (curves.val_exact_match == 0.2 + 0.1 * curves.epoch).all() and (curves.val_fnr == 0.5 / curves.epoch).all()
+    built = build(url, "handmade", n_boot=20)
+    keys = [f.key for _, _, figures in built.sections for f in figures]
+    assert "accuracy_over_epochs_resnet50" in keys and "accuracy_over_epochs_densenet121" in keys

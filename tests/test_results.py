@@ -150,8 +150,8 @@ def _refused_and_unchanged(url, sql):
 
 
 @pytest.mark.parametrize("version, expected", [
-    ("99", "schema version 99; this code writes version 6"),
-    ("2", "schema version 2, older than this code's 6 .*cells, test_predictions.*no migration from it"),
+    ("99", "schema version 99; this code writes version 7"),
+    ("2", "schema version 2, older than this code's 7 .*cells, test_predictions.*no migration from it"),
 ])
 def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, version, expected):
     store = ResultsStore(engine_url)
@@ -164,7 +164,7 @@ def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, v
 
 def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     """Through every later version: 4 added sweep_trials.checkpoint, 5 the cells' weights columns, 6 the
-    sweep's split and folds hash."""
+    sweep's split and folds hash, 7 seed 003's per-epoch curves."""
     from results.schema import VIEWS
 
     store = ResultsStore(engine_url)
@@ -181,6 +181,8 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
         conn.exec_driver_sql("ALTER TABLE cells DROP COLUMN weights_sha256")
         conn.exec_driver_sql("ALTER TABLE sweeps DROP COLUMN split")
         conn.exec_driver_sql("ALTER TABLE sweeps DROP COLUMN folds_sha256")
+        for column in ("val_binary_acc", "val_exact_match", "val_fnr"):
+            conn.exec_driver_sql(f"ALTER TABLE learning_curves DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE schema_meta SET value = '3' WHERE key = 'schema_version'")
     store.engine.dispose()
     ResultsStore(engine_url).trial_finished(sweep, "t1", "PRUNED", None, None, checkpoint="/ray/old/t1/checkpoint_1")
@@ -189,7 +191,7 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     cells = run_query(engine_url, "SELECT backbone, weights_file, weights_sha256 FROM cells")
     assert cells.to_dict("records") == [{"backbone": "resnet18", "weights_file": None, "weights_sha256": None}]
     assert run_query(engine_url, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [[None, None]]
-    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "6"
+    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "7"
 
 
 def test_bad_db_urls_are_clear_errors(tmp_path):

@@ -181,6 +181,7 @@ class _Run:
         self.scheduler.step(val["auc"])
         return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                 "val_ap": val["ap"], "val_hamming": val["hamming"], "val_binary_acc": val["binary_acc"],
+                "val_exact_match": val["exact_match"], "val_fnr": val["fnr"],
                 "lr": self.optimizer.param_groups[0]["lr"], "best_epoch": self.stopper.best_epoch,
                 "best_val_auc": self.stopper.best, "epoch_seconds": time.perf_counter() - started,
                 "train_images_per_second": len(self.split.train) / trained,
