@@ -86,7 +86,8 @@ def dry_run(spec: SweepSpec, given: dict[str, str] | None = None, tflops: float 
         if stage is not None:
             stages.setdefault(stage, set()).add(name)
         if parts is not None:
-            forward = estimate.forward_flops(config.backbone, spec.data.size, 2 if config.strategy == "mixed" else 1)
+            forward = estimate.forward_flops(config.backbone, config.input_size or spec.data.size,
+                                             2 if config.strategy == "mixed" else 1)
             fine_tune_flops += plan.n_trials * estimate.fit_flops(forward, parts, config.epochs)
     jobs = pretraining_jobs(set(stages))
     stage_flops = [_stage_flops(job, spec.data.size, counts, spec.train.val_fraction) for job in jobs]

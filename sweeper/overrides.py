@@ -51,6 +51,7 @@ def _put(raw: dict, path: tuple[str, ...], value, shown: str) -> None:
 def smoke(raw: dict) -> dict:
     """The spec's table shrunk for a smoke run (a new table; `raw` is left as it was)."""
     out = copy.deepcopy(raw)
+    _shrink_input_sizes(out, SMOKE[("data", "size")] / out.get("data", {}).get("size", SMOKE[("data", "size")]))
     for path, value in SMOKE.items():
         if path[:2] == ("data", "folds") and out.get("data", {}).get("holdout"):
             continue  # a holdout is one fold already
@@ -67,6 +68,20 @@ def smoke(raw: dict) -> dict:
     if out.get("grid", {}).get("fold"):
         out["grid"]["fold"] = [f for f in out["grid"]["fold"] if f < 2] or [0]
     return out
+
+
+def _shrink_input_sizes(raw: dict, ratio: float) -> None:
+    """Scale every input_size (the [train] value, the grid axis and the exclude rules naming one) with the
+    data: a 224 px input at data.size 256 becomes 28 px at the smoke run's 32."""
+    scaled = (lambda side: max(16, round(side * ratio)) if isinstance(side, int) else side)
+    if "input_size" in raw.get("train", {}):
+        raw["train"]["input_size"] = scaled(raw["train"]["input_size"])
+    grid = raw.get("grid", {})
+    if isinstance(grid.get("input_size"), list):
+        grid["input_size"] = [scaled(side) for side in grid["input_size"]]
+    for rule in grid.get("exclude", []):
+        if "input_size" in rule:
+            rule["input_size"] = scaled(rule["input_size"])
 
 
 def _phantom_for(source: str) -> str:

@@ -74,6 +74,8 @@ class Train(Strict):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always has one); "
                                                       "a retried trial redoes the epochs since its last")
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    input_size: int | None = Field(None, ge=16, description="the side the model sees, resized from data.size on "
+                                                           "the device; a grid axis gives each backbone its own")
     augment: dict[str, Any] | None = Field(
         None, description="trainables.augment.AugmentConfig fields ({} for its defaults); absent: no augmentation")
     seed: int = 0
@@ -225,7 +227,7 @@ class Data(Strict):
 
 SEARCHED = ("lr", "dropout")  # a grid axis over one of these fixes it instead of searching it
 TRAIN_AXES = ("epochs", "batch_size", "loss", "val_fraction", "schedule", "schedule_patience", "early_stopping",
-              "precision", "checkpoint_every")
+              "precision", "checkpoint_every", "input_size")
 
 
 class Grid(BaseModel):

@@ -83,7 +83,7 @@ def test_dry_run_text_and_max_concurrent(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "16 cells x 1 fold(s) = 16 studies, 32 fine-tuning trials" in proc.stdout
     assert "0 pretraining job(s)" in proc.stdout and "GPU hours at 75 TFLOP/s" in proc.stdout
-    assert "alexnet_style/scratch/loss=weighted_bce,lr=0.0001: regular from scratch" in proc.stdout
+    assert "alexnet_style/scratch/loss=weighted_bce,lr=0.0001,input_size=256: regular from scratch" in proc.stdout
 
 
 @pytest.mark.parametrize("args, expected", [

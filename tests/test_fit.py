@@ -239,3 +239,18 @@ def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_rea
     size = (lambda state: sum(t.numel() * t.element_size() for t in state.values()))
     assert size(final["best_model"]) < 0.51 * size(training["model"])  # half precision
     assert all(t.dtype == torch.float16 for t in final["best_model"].values() if t.is_floating_point())
+
+
+def test_input_size_resizes_what_the_model_sees_and_predict_rebuilds_it_so(prepared_dir):
+    from trainables.predict import TrainedModel
+
+    reports = _run(_config(prepared_dir, epochs=1, input_size=48))
+    final, state = reports[-1]
+    assert final["completed"] and state["config"]["input_size"] == 48
+    trained = TrainedModel.from_state(state, "cpu")
+    assert trained.model.input_size == 48
+    data = PreparedDataset(prepared_dir)
+    test = data.split(0, 0.2, seed=0).test
+    again = engine.predict(trained.model, ImageFeed(data.images, torch.device("cpu")), test, 8,
+                           engine.Precision.choose("fp32", torch.device("cpu")))
+    np.testing.assert_allclose(again, state["predictions"]["test"]["probs"].numpy(), atol=1e-5)

@@ -129,3 +129,14 @@ def test_models_are_deterministic_given_the_seed(backbone):
             outputs.append(model(torch.ones(1, 1, 32, 32)))
     assert torch.equal(*outputs)
     assert np.isfinite(outputs[0].numpy()).all()
+
+
+def test_a_classifier_with_an_input_size_feeds_its_branches_images_of_that_side():
+    model = Classifier([build_branch("resnet18", "scratch")], 2, 0.0, input_size=24).eval()
+    seen = {}
+    model.branches[0].trunk[0].register_forward_pre_hook(lambda m, inp: seen.__setitem__("shape", inp[0].shape))
+    model(torch.rand(3, 1, 32, 32))
+    assert seen["shape"] == (3, 1, 24, 24)
+    model.input_size = None
+    model(torch.rand(3, 1, 32, 32))
+    assert seen["shape"] == (3, 1, 32, 32)

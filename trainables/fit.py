@@ -58,6 +58,7 @@ class FitConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     feed: str = "auto"  # auto | resident | stream
+    input_size: int | None = None  # the side the model sees (images resized on the device); None: the data's
 
     def __post_init__(self):
         object.__setattr__(self, "pretrain_dirs", tuple(self.pretrain_dirs or ()))
@@ -130,6 +131,7 @@ class _Run:
         cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")
         model = build_recipe_model(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(self.data.label_names),
                                    cfg.dropout, cache, self.device, log)
+        model.input_size = cfg.input_size
         self.model = model.to(self.device, memory_format=torch.channels_last if self.precision.channels_last
                               else torch.preserve_format)
         self.optimizer = engine.adam(self.model.parameters(), cfg.lr)

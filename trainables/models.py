@@ -100,15 +100,24 @@ def build_branch(backbone: str, init: str = "scratch", weights: bool = True) -> 
 
 
 class Classifier(nn.Module):
-    """branches -> concatenated pooled features -> dropout -> linear (K logits)."""
+    """branches -> concatenated pooled features -> dropout -> linear (K logits).
 
-    def __init__(self, branches: list[Branch], num_classes: int, dropout: float):
+    `input_size`: the side the branches see; images of another size are resized on the device first
+    (antialiased bilinear), so one prepared data set can feed backbones that want different inputs
+    (seed 003: 256 px for the AlexNet-style network, 224 px for MobileNet). None: as they come.
+    """
+
+    def __init__(self, branches: list[Branch], num_classes: int, dropout: float, input_size: int | None = None):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(sum(b.n_features for b in branches), num_classes)
+        self.input_size = input_size
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
+        if self.input_size and grey.shape[-2:] != (self.input_size, self.input_size):
+            grey = nn.functional.interpolate(grey, size=(self.input_size, self.input_size), mode="bilinear",
+                                             align_corners=False, antialias=True)
         features = [branch(grey) for branch in self.branches]
         return self.head(self.dropout(features[0] if len(features) == 1 else torch.cat(features, dim=1)))
 

@@ -61,6 +61,7 @@ class TrainedModel:
         label_names = list(manifest["label_names"])
         model = recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(label_names), cfg.dropout)
         model.load_state_dict(state["best_model"], strict=True)
+        model.input_size = cfg.input_size
         chosen = choose_device(device)
         return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
                    thresholds=np.asarray(state["final_metrics"]["thresholds"], dtype=np.float64),
