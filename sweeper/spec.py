@@ -111,11 +111,21 @@ class Recipe(Strict):
 
 class Phantom(Strict):
     n_patients: int = Field(120, ge=4)
-    image_px: int = Field(128, ge=16, description="largest side of the generated films")
+    image_px: int | Literal["real"] = Field(128, description="largest side of the generated films, or 'real' for "
+                                                             "the real sources' sizes (seed 000: 1,536-2,688 px)")
     prevalence: float | Literal["real"] = Field(
         0.3, description="share of films positive for each label, or 'real' for the real sources' shares "
-                         "(rare labels then need many patients)")
+                         "(seed 000's table, NIH's and CheXpert's; rare labels then need many patients)")
+    label_noise: float = Field(0.0, ge=0, lt=0.5, description="share of positive labels written negative (and as "
+                                                               "many negatives positive): noisier sources")
     seed: int = 0
+
+    @field_validator("image_px")
+    @classmethod
+    def _side(cls, value):
+        if value != "real" and value < 16:
+            raise ValueError("must be at least 16 pixels, or 'real'")
+        return value
 
     @field_validator("prevalence")
     @classmethod

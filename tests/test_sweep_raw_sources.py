@@ -115,3 +115,21 @@ def test_a_source_option_is_checked_by_its_kinds_model_once_the_spec_names_the_k
     with pytest.raises(SpecError, match="prepare.target.preset: not an option of target sources; their options: "
                                         "\\['mapping', 'discarded_only'\\]"):
         _spec("target:/nowhere", '[data.prepare.target]\npreset = "seed003"\n')
+
+
+def test_the_specs_phantom_options_reach_the_generator(tmp_path):
+    """label_noise flips written labels (the films stay), image_px = 'real' keeps the real film sizes."""
+    spec = (lambda extra: parse_spec(SPEC.format(target="phantom", prepare="").replace(
+        "folds = 3", f"folds = 3\nphantom = {{ n_patients = 12, image_px = 64, seed = 4{extra} }}")))
+    clean = ensure_datasets(spec(""), tmp_path / "clean", log=lambda *_: None, given={"nih": "phantom:nih"})
+    noisy = ensure_datasets(spec(", label_noise = 0.3"), tmp_path / "noisy", log=lambda *_: None,
+                            given={"nih": "phantom:nih"})
+    (raw_clean,) = (tmp_path / "clean" / "phantom").glob("target-*")
+    (raw_noisy,) = (tmp_path / "noisy" / "phantom").glob("target-*-noise0.3")
+    findings = [pd.read_csv(raw / "labels.csv")["findings"] for raw in (raw_clean, raw_noisy)]
+    assert len(findings[0]) == len(findings[1]) and (findings[0] != findings[1]).any()
+    assert PreparedDataset(clean["target"]).dataset_id != PreparedDataset(noisy["target"]).dataset_id
+    assert parse_spec(SPEC.format(target="phantom", prepare="").replace(
+        "folds = 3", 'folds = 3\nphantom = { image_px = "real" }')).data.phantom.image_px == "real"
+    with pytest.raises(SpecError, match="must be at least 16 pixels, or 'real'"):
+        parse_spec(SPEC.format(target="phantom", prepare="").replace("folds = 3", "folds = 3\nphantom = { image_px = 8 }"))
