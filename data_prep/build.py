@@ -318,7 +318,7 @@ def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, para
     folds = pd.read_csv(work / "folds.csv")
     test_patients = set(labels["patient_key"][folds["fold"] == 0])
     return {"images": len(kept), "rejected": len(progress.rejected), "duplicates": len(progress.duplicates),
-            "patients": int(labels["patient_key"].nunique()), "folds_sha256": _sha256_file(work / "folds.csv"),
+            "patients": int(labels["patient_key"].nunique()),
             "test_patients_also_in_training": len(test_patients & set(labels["patient_key"][folds["fold"] != 0])),
             "positives": {n: int(labels[n].sum()) for n in names},
             "masked": {n: int(labels[n].isna().sum()) for n in names}}

@@ -1,6 +1,7 @@
 """Reading side of a prepared data set: what trainables may import from data_prep."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,9 @@ class PreparedDataset:
         return "official" if params.get("split") == "official" else "holdout" if params.get("holdout") else "random"
 
     @property
-    def folds_sha256(self) -> str | None:
+    def folds_sha256(self) -> str:
         """The SHA-256 of folds.csv: two results share their test parts only when this agrees."""
-        return self.manifest.get("counts", {}).get("folds_sha256")
+        return hashlib.sha256((self.root / "folds.csv").read_bytes()).hexdigest()
 
     @property
     def is_holdout(self) -> bool:

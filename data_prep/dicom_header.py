@@ -105,11 +105,14 @@ def read_header(ds: Dataset) -> Header:
 
 
 def patient_id(ds: Dataset) -> str | None:
-    value = _value(ds, "PatientID")
-    if value is None:
+    """The PatientID when it is one text value; else None, never a rejection and never quoted (it is an
+    identifier): the label table's patient column is then needed, and the builder says so."""
+    try:
+        value = ds["PatientID"].value if "PatientID" in ds else None
+    except Exception:  # noqa: BLE001 - an unreadable ID is no ID; its text must not reach a message
         return None
-    if not isinstance(value, str):
-        raise ImageRejected(f"PatientID {_shown(value)}; expected one text value")
+    if not isinstance(value, str):  # several values (MRN1\\MRN2), bytes, ...: not one ID
+        return None
     return value.strip() or None
 
 

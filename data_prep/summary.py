@@ -70,10 +70,18 @@ def _overview(data: PreparedDataset, table: pd.DataFrame) -> dict:
     return {"data set": data.root.name, "kind": params.get("source", {}).get("kind", "?"),
             "images": len(table), "patients": int(table["patient_key"].nunique()), "labels": len(data.label_names),
             "size": f"{m['size']} px, {params.get('bits', 8)}-bit",
-            "split": "holdout " + "/".join(str(round(100 * f)) for f in params["holdout"]) if params.get("holdout")
-            else f"{data.num_folds} patient-grouped outer folds",
+            "split": _split_text(data, params),
             "rejected": counts.get("rejected", 0), "listed but not found (of the rejected)": counts.get("missing", 0),
             "duplicates removed": counts.get("duplicates", 0)}
+
+
+def _split_text(data: PreparedDataset, params: dict) -> str:
+    if data.split_name == "official":
+        return "official: the source's own test set as the one fold's test part (" + \
+            ", ".join(data.manifest.get("label_stats", {}).get("official_split", {})) + ")"
+    if data.split_name == "holdout":
+        return "holdout " + "/".join(str(round(100 * f)) for f in params["holdout"])
+    return f"{data.num_folds} patient-grouped outer folds"
 
 
 def _steps(manifest: dict, built: pd.Series) -> pd.DataFrame:

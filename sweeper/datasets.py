@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.build import BuildParams, build, locate_listed
+from data_prep.locate import locate
 from data_prep.dataset import PreparedDataset
 from data_prep.sources import KINDS
 from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
@@ -80,15 +81,13 @@ def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
         raise SpecError(f"{key}: {table} cannot be read as a CSV ({exc})") from None
     if kind != "target" or "file" not in header.columns:  # or images named by UID: found by their headers
         return given if given.is_dir() else table.parent
-    if header.empty:
-        raise SpecError(f"{key}: {table} has no rows")
-    first = str(header["file"].iloc[0])
-    candidates = [table.parent, table.parent / "images", table.parent.parent]
-    for root in candidates:
-        if (root / first).is_file():
-            return root
+    files = pd.read_csv(table, usecols=["file"], dtype=str, keep_default_na=False, nrows=100)["file"].tolist()
+    candidates = [root for root in (table.parent, table.parent / "images", table.parent.parent) if root.is_dir()]
+    found = [len(files) - len(locate("target", root, files).missing) for root in candidates]
+    if max(found, default=0) > 0:  # the folder that holds most of the first rows' images (as data_prep finds them)
+        return candidates[found.index(max(found))]
     # named by row and column, not by its file name, which can carry a patient identifier (DESIGN.md 5)
-    raise SpecError(f"{key}: the image in row 2 of {table} (column 'file') is in none of "
+    raise SpecError(f"{key}: none of the first {len(files)} images of {table} (column 'file') is in "
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 
 
@@ -104,23 +103,16 @@ def _raw(kind: str, location: str, name: str, key: str, spec: SweepSpec, home: P
     return build(root, table, home / "prepared", _params(spec, name, kind, key == "data.target"), name=name, log=log)
 
 
-def raw_images(spec: SweepSpec, name: str, kind: str, location: str, check: bool = False) -> tuple[int, int]:
-    """(images found, images listed) of a raw `KIND:FOLDER` location, read as its build will read it; with
-    `check`, DataPrepError where its build would stop (more than 1% missing, allow_missing off)."""
+def raw_images(spec: SweepSpec, name: str, kind: str, location: str,
+               check: bool = False) -> tuple[int, int, Path]:
+    """(images found, images listed, label table) of a raw `KIND:FOLDER` location, read as its build will read
+    it; with `check`, DataPrepError where its build would stop (more than 1% missing, allow_missing off)."""
     key = data_key(name)
     table, root = raw_source(kind, location, key)
     params = _params(spec, name, kind, key == "data.target")
     _, located = locate_listed(root, table, params.source, allow_missing=params.allow_missing or not check,
                                split=params.split)
-    return len(located.paths) - len(located.missing), len(located.paths)
-
-
-def check_raw_sources(spec: SweepSpec, found: dict[str, str]) -> None:
-    """Before Ray starts: every raw `KIND:FOLDER` location must hold its listed images (data_prep.locate)."""
-    for name, location in found.items():
-        kind, colon, rest = location.partition(":")
-        if colon and kind in KINDS:
-            raw_images(spec, name, kind, rest, check=True)
+    return len(located.paths) - len(located.missing), len(located.paths), table
 
 
 def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:

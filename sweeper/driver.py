@@ -19,7 +19,7 @@ from results.store import ResultsStore, StoreError
 from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
 from sweeper.explain_sections import explanation_sections
-from sweeper.datasets import check_raw_sources, ensure_datasets, locations
+from sweeper.datasets import ensure_datasets, locations
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
@@ -169,7 +169,7 @@ def _filesystem(path: str):
 
 def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> None:
     """A local Ray, or the cluster at --address. Every worker imports the trainables as it starts
-    (trainables.warm), while the driver checks or builds the data sets and plans the sweep."""
+    (trainables.warm), while the driver plans the sweep."""
     ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
              include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
              runtime_env={"worker_process_setup_hook": "trainables.warm.import_trainables"})
@@ -181,13 +181,14 @@ def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> No
 
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
     store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
-    check_raw_sources(spec, locations(spec, options.data))  # and so does a missing location or most images missing
+    locations(spec, options.data)  # and so does a missing data location
     imagenet = preflight(spec, spec_arg)  # and every ImageNet weights file the grid needs, listed at once
+    # and a raw source missing most of its images: data sets are built (or found built) before Ray starts
+    data = ensure_datasets(spec, options.home, given=options.data)
     r = spec.resources
     max_concurrent = options.max_concurrent or r.max_concurrent
     _start_ray(options, r, max_concurrent)
     try:
-        data = ensure_datasets(spec, options.home, given=options.data)
         cache = options.home / "pretrained"
         plans = study_plans(spec, data, pretrain_cache=cache)
         stages = attach_stages(plans, cache)

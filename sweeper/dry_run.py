@@ -16,7 +16,7 @@ from data_prep.sources import KINDS
 from data_prep.locate import MISSING_TOLERANCE
 from data_prep.phantom import PhantomOptions
 from sweeper import estimate
-from sweeper.datasets import data_key, located, raw_images, raw_source
+from sweeper.datasets import located, raw_images
 from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec
 from sweeper.weights import cache_status
@@ -33,9 +33,9 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
         low, high = PhantomOptions.images_per_patient
         return round(spec.data.phantom.n_patients * (low + high) / 2), "phantom settings (expected)"
     if colon and scheme in KINDS:
-        found, listed = raw_images(spec, name, scheme, rest)
+        found, listed, table = raw_images(spec, name, scheme, rest)
         stops = listed - found > MISSING_TOLERANCE * listed
-        return found, (f"found of {listed} listed in {raw_source(scheme, rest, data_key(name))[0]}"
+        return found, (f"found of {listed} listed in {table}"
                        + ("; a real run stops: more than 1% missing (allow_missing builds anyway)" if stops else ""))
     if location:
         return int(read_manifest(Path(location).expanduser())["counts"]["images"]), "prepared manifest"

@@ -49,10 +49,11 @@ def _put(raw: dict, path: tuple[str, ...], value, shown: str) -> None:
     table[path[-1]] = value
 
 
-def smoke(raw: dict) -> dict:
-    """The spec's table shrunk for a smoke run (a new table; `raw` is left as it was)."""
+def smoke(raw: dict, default_size: int) -> dict:
+    """The spec's table shrunk for a smoke run (a new table; `raw` is left as it was); `default_size` is
+    data.size where the spec leaves it out."""
     out = copy.deepcopy(raw)
-    _shrink_input_sizes(out, SMOKE[("data", "size")] / out.get("data", {}).get("size", SMOKE[("data", "size")]))
+    _shrink_input_sizes(out, SMOKE[("data", "size")] / out.get("data", {}).get("size", default_size))
     for path, value in SMOKE.items():
         if path[:2] == ("data", "folds") and out.get("data", {}).get("holdout"):
             continue  # a holdout is one fold already
@@ -62,6 +63,7 @@ def smoke(raw: dict) -> dict:
     data = out.setdefault("data", {})
     if not data.get("target"):
         data["target"] = "phantom"
+        data.pop("split", None)  # the phantom target has no official split of its own
     data["sources"] = {name: where or _phantom_for(name) for name, where in data.get("sources", {}).items()}
     for recipe in out.get("recipes", {}).values():
         if recipe.get("sources"):
@@ -91,9 +93,9 @@ def _phantom_for(source: str) -> str:
     return f"phantom:{source if source in PHANTOM_KINDS else 'nih'}"
 
 
-def apply(raw: dict, overrides: list[str], smoke_run: bool) -> dict:
+def apply(raw: dict, overrides: list[str], smoke_run: bool, default_size: int) -> dict:
     """`raw` after --smoke (if asked) and then each --set, in order."""
-    out = smoke(raw) if smoke_run else raw
+    out = smoke(raw, default_size) if smoke_run else raw
     for text in overrides:
         path, value = parse_override(text)
         _put(out, path, value, text)

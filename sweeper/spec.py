@@ -426,7 +426,7 @@ def load_spec(name_or_path: str, overrides: list[str] = (), smoke: bool = False)
     if not overrides and not smoke:
         return parse_spec(text, origin), text
     try:
-        raw = apply(tomllib.loads(text), list(overrides), smoke)
+        raw = apply(tomllib.loads(text), list(overrides), smoke, Data.model_fields["size"].default)
     except (tomllib.TOMLDecodeError, OverrideError) as exc:
         raise SpecError(f"{origin}: {exc}") from None
     shown = " ".join(["--smoke"] * smoke + [f"--set {o}" for o in overrides])

@@ -237,3 +237,18 @@ def test_pydicoms_truncated_file_is_rejected():
     (path,) = _pydicom_test_files("MR_truncated.dcm")
     with pytest.raises(ImageRejected, match="PixelData holds"):
         read_dicom(path)
+
+
+def test_a_patient_id_of_several_values_is_no_id_and_never_quoted(tmp_path):
+    """A PACS can write MRN1\\MRN2: the film still decodes; the label table's patient column is then needed."""
+    from pydicom.data import get_testdata_file
+
+    from data_prep.decode import decode_and_resize
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientID = ["MRN-PLANTED-1", "MRN-PLANTED-2"]
+    ds.save_as(tmp_path / "two_ids.dcm")
+    image, patient = read_dicom(tmp_path / "two_ids.dcm")
+    assert patient is None and image.shape == (128, 128)
+    decoded = decode_and_resize(tmp_path / "two_ids.dcm", 16)
+    assert decoded.reason is None and "MRN-PLANTED" not in repr(decoded)

@@ -216,8 +216,8 @@ def test_a_sweep_finds_each_layout_from_the_folder_and_its_dry_run_counts_what_i
     nih, chexpert = tmp_path / "nih", tmp_path / "chexpert"
     _nih(nih, nih_rows, "kaggle")
     aimi = _chexpert(chexpert, "aimi")
-    assert raw_images(spec, "nih", "nih", str(nih), check=True) == (N_NIH, N_NIH)
-    assert raw_images(spec, "chexpert", "chexpert", str(chexpert), check=True) == (len(pd.read_csv(aimi)),) * 2
+    assert raw_images(spec, "nih", "nih", str(nih), check=True)[:2] == (N_NIH, N_NIH)
+    assert raw_images(spec, "chexpert", "chexpert", str(chexpert), check=True)[:2] == (len(pd.read_csv(aimi)),) * 2
     for number in range(1, 12):  # the first 11 archives not extracted
         for png in (nih / f"images_{number:03d}" / "images").glob("*.png"):
             png.unlink()
@@ -261,7 +261,6 @@ def test_chexperts_official_split_tests_on_its_valid_csv(tmp_path, layout):
     assert (data.folds == 0).sum() == len(valid) and (data.folds == -1).sum() == len(pd.read_csv(table))
     split = data.split(0)
     assert len(split.test) == len(valid) and not set(data.patient_keys[split.test]) & set(data.patient_keys[split.train])
-    assert data.folds_sha256 == hashlib.sha256((out / "folds.csv").read_bytes()).hexdigest()
     assert set(data.manifest["label_stats"]["official_split"]) == {table.name, str(next(root.rglob("valid.csv"))
                                                                                    .relative_to(table.parent))}
 

@@ -277,3 +277,12 @@ def test_smoke_keeps_every_cell_and_stage_and_shrinks_the_rest(name):
                                                                                  ("mobilenet_v2", 28)}
     later, _ = load_spec(name, ["train.epochs=3"], smoke=True)  # --set applies after --smoke
     assert later.train.epochs == 3
+
+
+def test_smoke_of_a_spec_with_the_official_split_and_no_size_runs_on_the_phantom(tmp_path):
+    path = tmp_path / "official.toml"
+    path.write_text('name = "o"\n[data]\ntarget = ""\nsplit = "official"\n[grid]\nbackbone = ["resnet18"]\n'
+                    'recipe = ["s"]\ninput_size = [64]\n[recipes.s]\n')
+    spec, _ = load_spec(str(path), smoke=True)
+    assert spec.data.target == "phantom" and spec.data.split == "random"
+    assert spec.grid.cells()[0]["input_size"] == 32  # the default data.size (64) shrinks to 32, and so does 64

@@ -72,8 +72,6 @@ class FitConfig:
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
-FINAL_STATE = ("config", "epoch")  # a finished trial's checkpoint: these, its best weights (half precision),
-# predictions, final metrics and manifest; a training checkpoint adds the last weights, optimiser, RNGs, ...
 
 
 def choose_device(name: str) -> torch.device:
@@ -103,14 +101,9 @@ HALF_MAX = 60000.0  # a weight beyond fp16's range (65504) keeps full precision
 
 def half_precision(weights: dict) -> dict:
     """Floating-point tensors in fp16 where every value fits, half the size of a finished trial's weights.
-    The trial's final evaluation runs on exactly these values (`_rounded`), so its stored predictions are
+    The trial's final evaluation runs on exactly these values (`fit`), so its stored predictions are
     those of the weights kept: nothing is lost that a later prediction could show."""
     return {k: v.half() if v.is_floating_point() and v.abs().max() <= HALF_MAX else v for k, v in weights.items()}
-
-
-def _rounded(weights: dict) -> dict:
-    """The weights as `half_precision` keeps them, back in their own dtype for computing."""
-    return {k: h.to(weights[k].dtype) for k, h in half_precision(weights).items()}
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict:
@@ -130,8 +123,7 @@ class _Run:
         _require_defined_auc(self.data, self.split.val, cfg)
         cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")
         model = build_recipe_model(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(self.data.label_names),
-                                   cfg.dropout, cache, self.device, log)
-        model.input_size = cfg.input_size
+                                   cfg.dropout, cache, self.device, log, cfg.input_size)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.precision.channels_last
                               else torch.preserve_format)
         self.optimizer = engine.adam(self.model.parameters(), cfg.lr)
@@ -153,7 +145,10 @@ class _Run:
                 "stopper": self.stopper.state_dict(), "best_model": self.best_model, "epoch": self.epoch,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "config": {**asdict(self.cfg), "pretrain_dirs": list(self.cfg.pretrain_dirs)}}
+                "config": self.config_dict()}
+
+    def config_dict(self) -> dict:
+        return {**asdict(self.cfg), "pretrain_dirs": list(self.cfg.pretrain_dirs)}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"], strict=True)
@@ -227,15 +222,16 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
     while run.epoch < cfg.epochs and not (run.epoch and run.stopper.should_stop):
         metrics = run.train_epoch()
         done = run.epoch >= cfg.epochs or run.stopper.should_stop
-        checkpoint = run.state()
-        if done:
-            run.best_model = _rounded(run.best_model)  # evaluated as it is kept (half precision)
-            final, predictions = final_evaluation(run)
-            metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
-            # what is kept of a finished trial: only what predict and the report read (its best weights, the
-            # predictions, and the manifest that sweeper.predict decodes new images with); not the optimiser's
-            # moments and the last weights, three quarters of a training checkpoint (docs in FINAL_STATE)
-            checkpoint = {key: checkpoint[key] for key in FINAL_STATE} | {"best_model": half_precision(run.best_model),
-                "predictions": predictions, "final_metrics": metrics, "manifest": run.data.manifest}
-        report(metrics, checkpoint)
+        if not done:
+            report(metrics, run.state())
+            continue
+        kept = half_precision(run.best_model)
+        run.best_model = {k: v.to(run.best_model[k].dtype) for k, v in kept.items()}  # evaluated as it is kept
+        final, predictions = final_evaluation(run)
+        metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
+        # what is kept of a finished trial: only what predict and the report read (its best weights, the
+        # predictions, and the manifest that sweeper.predict decodes new images with); not the optimiser's
+        # moments and the last weights, three quarters of a training checkpoint
+        report(metrics, {"config": run.config_dict(), "epoch": run.epoch, "best_model": kept,
+                         "predictions": predictions, "final_metrics": metrics, "manifest": run.data.manifest})
     return metrics

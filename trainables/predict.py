@@ -59,9 +59,9 @@ class TrainedModel:
         cfg = fit_config(state["config"])
         manifest = state.get("manifest") or _manifest(cfg.data_dir, source)
         label_names = list(manifest["label_names"])
-        model = recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(label_names), cfg.dropout)
+        model = recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(label_names), cfg.dropout,
+                                    cfg.input_size)
         model.load_state_dict(state["best_model"], strict=True)
-        model.input_size = cfg.input_size
         chosen = choose_device(device)
         return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
                    thresholds=np.asarray(state["final_metrics"]["thresholds"], dtype=np.float64),

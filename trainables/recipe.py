@@ -27,24 +27,27 @@ def check_recipe(strategy: str, sources) -> None:
 
 
 def build_recipe_model(backbone: str, init: str, strategy: str, stage: Stage | None, num_classes: int,
-                       dropout: float, cache_dir: Path, device: torch.device, log=print) -> Classifier:
+                       dropout: float, cache_dir: Path, device: torch.device, log=print,
+                       input_size: int | None = None) -> Classifier:
     """`stage` is the pretraining the recipe needs (None when it has no sources)."""
     check_recipe(strategy, stage.sources if stage else ())
     pretrain = (lambda branch: load_branch(branch, ensure_stage(stage, cache_dir, device, log))) if stage else None
-    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights=True, pretrain=pretrain)
+    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, input_size, weights=True,
+                         pretrain=pretrain)
 
 
 def recipe_architecture(backbone: str, init: str, strategy: str, stage: Stage | None, num_classes: int,
-                        dropout: float) -> Classifier:
+                        dropout: float, input_size: int | None = None) -> Classifier:
     """build_recipe_model's model with untrained weights and no pretraining run: the same branches, each
     with the input adapter of the weights it starts from, for a trained state dict to be loaded into."""
-    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights=False, pretrain=None)
+    return _recipe_model(backbone, init, strategy, stage, num_classes, dropout, input_size, weights=False,
+                         pretrain=None)
 
 
-def _recipe_model(backbone, init, strategy, stage, num_classes, dropout, weights: bool, pretrain) -> Classifier:
+def _recipe_model(backbone, init, strategy, stage, num_classes, dropout, input_size, weights: bool,
+                  pretrain) -> Classifier:
     pretrained = build_branch(backbone, stage.init if stage else init, weights)
     if pretrain is not None:
         pretrain(pretrained)
-    if strategy == "mixed":  # the init branch beside the pretrained one
-        return Classifier([build_branch(backbone, init, weights), pretrained], num_classes, dropout)
-    return Classifier([pretrained], num_classes, dropout)
+    branches = [build_branch(backbone, init, weights), pretrained] if strategy == "mixed" else [pretrained]
+    return Classifier(branches, num_classes, dropout, input_size)  # mixed: the init branch beside the pretrained
