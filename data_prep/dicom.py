@@ -11,7 +11,7 @@
 3. Grey: the PS3.4 pipeline as one table over the stored values (`dicom_lut.grey_table`).
    Colour (RGB; YBR_* converted to RGB by pydicom) becomes grey by luminance.
 4. `read_film` also returns the header's patient facts (sex, age in years, view; `film_facts`).
-See DESIGN.md "things known to bite" for why nothing pydicom returns is trusted unchecked.
+See docs/design.md §4 (traps) for why nothing pydicom returns is trusted unchecked.
 """
 from __future__ import annotations
 

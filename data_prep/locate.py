@@ -15,7 +15,7 @@ core, well under 1% of what decoding the same images costs, so it stays in one p
 
 A build must not silently lack most of its images: `check_missing` stops when more than 1% of the
 listed images are not found, naming the folders searched, the count, examples and the likely cause.
-A hospital's paths, folder names and identifiers are never shown (DESIGN.md decision 5).
+A hospital's paths, folder names and identifiers are never shown (docs/design.md §3.5).
 """
 from __future__ import annotations
 
@@ -294,7 +294,7 @@ def _searched(folders: list[str]) -> str:
 
 def _examples(kind: str, missing: list[int], files: list[str], rows: list[int]) -> str:
     """Three missing rows; a public set's paths are shown, a hospital's are not (file names can carry
-    patient identifiers, DESIGN.md decision 5; nor are UIDs or accession numbers shown)."""
+    patient identifiers, docs/design.md §3.5; nor are UIDs or accession numbers shown)."""
     first = missing[:3]
     if kind == "target":
         return "not found: the images of label-table rows " + ", ".join(str(rows[i]) for i in first)

@@ -1,4 +1,4 @@
-"""Keyed pseudonyms for patient and image identifiers (DESIGN.md decision 5).
+"""Keyed pseudonyms for patient and image identifiers (docs/design.md §3.5).
 
 Keys are HMAC-SHA256 of the original identifier under a secret key that lives outside
 every output (by default ~/.config/cxr-sweep/pseudonym.key, created on first use), so a

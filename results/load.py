@@ -1,6 +1,6 @@
 """Everything a report needs about one sweep, read once through read-only queries.
 
-The report works from a copied DB on a laptop (DESIGN.md: results imports nothing of the
+The report works from a copied DB on a laptop (docs/design.md §2: results imports nothing of the
 other packages), so all it knows comes from these frames: the planned cells and folds,
 each (cell, fold)'s selected trial with its metrics, the pooled out-of-fold test
 predictions, learning curves, and every trial's hyperparameters (for the learning-rate study).

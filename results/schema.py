@@ -137,7 +137,7 @@ class TrialMetric(Base):
 
 class Prediction(Base):
     """A completed trial's probability for one test image and class (for curves and the bootstrap).
-    Keys are data_prep's pseudonyms, never original identifiers (DESIGN.md decision 5)."""
+    Keys are data_prep's pseudonyms, never original identifiers (docs/design.md §3.5)."""
 
     __tablename__ = "test_predictions"  # replaced as a whole per trial (delete, insert): no unique index,
     # which would double the size of the largest table (3.4 M rows for the paper's grid)

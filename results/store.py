@@ -1,5 +1,5 @@
 """Open the results DB and write to it: upserts keyed by trial, so replayed work after a
-resume overwrites instead of duplicating (DESIGN.md decision 4).
+resume overwrites instead of duplicating (docs/design.md §3.4).
 
 SQLite runs in WAL mode with a busy timeout, and writes take the lock up front with
 BEGIN IMMEDIATE. The same code runs on PostgreSQL.
@@ -130,7 +130,7 @@ def upsert(conn, table, rows: list[dict], keys: list[str], keep: tuple[str, ...]
 
 
 class ResultsStore:
-    """The writer side. Only the sweep driver creates one (DESIGN.md decision 4)."""
+    """The writer side. Only the sweep driver creates one (docs/design.md §3.4)."""
 
     def __init__(self, url: str):
         self.url = url

@@ -1,4 +1,4 @@
-"""Writes every trial to the results DB from the driver (DESIGN.md decision 4).
+"""Writes every trial to the results DB from the driver (docs/design.md §3.4).
 
 Ray runs Callback hooks in the driver process, so this is the only writer. The object is
 pickled into Ray's experiment state; the DB connection is opened lazily and never pickled.

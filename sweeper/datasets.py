@@ -86,7 +86,7 @@ def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
     found = [len(files) - len(locate("target", root, files).missing) for root in candidates]
     if max(found, default=0) > 0:  # the folder that holds most of the first rows' images (as data_prep finds them)
         return candidates[found.index(max(found))]
-    # named by row and column, not by its file name, which can carry a patient identifier (DESIGN.md 5)
+    # named by row and column, not by its file name, which can carry a patient identifier (docs/design.md §3.5)
     raise SpecError(f"{key}: none of the first {len(files)} images of {table} (column 'file') is in "
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 

@@ -62,7 +62,7 @@ def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: Result
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=max(1, sum(p.n_trials - p.asked for p in plans)),
             max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
-            reuse_actors=True,  # a new actor per trial costs seconds (DESIGN.md)
+            reuse_actors=True,  # a new actor per trial costs seconds (docs/design.md §4)
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,  # progress comes from ResultsCallback

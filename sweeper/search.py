@@ -1,7 +1,7 @@
 """One Optuna study per (cell, fold), asked and told from a single Ray Tune searcher.
 
 Ray's OptunaSearch keeps one study and cannot take grid_search, so this searcher holds a
-study per (cell, fold) (DESIGN.md decision 3) and lets Ray schedule every trial of the
+study per (cell, fold) (docs/design.md §3.3) and lets Ray schedule every trial of the
 whole grid at once. Trials that ASHA stops are told to Optuna as PRUNED; each study's
 sampler is seeded from its key so cells do not all start from the same learning rates.
 """

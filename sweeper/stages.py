@@ -1,4 +1,4 @@
-"""Pretraining stages of a sweep, trained as Ray tasks of their own (DESIGN.md decision 1).
+"""Pretraining stages of a sweep, trained as Ray tasks of their own (docs/design.md §3.1).
 
 Every unique stage the grid needs is launched at the start (unless its weights are already
 in the cache) with the spec's pretraining resources. The searcher hands out a fine-tuning

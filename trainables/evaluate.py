@@ -1,5 +1,5 @@
 """End-of-trial evaluation: the best-on-validation weights on the outer training part and the
-outer test fold (DESIGN.md decision 2), with the per-image probabilities, truth and
+outer test fold (docs/design.md §3.2), with the per-image probabilities, truth and
 pseudonymous keys the sweeper stores for curves and the patient-clustered bootstrap.
 """
 from __future__ import annotations

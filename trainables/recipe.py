@@ -1,4 +1,4 @@
-"""The fine-tuning model a source recipe describes (DESIGN.md decision 1).
+"""The fine-tuning model a source recipe describes (docs/design.md §3.1).
 
 - regular: one branch from `init`, pretrained on the sources in sequence (none: `init` alone);
 - mixed: a branch from `init` alone beside a branch pretrained on the sources (from the
