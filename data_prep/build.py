@@ -38,7 +38,7 @@ from data_prep.folds import holdout_split, patient_folds
 from data_prep.labels import PREPARED_METADATA
 from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, options_from_args,
                                read_labels, read_official)
-from data_prep.labelset import age_years, sex_of
+from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
@@ -81,21 +81,13 @@ def _hashed(params: BuildParams) -> dict:
     return hashed
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_hashes(files: list[str], paths: list[Path | None], labels_csv: Path) -> dict[str, str]:
     """Hashes of the label CSV and of all listed images (paths as listed and bytes, wherever the layout put
     them), without naming files."""
     images = hashlib.sha256()
     for rel, path in sorted(zip(files, paths), key=lambda pair: pair[0]):
-        images.update(rel.encode() + b"\0" + (_sha256_file(path).encode() if path is not None else b"missing"))
-    return {"labels_csv": _sha256_file(labels_csv), "images": images.hexdigest()}
+        images.update(rel.encode() + b"\0" + (file_sha256(path).encode() if path is not None else b"missing"))
+    return {"labels_csv": file_sha256(labels_csv), "images": images.hexdigest()}
 
 
 def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allow_missing: bool = False,

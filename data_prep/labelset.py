@@ -8,6 +8,7 @@ counts for the manifest. Raw IDs never leave data_prep: the builder writes keyed
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,3 +82,9 @@ def sex_of(values) -> list[str] | str:
     if values is None:
         return ""
     return [SEXES.get(str(v).strip().casefold(), "") for v in values]
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in blocks: what a prepared data set's content address sees of each input."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

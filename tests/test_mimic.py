@@ -164,3 +164,14 @@ def test_mimics_official_split_tests_on_its_split_files_test_images(mimic, tmp_p
     split = pd.read_csv(mimic.parent / "mimic-cxr-2.0.0-split.csv.gz")
     assert data.split_name == "official" and (data.folds == 0).sum() == (split["split"] == "test").sum()
     assert data.manifest["counts"]["test_patients_also_in_training"] == 0
+
+
+def test_a_split_file_that_lists_an_image_twice_is_named(mimic, tmp_path):
+    from data_prep.sources.mimic import official_split
+
+    for table in mimic.parent.glob("*.csv.gz"):
+        (tmp_path / table.name).write_bytes(table.read_bytes())
+    split = pd.read_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz")
+    pd.concat([split, split.head(1)]).to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    with pytest.raises(DataPrepError, match="mimic-cxr-2.0.0-split.csv.gz: dicom_id .* listed more than once"):
+        official_split(tmp_path / mimic.name, MimicOptions())

@@ -7,14 +7,13 @@ definition and one default wherever it is set.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from data_prep.errors import DataPrepError
-from data_prep.labelset import LabelSet
+from data_prep.labelset import LabelSet, file_sha256
 from data_prep.sources import chexpert, mimic, nih, target
 from data_prep.sources.chexpert import ChexpertOptions
 from data_prep.sources.mimic import MimicOptions
@@ -68,13 +67,8 @@ def read_official(path: Path, options: SourceOptions) -> tuple[LabelSet, list[st
         raise DataPrepError(f"{options.kind} sources have no official split; expected split 'random' (kinds with "
                             f"one: {sorted(OFFICIAL)})")
     label_set, files = OFFICIAL[options.kind](Path(path), options)
-    label_set.stats["official_split"] = {name: _sha256(Path(path).parent / name) for name in files}  # in the id
+    label_set.stats["official_split"] = {name: file_sha256(Path(path).parent / name) for name in files}  # in the id
     return label_set, files
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def add_cli_options(parser: argparse.ArgumentParser) -> None:

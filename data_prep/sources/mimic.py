@@ -81,7 +81,9 @@ def official_split(path: Path, options: MimicOptions) -> tuple[LabelSet, list[st
     label_set = read_labels(path, options)
     frame = label_set.frame
     split_path = companion(path, "split")
-    split = read_csv(split_path, ["dicom_id", "split"]).set_index("dicom_id")["split"].str.strip()
+    table = read_csv(split_path, ["dicom_id", "split"])
+    refuse_duplicates(split_path, table["dicom_id"])  # else reindex below fails with pandas' own error
+    split = table.set_index("dicom_id")["split"].str.strip()
     dicom_ids = frame["file"].str.rsplit("/", n=1).str[-1].str.removesuffix(".jpg")
     found = split.reindex(dicom_ids)
     if found.isna().any():
