@@ -38,12 +38,13 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
-    raw = home / "phantom" / (f"{kind}-n{p.n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
+    n_patients = p.n_patients if is_target or p.source_patients is None else p.source_patients
+    raw = home / "phantom" / (f"{kind}-n{n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
                               + (f"-noise{p.label_noise}" if p.label_noise else ""))
     table = raw / TABLES[kind]
     if not table.is_file():
-        log(f"[sweeper] generating phantom {kind} set ({p.n_patients} patients) in {raw}")
-        make_phantom_set(raw, kind=kind, n_patients=p.n_patients, size=None if p.image_px == "real" else p.image_px,
+        log(f"[sweeper] generating phantom {kind} set ({n_patients} patients) in {raw}")
+        make_phantom_set(raw, kind=kind, n_patients=n_patients, size=None if p.image_px == "real" else p.image_px,
                          seed=p.seed + seed_offset, prevalence=None if p.prevalence == "real" else p.prevalence,
                          label_noise=p.label_noise)
     return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", _params(spec, name, kind, is_target),

@@ -31,7 +31,10 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
     scheme, colon, rest = location.partition(":")
     if location == PHANTOM or scheme == PHANTOM:
         low, high = PhantomOptions.images_per_patient
-        return round(spec.data.phantom.n_patients * (low + high) / 2), "phantom settings (expected)"
+        phantom = spec.data.phantom
+        source = name != "target" and phantom.source_patients is not None
+        patients = phantom.source_patients if source else phantom.n_patients
+        return round(patients * (low + high) / 2), "phantom settings (expected)"
     if colon and scheme in KINDS:
         found, listed, table = raw_images(spec, name, scheme, rest)
         stops = listed - found > MISSING_TOLERANCE * listed

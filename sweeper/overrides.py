@@ -16,7 +16,8 @@ SMOKE = {  # key path -> value; a spec's own [resources] are for the real cluste
     ("train", "batch_size"): 8, ("train", "checkpoint_every"): 2, ("asha", "grace_period"): 1,
     ("resources", "cpus_per_trial"): 1, ("resources", "gpus_per_trial"): 0, ("resources", "cpus_per_stage"): 1,
     ("resources", "gpus_per_stage"): 0,
-    ("data", "phantom", "n_patients"): 60, ("data", "phantom", "image_px"): 64,
+    ("data", "phantom", "n_patients"): 60, ("data", "phantom", "source_patients"): 60,
+    ("data", "phantom", "image_px"): 64,
     ("data", "phantom", "prevalence"): 0.3,  # at 60 patients the real shares leave labels without positives
 }
 PHANTOM_KINDS = ("nih", "chexpert")  # the phantom sources data_prep can generate

@@ -111,6 +111,9 @@ class Recipe(Strict):
 
 class Phantom(Strict):
     n_patients: int = Field(120, ge=4)
+    source_patients: int | None = Field(None, ge=4, description="patients of each phantom source (NIH, CheXpert); "
+                                                                "default n_patients. Real sources are far larger "
+                                                                "than a hospital's set, and transfer needs that")
     image_px: int | Literal["real"] = Field(128, description="largest side of the generated films, or 'real' for "
                                                              "the real sources' sizes (seed 000: 1,536-2,688 px)")
     prevalence: float | Literal["real"] = Field(
