@@ -14,9 +14,9 @@ FOLDS_SHA256 = "5f" * 32  # what the sweep records of its target's folds.csv
 N_PATIENTS = 36
 # backbone -> recipe -> (strategy, init, sources, signal strength of its predictions)
 CELLS = {
-    "resnet50": {"imagenet": ("regular", "imagenet", [], 1.6), "nih": ("regular", "scratch", ["nih"], 2.4),
+    "resnet50": {"scratch": ("regular", "scratch", [], 0.3), "imagenet": ("regular", "imagenet", [], 1.6), "nih": ("regular", "scratch", ["nih"], 2.4),
                  "imagenet_nih": ("regular", "imagenet", ["nih"], 1.2), "mixed_nih": ("mixed", "imagenet", ["nih"], 0.2)},
-    "densenet121": {"imagenet": ("regular", "imagenet", [], 1.0), "nih": ("regular", "scratch", ["nih"], 0.8),
+    "densenet121": {"scratch": ("regular", "scratch", [], 1.1), "imagenet": ("regular", "imagenet", [], 1.0), "nih": ("regular", "scratch", ["nih"], 0.8),
                     "imagenet_nih": ("regular", "imagenet", ["nih"], 2.0), "mixed_nih": ("mixed", "imagenet", ["nih"], 1.5)},
 }
 

@@ -15,7 +15,7 @@ from results.render import to_html, to_latex, to_markdown, write
 from results.report import build, main
 from results.store import ResultsStore
 from results.analysis import Analysis
-from results.tables import combination_selection, source_selection
+from results.tables import combination_selection, source_selection, transfer_effect
 from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep
 
 
@@ -58,7 +58,7 @@ def test_source_and_combination_tables_split_the_recipes_as_the_paper_does(handm
     source = {t.key: t for t in source_selection(analysis)}
     combination = {t.key: t for t in combination_selection(analysis)}
     assert sorted(source) == ["source_selection_densenet121", "source_selection_resnet50"]
-    assert set(source["source_selection_resnet50"].display["Dataset"]) == {"ImageNet", "nih"}
+    assert set(source["source_selection_resnet50"].display["Dataset"]) == {"none (scratch)", "ImageNet", "nih"}
     table = combination["combination_selection_resnet50"].display
     assert set(table["Method"]) == {"Regular transfer learning", "Mixed model", "Co-trained"}
     assert "ImageNet + nih" in set(table["Dataset"])
@@ -85,6 +85,24 @@ def test_a_much_weaker_cell_is_significantly_worse(handmade):
     assert compared.difference < -0.2 and compared.p_value < 0.01
 
 
+def test_the_transfer_effect_table_compares_every_cell_with_its_backbones_scratch_cell(handmade):
+    url, expected = handmade
+    analysis = Analysis(load(url, "handmade"), n_boot=400)
+    (table,) = transfer_effect(analysis)
+    numbers = table.numbers.set_index(["backbone", "recipe"])
+    planned = [(b, r) for b in CELLS for r in CELLS[b] if r != "scratch"] + [("resnet50", "co_trained")]
+    assert sorted(numbers.index) == sorted(planned)
+    assert np.isnan(numbers.loc[("resnet50", "co_trained"), "auc_diff"])  # planned, never run: no number
+    for (backbone, recipe), row in numbers.drop(index=[("resnet50", "co_trained")]).iterrows():
+        pooled = {r: _macro_auc(expected.truth, expected.pooled[(backbone, r)]) for r in (recipe, "scratch")}
+        assert row["auc_diff"] == pytest.approx(pooled[recipe] - pooled["scratch"], abs=1e-9)
+        assert row["auc_diff_ci_low"] < row["auc_diff"] < row["auc_diff_ci_high"]
+    shown = table.display.set_index(["Backbone", "Recipe"])["Shown"]
+    assert shown[("resnet50", "nih")] == "helps"  # signal 2.4 against 0.3
+    assert shown[("resnet50", "mixed_nih")] != "helps"  # 0.2 against 0.3
+    assert re.match(r"^[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(p", table.display["Difference [95% CI] (p)"][0])
+
+
 def test_an_unfinished_sweep_marks_missing_cells_and_folds(handmade):
     url, _ = handmade
     built = build(url, "handmade", n_boot=0, figures=False)
@@ -104,7 +122,7 @@ def test_the_conclusion_names_the_best_recipe_per_backbone(handmade):
         row = conclusion[conclusion["Backbone"] == backbone].iloc[0]
         assert row["Best recipe"] == max(pooled, key=pooled.get)
         assert row["Pooled test AUC [95% CI]"].startswith(f"{max(pooled.values()):.3f} [")
-        assert re.search(r"^[+-]\d\.\d{3} \(p(=|<=)0\.\d+\)$", row["Best - runner-up, AUC (p)"])
+        assert re.search(r"^[+-]\d\.\d{3} \(p(=|<=)(0\.\d+|1)\)$", row["Best - runner-up, AUC (p)"])
 
 
 def test_per_class_table_shows_prevalence_and_each_cells_auc(handmade):
