@@ -286,3 +286,26 @@ def test_smoke_of_a_spec_with_the_official_split_and_no_size_runs_on_the_phantom
     spec, _ = load_spec(str(path), smoke=True)
     assert spec.data.target == "phantom" and spec.data.split == "random"
     assert spec.grid.cells()[0]["input_size"] == 32  # the default data.size (64) shrinks to 32, and so does 64
+
+
+def test_the_demo_covers_seed_000s_three_perspectives_offline_with_sources_bigger_than_its_target():
+    """`make demo` must show backbone, source and combination tables and a transfer effect per backbone,
+    with no ImageNet file (it runs offline): checked on its plan, which builds nothing."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--dry-run", "--json"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout)
+    cells = plan["cells"]
+    backbones = {c["backbone"] for c in cells}
+    assert len(backbones) == 2 and plan["imagenet_weights"]["files"] == []
+    for backbone in backbones:
+        mine = [c for c in cells if c["backbone"] == backbone]
+        assert {c["strategy"] for c in mine} == {"regular", "mixed", "co_trained"}  # combination
+        regular_sources = {tuple(c["sources"]) for c in mine if c["strategy"] == "regular"}
+        assert {(), ("phantom_nih",), ("phantom_chexpert",)} <= regular_sources  # source, scratch included
+    assert {c["recipe"] for c in cells if c["backbone"] == "resnet18"} == {
+        c["recipe"] for c in cells if c["backbone"] != "resnet18"}  # backbone: every recipe on both
+    data = plan["data"]
+    assert min(data[s]["images"] for s in ("phantom_nih", "phantom_chexpert")) >= 2 * data["target"]["images"]
