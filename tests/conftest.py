@@ -69,3 +69,5 @@ def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
 
 # Real-service fixtures (PostgreSQL, headless Chromium): engine_url, render_html.
 from tests.services_fixtures import _postgres_admin, engine_url, render_html  # noqa: E402,F401
+# Both studies' smoke sweeps, once per session, for every test that reads a finished sweep: smoke_sweeps.
+from tests.smoke_sweeps import smoke_sweeps  # noqa: E402,F401

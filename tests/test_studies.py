@@ -4,9 +4,6 @@ row by row against the seeds' tables (seed 000's three perspectives; seed 003's 
 curves over epochs and its learning-rate study)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -14,34 +11,16 @@ import pandas as pd
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO, TEST_KEY
 
 pytestmark = pytest.mark.slow
 BACKBONES_000 = ("densenet121", "resnet50")
 BACKBONES_003 = ("alexnet_style", "mobilenet_v2")
 
 
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory) -> dict[str, Path]:
-    """{spec: its report folder}: each smoke run once, on one home and DB, as a user would."""
-    root = tmp_path_factory.mktemp("studies")
-    (root / "key").write_text(TEST_KEY.decode())
-    env = {**os.environ, "TORCH_HOME": str(root / "torch"), "CXR_SWEEP_OFFLINE": "1",
-           "CXR_SWEEP_UNVERIFIED_WEIGHTS": "1", "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(root / "key")}
-    seeded = subprocess.run([sys.executable, "-c", "from tests.published_weights import seed_published\n"
-                             "for b in ('resnet50', 'densenet121', 'mobilenet_v2'): seed_published(b)"],
-                            cwd=REPO, env=env, capture_output=True, text=True)
-    assert seeded.returncode == 0, seeded.stderr
-    reports = {}
-    for spec in ("paper", "zhou2020"):
-        done = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", spec, "--smoke", "--home",
-                               str(root / "home"), "--num-cpus", "2", "--name", f"{spec}-smoke",
-                               "--report-bootstrap", "50", "--no-report-images"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        reports[spec] = root / "home" / "reports" / f"{spec}-smoke"
-    reports["db"] = f"sqlite:///{root / 'home' / 'results.db'}"
-    return reports
+@pytest.fixture
+def studies(smoke_sweeps) -> dict:
+    """{spec: its report folder, "db": the DB}: the session's smoke sweeps (tests/smoke_sweeps.py)."""
+    return {**{spec: smoke_sweeps.report(spec) for spec in ("paper", "zhou2020")}, "db": smoke_sweeps.db}
 
 
 def _table(report: Path, stem: str) -> pd.DataFrame:

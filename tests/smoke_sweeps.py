@@ -1,0 +1,64 @@
+"""Both studies' smoke sweeps, run once per test session through the CLI and shared by every test that
+reads a finished sweep (the seeds' tables, the report, predict, query, resume, the privacy scan), instead
+of each module running a small sweep of its own.
+
+They run as a user would: offline, with ImageNet weight files in torchvision's published layout seeded
+into a temporary TORCH_HOME, one home and one SQLite DB for both, Ray's session files under a temporary
+RAY_TMPDIR that the privacy test scans.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = ("paper", "zhou2020")
+
+
+@dataclass
+class SmokeSweeps:
+    home: Path
+    db: str
+    env: dict  # the environment the CLI ran with (key file, TORCH_HOME, RAY_TMPDIR, offline)
+    stdout: dict  # spec -> what its run printed
+    stderr: dict
+
+    def report(self, spec: str) -> Path:
+        return self.home / "reports" / f"{spec}-smoke"
+
+    def cli(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=self.env,
+                              timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweeps(tmp_path_factory) -> SmokeSweeps:
+    from tests.conftest import TEST_KEY
+
+    root = tmp_path_factory.mktemp("studies")
+    (root / "key").write_text(TEST_KEY.decode())
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # a short path: Ray's sockets live there
+    env = {**os.environ, "TORCH_HOME": str(root / "torch"), "CXR_SWEEP_OFFLINE": "1",
+           "CXR_SWEEP_UNVERIFIED_WEIGHTS": "1", "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(root / "key"),
+           "RAY_TMPDIR": ray_tmp}
+    seeded = subprocess.run([sys.executable, "-c", "from tests.published_weights import seed_published\n"
+                             "for b in ('resnet50', 'densenet121', 'mobilenet_v2'): seed_published(b)"],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    assert seeded.returncode == 0, seeded.stderr
+    sweeps = SmokeSweeps(root / "home", f"sqlite:///{root / 'home' / 'results.db'}", env, {}, {})
+    for spec in SPECS:
+        images = [] if spec == "paper" else ["--no-report-images"]  # the paper's report draws Grad-CAM
+        done = sweeps.cli("-m", "sweeper.run", "--spec", spec, "--smoke", "--home", str(sweeps.home),
+                          "--num-cpus", "2", "--name", f"{spec}-smoke", "--report-bootstrap", "50", *images,
+                          timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        sweeps.stdout[spec], sweeps.stderr[spec] = done.stdout, done.stderr
+    yield sweeps
+    shutil.rmtree(ray_tmp, ignore_errors=True)
