@@ -1,6 +1,7 @@
 """The sweep driver: data sets, Ray, one Tuner for the whole grid, DB, report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
 from sweeper.explain_sections import explanation_sections
 from sweeper.datasets import ensure_datasets, locations
+from sweeper import ray_address
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher
@@ -167,12 +169,18 @@ def _filesystem(path: str):
     return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
 
 
-def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> None:
+def _start_ray(options: RunOptions, resources, max_concurrent: int | None, given: str | None = None) -> None:
     """A local Ray, or the cluster at --address. Every worker imports the trainables as it starts
     (trainables.warm), while the driver plans the sweep."""
-    ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
-             include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
-             runtime_env={"worker_process_setup_hook": "trainables.warm.import_trainables"})
+    local = options.address == "local"
+    try:
+        ray.init(address=options.address, num_cpus=options.num_cpus if local else None,
+                 include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "trainables.warm.import_trainables"})
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        if local:
+            raise
+        raise ray_address.ClusterUnreachable(ray_address.refused(given, options.address, exc)) from None
     queued = pending_trials(ray.cluster_resources(), resources, max_concurrent)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(queued))
     print(f"[sweeper] {os.environ['TUNE_MAX_PENDING_TRIALS_PG']} trial(s) queued ahead of free resources"
@@ -181,13 +189,15 @@ def _start_ray(options: RunOptions, resources, max_concurrent: int | None) -> No
 
 def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOptions) -> int:
     store = ResultsStore(options.db_url)  # a bad --db stops before data or Ray
+    given = options.address
+    options = dataclasses.replace(options, address=ray_address.resolve(given))  # and a cluster that is not there
     locations(spec, options.data)  # and so does a missing data location
     imagenet = preflight(spec, spec_arg)  # and every ImageNet weights file the grid needs, listed at once
     # and a raw source missing most of its images: data sets are built (or found built) before Ray starts
     data = ensure_datasets(spec, options.home, given=options.data)
     r = spec.resources
     max_concurrent = options.max_concurrent or r.max_concurrent
-    _start_ray(options, r, max_concurrent)
+    _start_ray(options, r, max_concurrent, given)
     try:
         cache = options.home / "pretrained"
         plans = study_plans(spec, data, pretrain_cache=cache)

@@ -26,7 +26,10 @@ def parse_args(argv):
                         help="override a spec key, checked like the file (repeatable; after --smoke): "
                              "--set train.epochs=10 --set 'grid.backbone=[\"resnet50\"]'")
     parser.add_argument("--db", default=None, help=f"SQLAlchemy URL of the results DB (default: {DEFAULT_DB})")
-    parser.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
+    parser.add_argument("--address", default=None,
+                        help="a running Ray cluster: host:port, auto (the last `ray start` here) or ray://...; "
+                             "default: $RAY_ADDRESS if set, else a new local Ray. One that does not answer within "
+                             "10 s stops the run (exit 2)")
     parser.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec (or --name)")
     parser.add_argument("--name", default=None, help="sweep name (default: SPEC-YYYYmmdd-HHMMSS)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME,
@@ -113,6 +116,7 @@ def _dry_run(spec, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from data_prep.errors import DataPrepError
     from results.store import StoreError
+    from sweeper.ray_address import ClusterUnreachable, given_address
     from sweeper.spec import SpecError, load_spec
     from trainables.weights import WeightsUnavailable
 
@@ -128,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         name = _sweep_name(args, spec.name, storage)
         from sweeper.driver import RunOptions, run_sweep
 
-        options = RunOptions(name=name, db_url=db_url, home=home, storage=storage, address=args.address,
+        options = RunOptions(name=name, db_url=db_url, home=home, storage=storage, address=given_address(args.address),
                              resume=args.resume, num_cpus=args.num_cpus, version=code_version(),
                              data=data_locations(args.data), max_concurrent=args.max_concurrent,
                              report_images=not args.no_report_images, report_bootstrap=args.report_bootstrap)
         return run_sweep(spec, spec_text, args.spec, options)
-    except (SpecError, StoreError, DataPrepError, FileNotFoundError, WeightsUnavailable) as exc:
+    except (SpecError, StoreError, DataPrepError, FileNotFoundError, WeightsUnavailable, ClusterUnreachable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
