@@ -2,6 +2,8 @@
 the pinned environment."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -26,3 +28,18 @@ def test_the_aws_cluster_mounts_shared_storage_on_every_node():
     assert config["provider"]["type"] == "aws"
     assert any("mount -t nfs4" in c and "/efs" in c for c in config["setup_commands"])
     assert config["available_node_types"]["gpu_worker"]["min_workers"] == 0  # scales from zero
+
+
+@pytest.mark.parametrize("path", ["cluster.yaml", "docs/cluster-onprem.yaml"])
+def test_every_node_of_a_cluster_file_starts_ray_with_token_authentication(path):
+    """The token travels as a file outside the repository, readable by its user only; every `ray start`
+    and every driver on a node runs with RAY_AUTH_MODE=token (tests/test_cluster_token.py runs such a cluster)."""
+    config = yaml.safe_load((REPO / path).read_text())
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert not [f for f in tracked if "auth_token" in f]  # no token in the repository
+    assert any("chmod 600 ~/.ray/auth_token" in c and "export RAY_AUTH_MODE=token" in c
+               for c in config["setup_commands"])
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
+              if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token " in c for c in starts)

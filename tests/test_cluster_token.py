@@ -1,0 +1,94 @@
+"""A cluster only its owners can use: a real multi-process Ray cluster started by the `ray` CLI on
+localhost with token authentication (a head without CPUs, a worker), as the cluster files and the
+Slurm script start theirs. A node or a driver without the token is refused; with it, a sweep runs
+and records every trial; the token is printed nowhere."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from results.query import run_query
+from tests.conftest import REPO, TEST_KEY
+from tests.test_ray_address import MICRO, _dead_port
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def stop_cluster(ray_tmp: Path) -> None:
+    """Stop the Ray processes of this cluster only (`ray stop` would stop every Ray on the machine):
+    those whose command line or environment names its temp folder, and everything they started."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(ray_tmp) in " ".join(proc.info["cmdline"] or []) or proc.environ().get("RAY_TMPDIR") == str(ray_tmp):
+                found += [proc, *proc.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in found:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _run(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_sweep_with_it(tmp_path):
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    user = tmp_path / "user"  # HOME of every process here: no ~/.ray/auth_token of the real user is seen
+    user.mkdir()
+    token, wrong = tmp_path / "token", tmp_path / "wrong"
+    for path in (token, wrong):
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    (tmp_path / "spec.toml").write_text(MICRO)
+    (tmp_path / "k.key").write_text(TEST_KEY.decode())
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    plain.update(HOME=str(user), RAY_TMPDIR=str(ray_tmp), CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"))
+    owner = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = _dead_port()
+    address = f"127.0.0.1:{port}"
+    sweep = [sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"),
+             "--address", address, "--name", "token", "--report-bootstrap", "0", "--no-report-images"]
+    outputs = []
+    try:
+        head = _run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
+                     "--include-dashboard=false"], owner)
+        assert head.returncode == 0, head.stderr[-2000:]
+        for stranger in (plain, {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong)}):  # no token; another token
+            node = _run([RAY, "start", f"--address={address}", "--num-cpus=2"], stranger)
+            assert node.returncode != 0 and "Authentication token is missing or incorrect" in node.stdout + node.stderr
+            outputs.append(node)
+        worker = _run([RAY, "start", f"--address={address}", "--num-cpus=2"], owner)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        refused = _run(sweep, plain)
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert "refused this driver" in refused.stderr and "RAY_AUTH_TOKEN_PATH" in refused.stderr
+        ran = _run(sweep, owner, timeout=600)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        outputs += [head, worker, refused, ran]
+    finally:
+        stop_cluster(ray_tmp)
+    trials = run_query(f"sqlite:///{tmp_path}/home/results.db", "SELECT status FROM sweep_trials")
+    assert trials["status"].tolist() == ["COMPLETE", "COMPLETE"]  # one trial per fold, on the worker
+    secret = token.read_text()
+    logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()]
+    assert logs and not [p for p in logs if secret.encode() in p.read_bytes()]
+    assert not [o for o in outputs if secret in o.stdout + o.stderr]
+    subprocess.run(["rm", "-rf", str(ray_tmp)])
