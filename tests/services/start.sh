@@ -146,8 +146,72 @@ setup_tool() {
     say "$1 ready: $exe"
 }
 
+# A single-node Slurm cluster (slurmctld and slurmd on localhost, munge for authentication), its own
+# slurm.conf and state under $DIR/slurm: tests/test_slurm.py submits docs/slurm/cxr-sweep.sbatch to it.
+SLURM=$DIR/slurm
+start_slurm() {
+    local t0 node
+    t0=$(now)
+    if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+        apt_install slurm-wlm munge || { missing "slurm not installed ($(why_not_installed))" Slurm; return 0; }
+        say "slurm-wlm and munge installed with apt ($(secs "$t0"))"
+        t0=$(now)
+    fi
+    if [ "$(id -u)" != 0 ]; then missing "slurmctld and slurmd need root here" Slurm; return 0; fi
+    if ! pgrep -x munged >/dev/null; then
+        [ -s /etc/munge/munge.key ] || { mkdir -p /etc/munge && /usr/sbin/mungekey --create --force >/dev/null 2>&1 \
+            && chown munge: /etc/munge/munge.key; } || true
+        mkdir -p /run/munge && chown munge: /run/munge
+        runuser -u munge -- /usr/sbin/munged || { missing "munged did not start" Slurm; return 0; }
+    fi
+    mkdir -p "$SLURM/state" "$SLURM/spool" "$SLURM/log"
+    node=$(slurmd -C | head -n 1)
+    cat >"$SLURM/slurm.conf" <<CONF
+ClusterName=cxrtest
+SlurmctldHost=$(hostname -s)(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort=6917
+SlurmdPort=6918
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$SLURM/state
+SlurmdSpoolDir=$SLURM/spool
+SlurmctldPidFile=$SLURM/slurmctld.pid
+SlurmdPidFile=$SLURM/slurmd.pid
+SlurmctldLogFile=$SLURM/log/slurmctld.log
+SlurmdLogFile=$SLURM/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+$node NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+    # (re)start both daemons on this configuration: a second run of this script reuses nothing stale
+    pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true
+    sleep 1
+    slurmctld -f "$SLURM/slurm.conf" && slurmd -f "$SLURM/slurm.conf" || {
+        missing "slurmctld/slurmd did not start (see $SLURM/log)" Slurm; return 0; }
+    local i
+    for i in $(seq 1 30); do
+        SLURM_CONF=$SLURM/slurm.conf sinfo -h -o %t 2>/dev/null | grep -qx idle && break
+        sleep 1
+    done
+    if ! SLURM_CONF=$SLURM/slurm.conf sinfo -h -o %t 2>/dev/null | grep -qx idle; then
+        missing "the Slurm node did not become idle (see $SLURM/log)" Slurm; return 0
+    fi
+    echo "export CXR_SWEEP_TEST_SLURM_CONF=$SLURM/slurm.conf" >>"$ENV_FILE.tmp"
+    say "slurm $(slurmd -V | awk '{ print $2 }') up: slurmctld and slurmd on 127.0.0.1 ($(secs "$t0"))"
+}
+
 : >"$ENV_FILE.tmp"
 start_postgres
+start_slurm
 setup_chromium
 # dcmtk renders DICOM through the PS3.4 grey pipeline and re-encodes it (JPEG, JPEG-LS, RLE);
 # OpenJPH encodes and decodes HTJ2K: tests/test_dicom_dcmtk.py compares data_prep.dicom with them.

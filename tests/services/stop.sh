@@ -6,6 +6,10 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIR=$ROOT/.cxr-sweep/services
 PGDATA=$(readlink -f "$DIR/pg")   # may be a symlink to where postgres can reach (see start.sh)
 
+# The test Slurm cluster's daemons (start.sh starts them on its own slurm.conf).
+pkill -x slurmctld 2>/dev/null && echo "[services] slurmctld stopped" || true
+pkill -x slurmd 2>/dev/null && echo "[services] slurmd stopped" || true
+
 bin=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 | xargs -r dirname || true)
 if [ -z "$bin" ] || [ ! -f "$PGDATA/postmaster.pid" ]; then
     echo "[services] postgresql not running"
