@@ -239,8 +239,8 @@ class Data(Strict):
 
 
 SEARCHED = ("lr", "dropout")  # a grid axis over one of these fixes it instead of searching it
-TRAIN_AXES = ("epochs", "batch_size", "loss", "val_fraction", "schedule", "schedule_patience", "early_stopping",
-              "precision", "checkpoint_every", "input_size")
+# A grid axis may vary any [train] setting but the two that are tables or seeds of their own.
+TRAIN_AXES = tuple(name for name in Train.model_fields if name not in ("augment", "seed"))
 
 
 class Grid(BaseModel):

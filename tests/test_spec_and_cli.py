@@ -309,3 +309,29 @@ def test_the_demo_covers_seed_000s_three_perspectives_offline_with_sources_bigge
         c["recipe"] for c in cells if c["backbone"] != "resnet18"}  # backbone: every recipe on both
     data = plan["data"]
     assert min(data[s]["images"] for s in ("phantom_nih", "phantom_chexpert")) >= 2 * data["target"]["images"]
+
+
+def test_every_train_and_recipe_setting_reaches_fit_config_and_an_unknown_key_is_refused_at_each_layer(tmp_path):
+    """The spec's [train] and recipes, the trial config and the checkpoint's config are one contract with
+    trainables.FitConfig: nothing is dropped on the way without a word."""
+    from sweeper.plan import study_plans
+    from sweeper.spec import Recipe, Train
+    from trainables.tune_adapter import FIT_FIELDS, TRIAL_METADATA, fit_config
+
+    assert set(Train.model_fields) <= set(FIT_FIELDS) | set(TRIAL_METADATA)  # a new [train] key needs a FitConfig field
+    spec, _ = load_spec("paper")
+    data = {name: tmp_path / name for name in ("target", "chexpert", "nih")}
+    for plan in study_plans(spec, data, tmp_path / "cache"):
+        config = fit_config({**plan.config, "study": plan.key, "optuna_number": 0})  # what a trial receives
+        recipe = spec.recipes[plan.config["recipe"]]
+        assert config.strategy == recipe.strategy and config.pretrain_epochs == recipe.pretrain_epochs
+        assert len(config.pretrain_dirs) == len(recipe.sources) and config.epochs == spec.train.epochs
+        assert config.augment == spec.train.augment
+    assert set(Recipe.model_fields) == {"init", "strategy", "sources", "pretrain_init", "pretrain_epochs", "pretrain_lr"}
+    with pytest.raises(SpecError, match="train.new_setting: unknown key"):  # the spec file
+        parse_spec(GOOD + "[train]\nnew_setting = 1\n")
+    with pytest.raises(SpecError, match="unknown grid axis 'new_setting'"):  # a grid axis
+        parse_spec(GOOD.replace('recipe = ["scratch"]', 'recipe = ["scratch"]\nnew_setting = [1, 2]'))
+    trial = {**plan.config, "new_setting": 1}  # the trial config (and a checkpoint's, which predict reads)
+    with pytest.raises(ValueError, match=r"\['new_setting'\] are neither FitConfig fields"):
+        fit_config(trial)

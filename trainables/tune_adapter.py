@@ -17,12 +17,20 @@ from trainables.fit import FitConfig, fit
 
 STATE_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test predictions, small, read by the driver
-_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
+FIT_FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
+# What a trial config holds beside FitConfig's fields: the cell and study it belongs to (the sweeper's
+# bookkeeping, read by its callbacks and scheduler) and how often this adapter checkpoints.
+TRIAL_METADATA = ("recipe", "variant", "study", "optuna_number", "checkpoint_every")
 
 
 def fit_config(config: dict) -> FitConfig:
-    """The FitConfig part of a trial config (the sweeper adds bookkeeping keys of its own)."""
-    return FitConfig(**{k: v for k, v in config.items() if k in _FIELDS})
+    """The FitConfig of a trial config. Any other key is an error naming it: a setting that a spec or a
+    checkpoint passes and training does not know would otherwise be ignored without a word."""
+    unknown = sorted(set(config) - set(FIT_FIELDS) - set(TRIAL_METADATA))
+    if unknown:
+        raise ValueError(f"trial config key(s) {unknown} are neither FitConfig fields (trainables/fit.py) nor trial "
+                         f"metadata {list(TRIAL_METADATA)}: training would ignore them")
+    return FitConfig(**{k: v for k, v in config.items() if k in FIT_FIELDS})
 
 
 def _reporter(checkpoint_every: int):
