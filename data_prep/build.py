@@ -41,6 +41,7 @@ from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_
 from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
+from vocab.errors import exits_on_error
 
 FORMAT_VERSION = 2  # 2: labels.csv carries sex and age; folds balance image-level prevalence
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
@@ -345,6 +346,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return parts
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG), "
@@ -376,14 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of any sampling (default 0)")
     add_cli_options(parser)
     args = parser.parse_args(argv)
-    try:
-        source = options_from_args(args.kind, args, parser, seed=args.seed)
-        params = BuildParams(args.size, args.folds, args.seed, source, args.bits, args.near_duplicates, args.workers,
-                             args.holdout, args.allow_missing, args.split)
-        out = build(args.images, args.labels, args.out, params, args.name or args.kind)
-    except DataPrepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    source = options_from_args(args.kind, args, parser, seed=args.seed)
+    params = BuildParams(args.size, args.folds, args.seed, source, args.bits, args.near_duplicates, args.workers,
+                         args.holdout, args.allow_missing, args.split)
+    out = build(args.images, args.labels, args.out, params, args.name or args.kind)
     print(out)
     return 0
 

@@ -15,6 +15,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from data_prep.errors import DataPrepError
+from vocab.errors import exits_on_error
 
 
 def _patient_table(patient_keys, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,9 +117,9 @@ def _label_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in ("image_key", "patient_key", "view")]
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m data_prep.folds",
                                      description="Patient-grouped multi-label stratified folds for a labels.csv.")
@@ -129,23 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="CSV to write: image_key, fold (or split)")
     args = parser.parse_args(argv)
-    try:
-        table = pd.read_csv(args.labels_csv, dtype={"image_key": str, "patient_key": str})
-        missing = {"image_key", "patient_key"} - set(table.columns)
-        if missing:
-            raise DataPrepError(f"{args.labels_csv}: missing column(s) {sorted(missing)}; expected a prepared labels.csv")
-        labels = table[_label_columns(table)].to_numpy(np.float32)
-        if args.holdout:
-            try:
-                fractions = tuple(float(v) / 100 for v in args.holdout.split("/"))
-            except ValueError as exc:
-                raise DataPrepError(f"--holdout {args.holdout!r}; expected three percentages like 60/20/20") from exc
-            column = ("split", holdout_split(table["patient_key"], labels, fractions, args.seed))
-        else:
-            column = ("fold", patient_folds(table["patient_key"], labels, args.k, args.seed))
-    except DataPrepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    table = pd.read_csv(args.labels_csv, dtype={"image_key": str, "patient_key": str})
+    missing = {"image_key", "patient_key"} - set(table.columns)
+    if missing:
+        raise DataPrepError(f"{args.labels_csv}: missing column(s) {sorted(missing)}; expected a prepared labels.csv")
+    labels = table[_label_columns(table)].to_numpy(np.float32)
+    if args.holdout:
+        try:
+            fractions = tuple(float(v) / 100 for v in args.holdout.split("/"))
+        except ValueError as exc:
+            raise DataPrepError(f"--holdout {args.holdout!r}; expected three percentages like 60/20/20") from exc
+        column = ("split", holdout_split(table["patient_key"], labels, fractions, args.seed))
+    else:
+        column = ("fold", patient_folds(table["patient_key"], labels, args.k, args.seed))
     pd.DataFrame({"image_key": table["image_key"], column[0]: column[1]}).to_csv(args.out, index=False)
     print(f"wrote {args.out}: {len(table)} images, {table['patient_key'].nunique()} patients")
     return 0

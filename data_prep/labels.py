@@ -12,6 +12,7 @@ import pandas as pd
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet
 from data_prep.sources import KINDS, add_cli_options, options_from_args, read_labels
+from vocab.errors import exits_on_error
 
 PREPARED_METADATA = ("view", "sex", "age")  # what labels.csv carries beside the keys and labels
 
@@ -49,6 +50,7 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
         label_set.frame.at[i, "patient"] = str(ds.get("PatientID", "")).strip()
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
@@ -62,14 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
     add_cli_options(parser)
     args = parser.parse_args(argv)
-    try:
-        label_set = read_labels(args.csv, options_from_args(args.kind, args, parser, seed=args.seed))
-        if args.kind == "target" and args.dicom_dir:
-            _patients_from_dicom(label_set, args.dicom_dir)
-        out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
-    except DataPrepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    label_set = read_labels(args.csv, options_from_args(args.kind, args, parser, seed=args.seed))
+    if args.kind == "target" and args.dicom_dir:
+        _patients_from_dicom(label_set, args.dicom_dir)
+    out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
     out.to_csv(args.out, index=False, float_format="%g")  # masked (NaN) -> empty
     print(f"wrote {args.out}: {len(out)} images, {out['patient_key'].nunique()} patients, labels {label_set.names}")
     return 0

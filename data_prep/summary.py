@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from data_prep.dataset import SOURCE_SIZE, PreparedDataset  # noqa: E402
-from data_prep.errors import DataPrepError  # noqa: E402
+from vocab.errors import exits_on_error  # noqa: E402
 
 TOP_SIZES = 10  # most common image sizes listed
 
@@ -66,13 +66,13 @@ def summarise(root: Path | str, figures: bool = True) -> DataSummary:
 
 def _overview(data: PreparedDataset, table: pd.DataFrame) -> dict:
     m = data.manifest
-    counts, params = m.get("counts", {}), m.get("params", {})
-    return {"data set": data.root.name, "kind": params.get("source", {}).get("kind", "?"),
+    counts, params = m["counts"], m["params"]
+    return {"data set": data.root.name, "kind": params["source"]["kind"],
             "images": len(table), "patients": int(table["patient_key"].nunique()), "labels": len(data.label_names),
-            "size": f"{m['size']} px, {params.get('bits', 8)}-bit",
+            "size": f"{m['size']} px, {params['bits']}-bit",
             "split": _split_text(data, params),
-            "rejected": counts.get("rejected", 0), "listed but not found (of the rejected)": counts.get("missing", 0),
-            "duplicates removed": counts.get("duplicates", 0)}
+            "rejected": counts["rejected"], "listed but not found (of the rejected)": counts["missing"],
+            "duplicates removed": counts["duplicates"]}
 
 
 def _split_text(data: PreparedDataset, params: dict) -> str:
@@ -85,12 +85,11 @@ def _split_text(data: PreparedDataset, params: dict) -> str:
 
 
 def _steps(manifest: dict, built: pd.Series) -> pd.DataFrame:
-    """The label reader's steps from the manifest (data sets built before steps were recorded have none),
-    then the data set as built (after rejected files and duplicates)."""
-    rows = [{"step": s["step"], "images": s["images"], **s["positives"]}
-            for s in manifest.get("label_stats", {}).get("steps", [])]
+    """The label reader's steps from the manifest, then the data set as built (after rejected files and
+    duplicates)."""
+    rows = [{"step": s["step"], "images": s["images"], **s["positives"]} for s in manifest["label_stats"]["steps"]]
     rows.append({"step": "built (rejected files and duplicates removed)",
-                 "images": int(manifest.get("counts", {}).get("images", 0)), **built.to_dict()})
+                 "images": int(manifest["counts"]["images"]), **built.to_dict()})
     return pd.DataFrame(rows).set_index("step")
 
 
@@ -114,8 +113,6 @@ def _rejected(root: Path) -> pd.DataFrame:
 
 
 def _sizes(table: pd.DataFrame) -> pd.DataFrame:
-    if not set(SOURCE_SIZE) <= set(table.columns):  # built before sizes were recorded
-        return pd.DataFrame(columns=["height", "width", "images"])
     sizes = table[list(SOURCE_SIZE)].set_axis(["height", "width"], axis=1)
     return sizes.value_counts().rename("images").reset_index()
 
@@ -151,12 +148,11 @@ def _figures(s: DataSummary) -> dict[str, bytes]:
     out["cooccurrence"] = png(fig)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
-    if not s.sizes.empty:
-        left.scatter(s.sizes["width"], s.sizes["height"], s=8 + 40 * s.sizes["images"] / s.sizes["images"].max(),
-                     alpha=0.6)
+    left.scatter(s.sizes["width"], s.sizes["height"], s=8 + 40 * s.sizes["images"] / s.sizes["images"].max(),
+                 alpha=0.6)
     left.set_xlabel("width (px)")
     left.set_ylabel("height (px)")
-    left.set_title("images' own sizes" if not s.sizes.empty else "sizes not recorded")
+    left.set_title("images' own sizes")
     right.bar(s.views["view"], s.views["images"])
     right.set_title("views")
     out["sizes_and_views"] = png(fig)
@@ -186,7 +182,7 @@ def to_markdown(s: DataSummary, figure_dir: str | None = "figures") -> str:
     lines += ["", "## Rejected files by reason", ""]
     lines += _table(s.rejected) if not s.rejected.empty else ["none"]
     lines += ["", "## Image sizes (before resizing) and views", ""]
-    lines += _table(s.sizes.head(TOP_SIZES)) if not s.sizes.empty else ["not recorded (built by an older version)"]
+    lines += _table(s.sizes.head(TOP_SIZES))
     lines += ["", *_table(s.views)]
     if figure_dir is not None:
         lines += [""] + [f"![{stem}]({figure_dir}/{stem}.png)" for stem in s.figures]
@@ -203,6 +199,7 @@ def write_summary(root: Path | str, out: Path) -> tuple[DataSummary, str]:
     return summary, markdown
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.summary", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", type=Path, metavar="DIR", help="a prepared data set (data_prep.build's output)")
@@ -211,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                              "itself is never written to)")
     args = parser.parse_args(argv)
     out = args.out or Path(f"summary-{args.dataset.resolve().name}")
-    try:
-        _, markdown = write_summary(args.dataset, out)
-    except DataPrepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _, markdown = write_summary(args.dataset, out)
     print(markdown)
     print(f"[data_prep] summary written to {out}/summary.md and {out}/figures/", file=sys.stderr)
     return 0

@@ -14,12 +14,13 @@ import sys
 import pandas as pd
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from results.store import StoreError, open_engine
+from results.store import open_engine
+from vocab.errors import CxrSweepError, exits_on_error
 
 DEFAULT_DB = "sqlite:///.cxr-sweep/results.db"
 
 
-class QueryError(Exception):
+class QueryError(CxrSweepError):
     pass
 
 
@@ -57,6 +58,7 @@ def run_query(url: str, sql: str) -> pd.DataFrame:
         engine.dispose()
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results.query", description="Run one read-only SQL query.")
     parser.add_argument("sql")
@@ -65,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--csv", action="store_true")
     fmt.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        frame = run_query(args.db, args.sql)
-    except (QueryError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    frame = run_query(args.db, args.sql)
     if args.csv:
         frame.to_csv(sys.stdout, index=False)
     elif args.json:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
                             LearningCurve, Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
+from vocab.errors import CxrSweepError
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -29,7 +30,7 @@ BUSY_TIMEOUT_MS = 30_000
 SYNCHRONOUS = "NORMAL"
 
 
-class StoreError(Exception):
+class StoreError(CxrSweepError):
     """The DB cannot be opened or used; the message says which URL and what to do."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from vocab.errors import CxrSweepError
 
 SMOKE = {  # key path -> value; a spec's own [resources] are for the real cluster, not this machine
     ("data", "size"): 32, ("data", "folds"): 2, ("search", "trials"): 2, ("train", "epochs"): 2,
@@ -23,7 +24,7 @@ SMOKE = {  # key path -> value; a spec's own [resources] are for the real cluste
 PHANTOM_KINDS = ("nih", "chexpert")  # the phantom sources data_prep can generate
 
 
-class OverrideError(ValueError):
+class OverrideError(CxrSweepError, ValueError):
     """A --set that cannot be applied (not KEY=VALUE, or a key below a value that is not a table)."""
 
 

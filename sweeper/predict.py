@@ -19,11 +19,10 @@ import pyarrow.fs
 from tqdm import tqdm
 
 from results.choose import ChosenTrial, choose_trial
-from results.query import QueryError
-from results.store import StoreError
 from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
 from trainables.predict import PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
+from vocab.errors import exits_on_error
 
 PRINT_ALL_UP_TO = 20  # files whose every probability is printed; beyond, the predicted labels only
 
@@ -140,13 +139,9 @@ def run(args) -> int:
     return 0
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (PredictError, QueryError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

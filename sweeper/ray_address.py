@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+from vocab.errors import CxrSweepError
 
 CONNECT_TIMEOUT_S = 10.0
 
 
-class ClusterUnreachable(ConnectionError):
+class ClusterUnreachable(CxrSweepError, ConnectionError):
     """--address (or RAY_ADDRESS) names a cluster that does not answer."""
 
 

@@ -114,11 +114,9 @@ def _dry_run(spec, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.errors import DataPrepError
-    from results.store import StoreError
-    from sweeper.ray_address import ClusterUnreachable, given_address
-    from sweeper.spec import SpecError, load_spec
-    from trainables.weights import WeightsUnavailable
+    from sweeper.ray_address import given_address
+    from sweeper.spec import load_spec
+    from vocab.errors import CxrSweepError, USAGE_ERROR
 
     args = parse_args(argv)
     try:
@@ -137,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                              data=data_locations(args.data), max_concurrent=args.max_concurrent,
                              report_images=not args.no_report_images, report_bootstrap=args.report_bootstrap)
         return run_sweep(spec, spec_text, args.spec, options)
-    except (SpecError, StoreError, DataPrepError, FileNotFoundError, WeightsUnavailable, ClusterUnreachable) as exc:
+    except (CxrSweepError, FileNotFoundError) as exc:  # not vocab's exits_on_error: also a missing path
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except KeyboardInterrupt:
         print("interrupted; continue with: python -m sweeper.run --resume "
               + (f"--spec {args.spec}" if args.spec != "demo" else ""), file=sys.stderr)

@@ -25,11 +25,12 @@ from trainables.models import BACKBONES, INITS
 from trainables.pretrain import STRATEGIES
 from trainables.recipe import check_recipe
 from trainables.schedule import SCHEDULES
+from vocab.errors import CxrSweepError
 
 PHANTOM = "phantom"
 
 
-class SpecError(Exception):
+class SpecError(CxrSweepError):
     """A spec cannot be used; the message names the file and every bad key."""
 
 

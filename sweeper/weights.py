@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeper.spec import SpecError, SweepSpec, load_spec
+from sweeper.spec import SweepSpec, load_spec
 from trainables.weights import OFFLINE_ENV, WeightsUnavailable, cache_dir, fetch, published, report, verify
+from vocab.errors import exits_on_error
 
 
 def imagenet_backbones(spec: SweepSpec) -> list[str]:
@@ -66,16 +67,13 @@ def cache_status(spec: SweepSpec) -> list[dict]:
             for b in imagenet_backbones(spec)]
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeper.weights", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="demo", help="built-in spec name or TOML path (default: demo)")
     parser.add_argument("--check", action="store_true", help="only report which files are present")
     args = parser.parse_args(argv)
-    try:
-        backbones = imagenet_backbones(load_spec(args.spec)[0])
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    backbones = imagenet_backbones(load_spec(args.spec)[0])
     if not backbones:
         print(f"spec {args.spec!r} starts no backbone from ImageNet: nothing to fetch")
         return 0

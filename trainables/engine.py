@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from trainables.feed import ImageFeed
+from vocab.errors import CxrSweepError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(CxrSweepError, RuntimeError):
     """The loss became NaN or infinite: the learning rate is too high or the data is broken."""
 
 

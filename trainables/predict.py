@@ -17,7 +17,6 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
-from data_prep.dataset import read_manifest
 from data_prep.decode import DTYPES, decoded
 from trainables import engine
 from trainables.feed import ImageFeed, to_unit
@@ -25,11 +24,12 @@ from trainables.fit import FitConfig, choose_device
 from trainables.models import Classifier
 from trainables.recipe import recipe_architecture
 from trainables.tune_adapter import STATE_FILE, fit_config
+from vocab.errors import CxrSweepError
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
 
 
-class PredictError(Exception):
+class PredictError(CxrSweepError):
     """A model or input that cannot be used; the message says which and why."""
 
 
@@ -54,10 +54,10 @@ class TrainedModel:
     @classmethod
     def from_state(cls, state: dict, device: str = "auto", source: str = "checkpoint") -> "TrainedModel":
         """From the training state of a completed trial's final checkpoint."""
-        if "final_metrics" not in state or "best_model" not in state:
+        if not {"final_metrics", "best_model", "manifest"} <= set(state):
             raise PredictError(f"{source} is not the final checkpoint of a completed trial (no final evaluation)")
         cfg = fit_config(state["config"])
-        manifest = state.get("manifest") or _manifest(cfg.data_dir, source)
+        manifest = state["manifest"]  # of the data set it was trained on: label names, size and bits
         label_names = list(manifest["label_names"])
         model = recipe_architecture(cfg.backbone, cfg.init, cfg.strategy, cfg.stage(), len(label_names), cfg.dropout,
                                     cfg.input_size)
@@ -65,7 +65,7 @@ class TrainedModel:
         chosen = choose_device(device)
         return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
                    thresholds=np.asarray(state["final_metrics"]["thresholds"], dtype=np.float64),
-                   size=int(manifest["size"]), bits=int(manifest["params"].get("bits", 8)), device=chosen,
+                   size=int(manifest["size"]), bits=int(manifest["params"]["bits"]), device=chosen,
                    precision=engine.Precision.choose(cfg.precision, chosen))
 
     @classmethod
@@ -109,15 +109,6 @@ class TrainedModel:
     def tensor(self, image: np.ndarray) -> torch.Tensor:
         """One decoded image as the model's input (1, 1, H, W) on its device, scaled as in training."""
         return to_unit(torch.from_numpy(np.array(image))[None]).to(self.device)  # a copy: images may be read-only
-
-
-def _manifest(data_dir: str, source: str) -> dict:
-    """Checkpoints written before the manifest was stored in them: read it from the data set."""
-    try:
-        return read_manifest(data_dir)
-    except Exception as exc:  # noqa: BLE001
-        raise PredictError(f"{source} does not carry its data set's decoding settings and the data set it was "
-                           f"trained on ({data_dir}) cannot be read here: {exc}") from exc
 
 
 def image_files(inputs: list[Path]) -> list[Path]:

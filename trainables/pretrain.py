@@ -27,6 +27,7 @@ from trainables.feed import ImageFeed
 from trainables.losses import make_loss
 from trainables.metrics import multilabel_metrics
 from trainables.models import Branch, MultiSourceClassifier, build_branch
+from vocab.errors import CxrSweepError
 
 STRATEGIES = ("regular", "mixed", "co_trained")
 RECALIBRATION_IMAGES = 2048  # batch-norm statistics re-estimated on these many training images per epoch
@@ -105,7 +106,7 @@ def trained_sources(stage: Stage) -> tuple[str, ...]:
     return stage.sources[-1:] if stage.strategy == "regular" else stage.sources
 
 
-class StageFailed(RuntimeError):
+class StageFailed(CxrSweepError, RuntimeError):
     """A pretraining stage failed earlier in this sweep; its error is in the `.failed` file beside it."""
 
 

@@ -31,6 +31,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import get_model_weights
+from vocab.errors import CxrSweepError
 
 OFFLINE_ENV = "CXR_SWEEP_OFFLINE"
 # Accept a cached file whose SHA-256 does not match its published name (with a warning; its real
@@ -41,7 +42,7 @@ WEIGHTS_ONLY_ENV = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch.load's switch that n
 _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): SHA-256, so a file is hashed once
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(CxrSweepError, RuntimeError):
     """The ImageNet weights file is missing, damaged or not the published one."""
 
 
