@@ -46,8 +46,8 @@ import pydicom.encaps  # noqa: E402
 
 from data_prep import decode  # noqa: E402
 from data_prep.decode import _init_worker, decode_and_resize, decoded  # noqa: E402
-from data_prep.phantom import _write_dicom  # noqa: E402
-from data_prep.phantom_anatomy import film, film_pose, patient_anatomy  # noqa: E402
+from phantom.generate import _write_dicom  # noqa: E402
+from phantom.anatomy import film, film_pose, patient_anatomy  # noqa: E402
 
 POOL_CHUNK = 4  # decoded()'s chunksize: results come back a chunk at a time
 DISTINCT = 4  # distinct noisy native films; the other files are byte copies of them

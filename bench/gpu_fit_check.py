@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data_prep.build import BuildParams, build  # noqa: E402
-from data_prep.phantom import make_phantom_set  # noqa: E402
+from phantom.generate import make_phantom_set  # noqa: E402
 from trainables.fit import FitConfig, fit  # noqa: E402
 from trainables.losses import LOSSES  # noqa: E402
 from trainables.models import BACKBONES  # noqa: E402

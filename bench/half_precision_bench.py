@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 import trainables.fit as fitting  # noqa: E402
 from data_prep.build import BuildParams, build  # noqa: E402
-from data_prep.phantom import make_phantom_set  # noqa: E402
+from phantom.generate import make_phantom_set  # noqa: E402
 
 
 def final(data: Path, backbone: str, epochs: int) -> tuple[float, np.ndarray]:

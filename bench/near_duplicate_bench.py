@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from data_prep.duplicates import near_duplicates, thumbnail  # noqa: E402
-from data_prep.phantom_anatomy import film, film_pose, patient_anatomy  # noqa: E402
+from phantom.anatomy import film, film_pose, patient_anatomy  # noqa: E402
 
 
 def main() -> int:

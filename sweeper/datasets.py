@@ -20,7 +20,7 @@ from data_prep.build import BuildParams, build, locate_listed
 from data_prep.locate import locate
 from data_prep.dataset import PreparedDataset
 from data_prep.sources import KINDS
-from data_prep.phantom import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
+from phantom.generate import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
 from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from data_prep.dataset import read_manifest
 from data_prep.sources import KINDS
 from data_prep.locate import MISSING_TOLERANCE
-from data_prep.phantom import PhantomOptions
+from phantom.generate import PhantomOptions
 from sweeper import estimate
 from sweeper.datasets import located, raw_images
 from sweeper.plan import study_plans

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.build import BuildParams, build
-from data_prep.phantom import make_phantom_set
+from phantom.generate import make_phantom_set
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -16,7 +16,7 @@ import pytest
 
 from data_prep import build as build_cli
 from data_prep.dataset import PreparedDataset
-from data_prep.phantom import IMAGE_ROOTS, make_phantom_set
+from phantom.generate import IMAGE_ROOTS, make_phantom_set
 from results import query as query_cli
 from results.store import ResultsStore
 from sweeper import run as sweep_cli

@@ -98,7 +98,7 @@ def test_build_cli_builds_a_target_and_refuses_a_bad_mapping(phantom_dir, tmp_pa
 
 def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
     from data_prep.decode import PARALLEL_MIN_IMAGES
-    from data_prep.phantom import make_phantom_set
+    from phantom.generate import make_phantom_set
 
     raw = tmp_path / "raw"
     make_phantom_set(raw, n_patients=40, size=48, prevalence=0.3, seed=5)
@@ -171,7 +171,7 @@ def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
 
 def _nih_with_copies(tmp_path):
     from data_prep.sources import NihOptions
-    from data_prep.phantom import make_phantom_set
+    from phantom.generate import make_phantom_set
 
     raw = tmp_path / "raw"
     table = pd.read_csv(make_phantom_set(raw, "nih", n_patients=40, size=128, prevalence=0.3, seed=4,

@@ -14,7 +14,7 @@ from trainables.predict import TrainedModel
 
 def test_the_heatmap_of_a_learned_big_heart_lies_over_the_heart(learned_run):
     """The phantom draws cardiac hypertrophy as a heart 1.4-1.6 times its size: an ellipse centred at
-    (0.63, about 0.55) of the film's height and width, radii about 0.17 and 0.18 (data_prep.phantom_anatomy)."""
+    (0.63, about 0.55) of the film's height and width, radii about 0.17 and 0.18 (phantom.anatomy)."""
     root, final, state = learned_run
     data = PreparedDataset(root)
     k = data.label_names.index("cardiac hypertrophy")

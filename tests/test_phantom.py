@@ -10,9 +10,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from data_prep.phantom import make_phantom_set
-from data_prep.phantom_anatomy import Pose, film, patient_anatomy
-from data_prep.phantom_findings import PHANTOM_SETS, paint_findings
+from phantom.generate import make_phantom_set
+from phantom.anatomy import Pose, film, patient_anatomy
+from phantom.findings import PHANTOM_SETS, paint_findings
 
 STILL = Pose(dy=0, dx=0, angle=0, scale=1, inspiration=0, exposure=1, noise=0)  # no pose, no noise
 SIDE = 96
@@ -137,7 +137,7 @@ def test_near_duplicates_are_planted_on_request(tmp_path):
 
 
 def test_phantom_cli_writes_a_set(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "data_prep.phantom", "chexpert", "--n", "3", "--size", "32",
+    done = subprocess.run([sys.executable, "-m", "phantom", "chexpert", "--n", "3", "--size", "32",
                            "--label-noise", "0.1", "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "train.csv")) >= 3

@@ -12,7 +12,7 @@ from PIL import Image
 from data_prep.dataset import PreparedDataset
 from data_prep.decode import read_image
 from data_prep.errors import ImageRejected
-from data_prep.phantom import IMAGE_ROOTS, TABLES, make_phantom_set
+from phantom.generate import IMAGE_ROOTS, TABLES, make_phantom_set
 from data_prep.raster import read_raster
 from tests.conftest import REPO
 

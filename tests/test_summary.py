@@ -12,7 +12,7 @@ from data_prep.build import BuildParams, build
 from data_prep.sources import NihOptions
 from data_prep.sources.nih import SEED003
 from data_prep.sources.nih import read_with_recipe as read_nih_labels
-from data_prep.phantom import make_phantom_set
+from phantom.generate import make_phantom_set
 from data_prep.summary import summarise
 from tests.conftest import TEST_KEY
 

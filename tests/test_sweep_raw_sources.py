@@ -8,7 +8,7 @@ import pytest
 
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
-from data_prep.phantom import make_phantom_set
+from phantom.generate import make_phantom_set
 from sweeper.datasets import ensure_datasets
 from sweeper.spec import SpecError, parse_spec
 

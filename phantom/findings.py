@@ -1,6 +1,6 @@
 """How each label of each phantom source shows on the film, and how common it is.
 
-Every label is a visible change of the anatomy in `phantom_anatomy`: a sign either edits the
+Every label is a visible change of the anatomy in `phantom.anatomy`: a sign either edits the
 patient's body before it is drawn (a big heart, scoliosis, a tortuous aorta) or paints on the
 film (nodules, streaks, a pacemaker). The NIH-like and CheXpert-like sources name their own
 labels but share signs with the target (Cardiomegaly is cardiac hypertrophy, Infiltration is
@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from data_prep.phantom_anatomy import Anatomy, ellipse, spine_centre
+from phantom.anatomy import Anatomy, ellipse, spine_centre
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ target: DICOM files with the seed study's header traits (12-bit, MONOCHROME1, Pr
 Shape INVERSE, window 2048/4096, 1536 to 2688 px) and planted identifiers (name, ID, birth
 date, accession number, UIDs, a sequence, a private tag) that must never reach an output,
 plus `labels.csv`; nih: PNGs plus `Data_Entry_2017.csv`; chexpert: JPGs plus `train.csv`
-with -1 and blanks. Anatomy is in `phantom_anatomy`, how each label shows in
-`phantom_findings`. Everything is deterministic by seed.
+with -1 and blanks. Anatomy is in `phantom.anatomy`, how each label shows in
+`phantom.findings`. Everything is deterministic by seed.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from data_prep.sources.chexpert import ALL_LABELS as CHEXPERT_COLUMNS
-from data_prep.phantom_anatomy import film, film_pose, patient_anatomy
-from data_prep.phantom_findings import PHANTOM_SETS, UNCERTAIN, paint_findings
+from phantom.anatomy import film, film_pose, patient_anatomy
+from phantom.findings import PHANTOM_SETS, UNCERTAIN, paint_findings
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 # Film sizes at full scale (rows, cols ranges): seed 000's table for the target, NIH's
@@ -196,7 +196,7 @@ def _write_table(out_dir: Path, kind: str, rows: list[dict]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m data_prep.phantom",
+    parser = argparse.ArgumentParser(prog="python -m phantom",
                                      description="Write a phantom source set in its real format.")
     parser.add_argument("kind", choices=sorted(PHANTOM_SETS))
     parser.add_argument("--n", type=int, default=60, help="patients (default 60)")
