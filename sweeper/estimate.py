@@ -16,9 +16,10 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainables.engine import RECALIBRATION_IMAGES  # batch norm is re-estimated on these before each evaluation
+
 DEFAULT_TFLOPS = 150.0
 TRAIN_STEP_FORWARDS = 3.0  # forward + backward (about twice the forward)
-RECALIBRATION_IMAGES = 2048  # trainables re-estimate batch norm on at most these many images per evaluation
 
 
 @lru_cache(maxsize=None)

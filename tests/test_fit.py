@@ -254,3 +254,37 @@ def test_input_size_resizes_what_the_model_sees_and_predict_rebuilds_it_so(prepa
     again = engine.predict(trained.model, ImageFeed(data.images, torch.device("cpu")), test, 8,
                            engine.Precision.choose("fp32", torch.device("cpu")))
     np.testing.assert_allclose(again, state["predictions"]["test"]["probs"].numpy(), atol=1e-5)
+
+
+def test_a_stage_killed_after_its_first_epoch_resumes_there_and_ends_as_an_uninterrupted_one(
+        chexpert_prepared_dir, tmp_path):
+    """The stage runs in a process that is SIGKILLed once the first epoch's state is on disk; run again, it
+    continues after that epoch (it says so) and its weights equal those of a stage never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    from trainables.pretrain import Stage, ensure_stage, partial_path, stage_path
+
+    stage = Stage("resnet18", "scratch", "regular", (str(chexpert_prepared_dir),), 3, 1e-3, 8, "bce", 0)
+    whole = ensure_stage(stage, tmp_path / "whole", torch.device("cpu"), log=lambda *_: None)
+    cache = tmp_path / "killed"
+    partial = partial_path(stage_path(stage, cache))
+    code = (f"import torch; torch.set_num_threads(1)\nfrom trainables.pretrain import Stage, ensure_stage\n"
+            f"ensure_stage(Stage(*{tuple(stage.__dict__.values())!r}), {str(cache)!r}, torch.device('cpu'))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not partial.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.is_file() and not stage_path(stage, cache).is_file(), proc.stderr.read()[-2000:]
+    assert torch.load(partial, weights_only=True)["epoch"] in (1, 2)
+    logs = []
+    resumed = ensure_stage(stage, cache, torch.device("cpu"), log=logs.append)
+    assert any("resuming after epoch" in line for line in logs), logs
+    assert not partial.exists()  # the finished stage does not keep its training state
+    a, b = (torch.load(p, weights_only=True)["branch"] for p in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

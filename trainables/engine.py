@@ -19,6 +19,8 @@ from vocab.errors import CxrSweepError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+RECALIBRATION_IMAGES = 2048  # training images that re-estimate batch-norm statistics before each evaluation
+
 class NonFiniteLoss(CxrSweepError, RuntimeError):
     """The loss became NaN or infinite: the learning rate is too high or the data is broken."""
 

@@ -50,7 +50,7 @@ class FitConfig:
     schedule: str = "plateau"  # plateau | cosine | constant
     schedule_patience: int = 2
     early_stopping: int = 0  # epochs without validation improvement before stopping; 0: never
-    bn_recalibration: int = 2048  # training images that re-estimate batch-norm statistics before evaluating; 0: off
+    bn_recalibration: int = engine.RECALIBRATION_IMAGES  # images that re-estimate batch norm before evaluating; 0: off
     augment: dict | None = field(default=None, hash=False)  # AugmentConfig fields; None: no augmentation
     val_fraction: float = 0.2
     seed: int = 0
