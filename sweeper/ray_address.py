@@ -60,4 +60,4 @@ def refused(given: str | None, address: str, exc: Exception) -> str:
     return (f"{describe(given)}: the Ray cluster at {address} answers but refused this driver ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}). Clusters started from this repository's files (cluster.yaml, "
             f"docs/cluster-onprem.yaml, docs/slurm/) require their token: run with RAY_AUTH_MODE=token and "
-            f"RAY_AUTH_TOKEN_PATH=<that cluster's token file> (README, 'Where to run')")
+            f"RAY_AUTH_TOKEN_PATH=<that cluster's token file> (docs/clusters.md)")
