@@ -38,7 +38,7 @@ def test_auto_precision_is_bf16_or_fp16_with_a_scaler():
 @pytest.mark.parametrize("backbone", ["resnet18", "densenet121", "mobilenet_v3_small", "alexnet_style"])
 def test_fit_trains_on_the_gpu_with_finite_losses(prepared_dir, backbone):
     final = _run(_config(prepared_dir, backbone=backbone))[-1][0]
-    assert np.isfinite(final["train_loss"]) and 0 <= final["test_auc"] <= 1
+    assert np.isfinite(final["train_loss"]) and np.isfinite(final["test_auc"])  # NaN: a broken path
 
 
 def test_the_target_set_is_resident_on_the_gpu_as_stored(prepared_dir):

@@ -76,7 +76,7 @@ def test_report_lists_every_cell(paper_sweep):
     _, db, sweeps = paper_sweep
     cells = Analysis(load(db, NAME), n_boot=0).cells
     assert set(zip(cells["backbone"], cells["recipe"])) == CELLS
-    assert (cells["folds_done"] == 2).all() and cells["auc_mean"].between(0, 1).all()
+    assert (cells["folds_done"] == 2).all() and cells["auc_mean"].notna().all() and cells["auc_pooled"].notna().all()
     printed = sweeps.cli("-m", "results.report", "--db", db, "--sweep", NAME, "--bootstrap", "50").stdout
     assert "### Source data selection: resnet50" in printed and "| 2/2 |" in printed
     assert "### Source data selection: resnet50" in sweeps.stdout["paper"]  # the sweep printed it too
