@@ -6,7 +6,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from trainables.augment import NO_AUGMENT, AugmentConfig, BatchAugment, batched_affine
+from trainables.augment import NO_AUGMENT, AugmentConfig, BatchAugment, batched_affine, inverse_affine_matrix
 
 OFF = {p: 0.0 for p in ("rotate_p", "shift_p", "shear_p", "zoom_p", "rescale_p", "hflip_p", "vflip_p", "noise_p")}
 
@@ -47,6 +47,56 @@ def test_batched_affine_matches_torchvision_affine(h, w):
         assert not torch.allclose(expected, img, atol=1e-2)  # the transform really does something
         assert (out[k] - expected).abs().max().item() < 1e-5
 
+
+
+def _one_per_image(params: list[tuple]) -> list[torch.Tensor]:
+    """(angle, translate, scale, shear) per image -> the four batched_affine tensors."""
+    return [torch.tensor([p[i] for p in params], dtype=torch.float64) for i in range(4)]
+
+
+def test_own_inverse_matrix_warps_as_torchvisions_public_affine_for_each_parameter_and_all_at_once():
+    img = smooth_image(36, 60)  # not square: x and y scale differently in affine_grid's coordinates
+    params = [(25.0, [0.0, 0.0], 1.0, [0.0, 0.0]), (-160.0, [0.0, 0.0], 1.0, [0.0, 0.0]),
+              (0.0, [6.5, 0.0], 1.0, [0.0, 0.0]), (0.0, [0.0, -4.25], 1.0, [0.0, 0.0]),
+              (0.0, [0.0, 0.0], 0.7, [0.0, 0.0]), (0.0, [0.0, 0.0], 1.3, [0.0, 0.0]),
+              (0.0, [0.0, 0.0], 1.0, [18.0, 0.0]), (0.0, [0.0, 0.0], 1.0, [0.0, -14.0]),
+              (33.0, [-5.0, 3.5], 0.8, [-21.0, 11.0])]
+    out = batched_affine(img.expand(len(params), 1, 36, 60), *_one_per_image(params))
+    for k, (angle, translate, scale, shear) in enumerate(params):
+        expected = TF.affine(img, angle=angle, translate=translate, scale=scale, shear=shear,
+                             interpolation=InterpolationMode.BILINEAR)
+        assert not torch.allclose(expected, img, atol=1e-2), k
+        assert (out[k] - expected).abs().max().item() < 1e-5, (k, angle, translate, scale, shear)
+
+
+def test_a_positive_angle_turns_the_image_clockwise_as_displayed_unlike_rotate():
+    img = torch.zeros(1, 32, 32)
+    img[0, 14:18, 24:30] = 1.0  # a bar right of the centre
+    out = batched_affine(img[None], *_one_per_image([(90.0, [0.0, 0.0], 1.0, [0.0, 0.0])]))[0]
+    assert torch.allclose(out[0, 24:30, 14:18], torch.ones(6, 4), atol=1e-5)  # now below it (y points down)
+    assert abs(out.sum().item() - img.sum().item()) < 1e-4
+    smooth = smooth_image(40, 56)
+    turned = batched_affine(smooth[None], *_one_per_image([(17.0, [0.0, 0.0], 1.0, [0.0, 0.0])]))[0]
+    expected = TF.rotate(smooth, -17.0, interpolation=InterpolationMode.BILINEAR)  # rotate(): counter-clockwise
+    assert (turned - expected).abs().max().item() < 1e-5
+
+
+def test_inverse_affine_matrix_inverts_the_forward_map_its_docstring_states():
+    def forward(angle, translate, scale, shear) -> torch.Tensor:
+        a, sx, sy = (torch.deg2rad(torch.tensor(v, dtype=torch.float64)) for v in (angle, *shear))
+        rotation = torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+        shear_x = torch.tensor([[1.0, -sx.tan()], [0.0, 1.0]], dtype=torch.float64)
+        shear_y = torch.tensor([[1.0, 0.0], [-sy.tan(), 1.0]], dtype=torch.float64)
+        m = torch.eye(3, dtype=torch.float64)
+        m[:2, :2] = rotation @ (scale * torch.eye(2, dtype=torch.float64)) @ shear_y @ shear_x
+        m[:2, 2] = torch.tensor(translate, dtype=torch.float64)
+        return m
+
+    for params in [(12.5, [3.25, -2.0], 1.08, [4.0, 0.0]), (-120.0, [-7.0, 9.5], 0.6, [-25.0, 30.0])]:
+        inverse = torch.eye(3, dtype=torch.float64)
+        inverse[:2] = torch.tensor(inverse_affine_matrix(*params), dtype=torch.float64).reshape(2, 3)
+        torch.testing.assert_close(inverse @ forward(*params), torch.eye(3, dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
 
 def test_each_image_gets_its_own_draw():
     images = smooth_image(32, 32).expand(16, 1, 32, 32)

@@ -4,8 +4,8 @@ torchvision.transforms.v2 transforms draw ONE set of parameters per call, so a b
 the same rotation, flip, ... for every image. Here each image draws its own parameters, and all
 images' affine transforms run in one affine_grid + grid_sample call on the images' device (GPU
 when there is one), so the CPU never limits the training step. Geometry matches
-torchvision.transforms.v2.functional.affine (its own inverse-matrix helper; translate in pixels,
-centre at the image centre; bilinear, fill 0).
+torchvision.transforms.v2.functional.affine and v2.RandomAffine (inverse_affine_matrix: translate in
+pixels, centre at the image centre; bilinear, fill 0).
 
 Randomness: all parameters are drawn on the CPU from the caller's generator, always in the same
 order and amount, then moved to the device, so a resumed run is bit-identical. Noise is drawn on
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as TF
-
-from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix  # private
 
 _PROBABILITIES = ("rotate_p", "shift_p", "shear_p", "zoom_p", "rescale_p", "hflip_p", "vflip_p", "noise_p")
 
@@ -79,12 +77,37 @@ class AugmentConfig:
 NO_AUGMENT = AugmentConfig(**{p: 0.0 for p in _PROBABILITIES})
 
 
+def inverse_affine_matrix(angle: float, translate: list[float], scale: float, shear: list[float]) -> list[float]:
+    """The 2 x 3 matrix (row-major, 6 floats) mapping an output pixel to where it is sampled in the input,
+    in torchvision's convention for v2.functional.affine and v2.RandomAffine about the image centre.
+
+    Coordinates: pixels, x to the right, y DOWN, origin at the image centre. The forward map is
+    M = T(translate) . R(angle) . S(scale) . SHy(shear[1]) . SHx(shear[0]), with
+    R(a) = [[cos a, -sin a], [sin a, cos a]] (y down: a positive angle turns the image clockwise as
+    displayed, the opposite of torchvision's rotate()), SHx(s) = [[1, -tan s], [0, 1]],
+    SHy(s) = [[1, 0], [-tan s, 1]], S(s) = s * I and T adding translate (x, y) in pixels; angle and shear
+    in degrees. R . SHy . SHx has determinant 1, so M's linear part inverts as its adjugate over scale.
+    The same formulas as torchvision's own (private) helper, evaluated in the same order.
+    """
+    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
+    tan_sx = math.tan(sx)
+    a = math.cos(rot - sy) / math.cos(sy)  # R . SHy . SHx = [[a, b], [c, d]]
+    b = -(a * tan_sx + math.sin(rot))
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = math.cos(rot) - c * tan_sx
+    m = [d / scale, -b / scale, 0.0, -c / scale, a / scale, 0.0]
+    tx, ty = translate
+    m[2] = 0.0 - m[0] * tx - m[1] * ty  # M^-1 = (R S SHy SHx)^-1 . T^-1 (0.0 - x: never -0.0)
+    m[5] = 0.0 - m[3] * tx - m[4] * ty
+    return m
+
+
 def affine_thetas(angle, translate, scale, shear, height: int, width: int) -> torch.Tensor:
     """(N, 2, 3) float64 affine_grid thetas reproducing torchvision's affine per image.
 
     angle, scale: (N,); translate: (N, 2) pixels; shear: (N, 2) degrees; all CPU tensors.
     """
-    rows = [_get_inverse_affine_matrix([0.0, 0.0], a, t, s, sh) for a, t, s, sh in
+    rows = [inverse_affine_matrix(a, t, s, sh) for a, t, s, sh in
             zip(angle.tolist(), translate.tolist(), scale.tolist(), shear.tolist())]
     m = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2, 3)
     # torchvision's matrix maps centred pixel coordinates; affine_grid (align_corners=False) uses
