@@ -1,8 +1,8 @@
 """Write a report's tables and figures as Markdown, one self-contained HTML page, LaTeX and CSV.
 
 Label, recipe and data-set names come from user files, so every string is escaped for the
-format it goes into: HTML by Jinja2's autoescape, LaTeX by pandas' Styler, Markdown by
-escaping the characters that would break a table.
+format it goes into: HTML by Jinja2's autoescape, LaTeX by pandas' Styler (table cells) and
+latex_text (captions), Markdown by escaping the characters that would break a table.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment
-from pandas.io.formats.style_render import _escape_latex  # what Styler.format(escape='latex') uses
 
 from results.figures import Figure
 from results.tables import Table
@@ -51,11 +50,23 @@ def to_markdown(report: Report, figure_dir: str | None = "figures") -> str:
     return "\n".join(lines)
 
 
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+_LATEX_SPECIAL_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIAL))
+
+
+def latex_text(text: str) -> str:
+    """text as LaTeX text mode prints it: & % $ # _ { } escaped with a backslash, ~ ^ \\ as their \\text...{}
+    commands ('{}' ends the command, so a following space is kept). One pass: what it inserts is not escaped again."""
+    return _LATEX_SPECIAL_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], text)
+
+
 def to_latex(table: Table) -> str:
-    """A booktabs tabular with every header, cell and the caption escaped for LaTeX (pandas' escaping)."""
+    """A booktabs tabular with every header and cell escaped by pandas (Styler.format(escape="latex")) and
+    the caption by latex_text."""
     styler = table.display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     caption = table.title + (f". {table.note}" if table.note else "")
-    return styler.to_latex(hrules=True, caption=_escape_latex(caption), label=f"tab:{file_stem(table.key)}")
+    return styler.to_latex(hrules=True, caption=latex_text(caption), label=f"tab:{file_stem(table.key)}")
 
 
 _PAGE = """<!doctype html>

@@ -11,11 +11,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from results.load import load
-from results.render import to_html, to_latex, to_markdown, write
+from results.render import latex_text, to_html, to_latex, to_markdown, write
 from results.report import build, main
 from results.store import ResultsStore
 from results.analysis import Analysis
-from results.tables import combination_selection, source_selection, transfer_effect
+from results.tables import Table, combination_selection, source_selection, transfer_effect
 from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep
 
 
@@ -215,6 +215,20 @@ def test_user_supplied_names_are_escaped_in_html_and_latex(engine_url):
     latex = to_latex(table)
     assert r"50\%\_\$\#\{\}" in latex and "<script>" in latex  # LaTeX needs no HTML escaping
     assert HOSTILE not in latex
+
+
+def test_latex_captions_are_escaped_by_latex_text_and_cells_by_pandas_public_styler():
+    caption = r"a&b%c$d#e_f{g}h~ i^ j\k \ l"  # every LaTeX special character, some before a space
+    assert latex_text(caption) == \
+        r"a\&b\%c\$d\#e\_f\{g\}h\textasciitilde{} i\textasciicircum{} j\textbackslash{}k \textbackslash{} l"
+    assert latex_text("plain text, 0.5 (0.1)") == "plain text, 0.5 (0.1)"
+    cell = "50%_$#{} ~x^y\\z & w"
+    display = pd.DataFrame({"recipe_{1}": [cell], "AUC": ["0.81 ~ 0.02"]})
+    latex = to_latex(Table("k", "T&~", numbers=display, display=display, note="n^2 \\ 100%"))
+    assert r"\caption{T\&\textasciitilde{}. n\textasciicircum{}2 \textbackslash{} 100\%}" in latex
+    body = display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    assert body.to_latex(hrules=True) in latex  # headers and cells exactly as pandas' public escaping gives them
+    assert latex_text(cell) not in latex  # (which differs from latex_text's for ~ ^ and \\)
 
 
 def test_file_names_from_user_supplied_names_stay_inside_the_report_folder(engine_url, tmp_path):
