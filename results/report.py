@@ -95,11 +95,6 @@ def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool 
     return Report(f"Sweep {data.name}: comparison report", _summary(data, analysis), sections)
 
 
-def report(url: str, sweep: str | None = None, n_boot: int = 200) -> str:
-    """The Markdown tables alone."""
-    return to_markdown(build(url, sweep, n_boot=n_boot, figures=False), figure_dir=None)
-
-
 def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000,
                  extra_sections: list[tuple[str, list, list]] = ()) -> tuple[str, dict[str, Path]]:
     """Write the whole report under `out`; (the comparison's Markdown without figure links, the files

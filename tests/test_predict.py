@@ -44,10 +44,12 @@ def test_a_trained_model_predicts_files_exactly_as_its_trial_evaluated_them(stra
 
 
 def test_a_checkpoint_that_is_not_a_final_one_is_refused_clearly(prepared_dir, tmp_path):
-    first_epoch = _run(_config(prepared_dir, epochs=2))[0][1]
-    torch.save(first_epoch, tmp_path / STATE_FILE)
-    with pytest.raises(PredictError, match="not the final checkpoint of a completed trial"):
-        TrainedModel.load(tmp_path)
+    states = [state for _, state in _run(_config(prepared_dir, epochs=2))]
+    without_manifest = {k: v for k, v in states[-1].items() if k != "manifest"}  # the data set's size and bits
+    for state in (states[0], without_manifest):
+        torch.save(state, tmp_path / STATE_FILE)
+        with pytest.raises(PredictError, match="not the final checkpoint of a completed trial"):
+            TrainedModel.load(tmp_path)
     (tmp_path / STATE_FILE).write_bytes(b"truncated")
     with pytest.raises(PredictError, match="cannot read the checkpoint"):
         TrainedModel.load(tmp_path)

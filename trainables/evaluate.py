@@ -12,7 +12,6 @@ import torch
 from trainables import engine
 from trainables.metrics import MACRO, POOLED
 
-SPLITS = ("outer_train", "test")
 SCALARS = (*MACRO, *POOLED, "exact_match", "loss")  # what multilabel_metrics and the fit's score give
 
 
