@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from results.load import CELL, latest_sweep, quote
-from results.query import QueryError, run_query
+import pandas as pd
+from sqlalchemy import Connection, select
+
+from results.load import CELL, SWEEPS, latest_sweep, read_frame, reading
+from results.query import QueryError
+from results.schema import SELECTED_TRIALS, Trial
 
 
 def cell_name(backbone: str, recipe: str, variant: str) -> str:
@@ -34,20 +38,27 @@ class ChosenTrial:
         return cell_name(self.backbone, self.recipe, self.variant)
 
 
-def _selected(url: str, sweep: str):
+def selected_trials(conn: Connection, sweep: str) -> pd.DataFrame:
     """The sweep's selected trials (one per cell and fold) with their checkpoints and cell names."""
-    selected = run_query(url, f"""
-        SELECT st.backbone, st.recipe, st.variant, st.fold, st.val_auc, t.trial_key, t.checkpoint
-        FROM selected_trials st JOIN sweep_trials t ON t.id = st.trial_id JOIN sweeps s ON s.id = st.sweep_id
-        WHERE s.name = {quote(sweep)} ORDER BY st.backbone, st.recipe, st.variant""")
+    st, t, s = SELECTED_TRIALS.alias("st"), Trial.__table__.alias("t"), SWEEPS.alias("s")
+    selected = read_frame(conn, select(st.c.backbone, st.c.recipe, st.c.variant, st.c.fold, st.c.val_auc,
+                                       t.c.trial_key, t.c.checkpoint)
+                          .select_from(st.join(t, t.c.id == st.c.trial_id).join(s, s.c.id == st.c.sweep_id))
+                          .where(s.c.name == sweep).order_by(st.c.backbone, st.c.recipe, st.c.variant))
     selected["name"] = [cell_name(*parts) for parts in selected[CELL].itertuples(index=False)]
     return selected
 
 
 def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) -> ChosenTrial:
     """`cell`: BACKBONE/RECIPE or BACKBONE/RECIPE/VARIANT; None: the best cell on validation."""
-    sweep = sweep or latest_sweep(url)
-    selected = _selected(url, sweep)
+    with reading(url) as conn:
+        sweep = sweep or latest_sweep(conn, url)
+        selected = selected_trials(conn, sweep)
+    return choose_from(selected, url, sweep, cell)
+
+
+def choose_from(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None) -> ChosenTrial:
+    """choose_trial on a sweep's selected_trials, already read."""
     if selected.empty:
         raise QueryError(f"sweep {sweep!r} in {url} has no completed trial to apply yet")
     if cell is None:
@@ -64,7 +75,6 @@ def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) ->
                        float(row["val_auc"]), row["checkpoint"])
 
 
-def cells_with_models(url: str, sweep: str) -> list[str]:
-    """The cells of a sweep that have a completed, selected trial with a recorded checkpoint, by name."""
-    selected = _selected(url, sweep)
+def cells_with_models(selected: pd.DataFrame) -> list[str]:
+    """The cells of a sweep's selected trials (selected_trials) that have a recorded checkpoint, by name."""
     return list(dict.fromkeys(selected.loc[selected["checkpoint"].notna(), "name"]))

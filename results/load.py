@@ -1,4 +1,5 @@
-"""Everything a report needs about one sweep, read once through read-only queries.
+"""Everything a report needs about one sweep, read once: one read-only engine per load, SQLAlchemy
+Core selects on results.schema's tables and views, names as bound parameters.
 
 The report works from a copied DB on a laptop (docs/design.md §2: results imports nothing of the
 other packages), so all it knows comes from these frames: the planned cells and folds,
@@ -8,26 +9,48 @@ predictions, learning curves, and every trial's hyperparameters (for the learnin
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, Select, case, literal_column, select
+from sqlalchemy.exc import DBAPIError
 
-from results.query import QueryError, run_query
-from results.schema import MACRO
+from results.query import QueryError
+from results.schema import (FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY, Cell,
+                            LearningCurve, Sweep, TrialMetric)
+from results.store import open_engine
 
 CELL = ["backbone", "recipe", "variant"]
+SWEEPS, CELLS, CURVES, METRICS = Sweep.__table__, Cell.__table__, LearningCurve.__table__, TrialMetric.__table__
 
 
-def quote(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
+@contextmanager
+def reading(url: str) -> Iterator[Connection]:
+    """One read-only engine and one read-only transaction for all of a load's selects; the engine is
+    disposed after. A DB error becomes a QueryError, as it does in results.query."""
+    engine = open_engine(url, readonly=True)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except DBAPIError as exc:
+        raise QueryError(str(exc.orig).strip()) from exc
+    finally:
+        engine.dispose()
 
 
-def latest_sweep(url: str) -> str:
-    frame = run_query(url, "SELECT name FROM sweeps ORDER BY started_at DESC, id DESC LIMIT 1")
-    if frame.empty:
+def read_frame(conn: Connection, query: Select) -> pd.DataFrame:
+    result = conn.execute(query)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def latest_sweep(conn: Connection, url: str) -> str:
+    row = conn.execute(select(SWEEPS.c.name).order_by(SWEEPS.c.started_at.desc(), SWEEPS.c.id.desc()).limit(1)).first()
+    if row is None:
         raise QueryError(f"DB {url} holds no sweep yet; run python -m sweeper.run first")
-    return str(frame.iloc[0, 0])
+    return str(row[0])
 
 
 def _json(value):
@@ -70,62 +93,77 @@ class SweepData:
                 "thresholds": thresholds.to_numpy(float), "patients": patients.to_numpy()}
 
 
-def _sweep_row(url: str, name: str) -> dict:
-    frame = run_query(url, f"SELECT * FROM sweeps WHERE name = {quote(name)}")
+def _sweep_row(conn: Connection, name: str) -> dict:
+    # SELECT *: the row as the DB holds it, untyped (SQLite's DATETIME stays its stored text)
+    frame = read_frame(conn, select(literal_column("*")).select_from(SWEEPS).where(SWEEPS.c.name == name))
     if frame.empty:
-        known = run_query(url, "SELECT name FROM sweeps ORDER BY id")["name"].tolist()
+        known = list(conn.scalars(select(SWEEPS.c.name).order_by(SWEEPS.c.id)))
         raise QueryError(f"no sweep named {name!r} in the DB; it holds {known or 'no sweep yet'}")
     return frame.iloc[0].to_dict()
 
 
-def _cells(url: str, sweep_id: int) -> pd.DataFrame:
-    cells = run_query(url, f"SELECT id AS cell_id, backbone, recipe, variant, strategy, init, sources, settings, "
-                           f"pretrain_artefact, weights_file, weights_sha256 FROM cells WHERE sweep_id = {int(sweep_id)} "
-                           f"ORDER BY backbone, recipe, variant")
+def _cells(conn: Connection, sweep_id: int) -> pd.DataFrame:
+    c = CELLS.c
+    cells = read_frame(conn, select(c.id.label("cell_id"), c.backbone, c.recipe, c.variant, c.strategy, c.init,
+                                    c.sources, c.settings, c.pretrain_artefact, c.weights_file, c.weights_sha256)
+                       .where(c.sweep_id == sweep_id).order_by(c.backbone, c.recipe, c.variant))
     cells["sources"] = [list(_json(s) or []) for s in cells["sources"]]
     cells["settings"] = [dict(_json(s) or {}) for s in cells["settings"]]
     return cells
 
 
-def _trials(url: str, name: str) -> pd.DataFrame:
-    trials = run_query(url, f"""
-        SELECT t.backbone, t.recipe, t.variant, t.fold, t.trial_id, t.status, t.params, t.epochs_run,
-               m.value AS val_auc, CASE WHEN st.trial_id IS NULL THEN 0 ELSE 1 END AS selected
-        FROM trial_summary t
-        LEFT JOIN trial_metrics m ON m.trial_id = t.trial_id AND m.split = 'val' AND m.metric = 'auc'
-                                 AND m.class_name = '{MACRO}'
-        LEFT JOIN selected_trials st ON st.trial_id = t.trial_id
-        WHERE t.sweep = {quote(name)} ORDER BY t.trial_id""")
+def _trials(conn: Connection, name: str) -> pd.DataFrame:
+    t, m, st = TRIAL_SUMMARY.alias("t"), METRICS.alias("m"), SELECTED_TRIALS.alias("st")
+    trials = read_frame(conn, select(
+        t.c.backbone, t.c.recipe, t.c.variant, t.c.fold, t.c.trial_id, t.c.status, t.c.params, t.c.epochs_run,
+        m.c.value.label("val_auc"), case((st.c.trial_id.is_(None), 0), else_=1).label("selected"))
+        .select_from(t.outerjoin(m, (m.c.trial_id == t.c.trial_id) & (m.c.split == "val") & (m.c.metric == "auc")
+                                 & (m.c.class_name == MACRO))
+                     .outerjoin(st, st.c.trial_id == t.c.trial_id))
+        .where(t.c.sweep == name).order_by(t.c.trial_id))
     params = [dict(_json(p) or {}) for p in trials.pop("params")]
     trials["lr"] = [p.get("lr", np.nan) for p in params]
     trials["dropout"] = [p.get("dropout", np.nan) for p in params]
     return trials
 
 
+def _metrics(conn: Connection, name: str) -> pd.DataFrame:
+    f = FOLD_METRICS.c
+    return read_frame(conn, select(f.backbone, f.recipe, f.variant, f.fold, f.trial_id, f.split, f.metric,
+                                   f.class_name, f.value).where(f.sweep == name))
+
+
+def _predictions(conn: Connection, name: str) -> pd.DataFrame:
+    o, th = OOF_PREDICTIONS.alias("o"), METRICS.alias("th")
+    return read_frame(conn, select(
+        o.c.backbone, o.c.recipe, o.c.variant, o.c.fold, o.c.trial_id, o.c.image_key, o.c.patient_key,
+        o.c.class_name, o.c.prob, o.c.target, th.c.value.label("threshold"))
+        .select_from(o.outerjoin(th, (th.c.trial_id == o.c.trial_id) & (th.c.split == "test")
+                                 & (th.c.metric == "threshold") & (th.c.class_name == o.c.class_name)))
+        .where(o.c.sweep == name))
+
+
+def _curves(conn: Connection, name: str) -> pd.DataFrame:
+    c, t = CURVES.alias("c"), TRIAL_SUMMARY.alias("t")
+    return read_frame(conn, select(c.c.trial_id, c.c.epoch, c.c.train_loss, c.c.val_loss, c.c.val_auc, c.c.lr,
+                                   c.c.val_binary_acc, c.c.val_exact_match, c.c.val_fnr)
+                      .select_from(c.join(t, t.c.trial_id == c.c.trial_id))
+                      .where(t.c.sweep == name).order_by(c.c.trial_id, c.c.epoch))
+
+
 def load(url: str, name: str | None = None) -> SweepData:
-    name = name or latest_sweep(url)
-    sweep = _sweep_row(url, name)
-    q = quote(name)
-    metrics = run_query(url, f"SELECT backbone, recipe, variant, fold, trial_id, split, metric, class_name, value "
-                             f"FROM fold_metrics WHERE sweep = {q}")
-    predictions = run_query(url, f"""
-        SELECT o.backbone, o.recipe, o.variant, o.fold, o.trial_id, o.image_key, o.patient_key, o.class_name,
-               o.prob, o.target, th.value AS threshold
-        FROM oof_predictions o LEFT JOIN trial_metrics th ON th.trial_id = o.trial_id AND th.split = 'test'
-             AND th.metric = 'threshold' AND th.class_name = o.class_name
-        WHERE o.sweep = {q}""")
-    curves = run_query(url, f"""
-        SELECT c.trial_id, c.epoch, c.train_loss, c.val_loss, c.val_auc, c.lr, c.val_binary_acc, c.val_exact_match,
-               c.val_fnr FROM learning_curves c
-        JOIN trial_summary t ON t.trial_id = c.trial_id WHERE t.sweep = {q} ORDER BY c.trial_id, c.epoch""")
+    with reading(url) as conn:
+        name = name or latest_sweep(conn, url)
+        sweep = _sweep_row(conn, name)
+        metrics, predictions, curves = _metrics(conn, name), _predictions(conn, name), _curves(conn, name)
+        trials, cells = _trials(conn, name), _cells(conn, int(sweep["id"]))
     for frame in (metrics, predictions, curves):  # NULL (undefined) comes back as None in object columns
         for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
                        "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
                 frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     folds = [int(f) for f in (_json(sweep.get("folds")) or [])]
-    trials = _trials(url, name)
     if not folds and not trials.empty:  # a DB written without the plan: the folds seen
         folds = sorted(int(f) for f in trials["fold"].unique())
-    return SweepData(name=name, sweep=sweep, cells=_cells(url, int(sweep["id"])), folds=folds, trials=trials,
+    return SweepData(name=name, sweep=sweep, cells=cells, folds=folds, trials=trials,
                      metrics=metrics, predictions=predictions, curves=curves)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, TableClause, Text,
+                        UniqueConstraint, column, table)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 7
@@ -204,3 +205,19 @@ VIEWS = {
         JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
         JOIN test_predictions p ON p.trial_id = st.trial_id""",
 }
+
+
+def _view(name: str, columns: str) -> TableClause:
+    """A view as a selectable for SQLAlchemy Core reads. Its columns carry no type, so their values come back
+    as the driver returns them, as they do to results.query's hand-written SQL."""
+    return table(name, *(column(c) for c in columns.split()))
+
+
+_CELL_COLUMNS = "sweep backbone recipe variant strategy"
+TRIAL_SUMMARY = _view("trial_summary", f"{_CELL_COLUMNS} fold trial_id trial_key study optuna_number status params "
+                                       f"epochs_run best_epoch error started_at finished_at checkpoint")
+SELECTED_TRIALS = _view("selected_trials", "sweep_id cell_id backbone recipe variant fold trial_id val_auc")
+FOLD_METRICS = _view("fold_metrics", f"{_CELL_COLUMNS} fold trial_id split metric class_name value")
+CELL_SUMMARY = _view("cell_summary", f"{_CELL_COLUMNS} split metric n_folds mean min max")
+OOF_PREDICTIONS = _view("oof_predictions",
+                        f"{_CELL_COLUMNS} fold trial_id image_key patient_key class_name prob target")

@@ -16,12 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 from data_prep.dataset import PreparedDataset  # noqa: E402
-from results.choose import cells_with_models, choose_trial  # noqa: E402
+from results.choose import ChosenTrial, cells_with_models, choose_from, selected_trials  # noqa: E402
 from results.figures import Figure  # noqa: E402
-from results.load import quote  # noqa: E402
-from results.query import run_query  # noqa: E402
+from results.load import SWEEPS, read_frame, reading  # noqa: E402
+from results.query import QueryError  # noqa: E402
+from results.schema import Prediction, Trial  # noqa: E402
 from sweeper.predict import read_checkpoint  # noqa: E402
 from trainables.explain import heatmap_overlays  # noqa: E402
 from trainables.predict import TrainedModel  # noqa: E402
@@ -64,18 +66,37 @@ def _panel(title: str, pictures: list[list[np.ndarray]], captions: list[str], br
     return buffer.getvalue()
 
 
+def _skipped(log, cell: str, exc: Exception) -> None:
+    log(f"[sweeper] no Grad-CAM for cell {cell} in the report ({type(exc).__name__}: {exc})")
+
+
+def _models(db_url: str, sweep: str, log) -> list[tuple[str, ChosenTrial, pd.DataFrame]]:
+    """Each cell's model (as sweeper.predict would choose it) and that trial's test predictions, read with
+    one engine before any model runs."""
+    p, t, s = Prediction.__table__.alias("p"), Trial.__table__.alias("t"), SWEEPS.alias("s")
+    found = []
+    with reading(db_url) as conn:
+        selected = selected_trials(conn, sweep)
+        for cell in cells_with_models(selected):
+            try:
+                chosen = choose_from(selected, db_url, sweep, cell)
+            except QueryError as exc:
+                _skipped(log, cell, exc)
+                continue
+            found.append((cell, chosen, read_frame(conn, select(p.c.image_key, p.c.class_name, p.c.prob, p.c.target)
+                                                   .select_from(p.join(t, t.c.id == p.c.trial_id)
+                                                                .join(s, s.c.id == t.c.sweep_id))
+                                                   .where(s.c.name == sweep, t.c.trial_key == chosen.trial_key))))
+    return found
+
+
 def explanation_sections(db_url: str, sweep: str, target: Path, log=print) -> list[tuple[str, list, list[Figure]]]:
     data = PreparedDataset(target)
     row_of = {key: i for i, key in enumerate(data.image_keys)}
     figures = []
-    for cell in cells_with_models(db_url, sweep):
+    for cell, chosen, predictions in _models(db_url, sweep, log):
         try:
-            chosen = choose_trial(db_url, sweep, cell)
             model = TrainedModel.load(read_checkpoint(chosen.checkpoint), "cpu", source=chosen.checkpoint)
-            predictions = run_query(db_url, f"""
-                SELECT p.image_key, p.class_name, p.prob, p.target FROM test_predictions p
-                JOIN sweep_trials t ON t.id = p.trial_id JOIN sweeps s ON s.id = t.sweep_id
-                WHERE s.name = {quote(sweep)} AND t.trial_key = {quote(chosen.trial_key)}""")
             label, picked = examples(predictions, model)
             if not picked:
                 continue
@@ -88,5 +109,5 @@ def explanation_sections(db_url: str, sweep: str, target: Path, log=print) -> li
             figures.append(Figure(f"gradcam_{cell}", title, _panel(title, pictures, captions, len(pictures[0])),
                                   "Grad-CAM of the label's logit over the test image"))
         except Exception as exc:  # noqa: BLE001 - one cell's model must not cost the report
-            log(f"[sweeper] no Grad-CAM for cell {cell} in the report ({type(exc).__name__}: {exc})")
+            _skipped(log, cell, exc)
     return [(HEADING, [], figures)] if figures else []

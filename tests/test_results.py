@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine, event
 
+from results.choose import choose_trial
+from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
-from tests.handmade_sweep import build_sweep
+from tests.handmade_sweep import FOLDS, build_sweep
 
 LABELS = ["a", "b"]
 
@@ -229,3 +232,39 @@ def test_resuming_a_sweep_keeps_its_start_time(engine_url):
     first = run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist()
     store.start_sweep("s", "tiny", "second", "v2")
     assert run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist() == first
+
+QUOTED = "o'brien; DROP TABLE sweeps"
+
+
+def test_a_sweep_name_with_a_quote_is_read_as_a_name_not_as_sql(engine_url):
+    expected = build_sweep(engine_url, QUOTED)
+    data = load(engine_url, QUOTED)
+    assert data.name == data.sweep["name"] == QUOTED and data.folds == list(FOLDS)
+    test_auc = data.macro("test", "auc").set_index(["backbone", "recipe", "fold"])["value"]
+    for (backbone, recipe), folds in expected.selected.items():
+        assert [test_auc[(backbone, recipe, f)] for f in FOLDS] == pytest.approx([m["test_auc"] for m in folds])
+    assert data.trials["selected"].sum() == len(expected.selected) * len(FOLDS)
+    assert len(data.curves) == 3 * len(data.trials) and data.predictions["threshold"].notna().all()
+    chosen = choose_trial(engine_url, QUOTED, "resnet50/nih")
+    assert (chosen.sweep, chosen.cell) == (QUOTED, "resnet50/nih") and chosen.checkpoint
+    assert load(engine_url).name == choose_trial(engine_url).sweep == QUOTED  # the latest sweep
+    with pytest.raises(QueryError, match=r"no sweep named \"o'brien\" in the DB; it holds \[\"o'brien; DROP"):
+        load(engine_url, "o'brien")
+    assert run_query(engine_url, "SELECT COUNT(*) FROM sweeps").iloc[0, 0] == 1
+
+
+def test_a_load_and_a_choice_each_read_through_one_engine(db):
+    connections = []  # every connection opened, with its engine: kept, so that no engine's id is reused
+
+    def connected(conn):
+        connections.append(conn.engine)
+
+    event.listen(Engine, "engine_connect", connected)
+    try:
+        for read in (lambda: load(db), lambda: load(db, "s1"), lambda: choose_trial(db),
+                     lambda: choose_trial(db, "s1", "resnet50/nih")):
+            connections.clear()
+            read()
+            assert len(connections) == 1, connections  # one engine, one connection, all of the reads
+    finally:
+        event.remove(Engine, "engine_connect", connected)
