@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from results.analysis import Analysis  # noqa: E402
+from vocab.names import row_name  # noqa: E402
 
 
 @dataclass
@@ -29,10 +30,6 @@ def _png(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
-
-
-def _cell_name(recipe: str, variant: str) -> str:
-    return recipe + (f" ({variant})" if variant else "")
 
 
 def backbone_bars(analysis: Analysis) -> list[Figure]:
@@ -56,7 +53,7 @@ def backbone_bars(analysis: Analysis) -> list[Figure]:
             for xi in x[missing]:  # a planned cell with no finished fold
                 ax.text(xi, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
         ax.set_xticks(np.arange(len(recipes)) + width * (len(backbones) - 1) / 2,
-                      [f"{s}\n{_cell_name(r, v)}" for s, r, v in recipes], fontsize=7)
+                      [f"{s}\n{row_name(r, v)}" for s, r, v in recipes], fontsize=7)
         ax.set_ylabel(f"test {title}")
         ax.legend(fontsize=7)
         ax.set_title(f"Backbone model selection: {title}")
@@ -96,9 +93,9 @@ def roc_pr_curves(analysis: Analysis) -> list[Figure]:
         fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
         for key in keys:
             truth, probs = _known(analysis.pooled[key])
-            if _roc(roc_ax, truth, probs, label=_cell_name(key[1], key[2])):
+            if _roc(roc_ax, truth, probs, label=row_name(key[1], key[2])):
                 precision, recall, _ = precision_recall_curve(truth, probs)
-                pr_ax.plot(recall, precision, label=_cell_name(key[1], key[2]))
+                pr_ax.plot(recall, precision, label=row_name(key[1], key[2]))
         _roc_frame(roc_ax)
         roc_ax.set_title(f"ROC: {backbone}")
         pr_ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall: {backbone}")
@@ -120,9 +117,9 @@ def per_class_roc(analysis: Analysis) -> list[Figure]:
             keep = ~np.isnan(truth)
             _roc(ax, truth[keep], probs[keep], lw=1, label=name)
         _roc_frame(ax)
-        ax.set_title(f"{key[0]} / {_cell_name(key[1], key[2])}", fontsize=9)
+        ax.set_title(f"{key[0]} / {row_name(key[1], key[2])}", fontsize=9)
         ax.legend(fontsize=6)
-        figures.append(Figure("roc_per_class_" + "_".join(k for k in key if k), f"Per-class ROC: {key[0]} / {_cell_name(key[1], key[2])}",
+        figures.append(Figure("roc_per_class_" + "_".join(k for k in key if k), f"Per-class ROC: {key[0]} / {row_name(key[1], key[2])}",
                               _png(fig)))
     return figures
 
@@ -139,7 +136,7 @@ def learning_curves(analysis: Analysis) -> list[Figure]:
         for i, ((recipe, variant), cell) in enumerate(part.groupby(["recipe", "variant"], sort=True)):
             for j, trial_id in enumerate(cell.trial_id):
                 c = curves[curves.trial_id == trial_id]
-                ax.plot(c.epoch, c.val_auc, color=f"C{i}", lw=1, label=_cell_name(recipe, variant) if j == 0 else None)
+                ax.plot(c.epoch, c.val_auc, color=f"C{i}", lw=1, label=row_name(recipe, variant) if j == 0 else None)
         ax.set(xlabel="epoch", ylabel="validation AUC", title=f"Learning curves: {backbone}")
         ax.legend(fontsize=7)
         figures.append(Figure(f"learning_curves_{backbone}", f"Learning curves: {backbone}", _png(fig),
@@ -166,7 +163,7 @@ def accuracy_over_epochs(analysis: Analysis) -> list[Figure]:
                 c = curves[curves.trial_id == trial_id]
                 for ax, column in zip(axes, EPOCH_METRICS):
                     ax.plot(c.epoch, c[column], color=f"C{i % 10}", lw=1,
-                            label=_cell_name(recipe, variant) if j == 0 and ax is axes[0] else None)
+                            label=row_name(recipe, variant) if j == 0 and ax is axes[0] else None)
         for ax, (column, name) in zip(axes, EPOCH_METRICS.items()):
             ax.set(xlabel="epoch", ylabel=f"validation {name}", title=f"{name.capitalize()}: {backbone}")
         axes[0].legend(fontsize=6)

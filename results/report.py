@@ -15,11 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from results.load import SweepData, load
-from results.query import DEFAULT_DB, QueryError
+from results.query import DEFAULT_DB
 from results.render import Report, to_markdown, write
-from results.store import StoreError
 from results.analysis import Analysis
 from results.tables import all_tables
+from vocab.errors import exits_on_error
+from vocab.names import cell_name
 
 # Sections whose figures sit with the tables of the same heading; the rest follow.
 FIGURE_SECTIONS = {"Backbone model selection"}
@@ -37,7 +38,7 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
     missing = cells[cells.folds_done < cells.folds_planned]
     if len(missing):
         lines.append("Missing (cell: folds done/planned): " + "; ".join(
-            f"{r.backbone}/{r.recipe}{'/' + r.variant if r.variant else ''}: {r.folds_done}/{r.folds_planned}"
+            f"{cell_name(r.backbone, r.recipe, r.variant)}: {r.folds_done}/{r.folds_planned}"
             for r in missing.itertuples()))
     if _smoke(sweep):
         lines.append("SMOKE RUN (python -m sweeper.run --smoke): the grid shrunk to minutes on phantom data; its "
@@ -106,6 +107,7 @@ def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000,
     return markdown, write(built, out)
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results.report", description="Write the comparison report.")
     parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
@@ -114,12 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for intervals and p-values (default 1000; 0: none)")
     args = parser.parse_args(argv)
-    try:
-        built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
-                      log=lambda line: print(line, file=sys.stderr))
-    except (QueryError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
+                  log=lambda line: print(line, file=sys.stderr))
     print(to_markdown(built, figure_dir="figures" if args.out else None))
     if args.out:
         written = write(built, args.out)

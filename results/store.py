@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
                             LearningCurve, Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
 from vocab.errors import CxrSweepError
+from vocab.names import FINAL_SPLITS, metric_key
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -313,7 +314,6 @@ def _prediction_rows(trial_key: str, p: dict, label_names) -> list[dict]:
             for j, name in enumerate(label_names)]
 
 
-SPLITS = ("test", "outer_train")  # what the trainable's last report evaluates
 PER_CLASS_METRICS = ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr")
 MACRO_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")
 
@@ -321,13 +321,13 @@ MACRO_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")
 def _metric_rows(trial_id: int, result: dict, label_names) -> list[dict]:
     rows = [{"trial_id": trial_id, "split": "val", "metric": "auc", "class_name": MACRO,
              "value": _finite(result["best_val_auc"])}]
-    for split in SPLITS:
+    for split in FINAL_SPLITS:
         for metric in MACRO_METRICS:
-            if f"{split}_{metric}" in result:
+            if metric_key(split, metric) in result:
                 rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": MACRO,
-                             "value": _finite(result[f"{split}_{metric}"])})
+                             "value": _finite(result[metric_key(split, metric)])})
         for metric in PER_CLASS_METRICS:
-            for label, value in zip(label_names, result.get(f"{split}_{metric}_per_class", [])):
+            for label, value in zip(label_names, result.get(metric_key(split, f"{metric}_per_class"), [])):
                 rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": label,
                              "value": _finite(value)})
     for label, value in zip(label_names, result.get("thresholds", [])):

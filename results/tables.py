@@ -14,6 +14,7 @@ import pandas as pd
 
 from results.analysis import PERCENT, Analysis, fmt, fmt_p, p_text
 from results.load import CELL
+from vocab.names import row_name
 
 
 @dataclass
@@ -30,7 +31,7 @@ def _key(row) -> tuple:
 
 
 def _name(row) -> str:
-    return row["recipe"] + (f" ({row['variant']})" if row["variant"] else "")
+    return row_name(row["recipe"], row["variant"])
 
 
 def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFrame:

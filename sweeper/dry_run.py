@@ -23,6 +23,7 @@ from sweeper.weights import cache_status
 from trainables.pretrain import Stage, chain_prefix, trained_sources
 from trainables.tune_adapter import fit_config
 from trainables.weights import cache_dir
+from vocab.names import cell_of_study
 
 
 def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, str]:
@@ -81,7 +82,7 @@ def dry_run(spec: SweepSpec, given: dict[str, str] | None = None, tflops: float 
     fine_tune_flops = None if parts is None else 0.0
     for plan in plans:
         config = fit_config(plan.config)
-        name = plan.key.rsplit("/fold", 1)[0]
+        name = cell_of_study(plan.key)
         cells.setdefault(name, {"cell": name, "backbone": config.backbone, "recipe": plan.config["recipe"],
                                 "strategy": config.strategy, "init": config.init,
                                 "sources": list(config.pretrain_dirs), "variant": plan.config["variant"]})

@@ -8,6 +8,7 @@ from optuna.distributions import FloatDistribution
 from sweeper.search import StudyPlan
 from sweeper.spec import SEARCHED, SweepSpec, cell_name, variant
 from sweeper.weights import needs_imagenet
+from vocab.names import study_key
 
 
 def search_space(spec: SweepSpec) -> dict[str, FloatDistribution]:
@@ -39,7 +40,7 @@ def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) ->
     for cell in spec.grid.cells():
         cell_space = {p: d for p, d in space.items() if p not in cell}
         for fold in spec.folds:
-            plans.append(StudyPlan(key=f"{cell_name(cell)}/fold{fold}",
+            plans.append(StudyPlan(key=study_key(cell_name(cell), fold),
                                    config=_trial_config(spec, cell, fold, data, pretrain_cache),
                                    n_trials=spec.search.trials, seed=spec.search.seed, space=cell_space))
     return plans

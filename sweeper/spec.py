@@ -25,6 +25,7 @@ from trainables.models import BACKBONES, INITS
 from trainables.pretrain import STRATEGIES
 from trainables.recipe import check_recipe
 from trainables.schedule import SCHEDULES
+from vocab import names
 from vocab.errors import CxrSweepError
 
 PHANTOM = "phantom"
@@ -379,8 +380,7 @@ class SweepSpec(Strict):
 
 def cell_name(cell: dict) -> str:
     """backbone/recipe, then axis=value for each further axis: the cell's key in studies and the DB."""
-    rest = variant(cell)
-    return f"{cell['backbone']}/{cell['recipe']}" + (f"/{rest}" if rest else "")
+    return names.cell_name(cell["backbone"], cell["recipe"], variant(cell))
 
 
 def variant(cell: dict) -> str:

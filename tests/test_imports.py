@@ -105,6 +105,25 @@ def test_every_error_a_user_can_meet_derives_from_one_base_that_every_cli_turns_
     strays = [name for name, cls in found if not issubclass(cls, CxrSweepError) and name not in INTERNAL_ERRORS]
     assert not strays, f"errors that are not CxrSweepError: {strays}"
     for cli in ("data_prep/build.py", "data_prep/labels.py", "data_prep/folds.py", "data_prep/summary.py",
-                "sweeper/predict.py", "sweeper/weights.py", "results/query.py", "sweeper/run.py"):
+                "sweeper/predict.py", "sweeper/weights.py", "results/query.py", "results/report.py", "sweeper/run.py"):
         text = (REPO / cli).read_text()
         assert "@exits_on_error\ndef main(" in text or "except (CxrSweepError" in text, cli
+
+
+def test_names_that_cross_packages_are_composed_and_parsed_in_vocab_names():
+    """A study key, a cell name and a metric key round-trip; no module composes them by hand."""
+    import re
+
+    from vocab import names
+
+    cell = names.cell_name("resnet50", "imagenet", "loss=bce,lr=0.01")
+    assert cell == "resnet50/imagenet/loss=bce,lr=0.01" and names.cell_name("resnet50", "imagenet") == "resnet50/imagenet"
+    assert names.cell_of_study(names.study_key(cell, 3)) == cell
+    with pytest.raises(ValueError, match="not a study key"):
+        names.cell_of_study("resnet50/imagenet")
+    assert names.metric_key("outer_train", "binary_acc") == "outer_train_binary_acc"
+    hand_made = re.compile(r'/fold\{|"/fold"|f"\{(split|prefix)\}_|\{r\.backbone\}/\{r\.recipe\}')
+    for package in ALLOWED:
+        for path in (REPO / package).rglob("*.py"):
+            if path.parts[-2:] != ("vocab", "names.py"):
+                assert not hand_made.search(path.read_text()), f"{path} composes a name by hand"

@@ -10,7 +10,7 @@ from results.choose import choose_trial
 from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
-from tests.handmade_sweep import FOLDS, build_sweep
+from tests.handmade_sweep import CELLS, FOLDS, build_sweep
 
 LABELS = ["a", "b"]
 
@@ -216,12 +216,13 @@ def test_query_cli_prints_a_table_csv_or_json(db, capsys):
     from results.query import main
 
     sql = "SELECT backbone, COUNT(*) AS n FROM trial_summary WHERE status = 'COMPLETE' GROUP BY backbone ORDER BY 1"
+    n = len(CELLS["resnet50"]) * len(FOLDS) * 2  # the handmade sweep: 2 complete trials per (cell, fold)
     assert main(["--db", db, sql]) == 0
-    assert capsys.readouterr().out.split() == ["backbone", "n", "densenet121", "24", "resnet50", "24"]
+    assert capsys.readouterr().out.split() == ["backbone", "n", "densenet121", str(n), "resnet50", str(n)]
     assert main(["--db", db, "--csv", sql]) == 0
-    assert capsys.readouterr().out.splitlines() == ["backbone,n", "densenet121,24", "resnet50,24"]
+    assert capsys.readouterr().out.splitlines() == ["backbone,n", f"densenet121,{n}", f"resnet50,{n}"]
     assert main(["--db", db, "--json", sql]) == 0
-    assert '"n":24' in capsys.readouterr().out.replace(" ", "")
+    assert f'"n":{n}' in capsys.readouterr().out.replace(" ", "")
     assert main(["--db", db, "DELETE FROM sweeps"]) == 2
     assert "read-only" in capsys.readouterr().err
 
@@ -232,6 +233,7 @@ def test_resuming_a_sweep_keeps_its_start_time(engine_url):
     first = run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist()
     store.start_sweep("s", "tiny", "second", "v2")
     assert run_query(engine_url, "SELECT started_at, spec_text FROM sweeps").iloc[0].tolist() == first
+
 
 QUOTED = "o'brien; DROP TABLE sweeps"
 

@@ -11,14 +11,15 @@ import torch
 
 from trainables import engine
 from trainables.metrics import MACRO, POOLED
+from vocab.names import FINAL_SPLITS, metric_key
 
 SCALARS = (*MACRO, *POOLED, "exact_match", "loss")  # what multilabel_metrics and the fit's score give
 
 
-def _flat(prefix: str, metrics: dict) -> dict:
-    out = {f"{prefix}_{name}": metrics[name] for name in SCALARS}
-    out.update({f"{prefix}_{name}": metrics[name] for name in metrics if name.endswith(("_per_class", "_classes"))})
-    out[f"{prefix}_undefined"] = list(metrics["undefined"])
+def _flat(split: str, metrics: dict) -> dict:
+    out = {metric_key(split, name): metrics[name] for name in SCALARS}
+    out.update({metric_key(split, name): metrics[name] for name in metrics if name.endswith(("_per_class", "_classes"))})
+    out[metric_key(split, "undefined")] = list(metrics["undefined"])
     return out
 
 
@@ -30,6 +31,7 @@ def final_evaluation(run) -> tuple[dict, dict]:
     model = copy.deepcopy(run.model)
     model.load_state_dict(run.best_model, strict=True)
     parts = {"outer_train": np.sort(np.concatenate([run.split.train, run.split.val])), "test": run.split.test}
+    assert set(parts) == set(FINAL_SPLITS)
     metrics: dict = {"thresholds": [float(t) for t in run.thresholds]}
     predictions: dict = {"label_names": list(run.data.label_names), "best_epoch": run.stopper.best_epoch}
     for name, indices in parts.items():
