@@ -15,11 +15,7 @@ from sqlalchemy import Connection, select
 from results.load import CELL, SWEEPS, latest_sweep, read_frame, reading
 from results.query import QueryError
 from results.schema import SELECTED_TRIALS, Trial
-
-
-def cell_name(backbone: str, recipe: str, variant: str) -> str:
-    """BACKBONE/RECIPE, or BACKBONE/RECIPE/VARIANT: how --cell names a cell."""
-    return "/".join(part for part in (backbone, recipe, variant) if part)
+from vocab.names import cell_name
 
 
 @dataclass(frozen=True)
