@@ -64,6 +64,9 @@ def _setup(backbone, n_images, size, device, feed_mode):
 
 
 def measure(backbone, batch, args, device, sampler=None) -> dict:
+    if device.type == "cuda":  # the peak of this run, not of largest_batch's probes before it
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model, precision, feed, labels = _setup(backbone, args.images, args.size, device, args.feed)
     optimizer = engine.adam(model.parameters(), 1e-4)
     scaler, generator = precision.scaler(), torch.Generator().manual_seed(0)
