@@ -216,6 +216,19 @@ class ResultsStore:
             conn.execute(Sweep.__table__.update().where(Sweep.id == sweep_id)
                          .values(status=status, finished_at=_now()))
 
+    def recorded_ends(self, sweep_name: str) -> dict[tuple[str, int], tuple[str, float | None]]:
+        """{(study, Optuna number): (status, best validation AUC)} of the sweep's trials that ended COMPLETE or
+        PRUNED: what Optuna must be told of a trial whose end reached this DB but not the searcher."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Trial.study, Trial.optuna_number, Trial.status, TrialMetric.value)
+                .join(Sweep, Sweep.id == Trial.sweep_id)
+                .outerjoin(TrialMetric, (TrialMetric.trial_id == Trial.id) & (TrialMetric.split == "val")
+                           & (TrialMetric.metric == "auc") & (TrialMetric.class_name == MACRO))
+                .where(Sweep.name == sweep_name, Trial.status.in_(("COMPLETE", "PRUNED")))).all()
+        return {(study, int(number)): (status, None if value is None else float(value))
+                for study, number, status, value in rows}
+
     def status_counts(self, sweep_id: int) -> dict[str, int]:
         """Trials of the sweep per status (COMPLETE, PRUNED, ERROR, RUNNING)."""
         with self.engine.connect() as conn:

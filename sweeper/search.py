@@ -63,6 +63,7 @@ class PerStudyOptunaSearcher(Searcher):
     def __init__(self, plans: list[StudyPlan], space: dict[str, BaseDistribution], metric: str = "val_auc",
                  mode: str = "max", storage: str | None = None, prefix: str = ""):
         super().__init__(metric=metric, mode=mode)
+        self._db_url, self._sweep = storage, prefix.rstrip("/")  # where the results callback records trials
         self._plans = {p.key: p for p in plans}
         self._space = space
         direction = "maximize" if mode == "max" else "minimize"
@@ -199,16 +200,34 @@ class PerStudyOptunaSearcher(Searcher):
         self._studies[key].sampler = optuna.samplers.TPESampler(seed=study_seed(f"{key}#{asked}", plan.seed))
 
     def reconcile(self) -> list[int]:
-        """After a crash: a study trial still RUNNING that no live Ray trial owns is an orphan
-        (asked after Ray's last snapshot, so Ray will not re-run it); mark it FAIL. Returns their numbers."""
+        """After a crash: a study trial still RUNNING that no live Ray trial owns is an orphan (asked after
+        Ray's last snapshot, so Ray will not re-run it). One whose end the results DB recorded (the driver
+        died between the results callback and the searcher) is told that end, so that Optuna and the DB
+        agree; the others are marked FAIL. Returns the orphans' numbers."""
         owned = {(key, trial.number) for key, trial in self._live.values()}
+        recorded = self._recorded_ends()
         orphans = []
         for key, study in self._studies.items():
             for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if (key, frozen.number) not in owned:
-                    study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+                    status, value = recorded.get((key, frozen.number), ("FAIL", None))
+                    study.tell(frozen.number, value if status == "COMPLETE" else None, state=TrialState[status],
+                               skip_if_finished=True)
                     orphans.append(frozen.number)
         return orphans
+
+    def _recorded_ends(self) -> dict[tuple[str, int], tuple[str, float | None]]:
+        """{(study key, Optuna number): (COMPLETE or PRUNED, best validation AUC)} from the results DB."""
+        url, sweep = getattr(self, "_db_url", None), getattr(self, "_sweep", "")
+        if not url or not sweep:
+            return {}
+        from results.store import ResultsStore
+
+        store = ResultsStore(url)
+        try:
+            return store.recorded_ends(sweep)
+        finally:
+            store.engine.dispose()
 
 
 def _ready(plan: StudyPlan) -> bool:

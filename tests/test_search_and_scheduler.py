@@ -219,3 +219,30 @@ def test_continuing_from_the_studies_alone_runs_what_is_missing_failed_parameter
     params = [(c["lr"], c["dropout"]) for c in configs]
     assert params[:2] == [(asked[t]["lr"], asked[t]["dropout"]) for t in ("broken", "running")]
     assert params[2] not in [(a["lr"], a["dropout"]) for a in asked.values()]  # a new draw, not the lost sampler's first
+
+
+def test_an_orphan_whose_end_reached_the_results_db_is_told_that_end_not_fail(tmp_path):
+    """The driver died after the results callback recorded a trial's end and before the searcher told Optuna:
+    on restore Optuna is told what the DB holds (COMPLETE with its value, PRUNED), and only the others FAIL."""
+    from results.store import ResultsStore
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    store = ResultsStore(url)
+    sweep = store.start_sweep("sweep1", "spec", "", "test", [0], 4)
+    plans = [StudyPlan(key="cell0/fold0", config={}, n_trials=4)]
+    searcher = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="sweep1/")
+    snapshot = tmp_path / "searcher.pkl"
+    searcher.save(str(snapshot))  # Ray's last snapshot, before any trial was asked
+    for n, (status, best) in enumerate([("COMPLETE", 0.81), ("PRUNED", 0.6), (None, None)]):
+        config = searcher.suggest(f"t{n}")
+        info = {"backbone": "b", "recipe": "r", "variant": "", "fold": 0, "study": config["study"],
+                "optuna_number": config["optuna_number"], "params": {}}
+        store.trial_started(sweep, f"t{n}", info)
+        if status:  # the results callback recorded its end; the driver died before the searcher heard of it
+            store.trial_finished(sweep, f"t{n}", status, {"epoch": 2, "best_val_auc": best}, None, [], None, None)
+    restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)  # Ray restores without __init__
+    restored.restore(str(snapshot))
+    trials = optuna.load_study(study_name="sweep1/cell0/fold0", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == pytest.approx(0.81)
+    store.engine.dispose()
