@@ -62,6 +62,7 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     plain.update(HOME=str(user), RAY_TMPDIR=str(ray_tmp), CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"))
     owner = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    plain["RAY_gcs_server_port_wait_time_s"] = "3"  # a refused process gives up after 3 tries, not Ray's 20
     port = _dead_port()
     address = f"127.0.0.1:{port}"
     sweep = [sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"),
@@ -71,7 +72,8 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
         head = _run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
                      "--include-dashboard=false"], owner)
         assert head.returncode == 0, head.stderr[-2000:]
-        for stranger in (plain, {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong)}):  # no token; another token
+        another = {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong), "RAY_gcs_server_port_wait_time_s": "3"}
+        for stranger in (plain, another):  # no token; another token
             node = _run([RAY, "start", f"--address={address}", "--num-cpus=2"], stranger)
             assert node.returncode != 0 and "Authentication token is missing or incorrect" in node.stdout + node.stderr
             outputs.append(node)
