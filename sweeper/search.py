@@ -97,7 +97,10 @@ class PerStudyOptunaSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live and _finite(result.get(self.metric)):
             _, trial = self._live[trial_id]
-            trial.report(float(result[self.metric]), step=int(result["epoch"]))
+            try:
+                trial.report(float(result[self.metric]), step=int(result["epoch"]))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # Ray replays a trial that ended (and was told) after its last snapshot: nothing new
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         located = self._locate(trial_id, result)

@@ -246,3 +246,21 @@ def test_an_orphan_whose_end_reached_the_results_db_is_told_that_end_not_fail(tm
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert trials[0].value == pytest.approx(0.81)
     store.engine.dispose()
+
+
+def test_a_trial_that_ended_after_rays_last_snapshot_can_be_replayed_epoch_by_epoch(tmp_path):
+    """Ray's snapshot still holds the trial as running; the searcher had told Optuna its end before the
+    driver died. On resume Ray runs it again: its epochs' reports must not stop the sweep."""
+    url = f"sqlite:///{tmp_path}/results.db"
+    plans = [StudyPlan(key="cell0/fold0", config={}, n_trials=2)]
+    searcher = PerStudyOptunaSearcher(plans, SPACE, "val_auc", "max", storage=url, prefix="s/")
+    searcher.suggest("t0")
+    snapshot = tmp_path / "searcher.pkl"
+    searcher.save(str(snapshot))
+    searcher.on_trial_complete("t0", {"best_val_auc": 0.7, "completed": True})  # told, then the driver dies
+    restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)
+    restored.restore(str(snapshot))
+    restored.on_trial_result("t0", {"val_auc": 0.6, "epoch": 1})  # the replay's first epoch
+    restored.on_trial_complete("t0", {"best_val_auc": 0.72, "completed": True})
+    (trial,) = optuna.load_study(study_name="s/cell0/fold0", storage=url).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.7)  # the first end stands
