@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+
 from vocab.errors import CxrSweepError
 
 CONNECT_TIMEOUT_S = 10.0

@@ -15,7 +15,7 @@ from results.query import run_query
 from tests.conftest import REPO, TEST_KEY
 from tests.services_fixtures import _service
 from tests.test_cluster_token import stop_cluster
-from tests.test_ray_address import MICRO
+from tests.test_ray_address import MICRO, _dead_port
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "docs" / "slurm" / "cxr-sweep.sbatch"
@@ -38,7 +38,7 @@ def test_the_sbatch_script_runs_a_sweep_on_a_token_authenticated_ray_inside_the_
     (tmp_path / "k.key").write_text(TEST_KEY.decode())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_"))}
     env.update(HOME=str(user), RAY_TMPDIR=str(ray_tmp), CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"),
-               CXR_SWEEP_RAY_PORT=str(_free_port()))
+               CXR_SWEEP_RAY_PORT=str(_dead_port()))
     args = ("--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"), "--name", "slurm",
             "--report-bootstrap", "0", "--no-report-images")
     try:
@@ -58,9 +58,3 @@ def test_the_sbatch_script_runs_a_sweep_on_a_token_authenticated_ray_inside_the_
     assert any("gcs_server" in p.name for p in logs)  # the job's Ray wrote its logs here...
     assert not [p for p in logs if token.encode() in p.read_bytes()] and token not in said  # ...without the token
     subprocess.run(["rm", "-rf", str(ray_tmp)])
-
-
-def _free_port() -> int:
-    from tests.test_ray_address import _dead_port
-
-    return _dead_port()
