@@ -12,9 +12,11 @@ no path is ever hard-coded. A location is one of:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from data_prep.build import BuildParams, build, locate_listed
 from data_prep.locate import locate
@@ -41,13 +43,17 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
     n_patients = p.n_patients if is_target or p.source_patients is None else p.source_patients
     raw = home / "phantom" / (f"{kind}-n{n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
                               + (f"-noise{p.label_noise}" if p.label_noise else ""))
-    table = raw / TABLES[kind]
-    if not table.is_file():
-        log(f"[sweeper] generating phantom {kind} set ({n_patients} patients) in {raw}")
-        make_phantom_set(raw, kind=kind, n_patients=n_patients, size=None if p.image_px == "real" else p.image_px,
-                         seed=p.seed + seed_offset, prevalence=None if p.prevalence == "real" else p.prevalence,
-                         label_noise=p.label_noise)
-    return build(raw / IMAGE_ROOTS[kind], table, home / "prepared", _params(spec, name, kind, is_target),
+    with FileLock(raw.with_name(f".{raw.name}.lock")):  # two drivers sharing a home: one generates, the other waits
+        if not (raw / TABLES[kind]).is_file():
+            log(f"[sweeper] generating phantom {kind} set ({n_patients} patients) in {raw}")
+            work = raw.with_name(f".{raw.name}.partial")
+            for stale in (work, raw):  # left by a generation that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            make_phantom_set(work, kind=kind, n_patients=n_patients, size=None if p.image_px == "real" else p.image_px,
+                             seed=p.seed + seed_offset, prevalence=None if p.prevalence == "real" else p.prevalence,
+                             label_noise=p.label_noise)
+            os.replace(work, raw)  # atomic: a half-written set is never seen (its table paths are relative)
+    return build(raw / IMAGE_ROOTS[kind], raw / TABLES[kind], home / "prepared", _params(spec, name, kind, is_target),
                  name=f"phantom_{kind}", log=log)
 
 

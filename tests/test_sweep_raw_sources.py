@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -133,3 +134,32 @@ def test_the_specs_phantom_options_reach_the_generator(tmp_path):
         "folds = 3", 'folds = 3\nphantom = { image_px = "real" }')).data.phantom.image_px == "real"
     with pytest.raises(SpecError, match="must be at least 16 pixels, or 'real'"):
         parse_spec(SPEC.format(target="phantom", prepare="").replace("folds = 3", "folds = 3\nphantom = { image_px = 8 }"))
+
+
+def _ensure_phantom(home: str, barrier=None) -> tuple[str, list[str]]:
+    spec = parse_spec(SPEC.format(target="phantom", prepare="").replace(
+        "folds = 3", "folds = 3\nphantom = { n_patients = 12, image_px = 48, seed = 5 }"))
+    logged = []
+    if barrier is not None:
+        barrier.wait()  # both drivers look for the set at the same moment
+    return str(ensure_datasets(spec, Path(home), log=logged.append, given={"nih": "phantom:nih"})["target"]), logged
+
+
+def test_two_drivers_sharing_a_home_generate_each_phantom_set_once_and_both_use_it(tmp_path):
+    """Two sweeps started at once on one home (the tests' two smoke studies, or a user's): one writes each
+    phantom set while the other waits for it; neither reads a half-written set or leaves a partial one."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        barrier = manager.Barrier(2)
+        both = list(pool.map(_ensure_phantom, [str(tmp_path / "home")] * 2, [barrier] * 2))
+    assert both[0][0] == both[1][0]
+    generated = [line for _, logged in both for line in logged if "generating phantom" in line]
+    assert len(generated) == 2, generated  # the target and NIH, each by one driver
+    alone, _ = _ensure_phantom(str(tmp_path / "alone"))
+    assert PreparedDataset(both[0][0]).dataset_id == PreparedDataset(alone).dataset_id
+    assert sorted(p.name for p in (tmp_path / "home" / "phantom").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "alone" / "phantom").iterdir())
+    assert not list((tmp_path / "home" / "phantom").glob(".*.partial"))
