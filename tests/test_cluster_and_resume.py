@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,11 +122,11 @@ batch_size = 8
 KILL_TRIALS = 2 * 4  # folds x trials
 
 
-def _kill_driver_mid_sweep(tmp_path: Path, name: str) -> tuple[Path, list[str], dict]:
+def _kill_driver_mid_sweep(home: Path, name: str) -> tuple[list[str], dict]:
     """Start a sweep of 8 trials and SIGKILL the driver with its local Ray once 3 have finished."""
-    home, env = tmp_path / "home", _env(tmp_path)
-    (tmp_path / "kill.toml").write_text(KILL_SPEC)
-    args = _sweep_args(str(tmp_path / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images",
+    env = _env(home.parent)
+    (home.parent / "kill.toml").write_text(KILL_SPEC)
+    args = _sweep_args(str(home.parent / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images",
                        "--report-bootstrap", "50")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
                               start_new_session=True)  # its own process group: the driver and its local Ray
@@ -139,7 +140,25 @@ def _kill_driver_mid_sweep(tmp_path: Path, name: str) -> tuple[Path, list[str], 
         os.killpg(driver.pid, signal.SIGKILL)  # like a machine that lost power: no clean-up at all
         driver.wait()
     assert 3 <= _finished_trials(home / "results.db") < KILL_TRIALS
-    return home, args, env
+    return args, env
+
+
+@pytest.fixture(scope="module")
+def killed_sweep(tmp_path_factory):
+    """One sweep killed mid-way, kept as a copy: each resume test puts it back at the same path (Ray's
+    experiment state and the DB name their files by absolute path) and resumes it its own way."""
+    home = tmp_path_factory.mktemp("killed") / "home"
+    args, env = _kill_driver_mid_sweep(home, "killed")
+    kept = home.parent / "as-killed"
+    shutil.copytree(home, kept, symlinks=True)
+
+    def restore() -> tuple[Path, list[str], dict]:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.copytree(kept, home, symlinks=True)
+        return home, args, env
+
+    yield restore
+    shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def _assert_every_trial_recorded_once(home: Path, name: str) -> None:
@@ -161,27 +180,27 @@ def _assert_every_trial_recorded_once(home: Path, name: str) -> None:
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED"
 
 
-def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(tmp_path):
-    home, args, env = _kill_driver_mid_sweep(tmp_path, "killed")
+def test_a_driver_killed_mid_sweep_resumes_with_every_trial_recorded_once(killed_sweep):
+    home, args, env = killed_sweep()
     proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_every_trial_recorded_once(home, "killed")
 
 
-def test_a_resume_whose_ray_experiment_state_was_truncated_continues_from_the_studies_in_the_db(tmp_path):
+def test_a_resume_whose_ray_experiment_state_was_truncated_continues_from_the_studies_in_the_db(killed_sweep):
     """What a full disk does to Ray's own record of the experiment (it shares the checkpoints' storage):
     Ray would start the whole experiment again; the driver runs only what the DB says is missing."""
-    home, args, env = _kill_driver_mid_sweep(tmp_path, "truncated")
+    home, args, env = killed_sweep()
     db = f"sqlite:///{home}/results.db"
     kept = run_query(db, "SELECT trial_key FROM sweep_trials WHERE status != 'RUNNING'")["trial_key"]
-    state = sorted((home / "ray" / "truncated").glob("experiment_state*.json"))[-1]
+    state = sorted((home / "ray" / "killed").glob("experiment_state*.json"))[-1]
     state.write_bytes(state.read_bytes()[:100])
     proc = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"Ray's experiment state {state} is damaged" in proc.stdout, proc.stdout[-3000:]
     assert "Continuing from the Optuna studies in the results DB" in proc.stdout
     assert Path(f"{state}.damaged").is_file()
-    _assert_every_trial_recorded_once(home, "truncated")
+    _assert_every_trial_recorded_once(home, "killed")
     again = run_query(db, "SELECT trial_key FROM sweep_trials")["trial_key"]
     assert set(kept) <= set(again)  # what had finished before the kill was kept, not run again
 

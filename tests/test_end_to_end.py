@@ -249,6 +249,8 @@ trials = 1
 [train]
 epochs = 1
 batch_size = 8
+[resources]
+max_failures = 0  # these failures are deterministic: a retry would only fail again
 """
 
 
