@@ -19,9 +19,13 @@ demo: $(STAMP)
 # Real PostgreSQL and headless Chromium for the tests (tests/services/start.sh); the env file
 # tells the tests where they are. A missing service skips its tests, or fails them under
 # CXR_SWEEP_REQUIRE_SERVICES=1 (CI).
+# The quick tests first, spread over the cores (pytest-xdist); then the `slow` ones (sweeps on real Ray
+# clusters, each using every core) one after another. Both always run; either failing fails make test.
 test: $(STAMP)
 	bash tests/services/start.sh
-	. ./.cxr-sweep/services/env && $(PY) -m pytest
+	. ./.cxr-sweep/services/env && rc=0 \
+		&& { $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 || rc=$$?; } \
+		&& { $(PY) -m pytest -m slow || rc=$$?; } && exit $$rc
 
 # The fault-injection tests at a larger scale (50 writer kills, a trial's worker killed after each
 # epoch), with the cluster tests (a node removed, the driver killed and resumed).
