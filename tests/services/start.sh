@@ -162,7 +162,7 @@ start_slurm() {
         [ -s /etc/munge/munge.key ] || { mkdir -p /etc/munge && /usr/sbin/mungekey --create --force >/dev/null 2>&1 \
             && chown munge: /etc/munge/munge.key; } || true
         mkdir -p /run/munge && chown munge: /run/munge
-        runuser -u munge -- /usr/sbin/munged || { missing "munged did not start" Slurm; return 0; }
+        runuser -u munge -- /usr/sbin/munged 9>&- || { missing "munged did not start" Slurm; return 0; }
     fi
     mkdir -p "$SLURM/state" "$SLURM/spool" "$SLURM/log"
     node=$(slurmd -C | head -n 1)
@@ -195,7 +195,7 @@ CONF
     # (re)start both daemons on this configuration: a second run of this script reuses nothing stale
     pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true
     sleep 1
-    slurmctld -f "$SLURM/slurm.conf" && slurmd -f "$SLURM/slurm.conf" || {
+    slurmctld -f "$SLURM/slurm.conf" 9>&- && slurmd -f "$SLURM/slurm.conf" 9>&- || {
         missing "slurmctld/slurmd did not start (see $SLURM/log)" Slurm; return 0; }
     local i
     for i in $(seq 1 30); do
