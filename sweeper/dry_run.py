@@ -21,7 +21,7 @@ from sweeper.plan import study_plans
 from sweeper.spec import PHANTOM, SweepSpec
 from sweeper.weights import cache_status
 from trainables.pretrain import Stage, chain_prefix, trained_sources
-from trainables.tune_adapter import fit_config
+from trainables.config import fit_config
 from trainables.weights import cache_dir
 from vocab.names import cell_of_study
 

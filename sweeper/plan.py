@@ -8,6 +8,7 @@ from optuna.distributions import FloatDistribution
 from sweeper.search import StudyPlan
 from sweeper.spec import SEARCHED, SweepSpec, cell_name, variant
 from sweeper.weights import needs_imagenet
+from trainables.config import fit_config
 from vocab.names import study_key
 
 
@@ -18,20 +19,23 @@ def search_space(spec: SweepSpec) -> dict[str, FloatDistribution]:
 
 
 def _trial_config(spec: SweepSpec, cell: dict, fold: int, data: dict[str, Path], pretrain_cache: Path) -> dict:
+    """A trial's config less what its study and Optuna fill in (study, optuna_number, the searched lr and
+    dropout): FitConfig's fields and the trial metadata, flat, as Ray Tune passes configs."""
     recipe = spec.recipes[cell["recipe"]]
     train = spec.train.model_copy(update={k: v for k, v in cell.items() if k in type(spec.train).model_fields})
-    return {
+    config = {
         "backbone": cell["backbone"], "recipe": cell["recipe"], "variant": variant(cell), "outer_fold": fold,
-        "data_dir": str(data["target"]), "init": recipe.init, "strategy": recipe.strategy,
+        "data_dir": str(data["target"]),
+        **recipe.model_dump(exclude={"sources"}),  # init, strategy, pretrain_*: trainables' RecipeSettings
         "pretrain_dirs": [str(data[source]) for source in recipe.sources],
-        "pretrain_init": recipe.pretrain_init,
-        "pretrain_epochs": recipe.pretrain_epochs, "pretrain_lr": recipe.pretrain_lr,
         "pretrain_cache": str(pretrain_cache),
-        **train.model_dump(),  # epochs, batch_size, loss, schedule, ...: FitConfig's own field names
+        **train.model_dump(),  # epochs, batch_size, loss, ...: trainables' TrainSettings, and checkpoint_every
         "threads": max(1, int(spec.resources.cpus_per_trial)),
         "device": spec.resources.compute_device(spec.resources.gpus_per_trial),
         **{p: cell[p] for p in SEARCHED if p in cell},  # fixed by the grid, not searched
     }
+    fit_config(config)  # the contract, checked as planned: a key training does not know stops before Ray
+    return config
 
 
 def study_plans(spec: SweepSpec, data: dict[str, Path], pretrain_cache: Path) -> list[StudyPlan]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
+from trainables.config import trial_metadata
+
 
 class PerStudyASHA(AsyncHyperBandScheduler):
     def __init__(self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float):
@@ -18,7 +20,7 @@ class PerStudyASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)  # keeps Ray's metric/mode checks
-        study = trial.config["study"]
+        study = trial_metadata(trial.config).study
         if study not in self._study_brackets:
             self._study_brackets[study] = _Bracket(*self._bracket_args)
         self._trial_info[trial.trial_id] = self._study_brackets[study]

@@ -10,7 +10,6 @@ import itertools
 import tomllib
 from importlib import resources
 from pathlib import Path
-from dataclasses import fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,13 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from data_prep.errors import DataPrepError
 from sweeper.overrides import OverrideError, apply, as_text
 from data_prep.sources import KINDS, OPTIONS, SPLITS, option_names, source_options
-from trainables.augment import AugmentConfig
-from trainables.engine import PRECISIONS
-from trainables.losses import LOSSES
-from trainables.models import BACKBONES, INITS
-from trainables.pretrain import STRATEGIES
+from trainables.config import RecipeSettings, Strict, TrainSettings, TrialMetadata
+from trainables.models import BACKBONES
 from trainables.recipe import check_recipe
-from trainables.schedule import SCHEDULES
 from vocab import names
 from vocab.errors import CxrSweepError
 
@@ -33,10 +28,6 @@ PHANTOM = "phantom"
 
 class SpecError(CxrSweepError):
     """A spec cannot be used; the message names the file and every bad key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Range(Strict):
@@ -65,49 +56,20 @@ class Asha(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class Train(Strict):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=2)
-    loss: Literal[LOSSES] = "bce"  # type: ignore[valid-type]
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    schedule: Literal[SCHEDULES] = "plateau"  # type: ignore[valid-type]
-    schedule_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the rate drops")
-    early_stopping: int = Field(0, ge=0, description="epochs without validation improvement before stopping; 0: never")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always has one); "
-                                                      "a retried trial redoes the epochs since its last")
-    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
-    input_size: int | None = Field(None, ge=16, description="the side the model sees, resized from data.size on "
-                                                           "the device; a grid axis gives each backbone its own")
-    augment: dict[str, Any] | None = Field(
-        None, description="trainables.augment.AugmentConfig fields ({} for its defaults); absent: no augmentation")
-    seed: int = 0
+class Train(TrainSettings):
+    """The [train] table: trainables' TrainSettings, and how often a trial checkpoints."""
 
-    @field_validator("augment")
-    @classmethod
-    def _augment(cls, value):
-        if value is not None:
-            unknown = sorted(set(value) - {f.name for f in fields(AugmentConfig)})
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; expected any of {[f.name for f in fields(AugmentConfig)]}")
-            AugmentConfig(**value)  # its own range checks, with the field named
-        return value
+    checkpoint_every: int = TrialMetadata.model_fields["checkpoint_every"]
 
 
-class Recipe(Strict):
-    init: Literal[INITS] = "scratch"  # type: ignore[valid-type]
-    strategy: Literal[STRATEGIES] = "regular"  # type: ignore[valid-type]
+class Recipe(RecipeSettings):
+    """A recipe: trainables' RecipeSettings, with its sources named as the spec's data sets."""
+
     sources: list[str] = Field([], description="source data sets to pretrain on (regular: in this order)")
-    pretrain_init: Literal[INITS] | None = Field(  # type: ignore[valid-type]
-        None, description="mixed only: the init of the pretrained branch (default: init)")
-    pretrain_epochs: int = Field(2, ge=1)
-    pretrain_lr: float = Field(1e-3, gt=0)
 
     @model_validator(mode="after")
     def _sources_fit_the_strategy(self):
         check_recipe(self.strategy, self.sources)
-        if self.pretrain_init is not None and self.strategy != "mixed":
-            raise ValueError("pretrain_init is for strategy 'mixed' (the pretrained branch's init); "
-                             "regular and co_trained recipes pretrain from init")
         return self
 
 

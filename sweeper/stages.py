@@ -16,7 +16,7 @@ import torch
 
 from sweeper.search import StudyPlan
 from trainables.pretrain import Stage, ensure_stage, failure_marker, stage_path
-from trainables.tune_adapter import fit_config
+from trainables.config import fit_config
 
 
 def attach_stages(plans: list[StudyPlan], cache_dir: Path) -> dict[Path, Stage]:

@@ -61,7 +61,7 @@ def test_searcher_state_survives_save_and_restore(tmp_path):
 
 
 def _trial(trial_id, study):
-    return SimpleNamespace(trial_id=trial_id, config={"study": study})
+    return SimpleNamespace(trial_id=trial_id, config={"study": study, "recipe": "r"})
 
 
 def test_asha_compares_trials_only_within_their_study():

@@ -157,7 +157,7 @@ def test_the_paper_grid_has_its_eight_source_rows_and_shares_pretraining_stages(
     from pathlib import Path
 
     from sweeper.plan import study_plans
-    from trainables.tune_adapter import fit_config
+    from trainables.config import fit_config
 
     spec, _ = load_spec("paper")
     data = {"target": Path("/d/target"), "chexpert": Path("/d/chexpert"), "nih": Path("/d/nih")}
@@ -316,9 +316,9 @@ def test_every_train_and_recipe_setting_reaches_fit_config_and_an_unknown_key_is
     trainables.FitConfig: nothing is dropped on the way without a word."""
     from sweeper.plan import study_plans
     from sweeper.spec import Recipe, Train
-    from trainables.tune_adapter import FIT_FIELDS, TRIAL_METADATA, fit_config
+    from trainables.config import METADATA_FIELDS, FitConfig, fit_config
 
-    assert set(Train.model_fields) <= set(FIT_FIELDS) | set(TRIAL_METADATA)  # a new [train] key needs a FitConfig field
+    assert set(Train.model_fields) <= set(FitConfig.model_fields) | set(METADATA_FIELDS)  # one contract
     spec, _ = load_spec("paper")
     data = {name: tmp_path / name for name in ("target", "chexpert", "nih")}
     for plan in study_plans(spec, data, tmp_path / "cache"):
@@ -333,5 +333,5 @@ def test_every_train_and_recipe_setting_reaches_fit_config_and_an_unknown_key_is
     with pytest.raises(SpecError, match="unknown grid axis 'new_setting'"):  # a grid axis
         parse_spec(GOOD.replace('recipe = ["scratch"]', 'recipe = ["scratch"]\nnew_setting = [1, 2]'))
     trial = {**plan.config, "new_setting": 1}  # the trial config (and a checkpoint's, which predict reads)
-    with pytest.raises(ValueError, match=r"\['new_setting'\] are neither FitConfig fields"):
+    with pytest.raises(ValueError, match=r"new_setting: neither a FitConfig field"):
         fit_config(trial)

@@ -1,4 +1,5 @@
-"""train_one_epoch and predict as plain functions over an `ImageFeed`.
+"""Training and prediction over an `ImageFeed`: the functions, and `Trainer`, the loop state that
+fine-tuning and pretraining share.
 
 `Precision` bundles what the device allows: fp32 on the CPU; on CUDA bf16 autocast (no
 scaler needed) or, on GPUs without bf16, fp16 autocast with a gradient scaler; and
@@ -17,9 +18,8 @@ from trainables.feed import ImageFeed
 from vocab.errors import CxrSweepError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 RECALIBRATION_IMAGES = 2048  # training images that re-estimate batch-norm statistics before each evaluation
+
 
 class NonFiniteLoss(CxrSweepError, RuntimeError):
     """The loss became NaN or infinite: the learning rate is too high or the data is broken."""
@@ -167,3 +167,56 @@ def predict(model, feed: ImageFeed, indices: np.ndarray, batch_size: int, precis
     for x, idx in feed.batches(indices, batch_size):
         out.append(torch.sigmoid(_forward(model, x, idx, precision, source_of)))
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+class Trainer:
+    """One model's training, shared by fine-tuning (trainables.fit) and pretraining (trainables.pretrain):
+    Adam, the precision and its gradient scaler, the seeded batch order and augmentation, an epoch
+    (training, then batch-norm recalibration on a fixed sample of the training images), prediction, and
+    the checkpoint of all of it, so that either resumes exactly after the last epoch it saved.
+
+    `labels`: every image's labels (NaN: unknown); `train`: the indices it trains on; `source_of`
+    (co-trained pretraining): each image's source number, passed to the model."""
+
+    def __init__(self, model: torch.nn.Module, feed: ImageFeed, labels: np.ndarray, train: np.ndarray, loss_fn,
+                 lr: float, batch_size: int, precision: Precision, seed: int, augment=None,
+                 source_of: torch.Tensor | None = None, recalibration: int = RECALIBRATION_IMAGES):
+        self.model, self.feed, self.train_indices, self.loss_fn = model, feed, train, loss_fn
+        self.labels = torch.as_tensor(labels, device=precision.device)
+        self.optimizer = adam(model.parameters(), lr)
+        self.scaler, self.generator = precision.scaler(), torch.Generator().manual_seed(seed)
+        self.batch_size, self.precision, self.augment, self.source_of = batch_size, precision, augment, source_of
+        self.recalibration = recalibration
+        self.epoch = 0
+
+    def train_epoch(self) -> float:
+        """One epoch; its mean training loss."""
+        loss = train_one_epoch(self.model, self.loss_fn, self.optimizer, self.scaler, self.feed, self.labels,
+                               self.train_indices, self.batch_size, self.precision, self.generator, self.augment,
+                               self.source_of)
+        self.epoch += 1
+        if self.recalibration:
+            recalibrate_batch_norm(self.model, self.feed, spread(self.train_indices, self.recalibration),
+                                   self.batch_size, self.precision, self.source_of)
+        return loss
+
+    def predict(self, indices: np.ndarray, model: torch.nn.Module | None = None) -> np.ndarray:
+        """Probabilities of `indices` by the model trained (or another of the same inputs, e.g. its best weights)."""
+        return predict(model or self.model, self.feed, indices, self.batch_size, self.precision, self.source_of)
+
+    def state(self) -> dict:
+        """The checkpoint: live tensors, to be saved before training goes on."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),  # dropout draws from the global generators
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.precision.device.type == "cuda" else []}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and self.precision.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

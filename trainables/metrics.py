@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from vocab.names import metric_key
+
 HALF = 0.5
 MACRO = ("auc", "ap", "prevalence", "fnr")
 POOLED = ("hamming", "hamming_05", "binary_acc", "mae")
@@ -108,3 +110,14 @@ def _exact_match(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     wrong = ((y_prob > HALF) != (y_true == 1)) & known
     rows = known.any(axis=1)
     return float((~wrong[rows].any(axis=1)).mean()) if rows.any() else float("nan")
+
+
+SCALARS = (*MACRO, *POOLED, "exact_match", "loss")  # what multilabel_metrics and a fit's score give
+
+
+def flat_metrics(split: str, metrics: dict) -> dict:
+    """A split's metrics as the flat keys a trial reports (`test_auc`, `outer_train_auc_per_class`, ...)."""
+    out = {metric_key(split, name): metrics[name] for name in SCALARS}
+    out.update({metric_key(split, name): metrics[name] for name in metrics if name.endswith(("_per_class", "_classes"))})
+    out[metric_key(split, "undefined")] = list(metrics["undefined"])
+    return out

@@ -19,11 +19,12 @@ import torch
 
 from data_prep.decode import DTYPES, decoded
 from trainables import engine
+from trainables.config import FitConfig, fit_config
 from trainables.feed import ImageFeed, to_unit
-from trainables.fit import FitConfig, choose_device
+from trainables.fit import choose_device
 from trainables.models import Classifier
 from trainables.recipe import recipe_architecture
-from trainables.tune_adapter import STATE_FILE, fit_config
+from trainables.tune_adapter import STATE_FILE
 from vocab.errors import CxrSweepError
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}

@@ -81,33 +81,19 @@ def _train(stage: Stage, branch: Branch, sets: list[PreparedDataset], device: to
     train = np.concatenate([start + split.train for start, split in zip(offsets, splits)])
     val = np.concatenate([start + split.val for start, split in zip(offsets, splits)])
     source_of = torch.as_tensor(np.repeat(np.arange(len(sets)), np.diff(offsets)), device=device)
-    precision = engine.Precision.choose("auto", device)
-    labels_t = torch.as_tensor(labels, device=device)
-    loss_fn = make_loss(stage.loss, labels[train], device)
-    optimizer = engine.adam(model.parameters(), stage.lr)
-    scaler, generator = precision.scaler(), torch.Generator().manual_seed(stage.seed)
-    first = 1
+    trainer = engine.Trainer(model, feed, labels, train, make_loss(stage.loss, labels[train], device), stage.lr,
+                             stage.batch_size, engine.Precision.choose("auto", device), stage.seed,
+                             source_of=source_of)
     if partial is not None and partial.is_file():
-        saved = torch.load(partial, weights_only=True, map_location="cpu")
-        model.load_state_dict(saved["model"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        first = saved["epoch"] + 1
-        log(f"[pretrain]   resuming after epoch {saved['epoch']}/{stage.epochs} ({partial.name})")
-    for epoch in range(first, stage.epochs + 1):
-        loss = engine.train_one_epoch(model, loss_fn, optimizer, scaler, feed, labels_t, train, stage.batch_size,
-                                      precision, generator, source_of=source_of)
-        engine.recalibrate_batch_norm(model, feed, engine.spread(train, engine.RECALIBRATION_IMAGES), stage.batch_size,
-                                      precision, source_of=source_of)
-        probs = engine.predict(model, feed, val, stage.batch_size, precision, source_of=source_of)
-        auc = multilabel_metrics(labels[val], probs)["auc"]
-        log(f"[pretrain]   epoch {epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
-        if partial is not None and epoch < stage.epochs:
+        trainer.restore(torch.load(partial, weights_only=True, map_location="cpu"))
+        log(f"[pretrain]   resuming after epoch {trainer.epoch}/{stage.epochs} ({partial.name})")
+    while trainer.epoch < stage.epochs:
+        loss = trainer.train_epoch()
+        auc = multilabel_metrics(labels[val], trainer.predict(val))["auc"]
+        log(f"[pretrain]   epoch {trainer.epoch}/{stage.epochs}: train loss {loss:.4f}, validation AUC {auc:.3f}")
+        if partial is not None and trainer.epoch < stage.epochs:
             tmp = partial.with_suffix(".partial-tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch}, tmp)
+            torch.save(trainer.state(), tmp)
             os.replace(tmp, partial)
 
 

@@ -3,7 +3,6 @@
 restarts the trial."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 import warnings
@@ -13,26 +12,11 @@ import ray
 import torch
 from ray import tune
 
-from trainables.fit import FitConfig, fit
+from trainables.config import fit_config, trial_metadata
+from trainables.fit import fit
 
 STATE_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test predictions, small, read by the driver
-FIT_FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
-# What a trial config holds beside FitConfig's fields: the cell and study it belongs to (the sweeper's
-# bookkeeping, read by its callbacks and scheduler) and how often this adapter checkpoints.
-TRIAL_METADATA = ("recipe", "variant", "study", "optuna_number", "checkpoint_every")
-
-
-def fit_config(config: dict) -> FitConfig:
-    """The FitConfig of a trial config. Any other key is an error naming it: a setting that a spec or a
-    checkpoint passes and training does not know would otherwise be ignored without a word."""
-    unknown = sorted(set(config) - set(FIT_FIELDS) - set(TRIAL_METADATA))
-    if unknown:
-        raise ValueError(f"trial config key(s) {unknown} are neither FitConfig fields (trainables/fit.py) nor trial "
-                         f"metadata {list(TRIAL_METADATA)}: training would ignore them")
-    return FitConfig(**{k: v for k, v in config.items() if k in FIT_FIELDS})
-
-
 def _reporter(checkpoint_every: int):
     """Report every epoch; save a checkpoint every `checkpoint_every` epochs and always with the final
     report (it carries the test evaluation and predictions). A checkpoint is the model, the best
@@ -80,4 +64,4 @@ def tune_fit(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_state(Path(directory))
-    fit(fit_config(config), report=_reporter(int(config.get("checkpoint_every", 1))), state=state)
+    fit(fit_config(config), report=_reporter(trial_metadata(config).checkpoint_every), state=state)
