@@ -35,6 +35,19 @@ class StoreError(CxrSweepError):
     """The DB cannot be opened or used; the message says which URL and what to do."""
 
 
+FULL_WORDS = ("full", "no space", "quota")  # SQLite's "database or disk is full", ENOSPC, PostgreSQL's quota
+
+
+def store_error(url, exc: BaseException) -> StoreError:
+    """The StoreError for a failed write to the results DB, ours or Optuna's: a full disk (the likely one on
+    a long sweep) says that what was committed stays and how to go on."""
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    if any(word in message.lower() for word in FULL_WORDS):
+        return StoreError(f"DB {url} is full ({message}); nothing committed is lost: free space (or raise the "
+                          f"quota), then continue with python -m sweeper.run --resume")
+    return StoreError(f"DB {url}: write failed ({message})")
+
+
 def _sqlite_path(url) -> Path | None:
     return Path(url.database) if url.database and url.database != ":memory:" else None
 
@@ -151,11 +164,7 @@ class ResultsStore:
             with self.engine.begin() as conn:
                 yield conn
         except DBAPIError as exc:
-            message = str(exc.orig).strip()
-            if "full" in message.lower() or "no space" in message.lower() or "quota" in message.lower():
-                raise StoreError(f"DB {self.url} is full ({message}); nothing committed is lost: free space "
-                                 f"(or raise the quota), then continue with python -m sweeper.run --resume") from exc
-            raise StoreError(f"DB {self.url}: write failed ({message})") from exc
+            raise store_error(self.url, exc) from exc
 
     def _create(self) -> None:
         with self.engine.begin() as conn:

@@ -13,6 +13,8 @@ import torch
 from ray.tune import Callback
 
 from results.store import ResultsStore
+from sweeper.db_failures import watched
+from trainables.config import fit_config, trial_metadata
 from trainables.tune_adapter import PREDICTIONS_FILE
 
 MAX_ERROR_CHARS = 8000
@@ -38,24 +40,27 @@ class ResultsCallback(Callback):
             self._store = ResultsStore(self.db_url)
         return self._store
 
+    @watched(lambda self: self.db_url)
     def setup(self, **info):
         """At the start and on --resume (this object comes back as pickled when the sweep began):
         count from what the DB already holds."""
         self.finished = sum(n for status, n in self.store.status_counts(self.sweep_id).items() if status != "RUNNING")
 
+    @watched(lambda self: self.db_url)
     def on_trial_start(self, iteration, trials, trial, **info):
-        c = trial.config
+        fit, meta = fit_config(trial.config), trial_metadata(trial.config)
         before = self.store.trial_started(self.sweep_id, trial.trial_id, {
-            "backbone": c["backbone"], "recipe": c["recipe"], "variant": c.get("variant", ""),
-            "fold": c["outer_fold"], "study": c["study"],
-            "optuna_number": c["optuna_number"], "params": {"lr": c["lr"], "dropout": c["dropout"]},
+            "backbone": fit.backbone, "recipe": meta.recipe, "variant": meta.variant, "fold": fit.outer_fold,
+            "study": meta.study, "optuna_number": meta.optuna_number, "params": {"lr": fit.lr, "dropout": fit.dropout},
         })
         if before == "ERROR":
             self.__dict__.setdefault("reruns", set()).add(trial.trial_id)
 
+    @watched(lambda self: self.db_url)
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.store.epoch_reported(self.sweep_id, trial.trial_id, result)
 
+    @watched(lambda self: self.db_url)
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
@@ -68,6 +73,7 @@ class ResultsCallback(Callback):
             delete_checkpoint(trial.checkpoint)
         self._progress(trial, status, result)
 
+    @watched(lambda self: self.db_url)
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _error_text(trial)
         message = error[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
@@ -81,18 +87,18 @@ class ResultsCallback(Callback):
         import optuna
 
         self.reruns.discard(trial.trial_id)
-        c = trial.config
-        study = optuna.load_study(study_name=self.study_prefix + c["study"], storage=self.db_url)
+        fit, meta = fit_config(trial.config), trial_metadata(trial.config)
+        study = optuna.load_study(study_name=self.study_prefix + meta.study, storage=self.db_url)
         same = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == status
-                and t.params.get("lr") == c["lr"] and t.params.get("dropout") == c["dropout"]]
+                and t.params.get("lr") == fit.lr and t.params.get("dropout") == fit.dropout]
         if same:
             self.store.set_optuna_number(self.sweep_id, trial.trial_id, max(same))
 
     def _progress(self, trial, status: str, result: dict, error: list[str] | None = None) -> None:
         self.finished += 1
-        c = trial.config
-        line = (f"[sweeper] {self.finished}/{self.total_trials} {c['study']} #{c['optuna_number']} "
-                f"lr={c['lr']:.2g} dropout={c['dropout']:.2f}: {status}")
+        fit, meta = fit_config(trial.config), trial_metadata(trial.config)
+        line = (f"[sweeper] {self.finished}/{self.total_trials} {meta.study} #{meta.optuna_number} "
+                f"lr={fit.lr:.2g} dropout={fit.dropout:.2f}: {status}")
         if "best_val_auc" in result:
             line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
                      f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")

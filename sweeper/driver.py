@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import pyarrow.fs
 import ray
 from ray import tune
-from sqlalchemy.exc import DBAPIError
 
 from data_prep.dataset import PreparedDataset
 from results.report import write_report
-from results.store import ResultsStore, StoreError
+from results.store import ResultsStore
+from sweeper import db_failures
 from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
 from sweeper.explain_sections import explanation_sections
@@ -211,7 +210,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks))
         started = time.monotonic()
-        grid = _fit(_tuner(spec, plans, options, store, sweep_id, data["target"], max_concurrent), options.db_url)
+        grid = _fit(_tuner(spec, plans, options, store, sweep_id, data["target"], max_concurrent))
         print(f"[sweeper] Tune ran for {time.monotonic() - started:.1f} s")
         stage_errors = stage_failures(tasks)
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks, errors=stage_errors))
@@ -220,37 +219,18 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
     return _finish(store, sweep_id, grid, stages, stage_errors, options, data)
 
 
-def _fit(tuner: tune.Tuner, db_url: str):
+def _fit(tuner: tune.Tuner):
     """Tuner.fit, where a results DB that cannot be written (full, above all: our callback's writes and
-    Optuna's share it) ends the sweep with one message saying what to do, not Ray's traceback around it."""
+    Optuna's share it) ends the sweep with the store's message saying what to do, not Ray's traceback
+    around it (sweeper.db_failures)."""
+    db_failures.clear()
     try:
         return tuner.fit()
-    except Exception as exc:
-        cause = _db_error(exc, db_url)
+    except Exception:
+        cause = db_failures.first()
         if cause is None:
             raise
         raise cause from None
-
-
-FULL = ("database or disk is full", "No space left on device", "disk quota exceeded")
-
-
-def _db_error(exc: BaseException | None, db_url: str, seen: int = 0) -> StoreError | None:
-    """The StoreError behind `exc`, or one for a full DB met by Optuna (Ray wraps a callback's or the
-    searcher's exception in a TuneError, sometimes as text only)."""
-    if exc is None or seen > 20:
-        return None
-    if isinstance(exc, StoreError):
-        return exc
-    found = _db_error(exc.__cause__, db_url, seen + 1) or _db_error(exc.__context__, db_url, seen + 1)
-    text = str(exc)
-    if found is None and "results.store.StoreError: " in text:
-        found = StoreError(text.rsplit("results.store.StoreError: ", 1)[1].strip().splitlines()[0])
-    database = isinstance(exc, (DBAPIError, sqlite3.Error)) or "sqlalchemy.exc." in text  # not a checkpoint disk
-    if found is None and database and any(word in text for word in FULL):
-        found = StoreError(f"DB {db_url} is full ({next(w for w in FULL if w in text)}); nothing committed is "
-                           f"lost: free space (or raise the quota), then continue with python -m sweeper.run --resume")
-    return found
 
 
 def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors: dict, options: RunOptions,

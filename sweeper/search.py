@@ -23,6 +23,7 @@ from ray.tune.search import Searcher
 from sqlalchemy.engine import make_url
 
 from results.store import sqlite_connection
+from sweeper.db_failures import watched
 from trainables.pretrain import failure_marker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -81,6 +82,7 @@ class PerStudyOptunaSearcher(Searcher):
     def studies(self) -> dict[str, optuna.Study]:
         return self._studies
 
+    @watched(lambda self: self._db_url)
     def suggest(self, trial_id: str):
         open_plans = [p for p in self._plans.values() if p.asked < p.n_trials]
         if not open_plans:
@@ -94,6 +96,7 @@ class PerStudyOptunaSearcher(Searcher):
         self._live[trial_id] = (plan.key, trial)
         return {**plan.config, **trial.params, "study": plan.key, "optuna_number": trial.number}
 
+    @watched(lambda self: self._db_url)
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live and _finite(result.get(self.metric)):
             _, trial = self._live[trial_id]
@@ -102,6 +105,7 @@ class PerStudyOptunaSearcher(Searcher):
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # Ray replays a trial that ended (and was told) after its last snapshot: nothing new
 
+    @watched(lambda self: self._db_url)
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         located = self._locate(trial_id, result)
         if located is None:

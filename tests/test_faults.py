@@ -354,27 +354,60 @@ def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
     assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
 
 
-def test_a_full_db_behind_rays_wrapping_becomes_the_stores_message_and_nothing_else_does():
-    import sqlalchemy.exc
+def test_a_full_db_met_by_the_searcher_or_the_callback_ends_the_sweep_with_the_stores_message(tmp_path, small_disk):
+    """Optuna's writes (the searcher) and ours (the results callback) share the results DB; each records a DB
+    failure as it meets it, and the driver turns Ray's error around it into the store's message. Nothing is
+    recognised by its text. A real SQLite file on a real 4 MB disk, filled up."""
+    from optuna.distributions import FloatDistribution
     from ray.tune.error import TuneError
 
-    from sweeper.driver import _db_error
+    from sweeper.callbacks import ResultsCallback
+    from sweeper.driver import _fit
+    from sweeper.search import PerStudyOptunaSearcher, StudyPlan
 
-    url = "sqlite:////data/results.db"
-    full = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
-    try:
-        try:
-            raise full
-        except Exception as inner:
-            raise TuneError("Traceback ...") from inner
-    except TuneError as wrapped:
-        message = str(_db_error(wrapped, url))
-    assert message.startswith(f"DB {url} is full (database or disk is full)") and "--resume" in message
-    as_text = TuneError("Traceback ...\nsqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database or "
-                        "disk is full")
-    assert "is full" in str(_db_error(as_text, url))
-    checkpoint_disk = TuneError("OSError: [Errno 28] No space left on device: '/ray/checkpoint_000001'")
-    assert _db_error(checkpoint_disk, url) is None  # not the DB: Ray's own error stands
+    url = f"sqlite:///{small_disk}/results.db"
+    sweep = ResultsStore(url).start_sweep("full", "x", "", "test", [0], 1)
+    searcher = PerStudyOptunaSearcher([StudyPlan(key="cell/fold0", config={"outer_fold": 0}, n_trials=10_000)],
+                                      {"lr": FloatDistribution(1e-4, 1e-2, log=True)}, storage=url, prefix="full/")
+    callback = ResultsCallback(url, sweep, 1, LABELS)
+    trial = type("Trial", (), {"trial_id": "t0", "config": {
+        "data_dir": "/d", "backbone": "resnet18", "outer_fold": 0, "lr": 1e-3, "dropout": 0.1, "recipe": "scratch",
+        "study": "cell/fold0", "optuna_number": 0}})()
+    callback.on_trial_start(0, [], trial)
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'ballast'}", "bs=64K"], capture_output=True)
+
+    class RayAroundIt:  # Tuner.fit: Ray runs the searcher and callbacks, and raises its own error when one fails
+        def __init__(self, step):
+            self.step, self.raised = step, None
+
+        def fit(self):
+            try:
+                for i in range(10_000):
+                    self.step(i)
+            except Exception as exc:  # noqa: BLE001
+                self.raised = exc
+                raise TuneError("Traceback (most recent call last): ...") from None  # the chain lost, as Ray may
+            return "finished"
+
+    searcher_run = RayAroundIt(lambda i: searcher.suggest(f"t{i}"))
+    with pytest.raises(StoreError) as ended:
+        _fit(searcher_run)
+    assert not isinstance(searcher_run.raised, StoreError)  # Optuna's own error, from SQLAlchemy's
+    assert str(ended.value).startswith(f"DB {url} is full (database or disk is full)")
+    assert "nothing committed is lost" in str(ended.value) and "--resume" in str(ended.value)
+    callback_run = RayAroundIt(lambda epoch: callback.on_trial_result(
+        0, [], trial, {"epoch": epoch + 1, "val_auc": 0.5, "train_loss": 1.0, "pad": "x" * 4000}))
+    with pytest.raises(StoreError, match="is full"):
+        _fit(callback_run)
+    assert isinstance(callback_run.raised, StoreError)
+    (small_disk / "ballast").unlink()
+
+    def not_the_db(i):
+        raise OSError(28, "No space left on device: '/ray/checkpoint_000001'")
+
+    with pytest.raises(TuneError):  # a failure that is not the DB's (a checkpoint disk): Ray's error stands
+        _fit(RayAroundIt(not_the_db))
+    assert _fit(RayAroundIt(lambda i: None)) == "finished"
 
 
 def test_a_truncated_ray_experiment_state_is_found_and_set_aside(tmp_path):
