@@ -1,6 +1,7 @@
 """Shared fixtures: a private pseudonym key, a small phantom DICOM set and its prepared form."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,16 @@ from phantom.generate import make_phantom_set
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_KEY = b"0123456789abcdef0123456789abcdef-test-key"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (make test's quick tests: one process per core) every process keeps to one thread:
+    two processes running two-thread OpenMP each on two cores spin against each other (a 9 s fit took 89 s)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the commands the tests start
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +62,7 @@ def chexpert_prepared_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
     """(data set, final metrics, final checkpoint state) of a short run that learns the phantom's
-    cardiac hypertrophy (a big heart): 120 patients at 64 px, 10 epochs, about 15 s."""
+    cardiac hypertrophy (a big heart): 120 patients at 64 px, 10 epochs, about 12 s on one thread."""
     import copy
 
     from trainables.fit import FitConfig, fit
@@ -62,7 +73,7 @@ def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
                  BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
     reports = []
     cfg = FitConfig(data_dir=str(data), backbone="resnet18", outer_fold=0, epochs=10, batch_size=16, lr=1e-3,
-                    dropout=0.0, threads=2, schedule="constant")
+                    dropout=0.0, threads=1, schedule="constant")
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)
     return data, reports[-1][0], reports[-1][1]
 

@@ -146,7 +146,7 @@ def test_mimic_is_a_sweep_source_and_co_trains_beside_chexpert(mimic, prepared_d
         "kind": "mimic", "labeler": "chexpert", "policy": "u_ignore", "blank": "negative", "all_labels": False,
         "frontal_only": False}
     reports = []
-    cfg = FitConfig(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8, threads=2,
+    cfg = FitConfig(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8, threads=1,
                     strategy="co_trained", pretrain_dirs=(str(paths["mimic"]), str(paths["chexpert"])),
                     pretrain_epochs=1, pretrain_cache=str(tmp_path / "stages"))
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)

@@ -182,7 +182,7 @@ def test_an_imagenet_cell_trains_from_the_published_file(unverified, prepared_di
     state = seed_published(backbone)
     reports = []
     cfg = FitConfig(data_dir=str(prepared_dir), backbone=backbone, outer_fold=0, epochs=1, batch_size=8,
-                    init="imagenet", threads=2, bn_recalibration=0)
+                    init="imagenet", threads=1, bn_recalibration=0)
     with pytest.warns(UserWarning):
         fit(cfg, report=lambda m, s: reports.append((m, s)), log=lambda *_: None)
     final, checkpoint = reports[-1]
