@@ -32,7 +32,7 @@ test: $(STAMP)
 chaos: $(STAMP)
 	bash tests/services/start.sh
 	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest -v -s \
-		tests/test_faults.py tests/test_cluster_and_resume.py
+		tests/test_faults.py tests/sweeper/test_cluster_and_resume.py
 
 clean:
 	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port

@@ -6,7 +6,7 @@
 # Steps, each under its own timeout (and all of them under GPU_CHECK_BUDGET_S, 465 s from the start):
 #   install        make install (builds .venv from constraints.txt; nothing to do when it is up to date)
 #   probe          torch, CUDA, the GPU (env.json, nvidia_smi.txt)
-#   cuda_tests     tests/test_cuda.py and every other CUDA-only test (found by bench/gpu_check_summary.py
+#   cuda_tests     tests/trainables/test_cuda.py and every other CUDA-only test (found by bench/gpu_check_summary.py
 #                  cuda-tests: the skip markers naming cuda), junit XML in cuda_tests.xml and -rA in the log
 #   train_speed_*  bench/train_speed.py, resnet50 and densenet121 at 512 px, batch 16 and the largest batch
 #                  that fits ('max'): images/s, share of the epoch waiting for data, GPU utilisation

@@ -3,7 +3,7 @@
     python bench/gpu_check_summary.py cuda-tests [REPO]   # pytest node ids of every CUDA-only test
     python bench/gpu_check_summary.py summarize OUT       # OUT/gpu_check.json from the steps' logs and files
 
-`cuda-tests` reads tests/test_*.py (ast, nothing imported): a module whose `pytestmark` is a skip marker
+`cuda-tests` reads tests/**/test_*.py (ast, nothing imported): a module whose `pytestmark` is a skip marker
 naming cuda is taken whole; otherwise each test function or class with such a decorator.
 
 `summarize` reads OUT/steps.jsonl (one line per step: name, status, rc, wall_s, timeout_s, log, written by
@@ -34,7 +34,7 @@ def _names_cuda_skip(node: ast.AST) -> bool:
 
 def cuda_tests(repo: Path) -> list[str]:
     found = []
-    for path in sorted((repo / "tests").glob("test_*.py")):
+    for path in sorted((repo / "tests").rglob("test_*.py")):
         tree = ast.parse(path.read_text(), str(path))
         rel = path.relative_to(repo).as_posix()
         whole = any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
@@ -191,7 +191,7 @@ def predict_runs(out: Path, steps: dict) -> dict:
             diffs = [abs(a - b) for f in common for a, b in zip(gpu[f], cpu[f])]
             result.update(images_compared=len(common), labels=len(labels), max_abs_diff=max(diffs),
                           mean_abs_diff=sum(diffs) / len(diffs),
-                          within_2e_2=max(diffs) <= 2e-2)  # tests/test_predict.py's bound (bf16 autocast on the GPU)
+                          within_2e_2=max(diffs) <= 2e-2)  # tests/trainables/test_predict.py's bound (bf16 autocast on the GPU)
     return result
 
 

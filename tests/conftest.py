@@ -65,15 +65,15 @@ def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
     cardiac hypertrophy (a big heart): 120 patients at 64 px, 10 epochs, about 12 s on one thread."""
     import copy
 
-    from trainables.fit import FitConfig, fit
+    from tests.helpers import fit_config
+    from trainables.fit import fit
 
     raw = tmp_path_factory.mktemp("learnable")
     make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
     data = build(raw, raw / "labels.csv", tmp_path_factory.mktemp("learnable_prepared"),
                  BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
     reports = []
-    cfg = FitConfig(data_dir=str(data), backbone="resnet18", outer_fold=0, epochs=10, batch_size=16, lr=1e-3,
-                    dropout=0.0, threads=1, schedule="constant")
+    cfg = fit_config(data, epochs=10, batch_size=16, dropout=0.0, schedule="constant")
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)
     return data, reports[-1][0], reports[-1][1]
 

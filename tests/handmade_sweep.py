@@ -40,18 +40,29 @@ def _images(rng):
     return images, patients, fold, truth
 
 
+def write_trial(store, sweep: int, key: str, *, backbone: str = "resnet18", recipe: str = "scratch", variant: str = "",
+                fold: int = 0, study: str | None = None, optuna_number: int = 0, params: dict | None = None,
+                epochs: list[dict] = (), result: dict | None = None, labels: list[str] = (),
+                predictions: dict | None = None, status: str = "COMPLETE", checkpoint: str | None = None) -> None:
+    """One trial as the driver's results callback writes it: started, its epochs reported, finished. The
+    tests' one hand-made trial writer."""
+    store.trial_started(sweep, key, {"backbone": backbone, "recipe": recipe, "variant": variant, "fold": fold,
+                                     "study": study or f"{backbone}/{recipe}/fold{fold}",
+                                     "optuna_number": optuna_number, "params": params or {}})
+    for row in epochs:
+        store.epoch_reported(sweep, key, row)
+    store.trial_finished(sweep, key, status, result, None, list(labels), predictions, checkpoint)
+
+
 def _trial(store, sweep, key, backbone, recipe, fold, val_auc, result, predictions, status="COMPLETE"):
-    store.trial_started(sweep, key, {"backbone": backbone, "recipe": recipe, "variant": "", "fold": fold,
-                                     "study": f"{backbone}/{recipe}/fold{fold}", "optuna_number": 0,
-                                     "params": {"lr": 10 ** -(2 + fold), "dropout": 0.1}})
-    for epoch in (1, 2, 3):
-        store.epoch_reported(sweep, key, {"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 1.1 / epoch,
-                                          "val_auc": val_auc - 0.1 / epoch, "best_epoch": epoch, "lr": 1e-3,
-                                          "val_binary_acc": 0.8 + 0.03 * epoch, "val_exact_match": 0.2 + 0.1 * epoch,
-                                          "val_fnr": 0.5 / epoch})
-    store.trial_finished(sweep, key, status, {"epoch": 3, "best_val_auc": val_auc, **result}, None, LABELS,
-                         predictions if status == "COMPLETE" else None,
-                         f"/ray/handmade/{key}/checkpoint_000002" if status == "COMPLETE" else None)
+    write_trial(store, sweep, key, backbone=backbone, recipe=recipe, fold=fold,
+                params={"lr": 10 ** -(2 + fold), "dropout": 0.1},
+                epochs=[{"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 1.1 / epoch, "val_auc": val_auc - 0.1 / epoch,
+                         "best_epoch": epoch, "lr": 1e-3, "val_binary_acc": 0.8 + 0.03 * epoch,
+                         "val_exact_match": 0.2 + 0.1 * epoch, "val_fnr": 0.5 / epoch} for epoch in (1, 2, 3)],
+                result={"epoch": 3, "best_val_auc": val_auc, **result}, labels=LABELS,
+                predictions=predictions if status == "COMPLETE" else None, status=status,
+                checkpoint=f"/ray/handmade/{key}/checkpoint_000002" if status == "COMPLETE" else None)
 
 
 def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:

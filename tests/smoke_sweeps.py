@@ -8,7 +8,6 @@ RAY_TMPDIR that the privacy test scans.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -33,21 +32,21 @@ class SmokeSweeps:
     def report(self, spec: str) -> Path:
         return self.home / "reports" / f"{spec}-smoke"
 
-    def cli(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=self.env,
-                              timeout=timeout)
+    def cli(self, module: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+        """`python -m MODULE ARGS` in the environment the sweeps ran in."""
+        from tests.helpers import run_cli
+
+        return run_cli(module, *args, env=self.env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def smoke_sweeps(tmp_path_factory) -> SmokeSweeps:
-    from tests.conftest import TEST_KEY
+    from tests.helpers import sweep_env
 
     root = tmp_path_factory.mktemp("studies")
-    (root / "key").write_text(TEST_KEY.decode())
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # a short path: Ray's sockets live there
-    env = {**os.environ, "TORCH_HOME": str(root / "torch"), "CXR_SWEEP_OFFLINE": "1",
-           "CXR_SWEEP_UNVERIFIED_WEIGHTS": "1", "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(root / "key"),
-           "RAY_TMPDIR": ray_tmp}
+    env = sweep_env(root, TORCH_HOME=str(root / "torch"), CXR_SWEEP_OFFLINE="1", CXR_SWEEP_UNVERIFIED_WEIGHTS="1",
+                    RAY_TMPDIR=ray_tmp)
     seeded = subprocess.run([sys.executable, "-c", "from tests.published_weights import seed_published\n"
                              "for b in ('resnet50', 'densenet121', 'mobilenet_v2'): seed_published(b)"],
                             cwd=REPO, env=env, capture_output=True, text=True)
@@ -55,7 +54,7 @@ def smoke_sweeps(tmp_path_factory) -> SmokeSweeps:
     sweeps = SmokeSweeps(root / "home", f"sqlite:///{root / 'home' / 'results.db'}", env, {}, {})
     for spec in SPECS:
         images = [] if spec == "paper" else ["--no-report-images"]  # the paper's report draws Grad-CAM
-        done = sweeps.cli("-m", "sweeper.run", "--spec", spec, "--smoke", "--home", str(sweeps.home),
+        done = sweeps.cli("sweeper.run", "--spec", spec, "--smoke", "--home", str(sweeps.home),
                           "--num-cpus", "2", "--name", f"{spec}-smoke", "--report-bootstrap", "50", *images,
                           timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -3,10 +3,7 @@ file, the report, predict, query, resume and the privacy scan; and a sweep whose
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -19,7 +16,8 @@ import torch
 from results.query import run_query
 from results.load import load
 from results.analysis import Analysis
-from tests.conftest import REPO, TEST_KEY
+from tests.conftest import TEST_KEY
+from tests.helpers import run_cli, spec_text, sweep_env
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +75,7 @@ def test_report_lists_every_cell(paper_sweep):
     cells = Analysis(load(db, NAME), n_boot=0).cells
     assert set(zip(cells["backbone"], cells["recipe"])) == CELLS
     assert (cells["folds_done"] == 2).all() and cells["auc_mean"].notna().all() and cells["auc_pooled"].notna().all()
-    printed = sweeps.cli("-m", "results.report", "--db", db, "--sweep", NAME, "--bootstrap", "50").stdout
+    printed = sweeps.cli("results.report", "--db", db, "--sweep", NAME, "--bootstrap", "50").stdout
     assert "### Source data selection: resnet50" in printed and "| 2/2 |" in printed
     assert "### Source data selection: resnet50" in sweeps.stdout["paper"]  # the sweep printed it too
     home, _, _ = paper_sweep
@@ -131,7 +129,7 @@ def test_storage_keeps_one_slim_checkpoint_per_completed_trial_and_none_of_a_pru
 
 def test_query_cli_prints_rows(paper_sweep):
     _, db, _ = paper_sweep
-    proc = paper_sweep[2].cli("-m", "results.query", "--db", db,
+    proc = paper_sweep[2].cli("results.query", "--db", db,
                               f"SELECT COUNT(*) AS n FROM sweep_trials t JOIN sweeps s ON s.id = t.sweep_id "
                               f"WHERE s.name = '{NAME}'")
     assert proc.returncode == 0 and proc.stdout.split() == ["n", str(len(CELLS) * 2 * 2)]
@@ -147,7 +145,7 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     raw = next((home / "phantom").glob("target-*"))
     (tmp_path / "junk.dcm").write_bytes(b"junk")
     out = tmp_path / "predictions.csv"
-    proc = paper_sweep[2].cli("-m", "sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/chexpert", str(raw), str(tmp_path / "junk.dcm"),
+    proc = paper_sweep[2].cli("sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/chexpert", str(raw), str(tmp_path / "junk.dcm"),
                 "--out", str(out), "--workers", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     chosen = choose_trial(db, NAME, "resnet50/chexpert")
@@ -171,7 +169,7 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
                                f"m.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND m.metric = 'threshold'")
     predicted = mine.to_numpy() > thresholds.set_index("class_name")["value"].loc[evaluated.columns].to_numpy()
     files = [raw / f for f in table["file"][:2]]
-    explained = paper_sweep[2].cli("-m", "sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", *map(str, files),
+    explained = paper_sweep[2].cli("sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", *map(str, files),
                      "--explain", str(tmp_path / "cam"), "--layers", str(tmp_path / "layers"), "--workers", "1")
     assert explained.returncode == 0, explained.stderr[-3000:]
     heatmaps = sorted(p.name for p in (tmp_path / "cam").iterdir())
@@ -222,54 +220,32 @@ def test_no_planted_identifier_reaches_any_output(paper_sweep):
 def test_resuming_a_finished_sweep_adds_nothing(paper_sweep):
     home, db, sweeps = paper_sweep
     before = run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0]
-    proc = sweeps.cli("-m", "sweeper.run", "--spec", "paper", "--smoke", "--home", str(home), "--num-cpus", "2",
+    proc = sweeps.cli("sweeper.run", "--spec", "paper", "--smoke", "--home", str(home), "--num-cpus", "2",
                       "--name", NAME, "--resume", "--report-bootstrap", "0", "--no-report-images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0] == before == len(CELLS) * 4
 
 
-FAILING = """
-name = "failing"
-[data]
-target = "phantom"
-size = 32
-folds = 2
-phantom = { n_patients = 16, image_px = 64, seed = 1 }
-[grid]
-backbone = ["resnet18"]
-recipe = ["scratch", "imagenet"]
-loss = ["bce", "weighted_bce"]
-lr = [1e-3, 1e30]  # 1e30: a diverging cell
-exclude = [{ recipe = "imagenet", lr = 1e30 }, { loss = "weighted_bce", lr = 1e30 }]
-[recipes.scratch]
-[recipes.imagenet]
-init = "imagenet"
-[search]
-trials = 1
-[train]
-epochs = 1
-batch_size = 8
-[resources]
-max_failures = 0  # these failures are deterministic: a retry would only fail again
-"""
+# Two ways to fail: a damaged ImageNet file (the imagenet cells) and a diverging learning rate (lr 1e30);
+# failures this certain are not retried (max_failures = 0), a retry would only fail again.
+FAILING = spec_text("failing", data={"phantom": {"seed": 1}}, recipes={"imagenet": {"init": "imagenet"}},
+                    grid={"recipe": ["scratch", "imagenet"], "loss": ["bce", "weighted_bce"], "lr": [1e-3, 1e30],
+                          "exclude": [{"recipe": "imagenet", "lr": 1e30}, {"loss": "weighted_bce", "lr": 1e30}]},
+                    resources={"max_failures": 0})
 
 
 def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_run_exits_1(tmp_path):
     spec = tmp_path / "failing.toml"
     spec.write_text(FAILING)
-    (tmp_path / "f.key").write_text(TEST_KEY.decode())
     db = f"sqlite:///{tmp_path}/results.db"
     # A damaged ImageNet file whose hash check is waved through: present before Ray starts, so the
     # imagenet trials start and fail as they load it (a missing file would stop the sweep before Ray)
     torch_home = tmp_path / "torch-home"
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
     (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"damaged")
-    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "f.key"), "CXR_SWEEP_OFFLINE": "1",
-           "TORCH_HOME": str(torch_home), "CXR_SWEEP_UNVERIFIED_WEIGHTS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"),
-                           "--db", db, "--num-cpus", "2", "--name", "failing", "--report-bootstrap", "50",
-                           "--no-report-images"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    env = sweep_env(tmp_path, CXR_SWEEP_OFFLINE="1", TORCH_HOME=str(torch_home), CXR_SWEEP_UNVERIFIED_WEIGHTS="1")
+    proc = run_cli("sweeper.run", "--spec", spec, "--home", tmp_path / "home", "--db", db, "--num-cpus", "2",
+                   "--name", "failing", "--report-bootstrap", "50", "--no-report-images", env=env, timeout=900)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
     assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 2 + ["ERROR"] * 2 + ["COMPLETE"] * 2

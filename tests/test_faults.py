@@ -25,10 +25,11 @@ from sqlalchemy import event
 
 from results.query import run_query
 from results.store import ResultsStore, StoreError
-from tests.conftest import REPO, TEST_KEY
-from tests.test_cluster_and_resume import _finished_trials
+from tests.conftest import REPO
+from tests.handmade_sweep import write_trial
+from tests.helpers import finished_trials, fit_config, spec_text, sweep_env
 from trainables.engine import NonFiniteLoss
-from trainables.fit import FitConfig, fit
+from trainables.fit import fit
 from trainables.tune_adapter import STATE_FILE, load_state
 
 SCALE = int(os.environ.get("CXR_SWEEP_CHAOS_SCALE", "1"))
@@ -118,9 +119,8 @@ def test_a_full_db_is_a_clear_error_loses_nothing_and_writing_resumes_after_spac
     written = 0
     with pytest.raises(StoreError, match=r"is full .*nothing committed is lost.*--resume"):
         for i in range(100):
-            store.trial_started(sweep, f"t{i}", {"backbone": "b", "recipe": "r", "fold": 0, "study": "s",
-                                                 "optuna_number": i, "params": {}})
-            store.trial_finished(sweep, f"t{i}", "COMPLETE", {"best_val_auc": 0.5}, None, LABELS, predictions)
+            write_trial(store, sweep, f"t{i}", study="s", optuna_number=i, result={"best_val_auc": 0.5}, labels=LABELS,
+                        predictions=predictions)
             written += 1
     assert 0 < written < 100
     with sqlite3.connect(path) as conn:
@@ -138,12 +138,6 @@ def test_a_full_db_is_a_clear_error_loses_nothing_and_writing_resumes_after_spac
     assert run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0] == (written + 1) * 300 * len(LABELS)
 
 
-def _fit_config(prepared_dir, **overrides) -> FitConfig:
-    settings = dict(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=2, batch_size=8,
-                    lr=1e-3, threads=1)
-    return FitConfig(**{**settings, **overrides})
-
-
 def _reports(cfg, state=None):
     reports = []
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None, state=state)
@@ -152,7 +146,7 @@ def _reports(cfg, state=None):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_a_state"])
 def test_an_unreadable_checkpoint_restarts_the_trial_from_scratch_with_a_warning(prepared_dir, tmp_path, damage):
-    cfg = _fit_config(prepared_dir)
+    cfg = fit_config(prepared_dir, epochs=2)
     uninterrupted = _reports(cfg)
     torch.save(uninterrupted[0][1], tmp_path / STATE_FILE)
     whole = (tmp_path / STATE_FILE).read_bytes()
@@ -170,14 +164,14 @@ def test_an_unreadable_checkpoint_restarts_the_trial_from_scratch_with_a_warning
 
 
 def test_a_good_checkpoint_still_loads(prepared_dir, tmp_path):
-    reports = _reports(_fit_config(prepared_dir, epochs=1))
+    reports = _reports(fit_config(prepared_dir, epochs=1))
     torch.save(reports[0][1], tmp_path / STATE_FILE)
     assert load_state(tmp_path)["epoch"] == 1
 
 
 def test_a_diverging_trial_stops_with_the_reason(prepared_dir):
     with pytest.raises(NonFiniteLoss, match="training loss is nan in this epoch; lower the learning rate"):
-        _reports(_fit_config(prepared_dir, lr=1e30))
+        _reports(fit_config(prepared_dir, epochs=2, lr=1e30))
 
 
 def test_diverged_predictions_stop_the_trial_with_the_reason_not_a_scoring_error(prepared_dir):
@@ -185,7 +179,7 @@ def test_diverged_predictions_stop_the_trial_with_the_reason_not_a_scoring_error
     'Input contains NaN' was all the trial said."""
     from trainables.fit import _Run
 
-    run = _Run(_fit_config(prepared_dir), log=lambda *_: None)
+    run = _Run(fit_config(prepared_dir, epochs=2), log=lambda *_: None)
     indices = run.split.val
     probs = np.full((len(indices), len(run.data.label_names)), np.nan, dtype=np.float32)
     with pytest.raises(NonFiniteLoss, match="predictions are not finite after epoch 0 .*lower the learning rate"):
@@ -206,9 +200,9 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
 
     from trainables.tune_adapter import tune_fit
 
-    cfg = _fit_config(prepared_dir, epochs=6)
+    cfg = fit_config(prepared_dir, epochs=6)
     uninterrupted = _reports(cfg)[-1][0]
-    config = {**{k: v for k, v in cfg.__dict__.items()}, "checkpoint_every": 1}
+    config = {**cfg.as_dict(), "recipe": "scratch", "study": "kill/fold0", "checkpoint_every": 1}  # a trial's config
     storage = tmp_path / "ray"
     killed: list[int] = []
 
@@ -255,25 +249,8 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
         assert [r["epoch"] for r in reports] == [1, 2, 3, 4, 5, 6]  # no epoch lost or recorded twice
 
 
-FULL_DISK_SPEC = """
-name = "fulldisk"
-[data]
-target = "phantom"
-size = 32
-folds = 2
-phantom = { n_patients = 16, image_px = 64, seed = 2 }
-[grid]
-backbone = ["mobilenet_v2"]
-recipe = ["scratch"]
-[recipes.scratch]
-[search]
-trials = 1
-[train]
-epochs = 2
-batch_size = 8
-[resources]
-max_failures = 0
-"""
+FULL_DISK_SPEC = spec_text("fulldisk", grid={"backbone": ["mobilenet_v2"]}, train={"epochs": 2},
+                           resources={"max_failures": 0})
 
 
 @pytest.fixture
@@ -293,11 +270,10 @@ def small_disk(tmp_path):
 def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after_space_is_freed(tmp_path, small_disk):
     spec = tmp_path / "full.toml"
     spec.write_text(FULL_DISK_SPEC)
-    (tmp_path / "k.key").write_text(TEST_KEY.decode())
     db = f"sqlite:///{tmp_path}/results.db"
     args = [sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"), "--db", db,
             "--num-cpus", "2", "--name", "full", "--storage", str(small_disk / "ray"), "--report-bootstrap", "50"]
-    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
+    env = sweep_env(tmp_path)
     first = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     rows = run_query(db, "SELECT status, error FROM sweep_trials")
@@ -329,13 +305,12 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
 def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(tmp_path, small_disk):
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     db_path = small_disk / "results.db"
-    (tmp_path / "k.key").write_text(TEST_KEY.decode())
-    env = {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "k.key")}
+    env = sweep_env(tmp_path)
     args = [sys.executable, "-m", "sweeper.run", "--spec", "tiny", "--home", str(tmp_path / "home"),
             "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull", "--report-bootstrap", "50"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 300
-    while _finished_trials(db_path) < 2:
+    while finished_trials(db_path) < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "no 2 finished trials in time"
         time.sleep(0.5)
     ballast = small_disk / "ballast"

@@ -147,7 +147,7 @@ setup_tool() {
 }
 
 # A single-node Slurm cluster (slurmctld and slurmd on localhost, munge for authentication), its own
-# slurm.conf and state under $DIR/slurm: tests/test_slurm.py submits docs/slurm/cxr-sweep.sbatch to it.
+# slurm.conf and state under $DIR/slurm: tests/sweeper/test_slurm.py submits docs/slurm/cxr-sweep.sbatch to it.
 SLURM=$DIR/slurm
 start_slurm() {
     local t0 node
@@ -214,7 +214,7 @@ start_postgres
 start_slurm
 setup_chromium
 # dcmtk renders DICOM through the PS3.4 grey pipeline and re-encodes it (JPEG, JPEG-LS, RLE);
-# OpenJPH encodes and decodes HTJ2K: tests/test_dicom_dcmtk.py compares data_prep.dicom with them.
+# OpenJPH encodes and decodes HTJ2K: tests/data_prep/test_dicom_dcmtk.py compares data_prep.dicom with them.
 setup_tool dcmtk dcmj2pnm CXR_SWEEP_TEST_DCMTK "dcmtk comparison"
 setup_tool openjph-tools ojph_compress CXR_SWEEP_TEST_OPENJPH "HTJ2K comparison"
 mv "$ENV_FILE.tmp" "$ENV_FILE"

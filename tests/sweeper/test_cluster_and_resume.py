@@ -15,44 +15,20 @@ import optuna
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO, TEST_KEY
+from tests.conftest import REPO
+from tests.helpers import finished_trials, spec_text, sweep_args, sweep_env
 
 pytestmark = pytest.mark.slow
 
-CLUSTER_SPEC = """
-name = "cluster"
-[data]
-target = "phantom"
-size = 32
-folds = 2
-phantom = { n_patients = 24, image_px = 64, seed = 0 }
-[grid]
-backbone = ["resnet18"]
-recipe = ["scratch"]
-[recipes.scratch]
-[search]
-trials = 2
-[asha]
-grace_period = 2
-[train]
-epochs = 2
-batch_size = 8
-checkpoint_every = 2
-[resources]
-cpus_per_trial = 1
-gpus_per_trial = 1
-device = "cpu"  # the nodes' GPUs are Ray resources only
-"""
-
-
-def _env(tmp_path: Path) -> dict:
-    (tmp_path / "test.key").write_text(TEST_KEY.decode())
-    return {**os.environ, "CXR_SWEEP_PSEUDONYM_KEY_FILE": str(tmp_path / "test.key")}
+# The head trains nothing; each worker node has one CPU and one GPU as Ray resources only (trials train on the CPU)
+CLUSTER = dict(data={"phantom": {"n_patients": 24, "seed": 0}}, search={"trials": 2}, asha={"grace_period": 2},
+               train={"epochs": 2, "checkpoint_every": 2},
+               resources={"cpus_per_trial": 1, "gpus_per_trial": 1, "device": "cpu"})
+CLUSTER_SPEC = spec_text("cluster", **CLUSTER)
 
 
 def _sweep_args(spec: str, home: Path, name: str, *more: str) -> list[str]:
-    return [sys.executable, "-m", "sweeper.run", "--spec", spec, "--home", str(home),
-            "--db", f"sqlite:///{home}/results.db", "--name", name, *more]
+    return [sys.executable, "-m", "sweeper.run", *sweep_args(spec, home, name, *more)]
 
 
 def _reported_nodes(storage: Path) -> dict[str, set[str]]:
@@ -71,7 +47,7 @@ def test_a_sweep_on_two_gpu_worker_nodes_uses_both_and_records_every_trial_once(
     cluster.wait_for_nodes()
     try:
         proc = subprocess.run(_sweep_args(str(spec), tmp_path / "home", "c1", "--address", cluster.address),
-                              capture_output=True, text=True, cwd=REPO, timeout=600, env=_env(tmp_path))
+                              capture_output=True, text=True, cwd=REPO, timeout=600, env=sweep_env(tmp_path))
     finally:
         cluster.shutdown()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -88,43 +64,14 @@ def test_a_sweep_on_two_gpu_worker_nodes_uses_both_and_records_every_trial_once(
         assert len(list(trial_dir.glob("checkpoint_*"))) == 1
 
 
-def _finished_trials(db_path: Path) -> int:
-    import sqlite3
-
-    if not db_path.is_file():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM sweep_trials WHERE status != 'RUNNING'").fetchone()[0]
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
-
-
-KILL_SPEC = """
-name = "kill"
-[data]
-target = "phantom"
-size = 32
-folds = 2
-phantom = { n_patients = 24, image_px = 64, seed = 0 }
-[grid]
-backbone = ["resnet18"]
-recipe = ["scratch"]
-[recipes.scratch]
-[search]
-trials = 4
-[asha]
-grace_period = 1
-[train]
-epochs = 2
-batch_size = 8
-"""
+KILL_SPEC = spec_text("kill", data={"phantom": {"n_patients": 24, "seed": 0}}, search={"trials": 4},
+                      asha={"grace_period": 1}, train={"epochs": 2})
 KILL_TRIALS = 2 * 4  # folds x trials
 
 
 def _kill_driver_mid_sweep(home: Path, name: str) -> tuple[list[str], dict]:
     """Start a sweep of 8 trials and SIGKILL the driver with its local Ray once 3 have finished."""
-    env = _env(home.parent)
+    env = sweep_env(home.parent)
     (home.parent / "kill.toml").write_text(KILL_SPEC)
     args = _sweep_args(str(home.parent / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images",
                        "--report-bootstrap", "50")
@@ -132,14 +79,14 @@ def _kill_driver_mid_sweep(home: Path, name: str) -> tuple[list[str], dict]:
                               start_new_session=True)  # its own process group: the driver and its local Ray
     deadline = time.monotonic() + 400
     try:
-        while _finished_trials(home / "results.db") < 3 or not list((home / "ray" / name).glob("experiment_state*")):
+        while finished_trials(home / "results.db") < 3 or not list((home / "ray" / name).glob("experiment_state*")):
             assert driver.poll() is None, "the sweep ended before it could be killed"
             assert time.monotonic() < deadline, "no 3 finished trials in time"
             time.sleep(0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # like a machine that lost power: no clean-up at all
         driver.wait()
-    assert 3 <= _finished_trials(home / "results.db") < KILL_TRIALS
+    assert 3 <= finished_trials(home / "results.db") < KILL_TRIALS
     return args, env
 
 
@@ -223,8 +170,7 @@ def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished
     from ray.cluster_utils import Cluster
 
     spec = tmp_path / "cluster.toml"
-    spec.write_text(CLUSTER_SPEC.replace("epochs = 2", "epochs = 6").replace("checkpoint_every = 2",
-                                                                             "checkpoint_every = 1"))
+    spec.write_text(spec_text("cluster", **{**CLUSTER, "train": {"epochs": 6, "checkpoint_every": 1}}))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -232,7 +178,7 @@ def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished
     try:
         driver = subprocess.Popen(_sweep_args(str(spec), tmp_path / "home", "gone", "--address", cluster.address),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                  env=_env(tmp_path))
+                                  env=sweep_env(tmp_path))
         deadline = time.monotonic() + 300
         while not _running_on(storage, doomed.node_id, last_epoch=6):
             assert driver.poll() is None and time.monotonic() < deadline, "no trial ran on the node to remove"

@@ -5,7 +5,6 @@ smaller data set."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from pathlib import Path
 

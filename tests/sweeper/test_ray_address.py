@@ -6,59 +6,30 @@ GCS" forever."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO, TEST_KEY
+from tests.helpers import dead_port, run_cli, spec_text, sweep_env
 
-MICRO = """
-name = "local"
-[data]
-target = "phantom"
-size = 32
-folds = 2
-phantom = { n_patients = 16, image_px = 64, seed = 2 }
-[grid]
-backbone = ["resnet18"]
-recipe = ["scratch"]
-[recipes.scratch]
-[search]
-trials = 1
-[train]
-epochs = 1
-batch_size = 8
-"""
-
-
-def _dead_port() -> int:
-    """A localhost port where nothing listens (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MICRO = spec_text("local")  # one resnet18 trial per fold, one epoch
 
 
 def _run(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     (tmp_path / "spec.toml").write_text(MICRO)
-    (tmp_path / "k.key").write_text(TEST_KEY.decode())
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    environ.update(CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"), **env)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home",
-                           str(tmp_path / "home"), "--num-cpus", "2", "--name", "local", "--report-bootstrap", "0",
-                           "--no-report-images", *args], capture_output=True, text=True, cwd=REPO, env=environ,
-                          timeout=600)
+    proc = run_cli("sweeper.run", "--spec", tmp_path / "spec.toml", "--home", tmp_path / "home", "--num-cpus", "2",
+                   "--name", "local", "--report-bootstrap", "0", "--no-report-images", *args,
+                   env=sweep_env(tmp_path, drop=("RAY_ADDRESS",), **env))
     return proc, time.monotonic() - start
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_an_address_where_nothing_answers_stops_with_exit_2_in_bounded_time_naming_it(tmp_path, how):
-    address = f"127.0.0.1:{_dead_port()}"
+    address = f"127.0.0.1:{dead_port()}"
     proc, took = (_run(tmp_path, "--address", address) if how == "flag" else _run(tmp_path, RAY_ADDRESS=address))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     port = address.rsplit(":", 1)[1]  # Ray resolves 127.0.0.1 to this node's address
@@ -78,7 +49,7 @@ def test_a_stale_ray_start_record_does_not_capture_a_sweep_without_address(tmp_p
     """A `ray start` cluster recorded in Ray's temp folder and gone since: the sweep runs on its own local Ray."""
     ray_tmp = Path(f"/tmp/r{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     (ray_tmp / "ray").mkdir(parents=True, exist_ok=True)
-    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_dead_port()}")
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port()}")
     try:
         proc, _ = _run(tmp_path, RAY_TMPDIR=str(ray_tmp))
     finally:

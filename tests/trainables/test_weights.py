@@ -15,6 +15,7 @@ import torchvision
 from sweeper.spec import parse_spec
 from sweeper.weights import preflight
 from tests.conftest import REPO
+from tests.helpers import fit_config
 from tests.published_weights import published_keys, seed_published
 from trainables.models import TORCHVISION_TRUNKS, build_branch, build_model
 from trainables.weights import (OFFLINE_ENV, UNVERIFIED_ENV, WeightsFile, WeightsUnavailable, fetch_file, published,
@@ -177,12 +178,11 @@ def test_sweeper_weights_check_lists_what_a_spec_needs(unverified, tmp_path):
 @pytest.mark.parametrize("backbone, first_conv, in_trunk", [("resnet50", "conv1.weight", "0.weight"),
                                                             ("densenet121", "features.conv0.weight", "0.conv0.weight")])
 def test_an_imagenet_cell_trains_from_the_published_file(unverified, prepared_dir, backbone, first_conv, in_trunk):
-    from trainables.fit import FitConfig, fit
+    from trainables.fit import fit
 
     state = seed_published(backbone)
     reports = []
-    cfg = FitConfig(data_dir=str(prepared_dir), backbone=backbone, outer_fold=0, epochs=1, batch_size=8,
-                    init="imagenet", threads=1, bn_recalibration=0)
+    cfg = fit_config(prepared_dir, backbone=backbone, epochs=1, init="imagenet", bn_recalibration=0)
     with pytest.warns(UserWarning):
         fit(cfg, report=lambda m, s: reports.append((m, s)), log=lambda *_: None)
     final, checkpoint = reports[-1]

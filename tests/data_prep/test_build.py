@@ -13,6 +13,7 @@ from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
 from tests.conftest import TEST_KEY
+from tests.helpers import fit_config
 
 QUIET = {"key": TEST_KEY, "log": lambda *_: None}
 
@@ -157,7 +158,7 @@ def test_exact_pixel_duplicates_are_removed_and_listed(phantom_dir, tmp_path):
 
 
 def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
-    from trainables.fit import FitConfig, fit
+    from trainables.fit import fit
 
     eight = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path, BuildParams(size=32, folds=3), **QUIET))
     sixteen = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path,
@@ -171,8 +172,7 @@ def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
     order = np.arange(len(eight.images))  # what the model is fed: the same films, whatever the stored depth
     fed = [torch.cat([b for b, _ in ImageFeed(d.images, torch.device("cpu")).batches(order, 16)]) for d in (eight, sixteen)]
     assert fed[1].dtype == torch.float32 and float((fed[1] - fed[0]).abs().max()) <= 0.5 / 255 + 1e-6
-    final = fit(FitConfig(data_dir=str(sixteen.root), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8,
-                          threads=1), report=lambda m, s: None)
+    final = fit(fit_config(sixteen.root, epochs=1), report=lambda m, s: None)
     assert np.isfinite(final["train_loss"]) and np.isfinite(final["val_auc"])
 
 

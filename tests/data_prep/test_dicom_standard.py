@@ -7,7 +7,6 @@ rendering, and shows what pydicom 3.0's helpers give instead.
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi, apply_windowing

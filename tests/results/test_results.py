@@ -10,20 +10,16 @@ from results.choose import choose_trial
 from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
-from tests.handmade_sweep import CELLS, FOLDS, build_sweep
+from tests.handmade_sweep import CELLS, FOLDS, build_sweep, write_trial
 
 LABELS = ["a", "b"]
 
 
 def _trial(store, sweep_id, key, backbone, recipe, fold, val_auc, test_auc, test_ap, status="COMPLETE"):
-    store.trial_started(sweep_id, key, {"backbone": backbone, "recipe": recipe, "fold": fold,
-                                        "study": f"{backbone}/{recipe}/fold{fold}", "optuna_number": 0,
-                                        "params": {"lr": 1e-3, "dropout": 0.1}})
-    for epoch in (1, 2):
-        store.epoch_reported(sweep_id, key, {"epoch": epoch, "train_loss": 0.5, "val_auc": val_auc, "best_epoch": epoch})
-    store.trial_finished(sweep_id, key, status, {"epoch": 2, "best_val_auc": val_auc, "test_auc": test_auc,
-                                                 "test_ap": test_ap, "test_auc_per_class": [test_auc, float("nan")]},
-                         None, LABELS)
+    write_trial(store, sweep_id, key, backbone=backbone, recipe=recipe, fold=fold, params={"lr": 1e-3, "dropout": 0.1},
+                epochs=[{"epoch": epoch, "train_loss": 0.5, "val_auc": val_auc, "best_epoch": epoch} for epoch in (1, 2)],
+                result={"epoch": 2, "best_val_auc": val_auc, "test_auc": test_auc, "test_ap": test_ap,
+                        "test_auc_per_class": [test_auc, float("nan")]}, labels=LABELS, status=status)
 
 
 @pytest.fixture

@@ -4,45 +4,20 @@ Slurm script start theirs. A node or a driver without the token is refused; with
 and records every trial; the token is printed nowhere."""
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO, TEST_KEY
-from tests.test_ray_address import MICRO, _dead_port
+from tests.conftest import REPO
+from tests.helpers import dead_port, spec_text, stop_cluster, sweep_env
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def stop_cluster(ray_tmp: Path) -> None:
-    """Stop the Ray processes of this cluster only (`ray stop` would stop every Ray on the machine):
-    those whose command line or environment names its temp folder, and everything they started."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(ray_tmp) in " ".join(proc.info["cmdline"] or []) or proc.environ().get("RAY_TMPDIR") == str(ray_tmp):
-                found += [proc, *proc.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    for proc in found:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(found, timeout=3)  # a test's throwaway cluster: no need for Ray's 16 s of grace
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _run(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -57,13 +32,11 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
     for path in (token, wrong):
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
-    (tmp_path / "spec.toml").write_text(MICRO)
-    (tmp_path / "k.key").write_text(TEST_KEY.decode())
-    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    plain.update(HOME=str(user), RAY_TMPDIR=str(ray_tmp), CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"))
+    (tmp_path / "spec.toml").write_text(spec_text("local"))
+    plain = sweep_env(tmp_path, drop=("RAY_",), HOME=str(user), RAY_TMPDIR=str(ray_tmp))
     owner = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     plain["RAY_gcs_server_port_wait_time_s"] = "3"  # a refused process gives up after 3 tries, not Ray's 20
-    port = _dead_port()
+    port = dead_port()
     address = f"127.0.0.1:{port}"
     sweep = [sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"),
              "--address", address, "--name", "token", "--report-bootstrap", "0", "--no-report-images"]

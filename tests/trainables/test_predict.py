@@ -12,7 +12,7 @@ from results.choose import choose_trial
 from results.query import QueryError, run_query
 from tests.conftest import TEST_KEY
 from tests.handmade_sweep import build_sweep
-from tests.test_fit import _config, _run
+from tests.helpers import fit_config, fit_reports
 from trainables.predict import PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
 
@@ -22,7 +22,7 @@ def test_a_trained_model_predicts_files_exactly_as_its_trial_evaluated_them(stra
                                                                             chexpert_prepared_dir, tmp_path):
     extra = {} if strategy == "regular" else dict(strategy="mixed", pretrain_epochs=1, pretrain_cache=str(tmp_path),
                                                   pretrain_dirs=(str(chexpert_prepared_dir),))
-    state = _run(_config(prepared_dir, epochs=1, **extra))[-1][1]
+    state = fit_reports(fit_config(prepared_dir, epochs=1, **extra))[-1][1]
     (tmp_path / "checkpoint").mkdir()
     torch.save(state, tmp_path / "checkpoint" / STATE_FILE)  # as the Ray adapter saves it
     model = TrainedModel.load(tmp_path / "checkpoint", device="cpu")
@@ -44,7 +44,7 @@ def test_a_trained_model_predicts_files_exactly_as_its_trial_evaluated_them(stra
 
 
 def test_a_checkpoint_that_is_not_a_final_one_is_refused_clearly(prepared_dir, tmp_path):
-    states = [state for _, state in _run(_config(prepared_dir, epochs=2))]
+    states = [state for _, state in fit_reports(fit_config(prepared_dir, epochs=2))]
     without_manifest = {k: v for k, v in states[-1].items() if k != "manifest"}  # the data set's size and bits
     for state in (states[0], without_manifest):
         torch.save(state, tmp_path / STATE_FILE)
@@ -91,7 +91,7 @@ def test_the_model_applied_is_chosen_on_inner_validation_only(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_model_predicts_on_the_gpu_as_on_the_cpu(prepared_dir, phantom_dir, tmp_path):
-    state = _run(_config(prepared_dir, epochs=1))[-1][1]
+    state = fit_reports(fit_config(prepared_dir, epochs=1))[-1][1]
     torch.save(state, tmp_path / STATE_FILE)
     files = [phantom_dir / f for f in pd.read_csv(phantom_dir / "labels.csv")["file"][:12]]
     cpu = np.stack([p.probs for p in TrainedModel.load(tmp_path, "cpu").predict(files, workers=1)])

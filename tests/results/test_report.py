@@ -16,7 +16,7 @@ from results.report import build, main
 from results.store import ResultsStore
 from results.analysis import Analysis
 from results.tables import Table, combination_selection, source_selection, transfer_effect
-from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep
+from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep, write_trial
 
 
 @pytest.fixture
@@ -147,16 +147,14 @@ def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url
     patients = [f"p{i // 2}" for i in range(80)]
     for (loss, lr), probs in zip(cells, [np.full((80, 2), 0.1), np.where(truth == 1, 0.7, 0.4)] * 2):
         key = f"t-{loss}-{lr}"
-        store.trial_started(sweep, key, {"backbone": "alexnet_style", "recipe": "scratch",
-                                         "variant": f"loss={loss},lr={lr}", "fold": 0, "study": key,
-                                         "optuna_number": 0, "params": {}})
         said = probs > 0.5
         result = {"epoch": 1, "best_val_auc": 0.7, "test_binary_acc": float((said == (truth == 1)).mean()),
                   "test_fnr": float((~said & (truth == 1)).sum() / (truth == 1).sum()), "test_auc": 0.5,
                   "test_exact_match": float((said == (truth == 1)).all(axis=1).mean())}
-        store.trial_finished(sweep, key, "COMPLETE", result, None, ["a", "b"],
-                             {"image_keys": [f"i{i}" for i in range(80)], "patient_keys": patients,
-                              "probs": probs, "labels": truth})
+        write_trial(store, sweep, key, backbone="alexnet_style", variant=f"loss={loss},lr={lr}", study=key,
+                    result=result, labels=["a", "b"], predictions={"image_keys": [f"i{i}" for i in range(80)],
+                                                                   "patient_keys": patients, "probs": probs,
+                                                                   "labels": truth})
     built = build(engine_url, "losses", n_boot=300, figures=False)
     table = next(t for h, ts, _ in built.sections for t in ts if t.key == "loss_comparison").display
     assert table["Loss"].tolist() == ["bce", "weighted_bce"] * 2

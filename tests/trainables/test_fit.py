@@ -2,7 +2,6 @@
 evaluation of the best-on-validation weights, pretraining stages and a run that learns."""
 from __future__ import annotations
 
-import copy
 import shutil
 
 import numpy as np
@@ -13,30 +12,17 @@ import torch
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
 from tests.conftest import TEST_KEY
+from tests.helpers import fit_config, fit_reports
 from trainables import engine
 from trainables.feed import ImageFeed
-from trainables.fit import FitConfig, fit
+from trainables.fit import fit
 from trainables.models import build_model
 
 AUGMENT = {"rotate_p": 0.5, "shift_p": 0.5, "zoom_p": 0.5, "noise_p": 0.5, "hflip_p": 0.2}
 
 
-def _config(prepared_dir, **overrides) -> FitConfig:
-    settings = dict(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=3, batch_size=8,
-                    lr=1e-3, threads=1)
-    return FitConfig(**{**settings, **overrides})
-
-
-def _run(cfg, **kwargs):
-    """Every (metrics, checkpoint) reported; the checkpoint holds live tensors, so it is copied at report
-    time (the Ray adapter saves it then)."""
-    reports = []
-    fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None, **kwargs)
-    return reports
-
-
 def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepared_dir):
-    reports = _run(_config(prepared_dir))
+    reports = fit_reports(fit_config(prepared_dir))
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert all(np.isfinite(m[k]) for m, _ in reports for k in ("val_binary_acc", "val_exact_match", "val_fnr"))
     assert all("test_auc" not in m for m, _ in reports[:-1])  # the test fold is not looked at while training
@@ -62,10 +48,10 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
 
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(prepared_dir):
-    cfg = _config(prepared_dir, augment=AUGMENT, schedule="cosine", dropout=0.5)
-    uninterrupted = _run(cfg)
+    cfg = fit_config(prepared_dir, augment=AUGMENT, schedule="cosine", dropout=0.5)
+    uninterrupted = fit_reports(cfg)
     state = uninterrupted[0][1]  # as saved by the Ray adapter after epoch 1
-    resumed = _run(cfg, state=state)
+    resumed = fit_reports(cfg, state=state)
     assert [m["epoch"] for m, _ in resumed] == [2, 3]
     for key in ("train_loss", "val_auc", "test_auc", "test_ap", "outer_train_mae", "lr"):
         assert resumed[-1][0][key] == uninterrupted[-1][0][key], key
@@ -74,11 +60,11 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(prepared_dir)
 
 
 def test_resuming_survives_a_round_trip_through_torch_save_with_weights_only(prepared_dir, tmp_path):
-    cfg = _config(prepared_dir, epochs=2, augment=AUGMENT)
-    reports = _run(cfg)
+    cfg = fit_config(prepared_dir, epochs=2, augment=AUGMENT)
+    reports = fit_reports(cfg)
     torch.save(reports[0][1], tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
-    resumed = _run(cfg, state=state)
+    resumed = fit_reports(cfg, state=state)
     assert resumed[-1][0]["test_auc"] == reports[-1][0]["test_auc"]
     torch.save(resumed[-1][1], tmp_path / "final.pt")  # predictions are weights_only-loadable too
     assert torch.load(tmp_path / "final.pt", weights_only=True)["predictions"]["test"]["image_keys"]
@@ -86,10 +72,10 @@ def test_resuming_survives_a_round_trip_through_torch_save_with_weights_only(pre
 
 def test_resuming_from_the_final_checkpoint_reports_the_end_of_trial_result_again(prepared_dir, tmp_path):
     """A driver killed between a trial's last report and Ray's next snapshot restarts it from there."""
-    cfg = _config(prepared_dir, epochs=2)
-    reports = _run(cfg)
+    cfg = fit_config(prepared_dir, epochs=2)
+    reports = fit_reports(cfg)
     torch.save(reports[-1][1], tmp_path / "final.pt")
-    resumed = _run(cfg, state=torch.load(tmp_path / "final.pt", weights_only=True))
+    resumed = fit_reports(cfg, state=torch.load(tmp_path / "final.pt", weights_only=True))
     assert len(resumed) == 1  # nothing trained again
     metrics = resumed[0][0]
     assert metrics["completed"] and metrics["epoch"] == 2 and metrics["test_auc"] == reports[-1][0]["test_auc"]
@@ -97,7 +83,7 @@ def test_resuming_from_the_final_checkpoint_reports_the_end_of_trial_result_agai
 
 
 def test_early_stopping_stops_at_the_first_epoch_without_improvement(prepared_dir):
-    reports = _run(_config(prepared_dir, epochs=8, early_stopping=1, lr=3e-3))
+    reports = fit_reports(fit_config(prepared_dir, epochs=8, early_stopping=1, lr=3e-3))
     aucs = [m["val_auc"] for m, _ in reports]
     best, stop = aucs[0], None
     for epoch, auc in enumerate(aucs[1:], start=2):
@@ -112,7 +98,7 @@ def test_early_stopping_stops_at_the_first_epoch_without_improvement(prepared_di
 
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])
 def test_learning_rate_schedules(prepared_dir, schedule):
-    reports = _run(_config(prepared_dir, epochs=4, schedule=schedule, schedule_patience=0, lr=1e-3))
+    reports = fit_reports(fit_config(prepared_dir, epochs=4, schedule=schedule, schedule_patience=0, lr=1e-3))
     rates = [m["lr"] for m, _ in reports]
     if schedule == "cosine":
         assert rates == pytest.approx([1e-3 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(1, 5)])
@@ -125,7 +111,7 @@ def test_learning_rate_schedules(prepared_dir, schedule):
 def test_mobilenet_v3_predictions_vary_after_a_short_run(prepared_dir):
     # Its batch-norm momentum of 0.01 leaves running statistics at their initial values after a few
     # steps; without re-estimating them every test image got the same probabilities.
-    reports = _run(_config(prepared_dir, backbone="mobilenet_v3_small", epochs=1, dropout=0.0))
+    reports = fit_reports(fit_config(prepared_dir, backbone="mobilenet_v3_small", epochs=1, dropout=0.0))
     probs = reports[-1][1]["predictions"]["test"]["probs"]
     assert probs.std(dim=0).mean() > 0.01
 
@@ -133,7 +119,7 @@ def test_mobilenet_v3_predictions_vary_after_a_short_run(prepared_dir):
 def test_batch_norm_statistics_are_exact_averages_over_the_training_images(prepared_dir):
     data = PreparedDataset(prepared_dir)
     split = data.split(0, 0.2, seed=0)
-    reports = _run(_config(prepared_dir, epochs=2, bn_recalibration=10_000))
+    reports = fit_reports(fit_config(prepared_dir, epochs=2, bn_recalibration=10_000))
     model = build_model("resnet18", len(data.label_names), 0.2)
     model.load_state_dict(reports[0][1]["model"])  # after epoch 1, recalibrated (a training checkpoint)
     first_bn = model.branches[0].trunk[1]
@@ -148,9 +134,9 @@ def test_batch_norm_statistics_are_exact_averages_over_the_training_images(prepa
 
 def test_unknown_options_list_the_valid_ones(prepared_dir):
     with pytest.raises(ValueError, match="expected one of .*cosine"):
-        _run(_config(prepared_dir, schedule="step"))
+        fit_reports(fit_config(prepared_dir, schedule="step"))
     with pytest.raises(ValueError, match="expected one of .*co_trained"):
-        _run(_config(prepared_dir, strategy="ensemble"))
+        fit_reports(fit_config(prepared_dir, strategy="ensemble"))
 
 
 def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepared_dir, tmp_path):
@@ -160,7 +146,7 @@ def test_a_validation_split_without_a_defined_auc_stops_with_a_clear_error(prepa
     labels[PreparedDataset(copy).label_names] = 0
     labels.to_csv(copy / "labels.csv", index=False)
     with pytest.raises(ValueError, match="outer fold 0: the inner validation split .* validation AUC is undefined"):
-        _run(_config(copy))
+        fit_reports(fit_config(copy))
 
 
 def test_masked_labels_train_with_finite_losses(prepared_dir, tmp_path):
@@ -172,13 +158,13 @@ def test_masked_labels_train_with_finite_losses(prepared_dir, tmp_path):
     labels.to_csv(copy / "labels.csv", index=False)
     assert np.isnan(PreparedDataset(copy).labels[::3, 0]).all()
     for loss in ("bce", "weighted_bce", "batch_weighted_bce"):
-        final = _run(_config(copy, epochs=1, loss=loss))[-1][0]
+        final = fit_reports(fit_config(copy, epochs=1, loss=loss))[-1][0]
         assert np.isfinite(final["train_loss"]) and np.isfinite(final["val_loss"]) and np.isfinite(final["val_auc"])
 
 
 def test_streamed_and_resident_feeds_train_identically(prepared_dir):
-    resident = _run(_config(prepared_dir, epochs=1, feed="resident"))[-1][0]
-    streamed = _run(_config(prepared_dir, epochs=1, feed="stream"))[-1][0]
+    resident = fit_reports(fit_config(prepared_dir, epochs=1, feed="resident"))[-1][0]
+    streamed = fit_reports(fit_config(prepared_dir, epochs=1, feed="stream"))[-1][0]
     assert streamed["train_loss"] == resident["train_loss"] and streamed["test_auc"] == resident["test_auc"]
 
 
@@ -186,7 +172,7 @@ def test_regular_transfer_pretrains_each_stage_of_the_chain_once(prepared_dir, c
     cache, logs = tmp_path / "pretrained", []
     chain = (str(chexpert_prepared_dir), str(prepared_dir))
     for dirs in (chain[:1], chain, chain):
-        fit(_config(prepared_dir, epochs=1, pretrain_dirs=dirs, pretrain_epochs=1, pretrain_cache=str(cache)),
+        fit(fit_config(prepared_dir, epochs=1, pretrain_dirs=dirs, pretrain_epochs=1, pretrain_cache=str(cache)),
             report=lambda m, s: None, log=logs.append)
     assert len(list(cache.glob("*.pt"))) == 2  # chexpert, then chexpert -> target
     assert sum(line.startswith("[pretrain] resnet18") for line in logs) == 2
@@ -194,7 +180,7 @@ def test_regular_transfer_pretrains_each_stage_of_the_chain_once(prepared_dir, c
 
 def test_co_trained_pretraining_uses_one_head_per_source(prepared_dir, chexpert_prepared_dir, tmp_path):
     cache = tmp_path / "pretrained"
-    final = _run(_config(prepared_dir, epochs=1, strategy="co_trained", pretrain_epochs=1, pretrain_cache=str(cache),
+    final = fit_reports(fit_config(prepared_dir, epochs=1, strategy="co_trained", pretrain_epochs=1, pretrain_cache=str(cache),
                          pretrain_dirs=(str(chexpert_prepared_dir), str(prepared_dir))))[-1][0]
     assert np.isfinite(final["test_auc"])
     (path,) = cache.glob("*co_trained*.pt")
@@ -203,7 +189,7 @@ def test_co_trained_pretraining_uses_one_head_per_source(prepared_dir, chexpert_
 
 
 def test_mixed_strategy_fine_tunes_two_branches(prepared_dir, chexpert_prepared_dir, tmp_path):
-    reports = _run(_config(prepared_dir, epochs=1, strategy="mixed", pretrain_epochs=1,
+    reports = fit_reports(fit_config(prepared_dir, epochs=1, strategy="mixed", pretrain_epochs=1,
                            pretrain_cache=str(tmp_path), pretrain_dirs=(str(chexpert_prepared_dir),)))
     model = reports[-1][1]["best_model"]
     assert "branches.1.trunk.0.weight" in model and model["head.weight"].shape[1] == 2 * 512
@@ -232,7 +218,7 @@ def test_a_failed_stage_is_recorded_beside_its_weights_and_not_trained_again(pre
 
 
 def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_read(prepared_dir):
-    reports = _run(_config(prepared_dir, epochs=2))
+    reports = fit_reports(fit_config(prepared_dir, epochs=2))
     training, final = reports[0][1], reports[-1][1]
     assert {"model", "optimizer", "best_model"} <= set(training)  # enough to resume
     assert set(final) == {"config", "epoch", "best_model", "predictions", "final_metrics", "manifest"}
@@ -244,7 +230,7 @@ def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_rea
 def test_input_size_resizes_what_the_model_sees_and_predict_rebuilds_it_so(prepared_dir):
     from trainables.predict import TrainedModel
 
-    reports = _run(_config(prepared_dir, epochs=1, input_size=48))
+    reports = fit_reports(fit_config(prepared_dir, epochs=1, input_size=48))
     final, state = reports[-1]
     assert final["completed"] and state["config"]["input_size"] == 48
     trained = TrainedModel.from_state(state, "cpu")

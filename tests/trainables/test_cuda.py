@@ -1,6 +1,6 @@
 """The CUDA paths of the training core: bf16 autocast, channels_last, the resident uint8 target set,
 pinned streaming, exact resume on the device. Skipped on machines without a GPU (CI); run on a
-lent GPU machine with `python -m pytest tests/test_cuda.py`."""
+lent GPU machine with `python -m pytest tests/trainables/test_cuda.py`."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import fit_config
 from trainables import engine
 from trainables.feed import ImageFeed
-from trainables.fit import FitConfig, fit
+from trainables.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda") if torch.cuda.is_available() else None
@@ -24,8 +25,7 @@ def _run(cfg, **kwargs):
 
 
 def _config(prepared_dir, **overrides):
-    return FitConfig(**{**dict(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=2, batch_size=8,
-                               device="cuda", augment={}), **overrides})
+    return fit_config(prepared_dir, **{"epochs": 2, "device": "cuda", "augment": {}, "threads": None, **overrides})
 
 
 def test_auto_precision_is_bf16_or_fp16_with_a_scaler():

@@ -3,7 +3,6 @@ started by tests/services/start.sh): the job starts a token-authenticated Ray ac
 a small sweep through `sweeper.run --address`; the DB holds every trial, the token is printed nowhere."""
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import tempfile
@@ -12,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO, TEST_KEY
+from tests.conftest import REPO
+from tests.helpers import dead_port, spec_text, stop_cluster, sweep_env
 from tests.services_fixtures import _service
-from tests.test_cluster_token import stop_cluster
-from tests.test_ray_address import MICRO, _dead_port
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "docs" / "slurm" / "cxr-sweep.sbatch"
@@ -34,11 +32,9 @@ def test_the_sbatch_script_runs_a_sweep_on_a_token_authenticated_ray_inside_the_
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths
     user = tmp_path / "user"
     (user / ".ray").mkdir(parents=True)
-    (tmp_path / "spec.toml").write_text(MICRO)
-    (tmp_path / "k.key").write_text(TEST_KEY.decode())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_"))}
-    env.update(HOME=str(user), RAY_TMPDIR=str(ray_tmp), CXR_SWEEP_PSEUDONYM_KEY_FILE=str(tmp_path / "k.key"),
-               CXR_SWEEP_RAY_PORT=str(_dead_port()))
+    (tmp_path / "spec.toml").write_text(spec_text("local"))
+    env = sweep_env(tmp_path, drop=("RAY_", "SLURM_"), HOME=str(user), RAY_TMPDIR=str(ray_tmp),
+                    CXR_SWEEP_RAY_PORT=str(dead_port()))
     args = ("--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"), "--name", "slurm",
             "--report-bootstrap", "0", "--no-report-images")
     try:

@@ -21,6 +21,7 @@ from data_prep.sources.mimic import read_labels
 from sweeper.datasets import ensure_datasets
 from sweeper.spec import parse_spec
 from tests.conftest import TEST_KEY
+from tests.helpers import fit_config
 
 LABELER_COLUMNS = ["subject_id", "study_id", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                    "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity", "No Finding",
@@ -138,7 +139,7 @@ pretrain_epochs = 1
 
 
 def test_mimic_is_a_sweep_source_and_co_trains_beside_chexpert(mimic, prepared_dir, tmp_path):
-    from trainables.fit import FitConfig, fit
+    from trainables.fit import fit
 
     paths = ensure_datasets(parse_spec(SPEC), tmp_path / "home", log=lambda *_: None,
                             given={"target": str(prepared_dir), "mimic": f"mimic:{mimic.parent}"})
@@ -146,8 +147,7 @@ def test_mimic_is_a_sweep_source_and_co_trains_beside_chexpert(mimic, prepared_d
         "kind": "mimic", "labeler": "chexpert", "policy": "u_ignore", "blank": "negative", "all_labels": False,
         "frontal_only": False}
     reports = []
-    cfg = FitConfig(data_dir=str(prepared_dir), backbone="resnet18", outer_fold=0, epochs=1, batch_size=8, threads=1,
-                    strategy="co_trained", pretrain_dirs=(str(paths["mimic"]), str(paths["chexpert"])),
+    cfg = fit_config(prepared_dir, epochs=1, strategy="co_trained", pretrain_dirs=(str(paths["mimic"]), str(paths["chexpert"])),
                     pretrain_epochs=1, pretrain_cache=str(tmp_path / "stages"))
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)
     assert reports[-1][0]["completed"]
