@@ -1,0 +1,82 @@
+"""Operating points: the threshold a model is used at, fitted on one set of predictions (inner validation,
+never test) by a named rule, and what it gives on another (sensitivity, specificity, PPV, NPV).
+
+Rules: `prevalence` (seed 000's: the share of positives among the labels it is fitted on), `youden`
+(the threshold with the largest sensitivity + specificity - 1) and `sensitivity:S` (the highest
+threshold that still finds a share S of the positives, the lowest false-positive rate with it).
+An image is called positive when its probability exceeds the threshold (`prob > threshold`), as
+everywhere in cxr-sweep; a threshold found among the scores is returned halfway to the next lower
+score, so that the images at it count as positive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from vocab.errors import CxrSweepError
+
+RULES = ("prevalence", "youden", "sensitivity:0.9")
+
+
+class RuleError(CxrSweepError, ValueError):
+    """An operating-point rule that does not exist; the message lists the valid ones."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    threshold: float
+    sensitivity: float
+    specificity: float
+    ppv: float
+    npv: float
+
+
+def _known(truth, probs) -> tuple[np.ndarray, np.ndarray]:
+    truth, probs = np.asarray(truth, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    keep = ~np.isnan(truth)
+    return truth[keep], probs[keep]
+
+
+def _just_below(cut: float, probs: np.ndarray) -> float:
+    """A `>` threshold that calls every probability >= `cut` positive: halfway to the next lower score."""
+    lower = probs[probs < cut]
+    return float((cut + lower.max()) / 2) if len(lower) else float(np.nextafter(cut, -np.inf))
+
+
+def fit_threshold(rule: str, truth, probs) -> float:
+    """The threshold `rule` chooses on these predictions of one class; NaN without positives or negatives."""
+    truth, probs = _known(truth, probs)
+    positives = int(truth.sum())
+    if rule == "prevalence":
+        return float(truth.mean()) if len(truth) else float("nan")
+    if positives == 0 or positives == len(truth):
+        return float("nan")
+    fpr, tpr, cuts = roc_curve(truth, probs)  # scikit-learn: positive when score >= cut
+    if rule == "youden":
+        return _just_below(float(cuts[int(np.argmax(tpr - fpr))]), probs)
+    if rule.startswith("sensitivity:"):
+        try:
+            wanted = float(rule.split(":", 1)[1])
+        except ValueError:
+            wanted = float("nan")
+        if not 0 < wanted <= 1:
+            raise RuleError(f"operating point {rule!r}: the sensitivity must be a share in (0, 1], e.g. sensitivity:0.9")
+        reached = np.flatnonzero(tpr >= wanted)  # roc_curve's cuts fall as tpr rises: the first is the highest
+        return _just_below(float(cuts[reached[0]]), probs)
+    raise RuleError(f"unknown operating point {rule!r}; expected one of prevalence, youden, sensitivity:S (S a share)")
+
+
+def rates_at(threshold: float, truth, probs) -> Rates:
+    """Sensitivity, specificity, PPV and NPV of calling `prob > threshold` positive (NaN where undefined)."""
+    truth, probs = _known(truth, probs)
+    said = probs > threshold
+    real = truth == 1
+    tp, fp = int((said & real).sum()), int((said & ~real).sum())
+    fn, tn = int((~said & real).sum()), int((~said & ~real).sum())
+
+    def share(a: int, b: int) -> float:
+        return a / (a + b) if a + b else float("nan")
+
+    return Rates(float(threshold), share(tp, fn), share(tn, fp), share(tp, fp), share(tn, fn))

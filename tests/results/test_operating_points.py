@@ -1,0 +1,53 @@
+"""results.operating_points: thresholds against scikit-learn's roc_curve, rates against hand counts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, roc_curve
+
+from results.operating_points import RuleError, fit_threshold, rates_at
+
+
+def _data(seed: int, n: int = 500, decimals: int = 3):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(n) < 0.25).astype(float)
+    probs = np.round(1 / (1 + np.exp(-(1.5 * truth + rng.normal(0, 1, n) - 1))), decimals)  # ties at 3 decimals
+    return truth, probs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_youdens_threshold_reaches_the_best_point_of_scikit_learns_roc_curve(seed):
+    truth, probs = _data(seed)
+    fpr, tpr, _ = roc_curve(truth, probs)
+    rates = rates_at(fit_threshold("youden", truth, probs), truth, probs)
+    assert rates.sensitivity - (1 - rates.specificity) == pytest.approx((tpr - fpr).max())
+
+
+@pytest.mark.parametrize("wanted", [0.5, 0.8, 0.9, 1.0])
+def test_the_sensitivity_rule_reaches_it_with_the_fewest_false_positives_scikit_learn_allows(wanted):
+    truth, probs = _data(3)
+    fpr, tpr, _ = roc_curve(truth, probs)
+    rates = rates_at(fit_threshold(f"sensitivity:{wanted}", truth, probs), truth, probs)
+    assert rates.sensitivity >= wanted
+    assert 1 - rates.specificity == pytest.approx(fpr[tpr >= wanted].min())
+
+
+def test_rates_are_the_confusion_matrix_and_unknown_labels_are_left_out():
+    truth, probs = _data(4)
+    truth[::9] = np.nan
+    keep = ~np.isnan(truth)
+    tn, fp, fn, tp = confusion_matrix(truth[keep], probs[keep] > 0.3).ravel()
+    rates = rates_at(0.3, truth, probs)
+    assert (rates.sensitivity, rates.specificity) == (tp / (tp + fn), tn / (tn + fp))
+    assert (rates.ppv, rates.npv) == (tp / (tp + fp), tn / (tn + fn))
+    assert fit_threshold("prevalence", truth, probs) == pytest.approx(truth[keep].mean())
+
+
+def test_a_threshold_on_a_score_calls_that_score_positive_and_bad_rules_are_named():
+    truth, probs = np.array([0, 0, 1, 1.0]), np.array([0.1, 0.4, 0.4, 0.8])
+    assert rates_at(fit_threshold("sensitivity:1", truth, probs), truth, probs).sensitivity == 1.0
+    assert np.isnan(fit_threshold("youden", np.zeros(4), probs))
+    with pytest.raises(RuleError, match="expected one of prevalence, youden, sensitivity:S"):
+        fit_threshold("f1", truth, probs)
+    with pytest.raises(RuleError, match="a share in"):
+        fit_threshold("sensitivity:90", truth, probs)
