@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import brier_score_loss
 
+from results.stats import known_labels
+
 BINS = 10
 
 
@@ -23,22 +25,16 @@ class ReliabilityBin:
     images: int
 
 
-def _known(truth, probs) -> tuple[np.ndarray, np.ndarray]:
-    truth, probs = np.asarray(truth, dtype=np.float64), np.asarray(probs, dtype=np.float64)
-    keep = ~np.isnan(truth)
-    return truth[keep], probs[keep]
-
-
 def brier(truth, probs) -> float:
     """Mean squared difference between probability and outcome (0 is perfect; NaN without images)."""
-    truth, probs = _known(truth, probs)
+    truth, probs = known_labels(truth, probs)
     return float(brier_score_loss(truth, probs)) if len(truth) else float("nan")
 
 
 def reliability_bins(truth, probs, bins: int = BINS) -> list[ReliabilityBin]:
     """Images sorted by probability and cut into `bins` groups of equal size (the first ones one larger when
     the count does not divide); each group's mean probability against its share of positives."""
-    truth, probs = _known(truth, probs)
+    truth, probs = known_labels(truth, probs)
     order = np.argsort(probs, kind="mergesort")
     return [ReliabilityBin(float(probs[part].mean()), float(truth[part].mean()), len(part))
             for part in np.array_split(order, min(bins, len(order))) if len(part)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from results.stats import known_labels
 from vocab.errors import CxrSweepError
 
 RULES = ("prevalence", "youden", "sensitivity:0.9")
@@ -33,12 +34,6 @@ class Rates:
     npv: float
 
 
-def _known(truth, probs) -> tuple[np.ndarray, np.ndarray]:
-    truth, probs = np.asarray(truth, dtype=np.float64), np.asarray(probs, dtype=np.float64)
-    keep = ~np.isnan(truth)
-    return truth[keep], probs[keep]
-
-
 def _just_below(cut: float, probs: np.ndarray) -> float:
     """A `>` threshold that calls every probability >= `cut` positive: halfway to the next lower score."""
     lower = probs[probs < cut]
@@ -47,7 +42,7 @@ def _just_below(cut: float, probs: np.ndarray) -> float:
 
 def fit_threshold(rule: str, truth, probs) -> float:
     """The threshold `rule` chooses on these predictions of one class; NaN without positives or negatives."""
-    truth, probs = _known(truth, probs)
+    truth, probs = known_labels(truth, probs)
     positives = int(truth.sum())
     if rule == "prevalence":
         return float(truth.mean()) if len(truth) else float("nan")
@@ -70,7 +65,7 @@ def fit_threshold(rule: str, truth, probs) -> float:
 
 def rates_at(threshold: float, truth, probs) -> Rates:
     """Sensitivity, specificity, PPV and NPV of calling `prob > threshold` positive (NaN where undefined)."""
-    truth, probs = _known(truth, probs)
+    truth, probs = known_labels(truth, probs)
     said = probs > threshold
     real = truth == 1
     tp, fp = int((said & real).sum()), int((said & ~real).sum())

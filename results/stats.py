@@ -48,6 +48,13 @@ class Comparison:
     n_valid: int  # resamples where both metrics were defined
 
 
+def known_labels(truth, probs) -> tuple[np.ndarray, np.ndarray]:
+    """One class's truth and probabilities as floats, images with an unknown label (NaN) left out."""
+    truth, probs = np.asarray(truth, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    keep = ~np.isnan(truth)
+    return truth[keep], probs[keep]
+
+
 def _check(metric: str, truth, probs, thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
