@@ -220,3 +220,16 @@ def paired_bootstrap(metric: str, truth, probs_a, probs_b, patients, thresholds_
         return Comparison(difference, float("nan"), float("nan"), float("nan"), n_boot, n)
     tail = min((diffs <= 0).sum() + 1, (diffs >= 0).sum() + 1) / (n + 1)
     return Comparison(difference, *_interval(diffs, level), float(min(1.0, 2.0 * tail)), n_boot, n)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values of one table's comparisons (statsmodels'): a table that
+    ranks k rows against its first makes k-1 tests. NaN (no comparison) stays NaN and is not counted."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    known = ~np.isnan(p)
+    if known.any():
+        adjusted[known] = multipletests(p[known], method="holm")[1]
+    return adjusted

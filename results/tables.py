@@ -14,6 +14,7 @@ import pandas as pd
 
 from results.analysis import PERCENT, Analysis, fmt, fmt_p, p_text
 from results.load import CELL
+from results.stats import holm
 from vocab.names import row_name
 
 
@@ -49,6 +50,13 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     part["vs_best_p"] = [c.p_value if c else np.nan for c in compared]
     part["vs_best_text"] = [fmt_p(c) for c in compared]
     part["vs_best_p_text"] = [p_text(c) for c in compared]
+    # k rows, k-1 tests: Holm's adjustment of each p (a p at the resamples' floor enters as that floor, an
+    # upper bound, so its adjusted value is one too)
+    floors = [2.0 / (c.n_valid + 1) if c and not pd.isna(c.p_value) else np.nan for c in compared]
+    raw = [max(c.p_value, f) if c and not pd.isna(c.p_value) else np.nan for c, f in zip(compared, floors)]
+    part["vs_best_p_holm"] = holm(raw)
+    part["vs_best_holm_text"] = ["" if np.isnan(a) else (f"p<={a:.2g}" if r <= f * (1 + 1e-9) else f"p={a:.3g}")
+                                 for a, r, f in zip(part["vs_best_p_holm"], raw, floors)]
     return part
 
 
@@ -67,6 +75,7 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
             out[label] = [str(v) for v in part[stem]]
     out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
     out[f"vs first: pooled {by.upper()} diff (p)"] = part["vs_best_text"].tolist()
+    out[f"Holm-adjusted p ({int(part['vs_best_p_holm'].notna().sum())} tests)"] = part["vs_best_holm_text"].tolist()
     if "Variant" in out and not any(out["Variant"]):
         del out["Variant"]  # a backbone x recipe grid has no further axes
     return pd.DataFrame(out)
@@ -79,7 +88,7 @@ PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE":
 def _numbers(part: pd.DataFrame) -> pd.DataFrame:
     keep = [*CELL, "strategy", "dataset", "folds_done", "folds_planned"]
     keep += [c for c in part.columns if c.endswith(("_mean", "_sd", "_ci_low", "_ci_high", "_pooled"))]
-    return part[keep + [c for c in ("vs_best_diff", "vs_best_p") if c in part]].reset_index(drop=True)
+    return part[keep + [c for c in ("vs_best_diff", "vs_best_p", "vs_best_p_holm") if c in part]].reset_index(drop=True)
 
 
 def source_selection(analysis: Analysis) -> list[Table]:

@@ -85,6 +85,21 @@ def test_a_much_weaker_cell_is_significantly_worse(handmade):
     assert compared.difference < -0.2 and compared.p_value < 0.01
 
 
+def test_a_ranked_table_gives_holm_adjusted_p_values_beside_the_raw_ones(handmade):
+    """k rows against the first are k-1 tests: each adjusted p is Holm's (statsmodels) of the table's raw ones."""
+    from statsmodels.stats.multitest import multipletests
+
+    url, _ = handmade
+    for table in source_selection(Analysis(load(url, "handmade"), n_boot=300)):
+        numbers = table.numbers.dropna(subset=["vs_best_p"])
+        assert len(numbers) >= 2
+        raw = np.maximum(numbers["vs_best_p"], 2.0 / 301)  # a p at the resamples' floor enters as the floor
+        assert numbers["vs_best_p_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1].tolist())
+        assert (numbers["vs_best_p_holm"] >= numbers["vs_best_p"]).all()
+        column = f"Holm-adjusted p ({len(numbers)} tests)"
+        assert table.display[column].iloc[0] == "" and all(t.startswith("p") for t in table.display[column][1:] if t)
+
+
 def test_the_transfer_effect_table_compares_every_cell_with_its_backbones_scratch_cell(handmade):
     url, expected = handmade
     analysis = Analysis(load(url, "handmade"), n_boot=400)

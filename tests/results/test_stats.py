@@ -262,3 +262,12 @@ def test_swapping_the_models_flips_the_difference_and_keeps_p():
     assert ba.difference == -ab.difference
     assert (ba.low, ba.high) == pytest.approx((-ab.high, -ab.low))
     assert ba.p_value == ab.p_value
+
+
+def test_holm_adjusts_a_tables_comparisons_step_down_and_leaves_missing_ones_out():
+    from results.stats import holm
+
+    # sorted 0.01, 0.02, 0.04 of 3 tests: 3 x 0.01 = 0.03, max(0.03, 2 x 0.02) = 0.04, max(0.04, 1 x 0.04) = 0.04
+    adjusted = holm([np.nan, 0.04, 0.01, 0.02])
+    assert np.isnan(adjusted[0]) and adjusted[1:].tolist() == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.6, 0.5]).tolist() == [1.0, 1.0] and np.isnan(holm([np.nan])[0])
