@@ -96,8 +96,8 @@ def test_a_ranked_table_gives_holm_adjusted_p_values_beside_the_raw_ones(handmad
         raw = np.maximum(numbers["vs_best_p"], 2.0 / 301)  # a p at the resamples' floor enters as the floor
         assert numbers["vs_best_p_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1].tolist())
         assert (numbers["vs_best_p_holm"] >= numbers["vs_best_p"]).all()
-        column = f"Holm-adjusted p ({len(numbers)} tests)"
-        assert table.display[column].iloc[0] == "" and all(t.startswith("p") for t in table.display[column][1:] if t)
+        shown = table.display["Holm-adjusted p"]
+        assert shown.iloc[0] == "" and sum(t.startswith("p") for t in shown[1:]) == len(numbers)
 
 
 def test_the_transfer_effect_table_compares_every_cell_with_its_backbones_scratch_cell(handmade):
