@@ -46,12 +46,24 @@ def fmt(value: float, sd: float | None = None, percent: bool = False) -> str:
     return text
 
 
+def at_floor(comparison) -> tuple[float, bool]:
+    """(p, whether it is the smallest p the resamples can show): a p at or below that floor (no resample
+    crossed zero) is the floor, an upper bound rather than a value."""
+    floor = 2.0 / (comparison.n_valid + 1)
+    below = comparison.p_value <= floor * (1 + 1e-9)
+    return (floor if below else comparison.p_value), below
+
+
+def format_p(p: float, bound: bool) -> str:
+    """'p=0.0123', or 'p<=0.002' for an upper bound."""
+    return f"p<={p:.2g}" if bound else f"p={p:.3g}"
+
+
 def p_text(comparison) -> str:
     """'p=0.0123', or 'p<=0.002' where no resample crossed zero: the smallest p the resamples can show."""
     if comparison is None or pd.isna(comparison.p_value):
         return ""
-    floor = 2.0 / (comparison.n_valid + 1)
-    return f"p<={floor:.2g}" if comparison.p_value <= floor * (1 + 1e-9) else f"p={comparison.p_value:.3g}"
+    return format_p(*at_floor(comparison))
 
 
 def fmt_p(comparison, percent: bool = False) -> str:

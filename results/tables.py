@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from results.analysis import PERCENT, Analysis, fmt, fmt_p, p_text
+from results.analysis import PERCENT, Analysis, at_floor, fmt, fmt_p, format_p, p_text
 from results.load import CELL
 from results.stats import holm
 from vocab.names import row_name
@@ -52,11 +52,10 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     part["vs_best_p_text"] = [p_text(c) for c in compared]
     # k rows, k-1 tests: Holm's adjustment of each p (a p at the resamples' floor enters as that floor, an
     # upper bound, so its adjusted value is one too)
-    floors = [2.0 / (c.n_valid + 1) if c and not pd.isna(c.p_value) else np.nan for c in compared]
-    raw = [max(c.p_value, f) if c and not pd.isna(c.p_value) else np.nan for c, f in zip(compared, floors)]
-    part["vs_best_p_holm"] = holm(raw)
-    part["vs_best_holm_text"] = ["" if np.isnan(a) else (f"p<={a:.2g}" if r <= f * (1 + 1e-9) else f"p={a:.3g}")
-                                 for a, r, f in zip(part["vs_best_p_holm"], raw, floors)]
+    raw = [at_floor(c) if c and not pd.isna(c.p_value) else (np.nan, False) for c in compared]
+    part["vs_best_p_holm"] = holm([p for p, _ in raw])
+    part["vs_best_holm_text"] = ["" if np.isnan(a) else format_p(a, bound)
+                                 for a, (_, bound) in zip(part["vs_best_p_holm"], raw)]
     return part
 
 

@@ -202,7 +202,8 @@ class Trainer:
 
     def predict(self, indices: np.ndarray, model: torch.nn.Module | None = None) -> np.ndarray:
         """Probabilities of `indices` by the model trained (or another of the same inputs, e.g. its best weights)."""
-        return predict(model or self.model, self.feed, indices, self.batch_size, self.precision, self.source_of)
+        return predict(self.model if model is None else model, self.feed, indices, self.batch_size, self.precision,
+                       self.source_of)
 
     def state(self) -> dict:
         """The checkpoint: live tensors, to be saved before training goes on."""

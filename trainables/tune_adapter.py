@@ -17,6 +17,8 @@ from trainables.fit import fit
 
 STATE_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test predictions, small, read by the driver
+
+
 def _reporter(checkpoint_every: int):
     """Report every epoch; save a checkpoint every `checkpoint_every` epochs and always with the final
     report (it carries the test evaluation and predictions). A checkpoint is the model, the best
