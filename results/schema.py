@@ -14,7 +14,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, MetaData, St
                         UniqueConstraint, column, table)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 CURVE_METRICS = ("val_binary_acc", "val_exact_match", "val_fnr")  # learning_curves' per-epoch seed-003 metrics
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
@@ -23,14 +23,17 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                   4: "sweep_trials.checkpoint: where a completed trial's final checkpoint is kept (sweeper.predict)",
                   5: "cells.weights_file and cells.weights_sha256: the ImageNet weights file a cell starts from",
                   6: "sweeps.split and sweeps.folds_sha256: which split the target's test parts come from",
-                  7: "learning_curves.val_binary_acc, val_exact_match and val_fnr: seed 003's curves over epochs"}
+                  7: "learning_curves.val_binary_acc, val_exact_match and val_fnr: seed 003's curves over epochs",
+                  8: "test_predictions.split: a trial's inner-validation predictions beside its test ones (operating "
+                     "points and calibration are fitted on them, never on test)"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
               5: ["ALTER TABLE cells ADD COLUMN weights_file VARCHAR(300)",
                   "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"],
               6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"],
-              7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS]}
+              7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS],
+              8: ["ALTER TABLE test_predictions ADD COLUMN split VARCHAR(16) DEFAULT 'test' NOT NULL"]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -137,13 +140,16 @@ class TrialMetric(Base):
 
 
 class Prediction(Base):
-    """A completed trial's probability for one test image and class (for curves and the bootstrap).
-    Keys are data_prep's pseudonyms, never original identifiers (docs/design.md §3.5)."""
+    """A completed trial's probability for one image and class, from its best-on-validation weights: the
+    outer test fold's images (`split = 'test'`: curves, the bootstrap) and the inner validation split's
+    (`'val'`: what operating points and calibration are fitted on). Keys are data_prep's pseudonyms,
+    never original identifiers (docs/design.md §3.5)."""
 
     __tablename__ = "test_predictions"  # replaced as a whole per trial (delete, insert): no unique index,
     # which would double the size of the largest table (3.4 M rows for the paper's grid)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str] = mapped_column(String(16), default="test", server_default="test")  # test | val
     image_key: Mapped[str] = mapped_column(String(64))
     patient_key: Mapped[str] = mapped_column(String(64))
     class_name: Mapped[str] = mapped_column(String(200))
@@ -203,7 +209,12 @@ VIEWS = {
         SELECT {_CELL}, st.fold, st.trial_id, p.image_key, p.patient_key, p.class_name, p.prob, p.target
         FROM selected_trials st
         JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
-        JOIN test_predictions p ON p.trial_id = st.trial_id""",
+        JOIN test_predictions p ON p.trial_id = st.trial_id AND p.split = 'test'""",
+    "val_predictions": f"""
+        SELECT {_CELL}, st.fold, st.trial_id, p.image_key, p.patient_key, p.class_name, p.prob, p.target
+        FROM selected_trials st
+        JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
+        JOIN test_predictions p ON p.trial_id = st.trial_id AND p.split = 'val'""",
 }
 
 
@@ -219,5 +230,6 @@ TRIAL_SUMMARY = _view("trial_summary", f"{_CELL_COLUMNS} fold trial_id trial_key
 SELECTED_TRIALS = _view("selected_trials", "sweep_id cell_id backbone recipe variant fold trial_id val_auc")
 FOLD_METRICS = _view("fold_metrics", f"{_CELL_COLUMNS} fold trial_id split metric class_name value")
 CELL_SUMMARY = _view("cell_summary", f"{_CELL_COLUMNS} split metric n_folds mean min max")
-OOF_PREDICTIONS = _view("oof_predictions",
-                        f"{_CELL_COLUMNS} fold trial_id image_key patient_key class_name prob target")
+_PREDICTION_COLUMNS = f"{_CELL_COLUMNS} fold trial_id image_key patient_key class_name prob target"
+OOF_PREDICTIONS = _view("oof_predictions", _PREDICTION_COLUMNS)
+VAL_PREDICTIONS = _view("val_predictions", _PREDICTION_COLUMNS)

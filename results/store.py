@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
                             LearningCurve, Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
 from vocab.errors import CxrSweepError
-from vocab.names import FINAL_SPLITS, metric_key
+from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -303,11 +303,12 @@ class ResultsStore:
                          .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
 
     def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
-                       label_names: list[str] = (), predictions: dict | None = None,
+                       label_names: list[str] = (), predictions: dict[str, dict] | None = None,
                        checkpoint: str | None = None) -> None:
-        """Final status, plus val/test metrics at the best epoch from the last result, the per-image test
-        predictions (`image_keys`, `patient_keys`, `probs` and `labels` as n x classes arrays), and where the
-        final checkpoint is kept (a path or URI in Ray's storage)."""
+        """Final status, plus val/test metrics at the best epoch from the last result, the per-image
+        predictions by split (`{"test": ..., "val": ...}`, each `image_keys`, `patient_keys`, and `probs` and
+        `labels` as n x classes arrays), and where the final checkpoint is kept (a path or URI in Ray's
+        storage)."""
         rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
@@ -324,16 +325,23 @@ class ResultsStore:
                     conn.execute(Prediction.__table__.insert(), rows[start:start + 20_000])
 
 
-def _prediction_rows(trial_key: str, p: dict, label_names) -> list[dict]:
-    """One row per (image, class), checked before anything is written."""
-    probs, labels = np.asarray(p["probs"], dtype=float), np.asarray(p["labels"], dtype=float)
-    if probs.shape != labels.shape or probs.shape != (len(p["image_keys"]), len(label_names)):
-        raise StoreError(f"trial {trial_key}: predictions of shape {probs.shape} and labels of shape {labels.shape} "
-                         f"do not match {len(p['image_keys'])} images x {len(label_names)} labels")
-    return [{"image_key": image, "patient_key": patient, "class_name": name,
-             "prob": float(probs[i, j]), "target": None if np.isnan(labels[i, j]) else float(labels[i, j])}
-            for i, (image, patient) in enumerate(zip(p["image_keys"], p["patient_keys"]))
-            for j, name in enumerate(label_names)]
+def _prediction_rows(trial_key: str, by_split: dict[str, dict], label_names) -> list[dict]:
+    """One row per (split, image, class), all checked before anything is written."""
+    unknown = sorted(set(by_split) - set(PREDICTION_SPLITS))
+    if unknown:
+        raise StoreError(f"trial {trial_key}: predictions for split(s) {unknown}; expected one of "
+                         f"{', '.join(PREDICTION_SPLITS)}")
+    rows = []
+    for split, p in by_split.items():
+        probs, labels = np.asarray(p["probs"], dtype=float), np.asarray(p["labels"], dtype=float)
+        if probs.shape != labels.shape or probs.shape != (len(p["image_keys"]), len(label_names)):
+            raise StoreError(f"trial {trial_key}: {split} predictions of shape {probs.shape} and labels of shape "
+                             f"{labels.shape} do not match {len(p['image_keys'])} images x {len(label_names)} labels")
+        rows += [{"split": split, "image_key": image, "patient_key": patient, "class_name": name,
+                  "prob": float(probs[i, j]), "target": None if np.isnan(labels[i, j]) else float(labels[i, j])}
+                 for i, (image, patient) in enumerate(zip(p["image_keys"], p["patient_keys"]))
+                 for j, name in enumerate(label_names)]
+    return rows
 
 
 PER_CLASS_METRICS = ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr")

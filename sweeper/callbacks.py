@@ -16,6 +16,7 @@ from results.store import ResultsStore
 from sweeper.db_failures import watched
 from trainables.config import fit_config, trial_metadata
 from trainables.tune_adapter import PREDICTIONS_FILE
+from vocab.names import PREDICTION_SPLITS
 
 MAX_ERROR_CHARS = 8000
 
@@ -106,20 +107,23 @@ class ResultsCallback(Callback):
 
 
 def read_predictions(checkpoint) -> dict | None:
-    """The test predictions saved with a trial's final checkpoint, read from Ray's storage (a shared
-    path or S3) without fetching the weights; None, with a warning, if they are not there."""
+    """The test and inner-validation predictions saved with a trial's final checkpoint ({split: arrays}),
+    read from Ray's storage (a shared path or S3) without fetching the weights; None, with a warning, if
+    they are not there. A checkpoint written before validation predictions were kept holds the test
+    split's arrays at its top level."""
     if checkpoint is None:
-        warnings.warn("a completed trial has no checkpoint; its test predictions are not stored", stacklevel=2)
+        warnings.warn("a completed trial has no checkpoint; its predictions are not stored", stacklevel=2)
         return None
     path = f"{checkpoint.path}/{PREDICTIONS_FILE}"
     try:
         with checkpoint.filesystem.open_input_file(path) as stream:
             saved = torch.load(io.BytesIO(stream.read()), weights_only=True)
     except (FileNotFoundError, OSError) as exc:
-        warnings.warn(f"test predictions not stored: cannot read {path}: {exc}", stacklevel=2)
+        warnings.warn(f"predictions not stored: cannot read {path}: {exc}", stacklevel=2)
         return None
-    return {"image_keys": saved["image_keys"], "patient_keys": saved["patient_keys"],
-            "probs": saved["probs"].numpy(), "labels": saved["labels"].numpy()}
+    by_split = {"test": saved} if "image_keys" in saved else {s: saved[s] for s in PREDICTION_SPLITS if s in saved}
+    return {split: {"image_keys": p["image_keys"], "patient_keys": p["patient_keys"], "probs": p["probs"].numpy(),
+                    "labels": p["labels"].numpy()} for split, p in by_split.items()}
 
 
 def delete_checkpoint(checkpoint) -> None:

@@ -86,7 +86,8 @@ def _models(db_url: str, sweep: str, log) -> list[tuple[str, ChosenTrial, pd.Dat
             found.append((cell, chosen, read_frame(conn, select(p.c.image_key, p.c.class_name, p.c.prob, p.c.target)
                                                    .select_from(p.join(t, t.c.id == p.c.trial_id)
                                                                 .join(s, s.c.id == t.c.sweep_id))
-                                                   .where(s.c.name == sweep, t.c.trial_key == chosen.trial_key))))
+                                                   .where(s.c.name == sweep, t.c.trial_key == chosen.trial_key,
+                                                          p.c.split == "test"))))
     return found
 
 

@@ -27,6 +27,8 @@ class Expected:
 
     selected: dict = field(default_factory=dict)  # (backbone, recipe) -> list of per-fold metric dicts
     pooled: dict = field(default_factory=dict)  # (backbone, recipe) -> (truth, probs, patients)
+    # (backbone, recipe) -> per fold: the selected trial's inner-validation (image indices, probs)
+    validation: dict = field(default_factory=dict)
     truth: np.ndarray | None = None
     patients: np.ndarray | None = None
 
@@ -82,13 +84,17 @@ def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: b
     expected = Expected(truth=truth, patients=patients)
     for backbone, recipes in CELLS.items():
         for recipe, (_, _, _, signal) in recipes.items():
-            chosen, pooled_probs = [], np.full(truth.shape, np.nan)
+            chosen, pooled_probs, validation = [], np.full(truth.shape, np.nan), []
             for fold in FOLDS:
                 rows = fold_of == fold
                 candidates = []
                 for t in range(2):
                     noise = rng.normal(size=(rows.sum(), len(LABELS)))
                     probs = 1 / (1 + np.exp(-(signal * (np.nan_to_num(truth[rows]) - 0.5) + noise)))
+                    # inner validation: a third of the other folds' images, the model a little better on them
+                    val_rows = np.sort(rng.choice(np.flatnonzero(~rows), size=(~rows).sum() // 3, replace=False))
+                    noise = rng.normal(size=(len(val_rows), len(LABELS)))
+                    val_probs = 1 / (1 + np.exp(-(1.2 * signal * (np.nan_to_num(truth[val_rows]) - 0.5) + noise)))
                     metrics = {"test_auc": rng.uniform(0.6, 0.9), "test_ap": rng.uniform(0.2, 0.5),
                                "test_hamming": rng.uniform(0.1, 0.3), "outer_train_binary_acc": rng.uniform(0.7, 0.95),
                                "outer_train_mae": rng.uniform(0.05, 0.3),
@@ -96,16 +102,20 @@ def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: b
                                "test_prevalence_per_class": list(np.nanmean(truth[rows], axis=0)),
                                "thresholds": [0.3, 0.4, 0.5]}
                     val_auc = rng.uniform(0.5, 0.9)
-                    preds = {"image_keys": list(images[rows]), "patient_keys": list(patients[rows]),
-                             "probs": probs, "labels": truth[rows]}
+                    preds = {"test": {"image_keys": list(images[rows]), "patient_keys": list(patients[rows]),
+                                      "probs": probs, "labels": truth[rows]},
+                             "val": {"image_keys": list(images[val_rows]), "patient_keys": list(patients[val_rows]),
+                                     "probs": val_probs, "labels": truth[val_rows]}}
                     _trial(store, sweep, f"{backbone}-{recipe}-{fold}-{t}", backbone, recipe, fold, val_auc,
                            metrics, preds)
-                    candidates.append((val_auc, metrics, probs))
-                _, metrics, probs = max(candidates, key=lambda c: c[0])  # best on inner validation
+                    candidates.append((val_auc, metrics, probs, (val_rows, val_probs)))
+                _, metrics, probs, val = max(candidates, key=lambda c: c[0])  # best on inner validation
                 chosen.append(metrics)
                 pooled_probs[rows] = probs
+                validation.append(val)
             expected.selected[(backbone, recipe)] = chosen
             expected.pooled[(backbone, recipe)] = pooled_probs
+            expected.validation[(backbone, recipe)] = validation
     # an ERROR trial with the best validation AUC of all must never be selected
     _trial(store, sweep, "err", "resnet50", "imagenet", 0, 0.999, {"test_auc": 0.999}, None, status="ERROR")
     store.finish_sweep(sweep, "FINISHED")

@@ -88,12 +88,17 @@ def test_report_lists_every_cell(paper_sweep):
         f"gradcam_{b}_{r}.png" for b, r in CELLS)
 
 
-def test_every_complete_trial_stored_its_test_predictions_and_the_plan_is_recorded(paper_sweep):
+def test_every_complete_trial_stored_its_test_and_validation_predictions_and_the_plan_is_recorded(paper_sweep):
     _, db, _ = paper_sweep
-    stored = run_query(db, "SELECT t.status, COUNT(DISTINCT p.image_key) AS images FROM sweep_trials t "
-                           f"LEFT JOIN test_predictions p ON p.trial_id = t.id WHERE t.{MINE} GROUP BY t.id, t.status")
-    assert (stored.loc[stored.status == "COMPLETE", "images"] > 0).all()
-    assert (stored.loc[stored.status != "COMPLETE", "images"] == 0).all()
+    stored = run_query(db, "SELECT t.id, t.status, p.split, p.image_key FROM sweep_trials t "
+                           f"LEFT JOIN test_predictions p ON p.trial_id = t.id WHERE t.{MINE}")
+    for (trial, status), rows in stored.groupby(["id", "status"]):
+        images = {split: set(part["image_key"]) for split, part in rows.dropna(subset=["split"]).groupby("split")}
+        if status == "COMPLETE":  # the outer test fold and the inner validation split: disjoint, both there
+            assert set(images) == {"test", "val"} and images["test"] and images["val"], trial
+            assert not images["test"] & images["val"], trial
+        else:
+            assert images == {}, trial
     cells = run_query(db, f"SELECT backbone, recipe, strategy, pretrain_artefact FROM cells WHERE {MINE}")
     assert set(zip(cells["backbone"], cells["recipe"])) == CELLS
     artefacts = run_query(db, f"SELECT name, status FROM pretrain_artefacts WHERE {MINE}")
@@ -155,7 +160,7 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     assert len(rows) == len(table) + 1 and "not a readable DICOM" in rows.iloc[-1]["rejected"]
     assert f"{len(table)} image(s) predicted, 1 rejected" in proc.stderr
     evaluated = run_query(db, f"SELECT p.image_key, p.class_name, p.prob FROM test_predictions p JOIN sweep_trials t "
-                              f"ON t.id = p.trial_id WHERE t.trial_key = '{chosen.trial_key}'")
+                              f"ON t.id = p.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND p.split = 'test'")
     evaluated = evaluated.pivot(index="image_key", columns="class_name", values="prob")
     pseudonym = Pseudonymizer(TEST_KEY)
     rows["image_key"] = [pseudonym("image", Path(f).relative_to(raw).as_posix()) if not r else ""

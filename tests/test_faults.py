@@ -52,8 +52,8 @@ for i in range(start, start + 1000):
     probs = rng.random(({IMAGES}, len(labels)))
     print(f"finishing {{i}}", flush=True)
     store.trial_finished(sweep, key, "COMPLETE", {{"best_val_auc": 0.7, "test_auc": 0.8}}, None, labels,
-                         {{"image_keys": [f"i{{n}}" for n in range({IMAGES})], "patient_keys": ["p"] * {IMAGES},
-                           "probs": probs, "labels": (probs > 0.5).astype(float)}})
+                         {{"test": {{"image_keys": [f"i{{n}}" for n in range({IMAGES})], "patient_keys": ["p"] * {IMAGES},
+                                    "probs": probs, "labels": (probs > 0.5).astype(float)}}}})
     print(f"finished {{i}}", flush=True)
 """
 
@@ -114,8 +114,8 @@ def test_a_full_db_is_a_clear_error_loses_nothing_and_writing_resumes_after_spac
         used = conn.execute("PRAGMA page_count").fetchone()[0]
     cap = _cap_pages(store, used + 60)  # room for a few trials of 300 images x 14 labels
     probs = np.random.default_rng(0).random((300, len(LABELS)))
-    predictions = {"image_keys": [f"i{n}" for n in range(300)], "patient_keys": ["p"] * 300, "probs": probs,
-                   "labels": (probs > 0.5).astype(float)}
+    predictions = {"test": {"image_keys": [f"i{n}" for n in range(300)], "patient_keys": ["p"] * 300, "probs": probs,
+                            "labels": (probs > 0.5).astype(float)}}
     written = 0
     with pytest.raises(StoreError, match=r"is full .*nothing committed is lost.*--resume"):
         for i in range(100):

@@ -27,7 +27,7 @@ from trainables.losses import make_loss
 from trainables.metrics import fitted_thresholds, flat_metrics, multilabel_metrics
 from trainables.recipe import build_recipe_model
 from trainables.schedule import EarlyStopping, make_scheduler
-from vocab.names import FINAL_SPLITS
+from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS
 
 
 Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
@@ -142,21 +142,25 @@ class _Run:
     def final_evaluation(self) -> tuple[dict, dict]:
         """(`test_*` and `outer_train_*` metrics, predictions per split) of the best-on-validation weights
         (docs/design.md §3.2), with the per-image probabilities, truth and pseudonymous keys the sweeper
-        stores for curves and the patient-clustered bootstrap. The outer training part is inner-train plus
-        inner-validation: everything the trial saw."""
+        stores: the test fold's for curves and the patient-clustered bootstrap, the inner validation
+        split's for operating points and calibration (fitted there, never on test). The outer training
+        part is inner-train plus inner-validation: everything the trial saw."""
         model = copy.deepcopy(self.trainer.model)
         model.load_state_dict(self.best_model, strict=True)
-        parts = {"outer_train": np.sort(np.concatenate([self.split.train, self.split.val])), "test": self.split.test}
+        parts = {"outer_train": np.sort(np.concatenate([self.split.train, self.split.val])), "test": self.split.test,
+                 "val": self.split.val}
         metrics: dict = {"thresholds": [float(t) for t in self.thresholds]}
         predictions: dict = {"label_names": list(self.data.label_names), "best_epoch": self.stopper.best_epoch}
-        for split in FINAL_SPLITS:
+        for split in dict.fromkeys((*FINAL_SPLITS, *PREDICTION_SPLITS)):
             indices = parts[split]
             probs = self.trainer.predict(indices, model)
-            metrics.update(flat_metrics(split, self.score(indices, probs)))
-            predictions[split] = {"image_keys": [str(k) for k in self.data.image_keys[indices]],
-                                  "patient_keys": [str(k) for k in self.data.patient_keys[indices]],
-                                  "labels": torch.from_numpy(self.data.labels[indices]),  # NaN: unknown
-                                  "probs": torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))}
+            if split in FINAL_SPLITS:
+                metrics.update(flat_metrics(split, self.score(indices, probs)))
+            if split in PREDICTION_SPLITS:
+                predictions[split] = {"image_keys": [str(k) for k in self.data.image_keys[indices]],
+                                      "patient_keys": [str(k) for k in self.data.patient_keys[indices]],
+                                      "labels": torch.from_numpy(self.data.labels[indices]),  # NaN: unknown
+                                      "probs": torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))}
         return metrics, predictions
 
 

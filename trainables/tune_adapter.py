@@ -14,9 +14,10 @@ from ray import tune
 
 from trainables.config import fit_config, trial_metadata
 from trainables.fit import fit
+from vocab.names import PREDICTION_SPLITS
 
 STATE_FILE = "state.pt"
-PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test predictions, small, read by the driver
+PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test and validation predictions, small, read by the driver
 
 
 def _reporter(checkpoint_every: int):
@@ -35,7 +36,9 @@ def _reporter(checkpoint_every: int):
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state, Path(tmp) / STATE_FILE)
             if "predictions" in state:
-                torch.save({"label_names": state["predictions"]["label_names"], **state["predictions"]["test"]},
+                predictions = state["predictions"]
+                torch.save({"label_names": predictions["label_names"],
+                            **{split: predictions[split] for split in PREDICTION_SPLITS if split in predictions}},
                            Path(tmp) / PREDICTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 

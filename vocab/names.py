@@ -5,6 +5,9 @@ the report take it apart. A change here changes every side at once."""
 from __future__ import annotations
 
 FINAL_SPLITS = ("test", "outer_train")  # what a trial's end-of-trial evaluation reports (docs/design.md §3.2)
+# whose per-image predictions a completed trial keeps: the outer test fold, and the inner validation split that
+# operating points and calibration are fitted on
+PREDICTION_SPLITS = ("test", "val")
 FOLD_MARK = "/fold"
 
 

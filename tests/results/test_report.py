@@ -167,9 +167,9 @@ def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url
                   "test_fnr": float((~said & (truth == 1)).sum() / (truth == 1).sum()), "test_auc": 0.5,
                   "test_exact_match": float((said == (truth == 1)).all(axis=1).mean())}
         write_trial(store, sweep, key, backbone="alexnet_style", variant=f"loss={loss},lr={lr}", study=key,
-                    result=result, labels=["a", "b"], predictions={"image_keys": [f"i{i}" for i in range(80)],
-                                                                   "patient_keys": patients, "probs": probs,
-                                                                   "labels": truth})
+                    result=result, labels=["a", "b"], predictions={"test": {"image_keys": [f"i{i}" for i in range(80)],
+                                                                            "patient_keys": patients, "probs": probs,
+                                                                            "labels": truth}})
     built = build(engine_url, "losses", n_boot=300, figures=False)
     table = next(t for h, ts, _ in built.sections for t in ts if t.key == "loss_comparison").display
     assert table["Loss"].tolist() == ["bce", "weighted_bce"] * 2

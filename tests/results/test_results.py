@@ -33,7 +33,7 @@ def test_replayed_writes_do_not_duplicate_rows(engine_url):
     sweep = store.start_sweep("s", "tiny", "", "test")
     for _ in range(2):  # Ray replays work after its last snapshot on resume
         _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
-        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, PREDICTIONS)
+        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, {"test": PREDICTIONS})
     assert store.start_sweep("s", "tiny", "", "test") == sweep
     counts = run_query(engine_url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM cells) c, "
                                    "(SELECT COUNT(*) FROM learning_curves) l, (SELECT COUNT(*) FROM trial_metrics) m, "
@@ -51,7 +51,7 @@ def test_predictions_are_stored_per_image_and_class_with_unknown_labels_as_null(
     sweep = store.start_sweep("s", "tiny", "", "test")
     _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
     store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8, "thresholds": [0.25, 0.5]}, None, LABELS,
-                         PREDICTIONS)
+                         {"test": PREDICTIONS})
     rows = run_query(engine_url, "SELECT image_key, patient_key, class_name, prob, target FROM test_predictions "
                                  "ORDER BY image_key, class_name")
     assert rows["prob"].tolist() == pytest.approx([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
@@ -68,8 +68,8 @@ def test_predictions_of_the_wrong_shape_are_refused_naming_the_trial(engine_url)
     store.trial_started(sweep, "k", {"backbone": "resnet18", "recipe": "scratch", "fold": 0, "study": "x",
                                      "optuna_number": 0, "params": {}})
     bad = {**PREDICTIONS, "probs": np.zeros((3, 3))}
-    with pytest.raises(StoreError, match=r"predictions of shape \(3, 3\).*3 images x 2 labels"):
-        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, bad)
+    with pytest.raises(StoreError, match=r"test predictions of shape \(3, 3\).*3 images x 2 labels"):
+        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, {"test": bad})
     assert run_query(engine_url, "SELECT status FROM sweep_trials").iloc[0, 0] == "RUNNING"  # rolled back
 
 
@@ -149,8 +149,8 @@ def _refused_and_unchanged(url, sql):
 
 
 @pytest.mark.parametrize("version, expected", [
-    ("99", "schema version 99; this code writes version 7"),
-    ("2", "schema version 2, older than this code's 7 .*cells, test_predictions.*no migration from it"),
+    ("99", "schema version 99; this code writes version 8"),
+    ("2", "schema version 2, older than this code's 8 .*cells, test_predictions.*no migration from it"),
 ])
 def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, version, expected):
     store = ResultsStore(engine_url)
@@ -163,7 +163,7 @@ def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, v
 
 def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     """Through every later version: 4 added sweep_trials.checkpoint, 5 the cells' weights columns, 6 the
-    sweep's split and folds hash, 7 seed 003's per-epoch curves."""
+    sweep's split and folds hash, 7 seed 003's per-epoch curves, 8 the predictions' split (old rows: test)."""
     from results.schema import VIEWS
 
     store = ResultsStore(engine_url)
@@ -182,6 +182,10 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
         conn.exec_driver_sql("ALTER TABLE sweeps DROP COLUMN folds_sha256")
         for column in ("val_binary_acc", "val_exact_match", "val_fnr"):
             conn.exec_driver_sql(f"ALTER TABLE learning_curves DROP COLUMN {column}")
+        conn.exec_driver_sql("ALTER TABLE test_predictions DROP COLUMN split")
+        trial = conn.exec_driver_sql("SELECT id FROM sweep_trials").scalar()
+        conn.exec_driver_sql(f"INSERT INTO test_predictions (trial_id, image_key, patient_key, class_name, prob, target) "
+                             f"VALUES ({trial}, 'i1', 'p1', 'Effusion', 0.25, 1.0)")
         conn.exec_driver_sql("UPDATE schema_meta SET value = '3' WHERE key = 'schema_version'")
     store.engine.dispose()
     ResultsStore(engine_url).trial_finished(sweep, "t1", "PRUNED", None, None, checkpoint="/ray/old/t1/checkpoint_1")
@@ -190,7 +194,9 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     cells = run_query(engine_url, "SELECT backbone, weights_file, weights_sha256 FROM cells")
     assert cells.to_dict("records") == [{"backbone": "resnet18", "weights_file": None, "weights_sha256": None}]
     assert run_query(engine_url, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [[None, None]]
-    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "7"
+    assert run_query(engine_url, "SELECT image_key, split, prob FROM test_predictions").values.tolist() == [
+        ["i1", "test", 0.25]]
+    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "8"
 
 
 def test_bad_db_urls_are_clear_errors(tmp_path):
