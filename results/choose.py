@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, select
 
 from results.load import CELL, SWEEPS, latest_sweep, read_frame, reading
 from results.query import QueryError
-from results.schema import SELECTED_TRIALS, Trial
+from results.schema import SELECTED_TRIALS, Prediction, Trial
 from vocab.names import cell_name
 
 
@@ -74,3 +75,21 @@ def choose_from(selected: pd.DataFrame, url: str, sweep: str, cell: str | None =
 def cells_with_models(selected: pd.DataFrame) -> list[str]:
     """The cells of a sweep's selected trials (selected_trials) that have a recorded checkpoint, by name."""
     return list(dict.fromkeys(selected.loc[selected["checkpoint"].notna(), "name"]))
+
+
+def validation_predictions(url: str, chosen: ChosenTrial, label_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, probs), images x `label_names`, of the chosen trial's inner-validation predictions: what an
+    operating point for it is fitted on. A trial that kept none (a DB from before schema version 8) is a
+    QueryError saying so."""
+    p, t, s = Prediction.__table__.alias("p"), Trial.__table__.alias("t"), SWEEPS.alias("s")
+    with reading(url) as conn:
+        rows = read_frame(conn, select(p.c.image_key, p.c.class_name, p.c.prob, p.c.target)
+                          .select_from(p.join(t, t.c.id == p.c.trial_id).join(s, s.c.id == t.c.sweep_id))
+                          .where(s.c.name == chosen.sweep, t.c.trial_key == chosen.trial_key, p.c.split == "val"))
+    if rows.empty:
+        raise QueryError(f"trial {chosen.trial_key} of sweep {chosen.sweep!r} kept no inner-validation predictions "
+                         f"(a DB written before schema version 8), so no operating point can be fitted for it; "
+                         f"run the sweep again, or predict without --threshold")
+    wide = lambda column: rows.pivot(index="image_key", columns="class_name", values=column).reindex(  # noqa: E731
+        columns=label_names).to_numpy(float)
+    return wide("target"), wide("prob")

@@ -1,6 +1,6 @@
 """The report's figures as PNG bytes: backbone selection bars (seed 000), ROC and
-precision-recall curves of the pooled out-of-fold predictions, learning curves, and the
-learning-rate study (seed 003). Matplotlib without a display (Agg)."""
+precision-recall curves of the pooled out-of-fold predictions, learning curves, the
+learning-rate study (seed 003), and reliability diagrams. Matplotlib without a display (Agg)."""
 from __future__ import annotations
 
 import io
@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from results.analysis import Analysis  # noqa: E402
+from results.calibration import BINS, reliability_bins  # noqa: E402
 from vocab.names import row_name  # noqa: E402
 
 
@@ -198,9 +199,34 @@ def learning_rate_study(analysis: Analysis) -> list[Figure]:
     return figures
 
 
+def reliability_diagrams(analysis: Analysis) -> list[Figure]:
+    """Per backbone: each cell's reliability curve (mean probability against share of positives over
+    equal-mass bins) of its pooled out-of-fold test predictions, all classes' known labels together."""
+    figures = []
+    for backbone in sorted(analysis.cells.backbone.unique()):
+        keys = [k for k in analysis.pooled if k[0] == backbone and analysis.pooled[k] is not None]
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(4.8, 4.2))
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8, label="calibrated")
+        for key in keys:
+            truth, probs = _known(analysis.pooled[key])
+            found = reliability_bins(truth, probs)
+            ax.plot([b.mean_probability for b in found], [b.observed_frequency for b in found], marker="o", ms=3,
+                    lw=1, label=row_name(key[1], key[2]))
+        ax.set(xlabel="mean predicted probability", ylabel="share of positives", xlim=(0, 1), ylim=(0, 1),
+               title=f"Reliability: {backbone}")
+        ax.legend(fontsize=6)
+        figures.append(Figure(f"reliability_{backbone}", f"Reliability diagram: {backbone}", _png(fig),
+                              f"Pooled out-of-fold test predictions, every class's known labels together, "
+                              f"{BINS} equal-mass bins; on the dashed line a probability means what it says."))
+    return figures
+
+
 def all_figures(analysis: Analysis) -> list[tuple[str, list[Figure]]]:
     return [("Backbone model selection", backbone_bars(analysis)),
             ("ROC and precision-recall curves", roc_pr_curves(analysis) + per_class_roc(analysis)),
             ("Learning curves", learning_curves(analysis) + accuracy_over_epochs(analysis)),
-            ("Learning-rate study", learning_rate_study(analysis))]
+            ("Learning-rate study", learning_rate_study(analysis)),
+            ("Calibration", reliability_diagrams(analysis))]
 

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Select, case, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
 from results.query import QueryError
-from results.schema import (FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY, Cell,
-                            LearningCurve, Sweep, TrialMetric)
+from results.schema import (FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY, VAL_PREDICTIONS,
+                            Cell, LearningCurve, Sweep, TrialMetric)
 from results.store import open_engine
 
 CELL = ["backbone", "recipe", "variant"]
@@ -66,6 +66,7 @@ class SweepData:
     trials: pd.DataFrame  # every trial: cell, fold, status, lr, dropout, val_auc, selected
     metrics: pd.DataFrame  # fold_metrics: cell, fold, trial_id, split, metric, class_name, value
     predictions: pd.DataFrame  # oof_predictions of the selected trials, with the trial's threshold
+    validation: pd.DataFrame  # val_predictions: the selected trials' inner-validation predictions
     curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, losses, val_auc
 
     def cell_keys(self) -> list[tuple]:
@@ -87,10 +88,24 @@ class SweepData:
         probs = probs.loc[:, probs.notna().all()]  # a class not every fold's model predicted cannot be pooled
         truth = part.pivot(index="image_key", columns="class_name", values="target").reindex_like(probs)
         thresholds = part.pivot(index="image_key", columns="class_name", values="threshold").reindex_like(probs)
-        patients = part.drop_duplicates("image_key").set_index("image_key")["patient_key"].reindex(probs.index)
+        first = part.drop_duplicates("image_key").set_index("image_key").reindex(probs.index)
         return {"image_keys": probs.index.to_numpy(), "classes": list(probs.columns),
                 "probs": probs.to_numpy(float), "truth": truth.to_numpy(float),
-                "thresholds": thresholds.to_numpy(float), "patients": patients.to_numpy()}
+                "thresholds": thresholds.to_numpy(float), "patients": first["patient_key"].to_numpy(),
+                "folds": first["fold"].to_numpy(int)}
+
+    def validation_of(self, key: tuple) -> dict[int, dict]:
+        """{fold: that fold's selected trial's inner-validation predictions (images x classes)}; empty for a
+        cell whose trials kept none (a DB from before schema 8)."""
+        v = self.validation
+        part = v[(v.backbone == key[0]) & (v.recipe == key[1]) & (v.variant == key[2])]
+        out = {}
+        for fold, rows in part.groupby("fold"):
+            probs = rows.pivot(index="image_key", columns="class_name", values="prob")
+            truth = rows.pivot(index="image_key", columns="class_name", values="target").reindex_like(probs)
+            out[int(fold)] = {"classes": list(probs.columns), "probs": probs.to_numpy(float),
+                              "truth": truth.to_numpy(float)}
+        return out
 
 
 def _sweep_row(conn: Connection, name: str) -> dict:
@@ -143,6 +158,12 @@ def _predictions(conn: Connection, name: str) -> pd.DataFrame:
         .where(o.c.sweep == name))
 
 
+def _validation(conn: Connection, name: str) -> pd.DataFrame:
+    v = VAL_PREDICTIONS.c
+    return read_frame(conn, select(v.backbone, v.recipe, v.variant, v.fold, v.image_key, v.class_name, v.prob,
+                                   v.target).where(v.sweep == name))
+
+
 def _curves(conn: Connection, name: str) -> pd.DataFrame:
     c, t = CURVES.alias("c"), TRIAL_SUMMARY.alias("t")
     return read_frame(conn, select(c.c.trial_id, c.c.epoch, c.c.train_loss, c.c.val_loss, c.c.val_auc, c.c.lr,
@@ -156,8 +177,8 @@ def load(url: str, name: str | None = None) -> SweepData:
         name = name or latest_sweep(conn, url)
         sweep = _sweep_row(conn, name)
         metrics, predictions, curves = _metrics(conn, name), _predictions(conn, name), _curves(conn, name)
-        trials, cells = _trials(conn, name), _cells(conn, int(sweep["id"]))
-    for frame in (metrics, predictions, curves):  # NULL (undefined) comes back as None in object columns
+        trials, cells, validation = _trials(conn, name), _cells(conn, int(sweep["id"])), _validation(conn, name)
+    for frame in (metrics, predictions, curves, validation):  # NULL (undefined) comes back as None in object columns
         for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
                        "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
@@ -166,4 +187,4 @@ def load(url: str, name: str | None = None) -> SweepData:
     if not folds and not trials.empty:  # a DB written without the plan: the folds seen
         folds = sorted(int(f) for f in trials["fold"].unique())
     return SweepData(name=name, sweep=sweep, cells=cells, folds=folds, trials=trials,
-                     metrics=metrics, predictions=predictions, curves=curves)
+                     metrics=metrics, predictions=predictions, validation=validation, curves=curves)

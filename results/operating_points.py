@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from results.stats import known_labels
+from results.stats import known_labels, with_macro
 from vocab.errors import CxrSweepError
 
 RULES = ("prevalence", "youden", "sensitivity:0.9")
@@ -40,6 +40,12 @@ def _just_below(cut: float, probs: np.ndarray) -> float:
     return float((cut + lower.max()) / 2) if len(lower) else float(np.nextafter(cut, -np.inf))
 
 
+def check_rule(rule: str) -> str:
+    """The rule if it is one fit_threshold knows (as a command-line type: a bad one is a RuleError)."""
+    fit_threshold(rule, np.array([0.0, 1.0]), np.array([0.2, 0.8]))
+    return rule
+
+
 def fit_threshold(rule: str, truth, probs) -> float:
     """The threshold `rule` chooses on these predictions of one class; NaN without positives or negatives."""
     truth, probs = known_labels(truth, probs)
@@ -61,6 +67,39 @@ def fit_threshold(rule: str, truth, probs) -> float:
         reached = np.flatnonzero(tpr >= wanted)  # roc_curve's cuts fall as tpr rises: the first is the highest
         return _just_below(float(cuts[reached[0]]), probs)
     raise RuleError(f"unknown operating point {rule!r}; expected one of prevalence, youden, sensitivity:S (S a share)")
+
+
+RATES = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def rate_score(truth, probs, thresholds):
+    """A `results.stats.column_intervals` score: for weights (resamples x images), each rate of RATES per
+    class and their macro mean (last column), calling `prob > threshold` positive with a threshold per
+    image and class (each image's own fold model's); unknown labels and NaN thresholds are left out."""
+    truth, probs, thresholds = (np.asarray(a, np.float64) for a in (truth, probs, thresholds))
+    known = ~np.isnan(truth) & ~np.isnan(thresholds)
+    said, real = probs > thresholds, truth == 1
+    tp, fn = known & real & said, known & real & ~said
+    fp, tn = known & ~real & said, known & ~real & ~said
+    parts = {"sensitivity": (tp, fn), "specificity": (tn, fp), "ppv": (tp, fp), "npv": (tn, fn)}
+    parts = {name: (hit.astype(np.float64), (hit | miss).astype(np.float64)) for name, (hit, miss) in parts.items()}
+
+    def score(weights: np.ndarray) -> dict[str, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {name: with_macro((weights @ hit) / (weights @ total)) for name, (hit, total) in parts.items()}
+
+    return score
+
+
+def thresholds_by_fold(rule: str, validation: dict[int, dict], classes: list[str]) -> dict[int, np.ndarray]:
+    """{fold: one threshold per class}, each fitted by `rule` on that fold's inner-validation predictions
+    (`truth` and `probs`, images x its `classes`); a class a fold's validation lacks gets NaN."""
+    out = {}
+    for fold, val in validation.items():
+        out[fold] = np.array([fit_threshold(rule, val["truth"][:, val["classes"].index(c)],
+                                            val["probs"][:, val["classes"].index(c)])
+                              if c in val["classes"] else np.nan for c in classes])
+    return out
 
 
 def rates_at(threshold: float, truth, probs) -> Rates:

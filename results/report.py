@@ -18,12 +18,14 @@ from results.load import SweepData, load
 from results.query import DEFAULT_DB
 from results.render import Report, to_markdown, write
 from results.analysis import Analysis
+from results.clinical_tables import clinical_sections
+from results.operating_points import RULES, RuleError, check_rule
 from results.tables import all_tables
 from vocab.errors import exits_on_error
 from vocab.names import cell_name
 
 # Sections whose figures sit with the tables of the same heading; the rest follow.
-FIGURE_SECTIONS = {"Backbone model selection"}
+FIGURE_SECTIONS = {"Backbone model selection", "Calibration"}
 
 
 def _summary(data: SweepData, analysis: Analysis) -> list[str]:
@@ -78,13 +80,14 @@ def _weights_lines(cells) -> list[str]:
             for r in used.sort_values("backbone").itertuples()]
 
 
-def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool = True, log=None) -> Report:
+def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool = True, log=None,
+          rules=RULES, calibrate: bool = False) -> Report:
     started = time.perf_counter()
     data = load(url, sweep)
     analysis = Analysis(data, n_boot=n_boot)
     split = split_text(data.sweep)  # every table says which split its numbers come from
     sections = [(heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in tables], [])
-                for heading, tables in all_tables(analysis)]
+                for heading, tables in [*all_tables(analysis), *clinical_sections(analysis, rules, calibrate)]]
     if figures:
         from results.figures import all_figures  # matplotlib only when figures are drawn
 
@@ -107,6 +110,13 @@ def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000,
     return markdown, write(built, out)
 
 
+def _rule(text: str) -> str:
+    try:
+        return check_rule(text)
+    except RuleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results.report", description="Write the comparison report.")
@@ -115,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write report.md, report.html, tables/ and figures/ here")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for intervals and p-values (default 1000; 0: none)")
+    parser.add_argument("--operating-point", action="append", type=_rule, metavar="RULE", dest="rules",
+                        help=f"a threshold rule for the operating-point tables, fitted on inner validation: "
+                             f"prevalence, youden or sensitivity:S; repeat for several (default: {', '.join(RULES)})")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="add temperature-scaled probabilities (T fitted per fold on inner validation) beside "
+                             "the raw ones in the calibration tables")
     args = parser.parse_args(argv)
     built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
-                  log=lambda line: print(line, file=sys.stderr))
+                  log=lambda line: print(line, file=sys.stderr), rules=args.rules or RULES, calibrate=args.calibrate)
     print(to_markdown(built, figure_dir="figures" if args.out else None))
     if args.out:
         written = write(built, args.out)

@@ -222,6 +222,29 @@ def paired_bootstrap(metric: str, truth, probs_a, probs_b, patients, thresholds_
     return Comparison(difference, *_interval(diffs, level), float(min(1.0, 2.0 * tail)), n_boot, n)
 
 
+def column_intervals(score, patients, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{name: (estimate, low, high)} for every column of every array `score(weights)` returns, where
+    `weights` is (resamples x images) and each array (resamples x columns): the estimate at unit weights,
+    the percentile interval over patient resamples (the same resamples for every column, so one draw
+    serves all of a cell's classes and quantities). A column's undefined (NaN) resamples are dropped."""
+    estimate = score(np.ones((1, len(patients))))
+    drawn = [score(w) for w in patient_weights(patients, n_boot, seed)]
+    out = {}
+    for name, point in estimate.items():
+        values = np.concatenate([d[name] for d in drawn]) if drawn else np.empty((0, point.shape[1]))
+        low, high = np.full(point.shape[1], np.nan), np.full(point.shape[1], np.nan)
+        for k in range(point.shape[1]):
+            low[k], high[k] = _interval(values[~np.isnan(values[:, k]), k], level)
+        out[name] = (point[0], low, high)
+    return out
+
+
+def with_macro(columns: np.ndarray) -> np.ndarray:
+    """Per-class columns (resamples x classes) with their macro mean (over defined classes) appended."""
+    return np.column_stack([columns, _macro(columns)])
+
+
 def holm(p_values) -> np.ndarray:
     """Holm's step-down adjustment of the p-values of one table's comparisons (statsmodels'): a table that
     ranks k rows against its first makes k-1 tests. NaN (no comparison) stays NaN and is not counted."""

@@ -1,11 +1,14 @@
 """`python -m sweeper.predict`: apply a sweep's trained model to new DICOM, PNG or JPG files.
 
     python -m sweeper.predict --db URL [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
-                              [--out predictions.csv] [--explain DIR] [--layers DIR]
+                              [--threshold RULE] [--out predictions.csv] [--explain DIR] [--layers DIR]
 
 The model is a cell's trial best on inner validation (results.choose), rebuilt from its final
 checkpoint in Ray's storage; images are decoded as the data set it trained on was built
 (trainables.predict). Files that cannot be decoded get data_prep's reason; the rest are predicted.
+A label is predicted above its threshold: by default the trial's own (its training prevalence, seed
+000's), or with `--threshold RULE` one fitted by that rule on the trial's inner-validation predictions
+(results.operating_points), never on test images.
 """
 from __future__ import annotations
 
@@ -18,13 +21,21 @@ import numpy as np
 import pyarrow.fs
 from tqdm import tqdm
 
-from results.choose import ChosenTrial, choose_trial
+from results.choose import ChosenTrial, choose_trial, validation_predictions
+from results.operating_points import RuleError, check_rule, fit_threshold
 from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
 from trainables.predict import PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
 from vocab.errors import exits_on_error
 
 PRINT_ALL_UP_TO = 20  # files whose every probability is printed; beyond, the predicted labels only
+
+
+def _rule(text: str) -> str:
+    try:
+        return check_rule(text)
+    except RuleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv):
@@ -38,6 +49,10 @@ def parse_args(argv):
                        help="the cell whose model to apply (its fold with the best inner-validation AUC)")
     which.add_argument("--best", action="store_true",
                        help="the cell with the best mean inner-validation AUC (the default)")
+    parser.add_argument("--threshold", type=_rule, default=None, metavar="RULE",
+                        help="call a label positive above the threshold RULE fits on the trial's inner-validation "
+                             "predictions: prevalence, youden, or sensitivity:S (e.g. sensitivity:0.9); default: the "
+                             "trial's own thresholds, its training prevalence")
     parser.add_argument("--out", type=Path, default=None, help="write every file's probabilities to this CSV")
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
                         help="write a Grad-CAM heatmap over each file for each label it predicts (the most likely "
@@ -66,6 +81,18 @@ def describe(chosen: ChosenTrial, model: TrainedModel) -> str:
     return (f"[predict] model: sweep {chosen.sweep}, cell {chosen.cell}, outer fold {chosen.fold}, trial "
             f"{chosen.trial_key} (inner-validation AUC {chosen.val_auc:.3f}); images decoded at {model.size} px, "
             f"{model.bits}-bit, on {model.device}")
+
+
+def operating_point(db: str, chosen: ChosenTrial, model: TrainedModel, rule: str) -> str:
+    """Replace the model's thresholds with those `rule` fits on the trial's inner-validation predictions; a
+    label whose validation images lack positives or negatives keeps the trial's own. Returns what was done."""
+    truth, probs = validation_predictions(db, chosen, model.label_names)
+    fitted = np.array([fit_threshold(rule, truth[:, k], probs[:, k]) for k in range(len(model.label_names))])
+    kept = [name for name, t in zip(model.label_names, fitted) if np.isnan(t)]
+    model.thresholds = np.where(np.isnan(fitted), model.thresholds, fitted)
+    text = (f"[predict] thresholds: {rule}, fitted on the trial's {len(truth)} inner-validation images: "
+            + ", ".join(f"{n} {t:.3f}" for n, t in zip(model.label_names, model.thresholds)))
+    return text + (f"; kept the trial's own for {', '.join(kept)} (no positive or no negative there)" if kept else "")
 
 
 def _line(path: Path, probs: np.ndarray, model: TrainedModel, every: bool) -> str:
@@ -106,6 +133,8 @@ def run(args) -> int:
     chosen = choose_trial(args.db, args.sweep, args.cell)
     model = TrainedModel.load(read_checkpoint(chosen.checkpoint), args.device, source=chosen.checkpoint)
     print(describe(chosen, model), file=sys.stderr)
+    print(operating_point(args.db, chosen, model, args.threshold) if args.threshold else
+          "[predict] thresholds: the trial's own (its training prevalence per label)", file=sys.stderr)
     rows, rejected, explained = [], 0, 0
     every = len(files) <= PRINT_ALL_UP_TO
     with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:

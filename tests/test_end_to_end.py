@@ -12,7 +12,9 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from sklearn.metrics import roc_curve
 
+from results.operating_points import fit_threshold
 from results.query import run_query
 from results.load import load
 from results.analysis import Analysis
@@ -174,9 +176,27 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
                                f"m.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND m.metric = 'threshold'")
     predicted = mine.to_numpy() > thresholds.set_index("class_name")["value"].loc[evaluated.columns].to_numpy()
     files = [raw / f for f in table["file"][:2]]
+    assert "thresholds: the trial's own (its training prevalence per label)" in proc.stderr
     explained = paper_sweep[2].cli("sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", *map(str, files),
-                     "--explain", str(tmp_path / "cam"), "--layers", str(tmp_path / "layers"), "--workers", "1")
+                     "--explain", str(tmp_path / "cam"), "--layers", str(tmp_path / "layers"), "--workers", "1",
+                     "--threshold", "youden")
     assert explained.returncode == 0, explained.stderr[-3000:]
+    # Youden's thresholds, fitted on that trial's inner-validation predictions as the DB holds them
+    nih = choose_trial(db, NAME, "resnet50/nih")
+    val = run_query(db, f"SELECT p.image_key, p.class_name, p.prob, p.target FROM test_predictions p JOIN sweep_trials t "
+                        f"ON t.id = p.trial_id WHERE t.trial_key = '{nih.trial_key}' AND p.split = 'val'")
+    fitted = {}
+    for name, part in val.groupby("class_name"):
+        known = part.dropna(subset=["target"])
+        if 0 < known.target.sum() < len(known):
+            fitted[name] = fit_threshold("youden", known.target, known.prob)
+            fpr, tpr, _ = roc_curve(known.target, known.prob)  # the best point of scikit-learn's curve
+            said = known.prob > fitted[name]
+            assert (said & (known.target == 1)).sum() / (known.target == 1).sum() - (
+                said & (known.target == 0)).sum() / (known.target == 0).sum() == pytest.approx((tpr - fpr).max())
+    assert fitted and f"thresholds: youden, fitted on the trial's {val.image_key.nunique()} inner-validation images" \
+        in explained.stderr
+    assert all(f"{name} {t:.3f}" in explained.stderr for name, t in fitted.items())
     heatmaps = sorted(p.name for p in (tmp_path / "cam").iterdir())
     assert {name[:5] for name in heatmaps} == {"00000", "00001"} and all(n.endswith(".png") for n in heatmaps)
     assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == [f"0000{i}_{f.stem}" for i, f in enumerate(files)]

@@ -187,11 +187,12 @@ def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_pat
     assert printed.rstrip("\n") == (out / "report.md").read_text().rstrip("\n")
     assert "## Source data selection" in printed
     for stem in ("source_selection_resnet50", "combination_selection_densenet121", "backbone_selection",
-                 "conclusion", "per_class_resnet50"):
+                 "conclusion", "per_class_resnet50", "operating_points_resnet50", "calibration_densenet121"):
         assert (out / "tables" / f"{stem}.tex").read_text().startswith("\\begin{table}")
         assert len(pd.read_csv(out / "tables" / f"{stem}.csv")) > 0
     for stem in ("backbone_selection_auc", "backbone_selection_ap", "backbone_selection_hamming", "roc_pr_resnet50",
-                 "learning_curves_resnet50", "learning_rate_densenet121", "accuracy_over_epochs_resnet50"):
+                 "learning_curves_resnet50", "learning_rate_densenet121", "accuracy_over_epochs_resnet50",
+                 "reliability_resnet50"):
         assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -35,7 +35,8 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     split = data.split(0, 0.2, seed=0)
     predictions = state["predictions"]
     assert predictions["test"]["image_keys"] == list(data.image_keys[split.test])
-    assert len(predictions["outer_train"]["image_keys"]) == len(split.train) + len(split.val)
+    assert predictions["val"]["image_keys"] == list(data.image_keys[split.val])  # what operating points fit on
+    assert set(predictions) == {"label_names", "best_epoch", "test", "val"}
     probs = predictions["test"]["probs"].numpy()
     assert probs.shape == (len(split.test), len(data.label_names)) and ((probs >= 0) & (probs <= 1)).all()
     # the probabilities are those of the best-on-validation weights, not of the last epoch's
@@ -44,6 +45,9 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     again = engine.predict(model, ImageFeed(data.images, torch.device("cpu")), split.test, 8,
                            engine.Precision.choose("fp32", torch.device("cpu")))
     np.testing.assert_allclose(again, probs, atol=1e-6)
+    on_val = engine.predict(model, ImageFeed(data.images, torch.device("cpu")), split.val, 8,
+                            engine.Precision.choose("fp32", torch.device("cpu")))
+    np.testing.assert_allclose(on_val, predictions["val"]["probs"].numpy(), atol=1e-6)
     assert predictions["best_epoch"] == final["best_epoch"]
 
 
