@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from results import stats
+from results.delong import macro_delong_test
 from results.load import SweepData
 
 # The split and metric behind each column; thresholds as trainables.metrics applies them: 0.5 for binary
@@ -104,9 +105,11 @@ class Analysis:
             self._pairs[(a, b, metric)] = self._paired(a, b, metric)
         return self._pairs[(a, b, metric)]
 
-    def _paired(self, a: tuple, b: tuple, metric: str):
+    def _shared(self, a: tuple, b: tuple):
+        """(pooled a, pooled b, a's and b's image rows, a's and b's class columns) of the test images and
+        classes both cells were evaluated on; None if they share none."""
         pa, pb = self.pooled[a], self.pooled[b]
-        if pa is None or pb is None or self.n_boot <= 0:
+        if pa is None or pb is None:
             return None
         images = np.intersect1d(pa["image_keys"], pb["image_keys"])
         classes = [c for c in pa["classes"] if c in pb["classes"]]
@@ -114,6 +117,27 @@ class Analysis:
             return None
         ia, ib = (np.searchsorted(p["image_keys"], images) for p in (pa, pb))
         ca, cb = ([p["classes"].index(c) for c in classes] for p in (pa, pb))
+        return pa, pb, ia, ib, ca, cb
+
+    def delong(self, a: tuple, b: tuple):
+        """DeLong's test of a's minus b's pooled macro AUC on their shared test images, clustered by patient
+        (results.delong.macro_delong_test); None where they share no image."""
+        if (a, b, "delong") not in self._pairs:
+            shared = self._shared(a, b)
+            if shared is None:
+                self._pairs[(a, b, "delong")] = None
+            else:
+                pa, pb, ia, ib, ca, cb = shared
+                self._pairs[(a, b, "delong")] = macro_delong_test(
+                    pa["truth"][np.ix_(ia, ca)], pa["probs"][np.ix_(ia, ca)], pb["probs"][np.ix_(ib, cb)],
+                    pa["patients"][ia])
+        return self._pairs[(a, b, "delong")]
+
+    def _paired(self, a: tuple, b: tuple, metric: str):
+        shared = self._shared(a, b) if self.n_boot > 0 else None
+        if shared is None:
+            return None
+        pa, pb, ia, ib, ca, cb = shared
         take = lambda p, i, c, arr: None if arr is None else arr[np.ix_(i, c)]  # noqa: E731
         ta, tb = self._thresholds(metric, pa), self._thresholds(metric, pb)
         return stats.paired_bootstrap(metric, pa["truth"][np.ix_(ia, ca)], pa["probs"][np.ix_(ia, ca)],

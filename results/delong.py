@@ -3,9 +3,13 @@ Biometrics 1988), the test reviewers name beside the paired bootstrap, in the fa
 (IEEE Signal Processing Letters 21(11), 2014): the structural components come from midranks, O(n log n)
 per model instead of DeLong's n_pos x n_neg comparisons, so a 2,000-image test set costs milliseconds.
 
-DeLong's variance treats images as independent; several films of one patient are not, which the
-patient-clustered paired bootstrap (`results.stats.paired_bootstrap`) accounts for. Reports name the
-method beside each p-value.
+DeLong's variance treats images as independent and compares one class. The report's tables rank by
+the macro AUC over classes on patients with several films, so `macro_delong_test` generalises it the
+way the influence-function view of DeLong allows: each image's structural components (its share of
+the AUC difference, scaled so that their squares sum to DeLong's variance) are averaged over classes
+and summed per patient, and the variance is the sum of squares of those patient totals (a cluster-
+robust DeLong, as in Obuchowski, Biometrics 1997). For one class and one image per patient it is
+DeLong's test exactly. Reports name the method beside each p-value.
 """
 from __future__ import annotations
 
@@ -66,3 +70,49 @@ def delong_test(truth, scores_a, scores_b) -> DeLong:
     se = math.sqrt(variance)
     z = diff / se
     return DeLong(float(auc[0]), float(auc[1]), diff, se, z, math.erfc(abs(z) / math.sqrt(2)))
+
+
+def _influence(truth: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """(AUC difference, each known image's share of it: positives (V10_a - V10_b - diff) / sqrt(m (m - 1)),
+    negatives likewise with V01 and n, so that their squares sum to DeLong's variance); None when the class
+    has fewer than two positives or two negatives (no variance to estimate)."""
+    positive = truth == 1
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        return None
+    auc, v10, v01 = structural_components(truth, np.column_stack([a, b]))
+    diff = float(auc[0] - auc[1])
+    share = np.empty(len(truth))
+    share[positive] = (v10[:, 0] - v10[:, 1] - diff) / math.sqrt(m * (m - 1))
+    share[~positive] = (v01[:, 0] - v01[:, 1] - diff) / math.sqrt(n * (n - 1))
+    return diff, share
+
+
+def macro_delong_test(truth, probs_a, probs_b, patients=None) -> DeLong:
+    """DeLong's test of the macro AUC difference over classes (images x classes; NaN truth left out per
+    class), its variance clustered by `patients` (None: every image its own). Classes with fewer than two
+    positives or negatives are left out of both the difference and the variance. NaN without any class."""
+    truth, a, b = (np.asarray(v, dtype=np.float64) for v in (truth, probs_a, probs_b))
+    total, diffs, aucs = np.zeros(len(truth)), [], []
+    for k in range(truth.shape[1]):
+        known = ~np.isnan(truth[:, k])
+        found = _influence(truth[known, k], a[known, k], b[known, k])
+        if found is None:
+            continue
+        diffs.append(found[0])
+        total[known] += found[1]
+        auc, _, _ = structural_components(truth[known, k], np.column_stack([a[known, k], b[known, k]]))
+        aucs.append(auc)
+    if not diffs:
+        return DeLong(*(math.nan,) * 6)
+    total /= len(diffs)
+    if patients is not None:
+        _, cluster = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+        total = np.bincount(cluster, weights=total)
+    variance, diff = float(np.sum(total ** 2)), float(np.mean(diffs))
+    auc_a, auc_b = (float(v) for v in np.mean(aucs, axis=0))
+    if variance <= 1e-30:
+        return DeLong(auc_a, auc_b, diff, 0.0, math.nan, 1.0 if abs(diff) < 1e-15 else math.nan)
+    se = math.sqrt(variance)
+    z = diff / se
+    return DeLong(auc_a, auc_b, diff, se, z, math.erfc(abs(z) / math.sqrt(2)))

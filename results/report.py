@@ -49,7 +49,8 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
     lines += _weights_lines(data.cells)
     lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
                  "of a cell's out-of-fold test predictions at once, with a 95% CI from a patient-clustered "
-                 f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images.")
+                 f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images, and "
+                 "DeLong's test clustered by patient, each with its Holm adjustment over a table's comparisons.")
     return lines
 
 

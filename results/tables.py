@@ -56,6 +56,13 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     part["vs_best_p_holm"] = holm([p for p, _ in raw])
     part["vs_best_holm_text"] = ["" if np.isnan(a) else format_p(a, bound)
                                  for a, (_, bound) in zip(part["vs_best_p_holm"], raw)]
+    if by == "auc":  # DeLong's test, the one reviewers name, beside the bootstrap (with its own Holm adjustment)
+        tests = [analysis.delong(_key(row), best) if i and best else None
+                 for i, (_, row) in enumerate(part.iterrows())]
+        part["vs_best_delong_p"] = [t.p if t else np.nan for t in tests]
+        part["vs_best_delong_p_holm"] = holm(part["vs_best_delong_p"])
+        part["vs_best_delong_text"] = ["" if np.isnan(p) else f"{format_p(p, False)} (Holm {format_p(h, False)[2:]})"
+                                       for p, h in zip(part["vs_best_delong_p"], part["vs_best_delong_p_holm"])]
     return part
 
 
@@ -73,13 +80,17 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
         else:
             out[label] = [str(v) for v in part[stem]]
     out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
-    out[f"vs first: pooled {by.upper()} diff (p)"] = part["vs_best_text"].tolist()
-    out["Holm-adjusted p"] = part["vs_best_holm_text"].tolist()  # over the ranking's own tests: the rows with a p
+    out[f"vs first: pooled {by.upper()} diff (bootstrap p)"] = part["vs_best_text"].tolist()
+    out[HOLM_COLUMN] = part["vs_best_holm_text"].tolist()  # over the ranking's own tests: the rows with a p
+    if "vs_best_delong_text" in part:
+        out[DELONG_COLUMN] = part["vs_best_delong_text"].tolist()
     if "Variant" in out and not any(out["Variant"]):
         del out["Variant"]  # a backbone x recipe grid has no further axes
     return pd.DataFrame(out)
 
 
+HOLM_COLUMN = "bootstrap p, Holm-adjusted"
+DELONG_COLUMN = "vs first: DeLong p (Holm-adjusted), patient-clustered"
 PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE": "train_mae",
                  "Test AP; pooled [95% CI]": "ap", "Test AUC; pooled [95% CI]": "auc"}
 
@@ -87,7 +98,8 @@ PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE":
 def _numbers(part: pd.DataFrame) -> pd.DataFrame:
     keep = [*CELL, "strategy", "dataset", "folds_done", "folds_planned"]
     keep += [c for c in part.columns if c.endswith(("_mean", "_sd", "_ci_low", "_ci_high", "_pooled"))]
-    return part[keep + [c for c in ("vs_best_diff", "vs_best_p", "vs_best_p_holm") if c in part]].reset_index(drop=True)
+    compared = ("vs_best_diff", "vs_best_p", "vs_best_p_holm", "vs_best_delong_p", "vs_best_delong_p_holm")
+    return part[keep + [c for c in compared if c in part]].reset_index(drop=True)
 
 
 def source_selection(analysis: Analysis) -> list[Table]:

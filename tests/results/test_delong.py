@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from results.delong import delong_test, midranks
+from results.delong import delong_test, macro_delong_test, midranks
 
 
 def _delong_1988(truth, a, b):
@@ -65,3 +65,39 @@ def test_a_clearly_better_model_is_significant_and_a_coin_is_not():
 
 def test_midranks_give_ties_the_mean_of_their_ranks():
     assert midranks(np.array([0.3, 0.1, 0.3, 0.2, 0.3])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_macro_clustered_form_is_delongs_test_for_one_class_and_one_image_per_patient(seed):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(200) < 0.3).astype(float)
+    a = np.round(truth + rng.normal(0, 0.8, 200), 2)
+    b = np.round(0.5 * a + truth * 0.4 + rng.normal(0, 0.6, 200), 2)
+    got = macro_delong_test(truth[:, None], a[:, None], b[:, None], patients=np.arange(200))
+    (auc_a, auc_b), se, z, p = _delong_1988(truth, a, b)
+    assert got.diff == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert (got.se, got.z, got.p) == pytest.approx((se, z, p), rel=1e-9)
+
+
+def test_the_macro_clustered_variance_agrees_with_the_patient_bootstrap_and_clustering_widens_it():
+    """Three classes, four films per patient that share the patient's findings and each model's patient-level
+    error: the DeLong standard error of the macro difference is near the patient-clustered bootstrap's sd,
+    and larger than if the films were independent."""
+    from results.stats import paired_bootstrap
+
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(150), 4)
+    findings = rng.random((150, 3)) < 0.3
+    truth = findings[patients].astype(float)
+    truth[rng.random(truth.shape) < 0.05] = np.nan
+    # each model errs on a patient's films alike (a patient-level effect of its own), so paired differences
+    # are correlated within a patient
+    a = np.nan_to_num(truth) * 1.0 + rng.normal(0, 0.8, (150, 3))[patients] + rng.normal(0, 0.3, truth.shape)
+    b = np.nan_to_num(truth) * 0.8 + rng.normal(0, 0.8, (150, 3))[patients] + rng.normal(0, 0.3, truth.shape)
+    clustered = macro_delong_test(truth, a, b, patients)
+    independent = macro_delong_test(truth, a, b)
+    boot = paired_bootstrap("auc", truth, a, b, patients, n_boot=2000, seed=1)
+    sd = (boot.high - boot.low) / (2 * 1.96)
+    assert clustered.diff == pytest.approx(boot.difference, abs=1e-12)
+    assert clustered.se == pytest.approx(sd, rel=0.15)
+    assert clustered.se > 1.3 * independent.se

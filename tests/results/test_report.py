@@ -15,7 +15,7 @@ from results.render import latex_text, to_html, to_latex, to_markdown, write
 from results.report import build, main
 from results.store import ResultsStore
 from results.analysis import Analysis
-from results.tables import Table, combination_selection, source_selection, transfer_effect
+from results.tables import DELONG_COLUMN, HOLM_COLUMN, Table, combination_selection, source_selection, transfer_effect
 from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep, write_trial
 
 
@@ -96,8 +96,44 @@ def test_a_ranked_table_gives_holm_adjusted_p_values_beside_the_raw_ones(handmad
         raw = np.maximum(numbers["vs_best_p"], 2.0 / 301)  # a p at the resamples' floor enters as the floor
         assert numbers["vs_best_p_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1].tolist())
         assert (numbers["vs_best_p_holm"] >= numbers["vs_best_p"]).all()
-        shown = table.display["Holm-adjusted p"]
+        shown = table.display[HOLM_COLUMN]
         assert shown.iloc[0] == "" and sum(t.startswith("p") for t in shown[1:]) == len(numbers)
+
+
+def _clustered_macro_delong_pairwise(truth, a, b, patients):
+    """The cluster-robust macro DeLong from DeLong et al.'s pairwise kernel (no midranks): per class each known
+    image's V10 or V01 difference, scaled by sqrt(m (m - 1)) or sqrt(n (n - 1)), averaged over classes,
+    summed per patient; z from the sum of squares."""
+    from scipy.stats import norm
+
+    share, diffs = np.zeros(len(truth)), []
+    for k in range(truth.shape[1]):
+        known = np.flatnonzero(~np.isnan(truth[:, k]))
+        pos, neg = known[truth[known, k] == 1], known[truth[known, k] == 0]
+        kernel = [(s[pos, k][:, None] > s[neg, k][None, :]) + 0.5 * (s[pos, k][:, None] == s[neg, k][None, :])
+                  for s in (a, b)]
+        diff = kernel[0].mean() - kernel[1].mean()
+        diffs.append(diff)
+        share[pos] += (kernel[0].mean(axis=1) - kernel[1].mean(axis=1) - diff) / np.sqrt(len(pos) * (len(pos) - 1))
+        share[neg] += (kernel[0].mean(axis=0) - kernel[1].mean(axis=0) - diff) / np.sqrt(len(neg) * (len(neg) - 1))
+    totals = pd.Series(share / truth.shape[1]).groupby(patients).sum()
+    return 2 * norm.sf(abs(np.mean(diffs)) / np.sqrt((totals ** 2).sum()))
+
+
+def test_a_ranked_table_gives_delongs_p_clustered_by_patient_with_its_holm_adjustment(handmade):
+    from statsmodels.stats.multitest import multipletests
+
+    url, expected = handmade
+    for table in source_selection(Analysis(load(url, "handmade"), n_boot=50)):
+        numbers = table.numbers
+        first = tuple(numbers.iloc[0][["backbone", "recipe"]])
+        p = [_clustered_macro_delong_pairwise(expected.truth, expected.pooled[tuple(row)], expected.pooled[first],
+                                              expected.patients)
+             for row in numbers.iloc[1:][["backbone", "recipe"]].itertuples(index=False)]
+        assert numbers["vs_best_delong_p"].iloc[1:].tolist() == pytest.approx(p, rel=1e-6)
+        assert numbers["vs_best_delong_p_holm"].iloc[1:].tolist() == pytest.approx(
+            multipletests(p, method="holm")[1].tolist(), rel=1e-6)
+        assert table.display[DELONG_COLUMN].iloc[0] == "" and all("(Holm " in t for t in table.display[DELONG_COLUMN][1:])
 
 
 def test_the_transfer_effect_table_compares_every_cell_with_its_backbones_scratch_cell(handmade):
