@@ -56,6 +56,12 @@ def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) ->
 
 def choose_from(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None) -> ChosenTrial:
     """choose_trial on a sweep's selected_trials, already read."""
+    return fold_models(selected, url, sweep, cell)[0]
+
+
+def fold_models(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None) -> list[ChosenTrial]:
+    """A cell's selected trials, one per outer fold, best on inner validation first (the model predict
+    applies alone; all of them make its fold ensemble). `cell` None: the best cell on validation."""
     if selected.empty:
         raise QueryError(f"sweep {sweep!r} in {url} has no completed trial to apply yet")
     if cell is None:
@@ -64,12 +70,23 @@ def choose_from(selected: pd.DataFrame, url: str, sweep: str, cell: str | None =
     if part.empty:
         raise QueryError(f"sweep {sweep!r} has no cell {cell!r} with a completed trial; its cells: "
                          f"{sorted(selected['name'].unique())}")
-    row = part.sort_values(["val_auc", "fold"], ascending=[False, True]).iloc[0]
-    if not row["checkpoint"]:
-        raise QueryError(f"sweep {sweep!r}, cell {cell}, fold {row['fold']}: trial {row['trial_key']} has no recorded "
-                         f"checkpoint (a DB written before schema version 4); run the sweep again to apply its models")
-    return ChosenTrial(sweep, row["backbone"], row["recipe"], row["variant"], int(row["fold"]), row["trial_key"],
-                       float(row["val_auc"]), row["checkpoint"])
+    chosen = []
+    for _, row in part.sort_values(["val_auc", "fold"], ascending=[False, True]).iterrows():
+        if not row["checkpoint"]:
+            raise QueryError(f"sweep {sweep!r}, cell {cell}, fold {row['fold']}: trial {row['trial_key']} has no "
+                             f"recorded checkpoint (a DB written before schema version 4); run the sweep again to "
+                             f"apply its models")
+        chosen.append(ChosenTrial(sweep, row["backbone"], row["recipe"], row["variant"], int(row["fold"]),
+                                  row["trial_key"], float(row["val_auc"]), row["checkpoint"]))
+    return chosen
+
+
+def cell_models(url: str, sweep: str | None = None, cell: str | None = None) -> list[ChosenTrial]:
+    """fold_models from the DB: a cell's selected trial of every outer fold."""
+    with reading(url) as conn:
+        sweep = sweep or latest_sweep(conn, url)
+        selected = selected_trials(conn, sweep)
+    return fold_models(selected, url, sweep, cell)
 
 
 def cells_with_models(selected: pd.DataFrame) -> list[str]:

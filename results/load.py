@@ -19,12 +19,13 @@ from sqlalchemy import Connection, Select, case, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
 from results.query import QueryError
-from results.schema import (FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY, VAL_PREDICTIONS,
-                            Cell, LearningCurve, Sweep, TrialMetric)
+from results.schema import (EXTERNAL_RESULTS, FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY,
+                            VAL_PREDICTIONS, Cell, ExternalSet, LearningCurve, Sweep, TrialMetric)
 from results.store import open_engine
 
 CELL = ["backbone", "recipe", "variant"]
 SWEEPS, CELLS, CURVES, METRICS = Sweep.__table__, Cell.__table__, LearningCurve.__table__, TrialMetric.__table__
+EXTERNAL_SETS = ExternalSet.__table__
 
 
 @contextmanager
@@ -67,6 +68,8 @@ class SweepData:
     metrics: pd.DataFrame  # fold_metrics: cell, fold, trial_id, split, metric, class_name, value
     predictions: pd.DataFrame  # oof_predictions of the selected trials, with the trial's threshold
     validation: pd.DataFrame  # val_predictions: the selected trials' inner-validation predictions
+    external: pd.DataFrame  # external_results: cells' fold models and ensembles on external sets
+    external_sets: pd.DataFrame  # external_sets: name, dataset, images, labels (mapping), left_out
     curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, losses, val_auc
 
     def cell_keys(self) -> list[tuple]:
@@ -93,6 +96,21 @@ class SweepData:
                 "probs": probs.to_numpy(float), "truth": truth.to_numpy(float),
                 "thresholds": thresholds.to_numpy(float), "patients": first["patient_key"].to_numpy(),
                 "folds": first["fold"].to_numpy(int)}
+
+    def external_of(self, key: tuple, external: str) -> dict[tuple, dict]:
+        """{(model, fold or None, tta): truth, probs (images x classes), patients, classes} of a cell on an
+        external set: each fold model's and the fold ensemble's, per test-time augmentation."""
+        e = self.external
+        part = e[(e.backbone == key[0]) & (e.recipe == key[1]) & (e.variant == key[2]) & (e.external == external)]
+        out = {}
+        for (model, fold, tta), rows in part.groupby(["model", part["fold"].fillna(-1), "tta"], sort=True):
+            probs = rows.pivot(index="image_key", columns="class_name", values="prob")
+            truth = rows.pivot(index="image_key", columns="class_name", values="target").reindex_like(probs)
+            patients = rows.drop_duplicates("image_key").set_index("image_key")["patient_key"].reindex(probs.index)
+            out[(model, None if fold == -1 else int(fold), tta)] = {
+                "classes": list(probs.columns), "probs": probs.to_numpy(float), "truth": truth.to_numpy(float),
+                "patients": patients.to_numpy()}
+        return out
 
     def validation_of(self, key: tuple) -> dict[int, dict]:
         """{fold: that fold's selected trial's inner-validation predictions (images x classes)}; empty for a
@@ -164,6 +182,18 @@ def _validation(conn: Connection, name: str) -> pd.DataFrame:
                                    v.target).where(v.sweep == name))
 
 
+def _external(conn: Connection, name: str, sweep_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    e, x = EXTERNAL_RESULTS.c, EXTERNAL_SETS.c
+    predictions = read_frame(conn, select(e.backbone, e.recipe, e.variant, e.external, e.model, e.fold, e.tta,
+                                          e.image_key, e.patient_key, e.class_name, e.prob, e.target)
+                             .where(e.sweep == name))
+    sets = read_frame(conn, select(x.name, x.dataset, x.images, x.labels, x.left_out).where(x.sweep_id == sweep_id)
+                      .order_by(x.name))
+    sets["labels"] = [dict(_json(v) or {}) for v in sets["labels"]]
+    sets["left_out"] = [list(_json(v) or []) for v in sets["left_out"]]
+    return predictions, sets
+
+
 def _curves(conn: Connection, name: str) -> pd.DataFrame:
     c, t = CURVES.alias("c"), TRIAL_SUMMARY.alias("t")
     return read_frame(conn, select(c.c.trial_id, c.c.epoch, c.c.train_loss, c.c.val_loss, c.c.val_auc, c.c.lr,
@@ -178,7 +208,8 @@ def load(url: str, name: str | None = None) -> SweepData:
         sweep = _sweep_row(conn, name)
         metrics, predictions, curves = _metrics(conn, name), _predictions(conn, name), _curves(conn, name)
         trials, cells, validation = _trials(conn, name), _cells(conn, int(sweep["id"])), _validation(conn, name)
-    for frame in (metrics, predictions, curves, validation):  # NULL (undefined) comes back as None in object columns
+        external, external_sets = _external(conn, name, int(sweep["id"]))
+    for frame in (metrics, predictions, curves, validation, external):  # NULL (undefined) comes back as None in object columns
         for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
                        "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
@@ -187,4 +218,5 @@ def load(url: str, name: str | None = None) -> SweepData:
     if not folds and not trials.empty:  # a DB written without the plan: the folds seen
         folds = sorted(int(f) for f in trials["fold"].unique())
     return SweepData(name=name, sweep=sweep, cells=cells, folds=folds, trials=trials,
-                     metrics=metrics, predictions=predictions, validation=validation, curves=curves)
+                     metrics=metrics, predictions=predictions, validation=validation, external=external,
+                     external_sets=external_sets, curves=curves)

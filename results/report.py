@@ -19,6 +19,7 @@ from results.query import DEFAULT_DB
 from results.render import Report, to_markdown, write
 from results.analysis import Analysis
 from results.clinical_tables import clinical_sections
+from results.external_tables import external_tables
 from results.operating_points import RULES, RuleError, check_rule
 from results.tables import all_tables
 from vocab.errors import exits_on_error
@@ -88,7 +89,8 @@ def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool 
     analysis = Analysis(data, n_boot=n_boot)
     split = split_text(data.sweep)  # every table says which split its numbers come from
     sections = [(heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in tables], [])
-                for heading, tables in [*all_tables(analysis), *clinical_sections(analysis, rules, calibrate)]]
+                for heading, tables in [*all_tables(analysis), *clinical_sections(analysis, rules, calibrate),
+                                        ("External validation", external_tables(analysis))]]
     if figures:
         from results.figures import all_figures  # matplotlib only when figures are drawn
 

@@ -14,7 +14,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, MetaData, St
                         UniqueConstraint, column, table)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 CURVE_METRICS = ("val_binary_acc", "val_exact_match", "val_fnr")  # learning_curves' per-epoch seed-003 metrics
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
@@ -25,7 +25,9 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                   6: "sweeps.split and sweeps.folds_sha256: which split the target's test parts come from",
                   7: "learning_curves.val_binary_acc, val_exact_match and val_fnr: seed 003's curves over epochs",
                   8: "test_predictions.split: a trial's inner-validation predictions beside its test ones (operating "
-                     "points and calibration are fitted on them, never on test)"}
+                     "points and calibration are fitted on them, never on test)",
+                  9: "tables external_sets and external_predictions: each cell's fold models and fold ensemble "
+                     "applied to test sets from elsewhere (sweeper.evaluate)"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
@@ -33,7 +35,8 @@ MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"
                   "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"],
               6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"],
               7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS],
-              8: ["ALTER TABLE test_predictions ADD COLUMN split VARCHAR(16) DEFAULT 'test' NOT NULL"]}
+              8: ["ALTER TABLE test_predictions ADD COLUMN split VARCHAR(16) DEFAULT 'test' NOT NULL"],
+              9: []}  # new tables only: create_all makes them
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -157,6 +160,43 @@ class Prediction(Base):
     target: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: label unknown (masked)
 
 
+class ExternalSet(Base):
+    """A test set from elsewhere (another hospital, a public set's official test list) that a sweep's models
+    were applied to but that no trial trained, tuned or early-stopped on; `labels` maps each of the
+    target's labels it can judge to the set's own labels, `left_out` lists the target's labels it cannot."""
+
+    __tablename__ = "external_sets"
+    __table_args__ = (UniqueConstraint("sweep_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    dataset: Mapped[str] = mapped_column(String(300))  # the prepared data set's directory name (content hash)
+    images: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)  # target label -> the set's labels
+    left_out: Mapped[list] = mapped_column(JSON, default=list)  # target labels with no counterpart
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ExternalPrediction(Base):
+    """A cell's probability for one image and (target) class of an external set: from one fold's selected
+    trial (`model = 'fold'`, `fold` set) or the fold ensemble (`'ensemble'`, the mean of them; `fold` NULL),
+    with or without test-time augmentation (`tta`: none, hflip). Never mixed with single-model rows."""
+
+    __tablename__ = "external_predictions"  # replaced as a whole per (external set, cell)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[int] = mapped_column(ForeignKey("external_sets.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(16))  # fold | ensemble
+    fold: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trial_id: Mapped[int | None] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), nullable=True)
+    tta: Mapped[str] = mapped_column(String(16), default="none")
+    image_key: Mapped[str] = mapped_column(String(64))
+    patient_key: Mapped[str] = mapped_column(String(64))
+    class_name: Mapped[str] = mapped_column(String(200))
+    prob: Mapped[float] = mapped_column(Float)
+    target: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class PretrainArtefact(Base):
     """A pretraining stage's weights file, shared by every cell whose recipe needs it."""
 
@@ -215,6 +255,11 @@ VIEWS = {
         FROM selected_trials st
         JOIN cells c ON c.id = st.cell_id JOIN sweeps s ON s.id = st.sweep_id
         JOIN test_predictions p ON p.trial_id = st.trial_id AND p.split = 'val'""",
+    "external_results": f"""
+        SELECT {_CELL}, e.name AS external, p.model, p.fold, p.tta, p.image_key, p.patient_key, p.class_name,
+               p.prob, p.target
+        FROM external_predictions p JOIN external_sets e ON e.id = p.external_id
+        JOIN cells c ON c.id = p.cell_id JOIN sweeps s ON s.id = e.sweep_id""",
 }
 
 
@@ -233,3 +278,5 @@ CELL_SUMMARY = _view("cell_summary", f"{_CELL_COLUMNS} split metric n_folds mean
 _PREDICTION_COLUMNS = f"{_CELL_COLUMNS} fold trial_id image_key patient_key class_name prob target"
 OOF_PREDICTIONS = _view("oof_predictions", _PREDICTION_COLUMNS)
 VAL_PREDICTIONS = _view("val_predictions", _PREDICTION_COLUMNS)
+EXTERNAL_RESULTS = _view("external_results", f"{_CELL_COLUMNS} external model fold tta image_key patient_key "
+                                             f"class_name prob target")

@@ -182,17 +182,31 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def cluster_bootstrap(metric: str, truth, probs, patients, thresholds=None, n_boot: int = 1000,
-                      seed: int = 0, level: float = 0.95) -> Interval:
-    """Percentile interval of the metric over `n_boot` patient resamples (resamples where the
-    metric is undefined are dropped; `n_valid` says how many remain)."""
+def resampled(metric: str, truth, probs, patients, thresholds=None, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """The metric on each of `n_boot` patient resamples, those where it is undefined dropped."""
     truth, probs, thresholds = _check(metric, truth, probs, thresholds)
     if len(patients) != len(truth):
         raise ValueError(f"{len(patients)} patient keys for {len(truth)} images")
     values = np.concatenate([weighted_metric(metric, truth, probs, w, thresholds)
                              for w in patient_weights(patients, n_boot, seed)] or [np.empty(0)])
-    values = values[~np.isnan(values)]
+    return values[~np.isnan(values)]
+
+
+def cluster_bootstrap(metric: str, truth, probs, patients, thresholds=None, n_boot: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> Interval:
+    """Percentile interval of the metric over `n_boot` patient resamples (resamples where the
+    metric is undefined are dropped; `n_valid` says how many remain)."""
+    values = resampled(metric, truth, probs, patients, thresholds, n_boot, seed)
     return Interval(point_estimate(metric, truth, probs, thresholds), *_interval(values, level), n_boot, len(values))
+
+
+def independent_difference(a: np.ndarray, b: np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of a - b for two metrics on independent samples (an external set against the
+    internal test folds), from their own resamples paired in order."""
+    n = min(len(a), len(b))
+    if not n or np.isnan(estimate):
+        return float("nan"), float("nan")
+    return _interval(a[:n] - b[:n], level)
 
 
 def paired_bootstrap(metric: str, truth, probs_a, probs_b, patients, thresholds_a=None, thresholds_b=None,

@@ -20,7 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
-                            LearningCurve, Prediction, PretrainArtefact, SchemaMeta, Sweep, Trial, TrialMetric)
+                            ExternalPrediction, ExternalSet, LearningCurve, Prediction, PretrainArtefact, SchemaMeta,
+                            Sweep, Trial, TrialMetric)
 from vocab.errors import CxrSweepError
 from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 
@@ -323,6 +324,48 @@ class ResultsStore:
                     row["trial_id"] = trial_id
                 for start in range(0, len(rows), 20_000):
                     conn.execute(Prediction.__table__.insert(), rows[start:start + 20_000])
+
+
+    def sweep_id(self, name: str) -> int:
+        with self._transaction() as conn:
+            found = conn.scalar(select(Sweep.id).where(Sweep.name == name))
+        if found is None:
+            raise StoreError(f"no sweep named {name!r} in {self.url}")
+        return found
+
+    def external_set(self, sweep_id: int, name: str, dataset: str, images: int, labels: dict[str, list[str]],
+                     left_out: list[str]) -> int:
+        """Record (or update) an external test set of the sweep; its id."""
+        with self._transaction() as conn:
+            upsert(conn, ExternalSet.__table__, [{"sweep_id": sweep_id, "name": name, "dataset": dataset,
+                                                  "images": images, "labels": labels, "left_out": left_out,
+                                                  "evaluated_at": _now()}], ["sweep_id", "name"])
+            return conn.scalar(select(ExternalSet.id).where(ExternalSet.sweep_id == sweep_id, ExternalSet.name == name))
+
+    def external_predictions(self, sweep_id: int, external_id: int, cell: dict, tta: str, blocks: list[dict],
+                             label_names: list[str]) -> None:
+        """A cell's predictions on an external set with one test-time augmentation, replacing earlier ones:
+        `blocks` are its fold models' (`model` 'fold', `fold`, `trial_key`) and its ensemble's (`model`
+        'ensemble'), each with `image_keys`, `patient_keys`, `probs` and `labels` (images x `label_names`)."""
+        rows = []
+        for block in blocks:
+            where = f"{block['model']} {block.get('fold', '')} of {cell['backbone']}/{cell['recipe']}".strip()
+            extra = {"model": block["model"], "fold": block.get("fold"), "tta": tta}
+            rows += [{**row, **extra, "trial_key": block.get("trial_key")}
+                     for row in _prediction_rows(where, {"test": block}, label_names)]
+        with self._transaction() as conn:
+            cell_id = self._cell_id(conn, sweep_id, cell)
+            trials = {}
+            for key in {r["trial_key"] for r in rows if r["trial_key"]}:
+                trials[key] = self._trial_id(conn, sweep_id, key)
+            table = ExternalPrediction.__table__
+            conn.execute(table.delete().where(table.c.external_id == external_id, table.c.cell_id == cell_id,
+                                              table.c.tta == tta))
+            for row in rows:
+                row.pop("split")
+                row.update(external_id=external_id, cell_id=cell_id, trial_id=trials.get(row.pop("trial_key")))
+            for start in range(0, len(rows), 20_000):
+                conn.execute(table.insert(), rows[start:start + 20_000])
 
 
 def _prediction_rows(trial_key: str, by_split: dict[str, dict], label_names) -> list[dict]:

@@ -40,7 +40,8 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
     p = spec.data.phantom
-    n_patients = p.n_patients if is_target or p.source_patients is None else p.source_patients
+    # the target's patient count for the target and an external set of its kind; source_patients for a source
+    n_patients = p.n_patients if kind == "target" or p.source_patients is None else p.source_patients
     raw = home / "phantom" / (f"{kind}-n{n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
                               + (f"-noise{p.label_noise}" if p.label_noise else ""))
     with FileLock(raw.with_name(f".{raw.name}.lock")):  # two drivers sharing a home: one generates, the other waits
@@ -149,13 +150,15 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
         raise SpecError(f"{where}: built with {prepared.num_folds} folds but data.folds is {spec.data.folds}")
 
 
-def data_key(name: str) -> str:
+def data_key(name: str, spec: SweepSpec | None = None) -> str:
     """Where data set `name`'s location lives in a spec, for messages."""
+    if spec is not None and name in spec.data.external:
+        return f"data.external.{name}.location"
     return "data.target" if name == "target" else f"data.sources.{name}"
 
 
 def _resolve(location: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log) -> Path:
-    key = data_key(name)
+    key = data_key(name, spec)
     scheme, colon, rest = location.partition(":")
     if location == PHANTOM or scheme == PHANTOM:
         return _phantom(rest or "target", name, spec, home, seed_offset, log, key == "data.target")
@@ -182,11 +185,12 @@ def located(spec: SweepSpec, given: dict[str, str] | None = None, environ=None) 
     environ = os.environ if environ is None else environ
     given = dict(given or {})
     used = sorted({s for r in spec.grid.recipe for s in spec.recipes[r].sources})
-    known = {"target": spec.data.target, **{name: spec.data.sources[name] for name in used}}
-    unknown = sorted(set(given) - {"target", *spec.data.sources})
+    known = {"target": spec.data.target, **{name: spec.data.sources[name] for name in used},
+             **{name: external.location for name, external in spec.data.external.items()}}
+    unknown = sorted(set(given) - {"target", *spec.data.sources, *spec.data.external})
     if unknown:
         raise SpecError(f"--data {unknown[0]}=...: {spec.name!r} has no data set {unknown[0]!r}; "
-                        f"its data sets: {['target', *sorted(spec.data.sources)]}")
+                        f"its data sets: {['target', *sorted(spec.data.sources), *sorted(spec.data.external)]}")
     return {name: given.get(name) or environ.get(env_name(name)) or location for name, location in known.items()}
 
 
@@ -203,10 +207,21 @@ def locations(spec: SweepSpec, given: dict[str, str] | None = None, environ=None
     return found
 
 
+EXTERNAL_SEEDS = 100  # a phantom external set's seed offset: other patients than the target's and sources'
+
+
 def ensure_datasets(spec: SweepSpec, home: Path, log=print, given: dict[str, str] | None = None) -> dict[str, Path]:
     """{"target": path, <source name>: path, ...} for the sources the grid's recipes use."""
     found = locations(spec, given)
     paths = {"target": _resolve(found["target"], "target", spec, home, 0, log)}
-    for offset, name in enumerate(sorted(set(found) - {"target"}), start=1):
+    for offset, name in enumerate(sorted(set(found) - {"target", *spec.data.external}), start=1):
         paths[name] = _resolve(found[name], name, spec, home, offset, log)
     return paths
+
+
+def ensure_external(spec: SweepSpec, home: Path, log=print, given: dict[str, str] | None = None) -> dict[str, Path]:
+    """{<external set>: path}: the spec's external test sets, built like the sources (a phantom one from other
+    patients than every set the trials see)."""
+    found = locations(spec, given)
+    return {name: _resolve(found[name], name, spec, home, EXTERNAL_SEEDS + offset, log)
+            for offset, name in enumerate(sorted(spec.data.external))}

@@ -19,7 +19,8 @@ from sweeper import db_failures
 from sweeper.callbacks import ResultsCallback
 from sweeper.data_sections import data_sections
 from sweeper.explain_sections import explanation_sections
-from sweeper.datasets import ensure_datasets, locations
+from sweeper.datasets import ensure_datasets, ensure_external, locations
+from sweeper.evaluate import evaluate
 from sweeper import ray_address
 from sweeper.plan import cell_rows, search_space, study_plans
 from sweeper.scheduler import PerStudyASHA
@@ -194,6 +195,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
     imagenet = preflight(spec, spec_arg)  # and every ImageNet weights file the grid needs, listed at once
     # and a raw source missing most of its images: data sets are built (or found built) before Ray starts
     data = ensure_datasets(spec, options.home, given=options.data)
+    external = ensure_external(spec, options.home, given=options.data)
     r = spec.resources
     max_concurrent = options.max_concurrent or r.max_concurrent
     _start_ray(options, r, max_concurrent, given)
@@ -216,7 +218,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         store.record_artefacts(sweep_id, artefact_rows(stages, training=tasks, errors=stage_errors))
     finally:
         ray.shutdown()
-    return _finish(store, sweep_id, grid, stages, stage_errors, options, data)
+    return _finish(store, sweep_id, grid, stages, stage_errors, options, data, spec, external)
 
 
 def _fit(tuner: tune.Tuner):
@@ -234,7 +236,7 @@ def _fit(tuner: tune.Tuner):
 
 
 def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors: dict, options: RunOptions,
-            data: dict[str, Path]) -> int:
+            data: dict[str, Path], spec: SweepSpec, external: dict[str, Path]) -> int:
     """Reconcile the DB with Ray's result grid, print the report and summary; the exit code."""
     errors = [t.error for t in grid if t.error is not None]  # Tuner.fit returns normally even then
     abandoned = store.remove_unfinished(sweep_id)
@@ -244,9 +246,28 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
     counts = store.status_counts(sweep_id)
     failed = max(len(errors), counts.get("ERROR", 0))
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
+    _evaluate_external(spec, options, external)
     _print_report(options, data)
     print(summary(counts, failed, stages, stage_errors, options.db_url))
     return 0 if not (failed or stage_errors) else 1
+
+
+def _evaluate_external(spec: SweepSpec, options: RunOptions, external: dict[str, Path]) -> None:
+    """Apply every cell's fold models and fold ensemble to the spec's external test sets (sweeper.evaluate),
+    here in the driver, after the sweep. A failure is reported with the command that does it again; the
+    results are in the DB either way."""
+    for name, path in external.items():
+        how = spec.data.external[name]
+        labels = {name: how.labels} if how.labels else {}
+        for tta in how.tta:
+            try:
+                evaluate(options.db_url, options.name, {name: str(path)}, labels, None, tta,
+                         spec.resources.device, log=print)
+            except Exception as exc:  # noqa: BLE001 - the sweep's results stay; say how to do it again
+                print(f"[sweeper] external set {name} (tta {tta}) could not be evaluated ({type(exc).__name__}: "
+                      f"{exc}); again with python -m sweeper.evaluate --db {options.db_url} --sweep {options.name} "
+                      f"--external {name}={path}" + (f" --labels {name}={how.labels}" if how.labels else "")
+                      + f" --tta {tta}")
 
 
 def _print_report(options: RunOptions, data: dict[str, Path]) -> None:

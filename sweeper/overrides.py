@@ -3,8 +3,8 @@ before it is validated, so an override is checked exactly like the same key writ
 
 `--smoke` runs the same grid (every backbone, recipe, strategy, further axis and pretraining stage)
 shrunk until it takes minutes on a laptop's CPU: 32 px, 2 folds (or the holdout), 2 trials per study,
-2 epochs, 1 pretraining epoch, phantom data for every location not given, a small batch and a
-checkpoint only at the end. `--set` is applied after it, so `--smoke --set train.epochs=3` works.
+2 epochs, 1 pretraining epoch, phantom data for every location not given (an external test set
+without one: phantom films of other patients), a small batch and a checkpoint only at the end. `--set` is applied after it, so `--smoke --set train.epochs=3` works.
 """
 from __future__ import annotations
 
@@ -67,6 +67,10 @@ def smoke(raw: dict, default_size: int) -> dict:
         data["target"] = "phantom"
         data.pop("split", None)  # the phantom target has no official split of its own
     data["sources"] = {name: where or _phantom_for(name) for name, where in data.get("sources", {}).items()}
+    for external in data.get("external", {}).values():
+        if isinstance(external, dict) and not external.get("location"):  # films of other phantom patients, which
+            external["location"] = "phantom:target"  # carry the target's own labels: no mapping
+            external.pop("labels", None)
     for recipe in out.get("recipes", {}).values():
         if recipe.get("sources"):
             recipe["pretrain_epochs"] = 1

@@ -1,11 +1,14 @@
 """`python -m sweeper.predict`: apply a sweep's trained model to new DICOM, PNG or JPG files.
 
     python -m sweeper.predict --db URL [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
-                              [--threshold RULE] [--out predictions.csv] [--explain DIR] [--layers DIR]
+                              [--ensemble] [--tta hflip] [--threshold RULE] [--out predictions.csv]
+                              [--explain DIR] [--layers DIR]
 
 The model is a cell's trial best on inner validation (results.choose), rebuilt from its final
 checkpoint in Ray's storage; images are decoded as the data set it trained on was built
 (trainables.predict). Files that cannot be decoded get data_prep's reason; the rest are predicted.
+`--ensemble` applies the cell's fold ensemble instead (the mean probability of its selected trial of
+every outer fold), `--tta hflip` averages each image with its mirror image; the output says which.
 A label is predicted above its threshold: by default the trial's own (its training prevalence, seed
 000's), or with `--threshold RULE` one fitted by that rule on the trial's inner-validation predictions
 (results.operating_points), never on test images.
@@ -21,10 +24,10 @@ import numpy as np
 import pyarrow.fs
 from tqdm import tqdm
 
-from results.choose import ChosenTrial, choose_trial, validation_predictions
+from results.choose import ChosenTrial, cell_models, validation_predictions
 from results.operating_points import RuleError, check_rule, fit_threshold
 from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
-from trainables.predict import PredictError, TrainedModel, image_files
+from trainables.predict import TTA, PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
 from vocab.errors import exits_on_error
 
@@ -49,6 +52,11 @@ def parse_args(argv):
                        help="the cell whose model to apply (its fold with the best inner-validation AUC)")
     which.add_argument("--best", action="store_true",
                        help="the cell with the best mean inner-validation AUC (the default)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="average the probabilities of the cell's model of every outer fold (its fold "
+                             "ensemble) instead of applying the one best on inner validation")
+    parser.add_argument("--tta", choices=TTA, default="none",
+                        help="test-time augmentation: hflip averages each image with its mirror image")
     parser.add_argument("--threshold", type=_rule, default=None, metavar="RULE",
                         help="call a label positive above the threshold RULE fits on the trial's inner-validation "
                              "predictions: prevalence, youden, or sensitivity:S (e.g. sensitivity:0.9); default: the "
@@ -83,15 +91,34 @@ def describe(chosen: ChosenTrial, model: TrainedModel) -> str:
             f"{model.bits}-bit, on {model.device}")
 
 
-def operating_point(db: str, chosen: ChosenTrial, model: TrainedModel, rule: str) -> str:
-    """Replace the model's thresholds with those `rule` fits on the trial's inner-validation predictions; a
-    label whose validation images lack positives or negatives keeps the trial's own. Returns what was done."""
+def operating_point(db: str, chosen: ChosenTrial, model: TrainedModel, rule: str) -> tuple[np.ndarray, list[str], int]:
+    """(thresholds `rule` fits on the trial's inner-validation predictions, the labels that keep the trial's own
+    because their validation images lack positives or negatives, how many images they were fitted on)."""
     truth, probs = validation_predictions(db, chosen, model.label_names)
     fitted = np.array([fit_threshold(rule, truth[:, k], probs[:, k]) for k in range(len(model.label_names))])
     kept = [name for name, t in zip(model.label_names, fitted) if np.isnan(t)]
-    model.thresholds = np.where(np.isnan(fitted), model.thresholds, fitted)
-    text = (f"[predict] thresholds: {rule}, fitted on the trial's {len(truth)} inner-validation images: "
-            + ", ".join(f"{n} {t:.3f}" for n, t in zip(model.label_names, model.thresholds)))
+    return np.where(np.isnan(fitted), model.thresholds, fitted), kept, len(truth)
+
+
+def _thresholds(args, members: list[ChosenTrial], models: list[TrainedModel]) -> str:
+    """Set the first model's thresholds, the ones applied, and say which they are: each member's own (its
+    training prevalence) or fitted by --threshold on its inner validation; for an ensemble, their mean."""
+    if not args.threshold:
+        found = [m.thresholds for m in models]
+        text = "[predict] thresholds: the trial's own (its training prevalence per label)"
+        kept, images = [], []
+    else:
+        fitted = [operating_point(args.db, c, m, args.threshold) for c, m in zip(members, models)]
+        found = [f[0] for f in fitted]
+        kept = sorted({name for f in fitted for name in f[1]})
+        images = [f[2] for f in fitted]
+        text = (f"[predict] thresholds: {args.threshold}, fitted on the trial's {images[0]} inner-validation images"
+                if len(models) == 1 else f"[predict] thresholds: {args.threshold}, fitted on each fold model's "
+                f"inner-validation images ({', '.join(map(str, images))})")
+    models[0].thresholds = np.mean(found, axis=0)
+    if len(models) > 1:
+        text += ", averaged over the fold models"
+    text += ": " + ", ".join(f"{n} {t:.3f}" for n, t in zip(models[0].label_names, models[0].thresholds))
     return text + (f"; kept the trial's own for {', '.join(kept)} (no positive or no negative there)" if kept else "")
 
 
@@ -126,35 +153,55 @@ def show_layers(model: TrainedModel, image: np.ndarray, out: Path) -> list[Path]
             for name, output in layer_outputs(model.model, model.tensor(image)).items()]
 
 
+def _load(chosen: ChosenTrial, device: str) -> TrainedModel:
+    return TrainedModel.load(read_checkpoint(chosen.checkpoint), device, source=chosen.checkpoint)
+
+
 def run(args) -> int:
     files = image_files(args.inputs)
     if not files:
         raise PredictError(f"no image files under {', '.join(map(str, args.inputs))}")
-    chosen = choose_trial(args.db, args.sweep, args.cell)
-    model = TrainedModel.load(read_checkpoint(chosen.checkpoint), args.device, source=chosen.checkpoint)
-    print(describe(chosen, model), file=sys.stderr)
-    print(operating_point(args.db, chosen, model, args.threshold) if args.threshold else
-          "[predict] thresholds: the trial's own (its training prevalence per label)", file=sys.stderr)
+    members = cell_models(args.db, args.sweep, args.cell)
+    members = members if args.ensemble else members[:1]
+    models = [_load(chosen, args.device) for chosen in members]
+    model = models[0]  # decodes the files (every fold model of a cell trained on the same data set)
+    print(describe(members[0], model), file=sys.stderr)
+    if args.ensemble:
+        print(f"[predict] fold ensemble: the mean of {len(models)} models, the cell's selected trial of outer "
+              f"fold(s) {', '.join(str(c.fold) for c in members)}", file=sys.stderr)
+    if args.tta != "none":
+        print(f"[predict] test-time augmentation: {args.tta} (each image's mean with its mirror image)", file=sys.stderr)
+    print(_thresholds(args, members, models), file=sys.stderr)
+    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
+        found = []
+        for prediction in model.predict(files, args.batch_size, args.workers, args.tta):
+            bar.update(1)
+            found.append(prediction)
+    decoded = [p for p in found if p.probs is not None]
+    if len(models) > 1 and decoded:  # the other fold models on the same decoded pixels, then the mean
+        images = np.stack([p.image for p in decoded])
+        mean = np.mean([np.stack([p.probs for p in decoded])]
+                       + [m.probabilities(images, args.tta, args.batch_size) for m in models[1:]], axis=0)
+        ensembled = iter(mean)
+        found = [p._replace(probs=next(ensembled)) if p.probs is not None else p for p in found]
     rows, rejected, explained = [], 0, 0
     every = len(files) <= PRINT_ALL_UP_TO
-    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
-        for number, (path, probs, reason, image) in enumerate(model.predict(files, args.batch_size, args.workers)):
-            bar.update(1)
-            if probs is None:
-                rejected += 1
-                rows.append({"file": str(path), "rejected": reason, "predicted": ""})
-                tqdm.write(f"{path}: rejected: {reason}", file=sys.stdout)
-                continue
-            above = probs > model.thresholds
-            rows.append({"file": str(path), "rejected": "",
-                         "predicted": "|".join(n for n, yes in zip(model.label_names, above) if yes),
-                         **{name: float(p) for name, p in zip(model.label_names, probs)}})
-            tqdm.write(_line(path, probs, model, every), file=sys.stdout)
-            stem = f"{number:05d}_{safe_name(path.stem)}"
-            if args.explain:
-                explained += len(explain(model, image, probs, args.explain, stem))
-            if args.layers:
-                explained += len(show_layers(model, image, args.layers / stem))
+    for number, (path, probs, reason, image) in enumerate(found):
+        if probs is None:
+            rejected += 1
+            rows.append({"file": str(path), "rejected": reason, "predicted": ""})
+            print(f"{path}: rejected: {reason}")
+            continue
+        above = probs > model.thresholds
+        rows.append({"file": str(path), "rejected": "",
+                     "predicted": "|".join(n for n, yes in zip(model.label_names, above) if yes),
+                     **{name: float(p) for name, p in zip(model.label_names, probs)}})
+        print(_line(path, probs, model, every))
+        stem = f"{number:05d}_{safe_name(path.stem)}"
+        if args.explain:
+            explained += len(explain(model, image, probs, args.explain, stem))
+        if args.layers:
+            explained += len(show_layers(model, image, args.layers / stem))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:

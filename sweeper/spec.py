@@ -141,6 +141,18 @@ class Prepare(BaseModel):
         return source_options(kind, values, where)
 
 
+class External(Strict):
+    """A test set from elsewhere that no trial trains, tunes or early-stops on: after the sweep, each cell's
+    fold models and fold ensemble are applied to it (sweeper.evaluate) and the report compares."""
+
+    location: str = Field("", description="'phantom:target' (films of other patients), a prepared data set's path, "
+                                          "KIND:FOLDER of a raw source, or '' (given with --data NAME=...)")
+    labels: str | None = Field(None, description="how its labels map onto the target's: a .toml file or a shipped "
+                                                 "mapping (nih_as_seed000_target); default: labels of the same name")
+    tta: list[Literal["none", "hflip"]] = Field(["none"], min_length=1,
+                                                description="test-time augmentations to evaluate, each rows of its own")
+
+
 class Data(Strict):
     target: str = Field(PHANTOM, description="'phantom', a prepared data set's path, KIND:FOLDER of a raw source, "
                                              "or '' (given with --data)")
@@ -159,6 +171,8 @@ class Data(Strict):
         "u_ones", description="CheXpert's uncertain labels: phantom CheXpert sets are built with it, prepared "
                               "CheXpert sets must have been")
     phantom: Phantom = Phantom()
+    external: dict[str, External] = Field({}, description="external test set name -> where it is and how its "
+                                                           "labels map onto the target's")
     prepare: dict[str, Prepare] = Field({}, description="data set name -> how its raw location is built")
     expected_images: dict[str, int] = Field(
         {}, description="data set name -> its image count, for --dry-run's estimate when no location is given")
@@ -166,10 +180,14 @@ class Data(Strict):
     @model_validator(mode="after")
     def _prepare_names_data_sets(self):
         for table in ("prepare", "expected_images"):
-            unknown = sorted(set(getattr(self, table)) - {"target", *self.sources})
+            unknown = sorted(set(getattr(self, table)) - {"target", *self.sources, *self.external})
             if unknown:
                 raise ValueError(f"{table}.{unknown[0]}: no such data set; expected 'target' or one of "
-                                 f"{sorted(self.sources)}")
+                                 f"{sorted({*self.sources, *self.external})}")
+        clash = sorted(set(self.external) & {"target", *self.sources})
+        if clash:
+            raise ValueError(f"external.{clash[0]}: a name of the target or a source; an external set is one no "
+                             f"trial trains on")
         bad = sorted(name for name, n in self.expected_images.items() if n < 1)
         if bad:
             raise ValueError(f"expected_images.{bad[0]}: expected a positive image count")

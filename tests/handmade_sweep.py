@@ -31,6 +31,8 @@ class Expected:
     validation: dict = field(default_factory=dict)
     truth: np.ndarray | None = None
     patients: np.ndarray | None = None
+    # external set "elsewhere": (backbone, recipe, tta) -> {"truth", "patients", "folds": [probs per fold]}
+    external: dict = field(default_factory=dict)
 
 
 def _images(rng):
@@ -65,6 +67,35 @@ def _trial(store, sweep, key, backbone, recipe, fold, val_auc, result, predictio
                 result={"epoch": 3, "best_val_auc": val_auc, **result}, labels=LABELS,
                 predictions=predictions if status == "COMPLETE" else None, status=status,
                 checkpoint=f"/ray/handmade/{key}/checkpoint_000002" if status == "COMPLETE" else None)
+
+
+EXTERNAL_CELLS = (("resnet50", "nih"), ("resnet50", "scratch"))
+EXTERNAL_LABELS = LABELS[:2]  # what the external set can judge; the third is left out
+
+
+def _external(store, sweep: int, rng) -> dict:
+    """Two cells' fold models and fold ensembles on an external set of 30 patients (2 films each), with and
+    without test-time augmentation, written as sweeper.evaluate writes them."""
+    patients = np.repeat([f"x{i:03d}" for i in range(30)], 2)
+    images = [f"ext{i:04d}" for i in range(len(patients))]
+    truth = (rng.random((len(images), len(EXTERNAL_LABELS))) < 0.3).astype(float)
+    truth[::9, 1] = np.nan
+    external_id = store.external_set(sweep, "elsewhere", "phantom_elsewhere-0123", len(images),
+                                     {t: [t.upper()] for t in EXTERNAL_LABELS}, LABELS[2:])
+    found = {}
+    for backbone, recipe in EXTERNAL_CELLS:
+        signal = CELLS[backbone][recipe][3]
+        for tta in ("none", "hflip"):
+            folds = [1 / (1 + np.exp(-(0.5 * signal * np.nan_to_num(truth) + rng.normal(size=truth.shape))))
+                     for _ in FOLDS]
+            keys = {"image_keys": images, "patient_keys": list(patients), "labels": truth}
+            blocks = [{"model": "fold", "fold": f, "trial_key": f"{backbone}-{recipe}-{f}-0", "probs": p, **keys}
+                      for f, p in zip(FOLDS, folds)]
+            blocks.append({"model": "ensemble", "probs": np.mean(folds, axis=0), **keys})
+            store.external_predictions(sweep, external_id, {"backbone": backbone, "recipe": recipe, "variant": ""},
+                                       tta, blocks, EXTERNAL_LABELS)
+            found[(backbone, recipe, tta)] = {"truth": truth, "patients": patients, "folds": folds}
+    return found
 
 
 def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:
@@ -116,6 +147,7 @@ def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: b
             expected.selected[(backbone, recipe)] = chosen
             expected.pooled[(backbone, recipe)] = pooled_probs
             expected.validation[(backbone, recipe)] = validation
+    expected.external = _external(store, sweep, rng)
     # an ERROR trial with the best validation AUC of all must never be selected
     _trial(store, sweep, "err", "resnet50", "imagenet", 0, 0.999, {"test_auc": 0.999}, None, status="ERROR")
     store.finish_sweep(sweep, "FINISHED")

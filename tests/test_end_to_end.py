@@ -3,6 +3,7 @@ file, the report, predict, query, resume and the privacy scan; and a sweep whose
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -204,6 +205,74 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     labels = rows.set_index("image_key").loc[evaluated.index, "predicted"]
     assert [set(filter(None, p.split("|"))) for p in labels] == [
         {c for c, yes in zip(evaluated.columns, row) if yes} for row in predicted]
+
+
+def test_the_specs_external_set_was_evaluated_for_every_cell_and_the_report_has_every_section(paper_sweep):
+    """--set data.external.elsewhere.location=phantom:target: after the sweep, each cell's fold models and
+    fold ensemble on films of other patients; the report then has each of issue 21's sections."""
+    _, db, sweeps = paper_sweep
+    rows = run_query(db, f"SELECT backbone, recipe, model, COUNT(DISTINCT fold) AS folds, COUNT(DISTINCT image_key) "
+                         f"AS images FROM external_results WHERE sweep = '{NAME}' AND external = 'elsewhere' "
+                         f"AND tta = 'none' GROUP BY backbone, recipe, model")
+    assert set(zip(rows.backbone, rows.recipe)) == CELLS
+    assert set(rows[rows.model == "fold"].folds) == {2} and set(rows[rows.model == "ensemble"].folds) == {0}
+    (sets,) = run_query(db, "SELECT e.images, e.left_out FROM external_sets e JOIN sweeps s ON s.id = e.sweep_id "
+                            f"WHERE s.name = '{NAME}'").values.tolist()
+    assert set(rows.images) == {sets[0]} and json.loads(sets[1]) == []  # the target's own labels, none left out
+    page = (sweeps.report("paper") / "report.md").read_text()
+    for heading in ("## Operating points", "## Calibration", "## External validation",
+                    "### External validation on elsewhere: resnet50", "vs first: DeLong p (Holm-adjusted)",
+                    "bootstrap p, Holm-adjusted", "Reliability diagram"):
+        assert heading in page, heading
+
+
+def test_evaluate_applies_fold_models_and_their_ensemble_to_an_external_set_and_the_report_compares(paper_sweep,
+                                                                                                      tmp_path):
+    """NIH-like films (a prepared set no resnet50/chexpert trial saw) as an external set, mapped onto the target's
+    labels with the shipped NIH mapping: each fold model's probabilities are its own predict_prepared, the
+    ensemble their mean, TTA rows apart, and the report's table shows them."""
+    from data_prep.dataset import PreparedDataset
+    from results.choose import cell_models
+    from sweeper.predict import read_checkpoint
+    from trainables.predict import TrainedModel
+
+    home, db, sweeps = paper_sweep
+    (nih,) = (home / "prepared").glob("phantom_nih-*")
+    cell = "resnet50/chexpert"
+    for tta in ("none", "hflip"):
+        done = sweeps.cli("sweeper.evaluate", "--db", db, "--sweep", NAME, "--external", f"nih={nih}",
+                          "--labels", "nih=nih_as_seed000_target", "--cell", cell, "--tta", tta, "--device", "cpu")
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "judges cardiac hypertrophy (as Cardiomegaly)" in done.stdout
+    assert "left out (no counterpart): aortic sclerosis/calcification" in done.stdout
+    rows = run_query(db, f"SELECT model, fold, tta, image_key, class_name, prob, target FROM external_results "
+                         f"WHERE sweep = '{NAME}' AND external = 'nih'")
+    data = PreparedDataset(nih)
+    members = cell_models(db, NAME, cell)
+    assert set(rows.fold.dropna()) == {m.fold for m in members} and set(rows.tta) == {"none", "hflip"}
+    for tta in ("none", "hflip"):
+        part = rows[rows.tta == tta]
+        wide = {(m, f): g.pivot(index="image_key", columns="class_name", values="prob")
+                for (m, f), g in part.groupby([part.model, part.fold.fillna(-1)])}
+        own = []
+        for chosen in members:
+            model = TrainedModel.load(read_checkpoint(chosen.checkpoint), "cpu")
+            probs = model.predict_prepared(data, tta)
+            stored = wide[("fold", chosen.fold)].loc[list(data.image_keys)]
+            np.testing.assert_allclose(stored.to_numpy(),
+                                       probs[:, [model.label_names.index(c) for c in stored.columns]], atol=1e-6)
+            own.append(stored.to_numpy())
+        ensemble = wide[("ensemble", -1)].loc[list(data.image_keys)]
+        np.testing.assert_allclose(ensemble.to_numpy(), np.mean(own, axis=0), atol=1e-6)
+    truth = rows[(rows.model == "ensemble") & (rows.tta == "none") & (rows.class_name == "cardiac hypertrophy")]
+    cardiomegaly = dict(zip(data.image_keys, data.labels[:, data.label_names.index("Cardiomegaly")]))
+    assert truth.target.tolist() == [cardiomegaly[k] for k in truth.image_key]
+    report = sweeps.cli("results.report", "--db", db, "--sweep", NAME, "--bootstrap", "20")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "### External validation on nih: resnet50" in report.stdout
+    assert "| chexpert | fold ensemble + TTA hflip |" in report.stdout
+    bad = sweeps.cli("sweeper.evaluate", "--db", db, "--sweep", NAME, "--external", f"nih={nih}", "--cell", cell)
+    assert bad.returncode == 2 and "give a mapping with --labels nih=MAPPING.toml" in bad.stderr
 
 
 TENSOR_STORAGE = re.compile(r"/data/\d+$")

@@ -4,7 +4,8 @@ The model is rebuilt from the trial's final checkpoint (its configuration and it
 validation weights; no pretrained weights are needed). Images are decoded and resized by
 data_prep's own decoder with the size and bit depth of the data set the model was trained on,
 read from that data set's manifest (stored in the checkpoint), then fed through the same feed,
-precision and batching as the trial's own evaluation.
+precision and batching as the trial's own evaluation. Test-time augmentation (`tta="hflip"`) averages
+each image's probabilities with those of its mirror image.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from data_prep.dataset import PreparedDataset
 from data_prep.decode import DTYPES, decoded
 from trainables import engine
 from trainables.config import FitConfig, fit_config
@@ -28,6 +30,18 @@ from trainables.tune_adapter import STATE_FILE
 from vocab.errors import CxrSweepError
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+TTA = ("none", "hflip")  # test-time augmentation: none, or the mean with the horizontally flipped image
+
+
+class HorizontalFlip(torch.nn.Module):
+    """A model applied to the mirror image of its input (left and right swapped)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, *rest) -> torch.Tensor:
+        return self.model(torch.flip(x, dims=[-1]), *rest)
 
 
 class PredictError(CxrSweepError):
@@ -84,7 +98,8 @@ class TrainedModel:
             raise PredictError(f"{source}: cannot read the checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
         return cls.from_state(state, device, source or "checkpoint")
 
-    def predict(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> Iterator[Prediction]:
+    def predict(self, paths: list[Path], batch_size: int = 64, workers: int | None = None,
+                tta: str = "none") -> Iterator[Prediction]:
         """A Prediction per file, in order (a rejected one with data_prep's reason), decoded on `workers`
         processes and predicted `batch_size` at a time."""
         workers = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
@@ -93,17 +108,38 @@ class TrainedModel:
         for path, (image, _patient_id, reason, _shape, _facts) in zip(paths, results):  # nothing from a header is used
             pending.append((path, image, reason))
             if sum(image is not None for _, image, _ in pending) == batch_size:
-                yield from self._batch(pending)
+                yield from self._batch(pending, tta)
                 pending = []
-        yield from self._batch(pending)
+        yield from self._batch(pending, tta)
 
-    def _batch(self, pending: list[tuple[Path, np.ndarray | None, str | None]]):
+    def probabilities(self, images: np.ndarray, tta: str = "none", batch_size: int = 64) -> np.ndarray:
+        """(images x labels) probabilities of decoded images (the data set's size and dtype), through the
+        trial's own evaluation path; with tta="hflip", the mean with those of the mirror images."""
+        if tta not in TTA:
+            raise PredictError(f"unknown test-time augmentation {tta!r}; expected one of {', '.join(TTA)}")
+        feed = ImageFeed(images, self.device)
+        indices = np.arange(len(images))
+        probs = engine.predict(self.model, feed, indices, batch_size, self.precision)
+        if tta == "hflip":
+            probs = (probs + engine.predict(HorizontalFlip(self.model), feed, indices, batch_size, self.precision)) / 2
+        return probs
+
+    def predict_prepared(self, data: PreparedDataset, tta: str = "none", batch_size: int = 64) -> np.ndarray:
+        """Probabilities of every image of a prepared data set (an external test set), which must have been
+        built at this model's size and bit depth: its pixels are then what the model's own test fold had."""
+        size, bits = int(data.manifest["size"]), int(data.manifest["params"]["bits"])
+        if (size, bits) != (self.size, self.bits):
+            raise PredictError(f"{data.root}: prepared at {size} px, {bits}-bit, but the model was trained at "
+                               f"{self.size} px, {self.bits}-bit; build the set again with --size {self.size} "
+                               f"--bits {self.bits}")
+        return self.probabilities(data.images, tta, batch_size)
+
+    def _batch(self, pending: list[tuple[Path, np.ndarray | None, str | None]], tta: str = "none"):
         decodable = [image for _, image, _ in pending if image is not None]
         probs = iter([])
         if decodable:
             images = np.stack(decodable).astype(DTYPES[self.bits], copy=False)
-            feed = ImageFeed(images, self.device, "resident")
-            probs = iter(engine.predict(self.model, feed, np.arange(len(images)), len(images), self.precision))
+            probs = iter(self.probabilities(images, tta, len(images)))
         for path, image, reason in pending:
             yield Prediction(path, next(probs), None, image) if image is not None else Prediction(path, None, reason, None)
 

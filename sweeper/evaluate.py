@@ -1,0 +1,173 @@
+"""`python -m sweeper.evaluate`: apply a finished sweep's models to test sets from elsewhere.
+
+    python -m sweeper.evaluate --db URL [--sweep NAME] --external NAME=PREPARED_DIR [--labels NAME=MAPPING.toml]
+                               [--cell BACKBONE/RECIPE[/VARIANT] ...] [--tta hflip] [--device cuda]
+
+An external set is a data set prepared by data_prep (another hospital's films, NIH's official test
+list, CheXpert's validation set) that no trial trained, tuned or early-stopped on. Each cell's selected
+trial of every outer fold, and their fold ensemble (the mean of their probabilities), are applied to it
+through the trials' own evaluation path (trainables.predict); the predictions go to the results DB
+(`external_predictions`, separate rows per model and test-time augmentation) and the report compares
+internal with external AUC and AP. The set's labels are mapped onto the target's by a TOML like the
+target mapping (`[categories]` then `"cardiac hypertrophy" = ["Cardiomegaly"]`: the target's label, then
+the set's labels that mean it, positive when any is); without one, labels of the same name are paired.
+Target labels with no counterpart are left out, and said so. (The issue asked for `results.evaluate`;
+results imports nothing that runs a model, so that a report can be made from a copied DB without torch.)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from data_prep.dataset import PreparedDataset
+from data_prep.sources.target import load_mapping
+from results.choose import cell_models, selected_trials
+from results.load import latest_sweep, reading
+from results.query import DEFAULT_DB
+from results.store import ResultsStore
+from sweeper.predict import read_checkpoint
+from trainables.predict import TTA, TrainedModel
+from vocab.errors import CxrSweepError, exits_on_error
+
+
+class ExternalError(CxrSweepError):
+    """An external set or label mapping that cannot be used; the message says which and why."""
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ExternalError(f"{option} {value!r}: expected NAME=PATH")
+        if name in out:
+            raise ExternalError(f"{option}: {name!r} given twice")
+        out[name] = path
+    return out
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def label_mapping(targets: list[str], theirs: list[str], mapping_file: str | None, name: str) -> dict[str, list[str]]:
+    """{target label: the set's labels that mean it} for the target labels the set can judge."""
+    if mapping_file is None:
+        by_name = {_norm(n): n for n in theirs}
+        found = {t: [by_name[_norm(t)]] for t in targets if _norm(t) in by_name}
+        if not found:
+            raise ExternalError(f"external set {name}: none of its labels ({', '.join(theirs)}) is one of the "
+                                f"target's ({', '.join(targets)}); give a mapping with --labels {name}=MAPPING.toml")
+        return found
+    mapping = load_mapping(mapping_file)
+    unknown = [t for t in mapping.names if t not in targets]
+    if unknown:
+        raise ExternalError(f"{mapping_file}: {unknown} are not labels of the sweep's target; expected some of "
+                            f"{', '.join(targets)}")
+    missing = sorted({s for t in mapping.names for s in mapping.categories[t] if s not in theirs})
+    if missing:
+        raise ExternalError(f"{mapping_file}: {missing} are not labels of external set {name}; its labels: "
+                            f"{', '.join(theirs)}")
+    found = {t: list(mapping.categories[t]) for t in targets if t in mapping.names and mapping.categories[t]}
+    if not found:
+        raise ExternalError(f"{mapping_file}: maps none of the target's labels to a label of {name}")
+    return found
+
+
+def mapped_truth(data: PreparedDataset, mapping: dict[str, list[str]]) -> np.ndarray:
+    """Images x mapped target labels: 1 where any of the set's labels is positive, 0 where all are known and
+    negative, NaN (unknown) otherwise."""
+    columns = []
+    for theirs in mapping.values():
+        part = data.labels[:, [data.label_names.index(t) for t in theirs]].astype(np.float64)
+        positive, known = (part == 1).any(axis=1), ~np.isnan(part).any(axis=1)
+        columns.append(np.where(positive, 1.0, np.where(known, 0.0, np.nan)))
+    return np.column_stack(columns)
+
+
+def _macro_auc(truth: np.ndarray, probs: np.ndarray) -> float:
+    scores = [roc_auc_score(truth[k][~np.isnan(truth[k])], probs[k][~np.isnan(truth[k])])
+              for k in range(truth.shape[0]) if 0 < np.nansum(truth[k]) < (~np.isnan(truth[k])).sum()]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict[str, str], cells: list[str] | None,
+             tta: str, device: str, log=print) -> int:
+    with reading(db) as conn:
+        sweep = sweep or latest_sweep(conn, db)
+        selected = selected_trials(conn, sweep)
+    names = [c for c in dict.fromkeys(selected["name"]) if not cells or c in cells]
+    unknown = sorted(set(cells or []) - set(names))
+    if unknown or not names:
+        raise ExternalError(f"sweep {sweep!r}: no completed cell {unknown or ''}; its cells: {sorted(set(selected['name']))}")
+    store = ResultsStore(db)
+    sweep_id = store.sweep_id(sweep)
+    for name, path in externals.items():
+        data = PreparedDataset(path)
+        log(f"[evaluate] external set {name}: {data.root.name}, {len(data.image_keys)} images, "
+            f"labels {', '.join(data.label_names)}")
+        external_id, mapped, truth = None, None, None
+        for cell in names:
+            members = cell_models(db, sweep, cell)
+            models = [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
+            if mapped is None:
+                mapping = label_mapping(models[0].label_names, data.label_names, labels.get(name), name)
+                mapped, truth = list(mapping), mapped_truth(data, mapping)
+                left_out = [t for t in models[0].label_names if t not in mapping]
+                judged = ", ".join(f"{t} (as {' or '.join(s)})" for t, s in mapping.items())
+                log(f"[evaluate] {name}: judges {judged}"
+                    + (f"; left out (no counterpart): {', '.join(left_out)}" if left_out else ""))
+                external_id = store.external_set(sweep_id, name, data.root.name, len(data.image_keys), mapping, left_out)
+            columns = [models[0].label_names.index(t) for t in mapped]
+            keys = {"image_keys": [str(k) for k in data.image_keys], "patient_keys": [str(k) for k in data.patient_keys],
+                    "labels": truth}
+            blocks = [{"model": "fold", "fold": m.fold, "trial_key": m.trial_key, **keys,
+                       "probs": model.predict_prepared(data, tta)[:, columns]} for m, model in zip(members, models)]
+            blocks.append({"model": "ensemble", **keys, "probs": np.mean([b["probs"] for b in blocks], axis=0)})
+            first = members[0]
+            store.external_predictions(sweep_id, external_id, {"backbone": first.backbone, "recipe": first.recipe,
+                                                               "variant": first.variant}, tta, blocks, mapped)
+            log(f"[evaluate] {name}: {cell}: macro AUC of its {len(members)} fold model(s) "
+                + ", ".join(f"{_macro_auc(truth.T, b['probs'].T):.3f}" for b in blocks[:-1])
+                + f"; fold ensemble {_macro_auc(truth.T, blocks[-1]['probs'].T):.3f}"
+                + (f" (tta {tta})" if tta != "none" else ""))
+    store.engine.dispose()
+    log(f"[evaluate] stored in {db} (table external_predictions, view external_results); "
+        f"python -m results.report --db {db} --sweep {sweep} compares them with the internal test folds")
+    return 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m sweeper.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL of the sweep's results DB (default {DEFAULT_DB})")
+    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+    parser.add_argument("--external", action="append", required=True, metavar="NAME=PREPARED_DIR",
+                        help="a data set prepared by data_prep that no trial saw; repeat for several")
+    parser.add_argument("--labels", action="append", metavar="NAME=MAPPING.toml",
+                        help="how the external set NAME's labels map onto the target's: a .toml file or a shipped "
+                             "mapping (nih_as_seed000_target); default: labels of the same name")
+    parser.add_argument("--cell", action="append", metavar="BACKBONE/RECIPE[/VARIANT]",
+                        help="evaluate only these cells (repeatable; default: every cell with a completed trial)")
+    parser.add_argument("--tta", choices=TTA, default="none",
+                        help="test-time augmentation: hflip averages each image with its mirror image (stored as "
+                             "rows of their own)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    return parser.parse_args(argv)
+
+
+@exits_on_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    externals, labels = _pairs(args.external, "--external"), _pairs(args.labels, "--labels")
+    stray = sorted(set(labels) - set(externals))
+    if stray:
+        raise ExternalError(f"--labels names {stray}, which no --external names")
+    cells = [c.strip("/") for c in args.cell] if args.cell else None
+    return evaluate(args.db, args.sweep, externals, labels, cells, args.tta, args.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The report's external-validation table on the handmade sweep's external set, recomputed here with
+scikit-learn from the predictions it was written with."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from results.analysis import Analysis
+from results.external_tables import external_tables
+from results.load import load
+from results.query import run_query
+from tests.handmade_sweep import EXTERNAL_CELLS, EXTERNAL_LABELS, LABELS, build_sweep
+
+
+def _macro(score, truth, probs):
+    return np.mean([score(truth[~np.isnan(truth[:, k]), k], probs[~np.isnan(truth[:, k]), k])
+                    for k in range(truth.shape[1])])
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('external')}/r.db"
+    return url, build_sweep(url)
+
+
+def test_external_rows_are_sklearns_numbers_per_model_and_tta_and_internal_uses_the_judged_classes_only(handmade):
+    url, expected = handmade
+    (table,) = [t for t in external_tables(Analysis(load(url), n_boot=200)) if t.key == "external_elsewhere_resnet50"]
+    numbers = table.numbers.set_index(["recipe", "model", "tta"])
+    judged = [LABELS.index(c) for c in EXTERNAL_LABELS]
+    for backbone, recipe in EXTERNAL_CELLS:
+        internal = _macro(roc_auc_score, expected.truth[:, judged], expected.pooled[(backbone, recipe)][:, judged])
+        for tta in ("none", "hflip"):
+            found = expected.external[(backbone, recipe, tta)]
+            per_fold = [_macro(roc_auc_score, found["truth"], p) for p in found["folds"]]
+            ensemble = np.mean(found["folds"], axis=0)
+            assert numbers.loc[(recipe, "fold", tta), "external_auc"] == pytest.approx(np.mean(per_fold))
+            assert numbers.loc[(recipe, "fold", tta), "external_auc_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+            row = numbers.loc[(recipe, "ensemble", tta)]
+            assert row["external_auc"] == pytest.approx(_macro(roc_auc_score, found["truth"], ensemble))
+            assert row["external_ap"] == pytest.approx(_macro(average_precision_score, found["truth"], ensemble))
+            assert row["internal_auc"] == pytest.approx(internal)
+            assert row["auc_drop"] == pytest.approx(row["external_auc"] - internal)
+    models = table.display["Model"].tolist()
+    assert models.count("fold ensemble") == models.count("fold ensemble + TTA hflip") == len(EXTERNAL_CELLS)
+    assert "left out, no counterpart: " + LABELS[2] in table.note and "judges Cardiomegaly (as CARDIOMEGALY)" in table.note
+
+
+def test_ensemble_rows_are_the_mean_of_the_fold_rows_and_the_view_keeps_them_apart(handmade):
+    url, _ = handmade
+    rows = run_query(url, "SELECT recipe, model, fold, tta, image_key, class_name, prob FROM external_results "
+                          "WHERE backbone = 'resnet50'")
+    for (recipe, tta), part in rows.groupby(["recipe", "tta"]):
+        folds = part[part.model == "fold"].groupby(["image_key", "class_name"])["prob"].mean()
+        ensemble = part[part.model == "ensemble"].set_index(["image_key", "class_name"])["prob"]
+        assert part[part.model == "ensemble"]["fold"].isna().all()
+        np.testing.assert_allclose(ensemble.loc[folds.index].to_numpy(), folds.to_numpy(), atol=1e-12)
