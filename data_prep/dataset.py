@@ -11,6 +11,7 @@ import pandas as pd
 
 from data_prep.errors import DataPrepError
 from data_prep.folds import inner_split
+from data_prep.labelset import age_band
 
 SOURCE_SIZE = ("source_height", "source_width")  # labels.csv: each image's own size before resizing
 
@@ -50,6 +51,15 @@ class PreparedDataset:
         self.labels = table[self.label_names].to_numpy(np.float32)  # NaN = masked (unknown)
         self.folds = folds["fold"].to_numpy()
         self.holdout = folds["split"].to_numpy() if "split" in folds else None  # train / val / test
+        self._table = table
+
+    def groups(self) -> pd.DataFrame:
+        """Each image's subgroups for fairness results: `image_key`, `sex` (M, F), `age_band` (data_prep's
+        AGE_BANDS, never the age itself) and `view` (PA, AP, ...); "" where unknown."""
+        table = self._table
+        column = lambda name: table[name].fillna("").astype(str) if name in table else pd.Series("", table.index)  # noqa: E731
+        return pd.DataFrame({"image_key": table["image_key"].astype(str), "sex": column("sex"),
+                             "age_band": [age_band(v) for v in column("age")], "view": column("view")})
 
     @property
     def dataset_id(self) -> str:

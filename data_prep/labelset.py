@@ -74,6 +74,18 @@ def age_years(values) -> list[str] | str:
     return ["" if not age >= 0 else "90+" if age > OLDEST else str(int(age)) for age in ages]
 
 
+AGE_BANDS = ((0, 17, "0-17"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 79, "60-79"), (80, 200, "80+"))
+
+
+def age_band(years: str) -> str:
+    """A prepared age (whole years, or "90+") as its band for subgroup results; "" where unknown."""
+    text = str(years).strip()
+    if not text or text.casefold() == "nan":
+        return ""
+    age = 90 if text == "90+" else int(float(text))
+    return next(band for low, high, band in AGE_BANDS if low <= age <= high)
+
+
 SEXES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 
 

@@ -20,12 +20,12 @@ from sqlalchemy.exc import DBAPIError
 
 from results.query import QueryError
 from results.schema import (EXTERNAL_RESULTS, FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY,
-                            VAL_PREDICTIONS, Cell, ExternalSet, LearningCurve, Sweep, TrialMetric)
+                            VAL_PREDICTIONS, Cell, ExternalSet, ImageGroup, LearningCurve, Sweep, TrialMetric)
 from results.store import open_engine
 
 CELL = ["backbone", "recipe", "variant"]
 SWEEPS, CELLS, CURVES, METRICS = Sweep.__table__, Cell.__table__, LearningCurve.__table__, TrialMetric.__table__
-EXTERNAL_SETS = ExternalSet.__table__
+EXTERNAL_SETS, IMAGE_GROUPS = ExternalSet.__table__, ImageGroup.__table__
 
 
 @contextmanager
@@ -70,6 +70,7 @@ class SweepData:
     validation: pd.DataFrame  # val_predictions: the selected trials' inner-validation predictions
     external: pd.DataFrame  # external_results: cells' fold models and ensembles on external sets
     external_sets: pd.DataFrame  # external_sets: name, dataset, images, labels (mapping), left_out
+    groups: pd.DataFrame  # image_groups: each target image's sex, age band and view ("" unknown)
     curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, losses, val_auc
 
     def cell_keys(self) -> list[tuple]:
@@ -209,7 +210,10 @@ def load(url: str, name: str | None = None) -> SweepData:
         metrics, predictions, curves = _metrics(conn, name), _predictions(conn, name), _curves(conn, name)
         trials, cells, validation = _trials(conn, name), _cells(conn, int(sweep["id"])), _validation(conn, name)
         external, external_sets = _external(conn, name, int(sweep["id"]))
-    for frame in (metrics, predictions, curves, validation, external):  # NULL (undefined) comes back as None in object columns
+        g = IMAGE_GROUPS.c
+        groups = read_frame(conn, select(g.image_key, g.sex, g.age_band, g.view).where(g.sweep_id == int(sweep["id"])))
+    # NULL (undefined) comes back as None in object columns
+    for frame in (metrics, predictions, curves, validation, external):
         for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
                        "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
@@ -219,4 +223,4 @@ def load(url: str, name: str | None = None) -> SweepData:
         folds = sorted(int(f) for f in trials["fold"].unique())
     return SweepData(name=name, sweep=sweep, cells=cells, folds=folds, trials=trials,
                      metrics=metrics, predictions=predictions, validation=validation, external=external,
-                     external_sets=external_sets, curves=curves)
+                     external_sets=external_sets, groups=groups, curves=curves)

@@ -20,6 +20,7 @@ from results.render import Report, to_markdown, write
 from results.analysis import Analysis
 from results.clinical_tables import clinical_sections
 from results.external_tables import external_tables
+from results.subgroup_tables import MIN_NEGATIVES, MIN_POSITIVES, subgroup_tables
 from results.operating_points import RULES, RuleError, check_rule
 from results.tables import all_tables
 from vocab.errors import exits_on_error
@@ -83,13 +84,15 @@ def _weights_lines(cells) -> list[str]:
 
 
 def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool = True, log=None,
-          rules=RULES, calibrate: bool = False) -> Report:
+          rules=RULES, calibrate: bool = False,
+          subgroup_min: tuple[int, int] = (MIN_POSITIVES, MIN_NEGATIVES)) -> Report:
     started = time.perf_counter()
     data = load(url, sweep)
     analysis = Analysis(data, n_boot=n_boot)
     split = split_text(data.sweep)  # every table says which split its numbers come from
     sections = [(heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in tables], [])
                 for heading, tables in [*all_tables(analysis), *clinical_sections(analysis, rules, calibrate),
+                                        ("Subgroups", subgroup_tables(analysis, subgroup_min)),
                                         ("External validation", external_tables(analysis))]]
     if figures:
         from results.figures import all_figures  # matplotlib only when figures are drawn
@@ -131,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operating-point", action="append", type=_rule, metavar="RULE", dest="rules",
                         help=f"a threshold rule for the operating-point tables, fitted on inner validation: "
                              f"prevalence, youden or sensitivity:S; repeat for several (default: {', '.join(RULES)})")
+    parser.add_argument("--subgroup-min", type=int, nargs=2, default=(MIN_POSITIVES, MIN_NEGATIVES),
+                        metavar=("POSITIVES", "NEGATIVES"),
+                        help=f"a class counts in a subgroup's AUC only with this many positive and negative images "
+                             f"there (default {MIN_POSITIVES} {MIN_NEGATIVES})")
     parser.add_argument("--calibrate", action="store_true",
                         help="add temperature-scaled probabilities (T fitted per fold on inner validation) beside "
                              "the raw ones in the calibration tables")
     args = parser.parse_args(argv)
     built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
-                  log=lambda line: print(line, file=sys.stderr), rules=args.rules or RULES, calibrate=args.calibrate)
+                  log=lambda line: print(line, file=sys.stderr), rules=args.rules or RULES, calibrate=args.calibrate,
+                  subgroup_min=tuple(args.subgroup_min))
     print(to_markdown(built, figure_dir="figures" if args.out else None))
     if args.out:
         written = write(built, args.out)

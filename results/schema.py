@@ -27,7 +27,8 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                   8: "test_predictions.split: a trial's inner-validation predictions beside its test ones (operating "
                      "points and calibration are fitted on them, never on test)",
                   9: "tables external_sets and external_predictions: each cell's fold models and fold ensemble "
-                     "applied to test sets from elsewhere (sweeper.evaluate)"}
+                     "applied to test sets from elsewhere (sweeper.evaluate); image_groups: each target image's "
+                     "sex, age band and view for subgroup results"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
@@ -158,6 +159,20 @@ class Prediction(Base):
     class_name: Mapped[str] = mapped_column(String(200))
     prob: Mapped[float] = mapped_column(Float)
     target: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: label unknown (masked)
+
+
+class ImageGroup(Base):
+    """A target image's subgroups (sex, age band, view; "" where unknown), for AUC per subgroup. The age
+    band only, never the age (docs/design.md §3.5)."""
+
+    __tablename__ = "image_groups"
+    __table_args__ = (UniqueConstraint("sweep_id", "image_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    image_key: Mapped[str] = mapped_column(String(64))
+    sex: Mapped[str] = mapped_column(String(8), default="")
+    age_band: Mapped[str] = mapped_column(String(16), default="")
+    view: Mapped[str] = mapped_column(String(32), default="")
 
 
 class ExternalSet(Base):

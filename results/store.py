@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
-                            ExternalPrediction, ExternalSet, LearningCurve, Prediction, PretrainArtefact, SchemaMeta,
-                            Sweep, Trial, TrialMetric)
+                            ExternalPrediction, ExternalSet, ImageGroup, LearningCurve, Prediction, PretrainArtefact,
+                            SchemaMeta, Sweep, Trial, TrialMetric)
 from vocab.errors import CxrSweepError
 from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 
@@ -332,6 +332,13 @@ class ResultsStore:
         if found is None:
             raise StoreError(f"no sweep named {name!r} in {self.url}")
         return found
+
+    def image_groups(self, sweep_id: int, rows: list[dict]) -> None:
+        """The target's images' subgroups (`image_key`, `sex`, `age_band`, `view`), written once per sweep."""
+        with self._transaction() as conn:
+            for start in range(0, len(rows), 5_000):
+                upsert(conn, ImageGroup.__table__, [{"sweep_id": sweep_id, **r} for r in rows[start:start + 5_000]],
+                       ["sweep_id", "image_key"])
 
     def external_set(self, sweep_id: int, name: str, dataset: str, images: int, labels: dict[str, list[str]],
                      left_out: list[str]) -> int:

@@ -207,6 +207,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, spec_arg: str, options: RunOption
         sweep_id = store.start_sweep(options.name, spec_arg, spec_text, options.version, spec.folds,
                                      spec.search.trials, split=target.split_name, folds_sha256=target.folds_sha256)
         store.register_cells(sweep_id, cell_rows(spec, plans, imagenet))
+        store.image_groups(sweep_id, target.groups().to_dict("records"))  # for the report's subgroup results
         print(f"[sweeper] sweep {options.name}: {len(plans)} studies x {spec.search.trials} trials, "
               f"{len(stages)} pretraining stage(s); DB {options.db_url}")
         tasks = launch_stages(stages, cache, r.stage_cpus, r.stage_gpus, r.compute_device(r.stage_gpus))

@@ -102,7 +102,8 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     names = [c for c in dict.fromkeys(selected["name"]) if not cells or c in cells]
     unknown = sorted(set(cells or []) - set(names))
     if unknown or not names:
-        raise ExternalError(f"sweep {sweep!r}: no completed cell {unknown or ''}; its cells: {sorted(set(selected['name']))}")
+        raise ExternalError(f"sweep {sweep!r}: no completed cell {unknown or ''}; its cells: "
+                            f"{sorted(set(selected['name']))}")
     store = ResultsStore(db)
     sweep_id = store.sweep_id(sweep)
     for name, path in externals.items():
@@ -120,7 +121,8 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
                 judged = ", ".join(f"{t} (as {' or '.join(s)})" for t, s in mapping.items())
                 log(f"[evaluate] {name}: judges {judged}"
                     + (f"; left out (no counterpart): {', '.join(left_out)}" if left_out else ""))
-                external_id = store.external_set(sweep_id, name, data.root.name, len(data.image_keys), mapping, left_out)
+                external_id = store.external_set(sweep_id, name, data.root.name, len(data.image_keys), mapping,
+                                                 left_out)
             columns = [models[0].label_names.index(t) for t in mapped]
             keys = {"image_keys": [str(k) for k in data.image_keys], "patient_keys": [str(k) for k in data.patient_keys],
                     "labels": truth}

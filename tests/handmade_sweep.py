@@ -33,6 +33,7 @@ class Expected:
     patients: np.ndarray | None = None
     # external set "elsewhere": (backbone, recipe, tta) -> {"truth", "patients", "folds": [probs per fold]}
     external: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)  # attribute -> each image's group ("" unknown)
 
 
 def _images(rng):
@@ -148,6 +149,12 @@ def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: b
             expected.pooled[(backbone, recipe)] = pooled_probs
             expected.validation[(backbone, recipe)] = validation
     expected.external = _external(store, sweep, rng)
+    expected.groups = {"sex": np.where(np.arange(len(images)) // 2 % 2, "M", "F"),  # per patient
+                       "age_band": np.where(np.arange(len(images)) // 2 % 3 == 0, "80+", "40-59"),
+                       "view": np.where(np.arange(len(images)) % 2, "AP", "PA")}
+    expected.groups["sex"][-2:] = ""  # one patient's sex unknown
+    store.image_groups(sweep, [{"image_key": k, **{a: str(v[i]) for a, v in expected.groups.items()}}
+                               for i, k in enumerate(images)])
     # an ERROR trial with the best validation AUC of all must never be selected
     _trial(store, sweep, "err", "resnet50", "imagenet", 0, 0.999, {"test_auc": 0.999}, None, status="ERROR")
     store.finish_sweep(sweep, "FINISHED")

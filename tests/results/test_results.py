@@ -186,6 +186,7 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
         conn.exec_driver_sql("ALTER TABLE test_predictions DROP COLUMN split")
         conn.exec_driver_sql("DROP TABLE external_predictions")
         conn.exec_driver_sql("DROP TABLE external_sets")
+        conn.exec_driver_sql("DROP TABLE image_groups")
         trial = conn.exec_driver_sql("SELECT id FROM sweep_trials").scalar()
         conn.exec_driver_sql(f"INSERT INTO test_predictions (trial_id, image_key, patient_key, class_name, prob, target) "
                              f"VALUES ({trial}, 'i1', 'p1', 'Effusion', 0.25, 1.0)")
