@@ -9,7 +9,7 @@ with 14 labels, each trial's test and inner-validation predictions, and every ce
 and fold ensemble on an external set of 2,000 images. Predictions are synthetic (signal + noise);
 only sizes and timings matter here. The report is built as `results.report --calibrate` builds it:
 every section (operating points under 3 rules, calibration raw and temperature-scaled, DeLong,
-external validation) and its figures.
+subgroups by sex, age band and view, external validation) and its figures.
 """
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def fill(url: str, images: int, labels: int, trials: int, external: int = 0, fol
     keys = np.array([f"img{i:06d}" for i in range(images)])
     fold_of = (np.arange(images) // 3) % folds
     truth = (rng.random((images, labels)) < 0.1).astype(float)
+    bands = rng.choice(["18-39", "40-59", "60-79", "80+"], images // 3 + 1)
+    store.image_groups(sweep, [{"image_key": k, "sex": "MF"[(i // 3) % 2], "age_band": bands[i // 3],
+                                "view": "AP" if i % 2 else "PA"} for i, k in enumerate(keys)])
     started, written = time.perf_counter(), 0
     for b in ("resnet50", "densenet121"):
         for r in RECIPES:

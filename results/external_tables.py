@@ -14,6 +14,7 @@ import pandas as pd
 
 from results import stats
 from results.analysis import Analysis
+from results.schema import MACRO
 from results.tables import Table
 from vocab.names import row_name
 
@@ -70,7 +71,8 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
                "Drop, AP [95% CI]": f"{np.mean(fold_ap) - internal['ap'][0]:+.3f}" if folds else ""}
         display.append(row)
         numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
-                        "model": "fold", "tta": tta, "folds": len(folds), "internal_auc": internal["auc"][0],
+                        "model": "fold", "tta": tta, "folds": len(folds), "class_name": MACRO,
+                        "internal_auc": internal["auc"][0],
                         "external_auc": np.mean(fold_auc) if folds else np.nan,
                         "external_auc_sd": np.std(fold_auc, ddof=1) if len(folds) > 1 else np.nan,
                         "internal_ap": internal["ap"][0], "external_ap": np.mean(fold_ap) if folds else np.nan})
@@ -85,9 +87,20 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
                         "Drop, AUC [95% CI]": drops["auc"][1], "Internal AP [95% CI]": _text(*internal["ap"]),
                         "External AP [95% CI]": _text(*ext["ap"]), "Drop, AP [95% CI]": drops["ap"][1]})
         numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
-                        "model": "ensemble", "tta": tta, "folds": len(folds), "internal_auc": internal["auc"][0],
-                        "external_auc": ext["auc"][0], "auc_drop": drops["auc"][0], "internal_ap": internal["ap"][0],
-                        "external_ap": ext["ap"][0], "ap_drop": drops["ap"][0]})
+                        "model": "ensemble", "tta": tta, "folds": len(folds), "class_name": MACRO,
+                        "internal_auc": internal["auc"][0], "external_auc": ext["auc"][0], "auc_drop": drops["auc"][0],
+                        "internal_ap": internal["ap"][0], "external_ap": ext["ap"][0], "ap_drop": drops["ap"][0]})
+        for k, name in enumerate(classes):  # per class: the ensemble's numbers against the internal ones
+            if name not in pooled["classes"]:
+                continue
+            j = pooled["classes"].index(name)
+            per = {f"{side}_{m}": stats.point_estimate(m, t[:, [i]], p[:, [i]])
+                   for side, t, p, i in (("internal", pooled["truth"], pooled["probs"], j),
+                                         ("external", ensemble["truth"], ensemble["probs"], k)) for m in ("auc", "ap")}
+            numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
+                            "model": "ensemble", "tta": tta, "folds": len(folds), "class_name": name, **per,
+                            "auc_drop": per["external_auc"] - per["internal_auc"],
+                            "ap_drop": per["external_ap"] - per["internal_ap"]})
     return display, numbers
 
 
@@ -109,7 +122,8 @@ def external_tables(analysis: Analysis) -> list[Table]:
                                          if external.left_out else "")
                     + ". Internal: pooled out-of-fold test predictions on those classes. Macro over classes; "
                       "95% CIs: patient-clustered bootstrap; the drop's interval resamples both sets "
-                      "independently. TTA rows are test-time augmented and never pooled with the others.")
+                      "independently. TTA rows are test-time augmented and never pooled with the others. Per "
+                      "class (the fold ensemble's) in the CSV.")
             tables.append(Table(f"external_{external.name}_{backbone}", f"External validation on {external.name}: "
                                 f"{backbone}", pd.DataFrame(numbers), pd.DataFrame(display), note))
     return tables

@@ -33,7 +33,7 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
     if location == PHANTOM or scheme == PHANTOM:
         low, high = PhantomOptions.images_per_patient
         phantom = spec.data.phantom
-        source = name != "target" and phantom.source_patients is not None
+        source = (rest or "target") != "target" and phantom.source_patients is not None  # as sweeper.datasets makes it
         patients = phantom.source_patients if source else phantom.n_patients
         return round(patients * (low + high) / 2), "phantom settings (expected)"
     if colon and scheme in KINDS:

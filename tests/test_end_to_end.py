@@ -243,7 +243,7 @@ def test_evaluate_applies_fold_models_and_their_ensemble_to_an_external_set_and_
         done = sweeps.cli("sweeper.evaluate", "--db", db, "--sweep", NAME, "--external", f"nih={nih}",
                           "--labels", "nih=nih_as_seed000_target", "--cell", cell, "--tta", tta, "--device", "cpu")
         assert done.returncode == 0, done.stderr[-3000:]
-    assert "judges cardiac hypertrophy (as Cardiomegaly)" in done.stdout
+    assert "cardiac hypertrophy (as Cardiomegaly)" in done.stdout
     assert "left out (no counterpart): aortic sclerosis/calcification" in done.stdout
     rows = run_query(db, f"SELECT model, fold, tta, image_key, class_name, prob, target FROM external_results "
                          f"WHERE sweep = '{NAME}' AND external = 'nih'")
