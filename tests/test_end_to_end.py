@@ -150,7 +150,7 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     from results.choose import choose_trial
 
     home, db, _ = paper_sweep
-    raw = next((home / "phantom").glob("target-*"))
+    raw = next((home / "phantom").glob("target-*-seed0"))
     (tmp_path / "junk.dcm").write_bytes(b"junk")
     out = tmp_path / "predictions.csv"
     proc = paper_sweep[2].cli("sweeper.predict", "--db", db, "--sweep", NAME, "--cell", "resnet50/chexpert", str(raw), str(tmp_path / "junk.dcm"),
@@ -227,12 +227,15 @@ def test_the_specs_external_set_was_evaluated_for_every_cell_and_the_report_has_
 
 
 def test_evaluate_applies_fold_models_and_their_ensemble_to_an_external_set_and_the_report_compares(paper_sweep,
-                                                                                                      tmp_path):
+                                                                                                      tmp_path, capsys):
     """NIH-like films (a prepared set no resnet50/chexpert trial saw) as an external set, mapped onto the target's
     labels with the shipped NIH mapping: each fold model's probabilities are its own predict_prepared, the
     ensemble their mean, TTA rows apart, and the report's table shows them."""
     from data_prep.dataset import PreparedDataset
     from results.choose import cell_models
+    from results.render import to_markdown
+    from results.report import build
+    from sweeper.evaluate import main as evaluate_main
     from sweeper.predict import read_checkpoint
     from trainables.predict import TrainedModel
 
@@ -267,12 +270,27 @@ def test_evaluate_applies_fold_models_and_their_ensemble_to_an_external_set_and_
     truth = rows[(rows.model == "ensemble") & (rows.tta == "none") & (rows.class_name == "cardiac hypertrophy")]
     cardiomegaly = dict(zip(data.image_keys, data.labels[:, data.label_names.index("Cardiomegaly")]))
     assert truth.target.tolist() == [cardiomegaly[k] for k in truth.image_key]
-    report = sweeps.cli("results.report", "--db", db, "--sweep", NAME, "--bootstrap", "20")
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert "### External validation on nih: resnet50" in report.stdout
-    assert "| chexpert | fold ensemble + TTA hflip |" in report.stdout
-    bad = sweeps.cli("sweeper.evaluate", "--db", db, "--sweep", NAME, "--external", f"nih={nih}", "--cell", cell)
-    assert bad.returncode == 2 and "give a mapping with --labels nih=MAPPING.toml" in bad.stderr
+    report = to_markdown(build(db, NAME, n_boot=20, figures=False), figure_dir=None)
+    assert "### External validation on nih: resnet50" in report
+    assert "| chexpert | fold ensemble + TTA hflip |" in report
+    with pytest.raises(SystemExit) as bad:
+        evaluate_main(["--db", db, "--sweep", NAME, "--external", f"nih={nih}", "--cell", cell])
+    assert bad.value.code == 2 and "give a mapping with --labels nih=MAPPING.toml" in capsys.readouterr().err
+    # predict --ensemble --tta hflip on raw files: the mean of each fold model's own flipped-and-averaged predict
+    raw = next((home / "phantom").glob("target-*-seed0"))
+    files = sorted(raw.rglob("*.dcm"))[:3]
+    out = tmp_path / "ensemble.csv"
+    done = sweeps.cli("sweeper.predict", "--db", db, "--sweep", NAME, "--cell", cell, "--ensemble", "--tta", "hflip",
+                      *map(str, files), "--out", str(out), "--workers", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"fold ensemble: the mean of {len(members)} models" in done.stderr and "test-time augmentation: hflip" \
+        in done.stderr
+    each = []
+    for chosen in members:
+        model = TrainedModel.load(read_checkpoint(chosen.checkpoint), "cpu")
+        each.append(np.stack([p.probs for p in model.predict(files, workers=1, tta="hflip")]))
+    written = pd.read_csv(out)[model.label_names].to_numpy()
+    np.testing.assert_allclose(written, np.mean(each, axis=0), atol=1e-5)
 
 
 TENSOR_STORAGE = re.compile(r"/data/\d+$")

@@ -21,9 +21,10 @@ from tests.handmade_sweep import FOLDS, LABELS, build_sweep
 CELL = ("resnet50", "nih", "")
 
 
-@pytest.fixture(scope="module")
-def handmade(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('clinical')}/r.db"
+@pytest.fixture
+def handmade(engine_url):
+    """The handmade sweep on SQLite and on PostgreSQL."""
+    url = engine_url
     expected = build_sweep(url)
     return url, expected, Clinical(Analysis(load(url), n_boot=200), calibrate=True)
 

@@ -18,10 +18,10 @@ def _macro(score, truth, probs):
                     for k in range(truth.shape[1])])
 
 
-@pytest.fixture(scope="module")
-def handmade(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('external')}/r.db"
-    return url, build_sweep(url)
+@pytest.fixture
+def handmade(engine_url):
+    """The handmade sweep on SQLite and on PostgreSQL."""
+    return engine_url, build_sweep(engine_url)
 
 
 def test_external_rows_are_sklearns_numbers_per_model_and_tta_and_internal_uses_the_judged_classes_only(handmade):

@@ -12,11 +12,11 @@ from results.subgroup_tables import subgroup_tables
 from tests.handmade_sweep import build_sweep
 
 
-@pytest.fixture(scope="module")
-def analysis(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('groups')}/r.db"
-    expected = build_sweep(url)
-    return Analysis(load(url), n_boot=100), expected
+@pytest.fixture
+def analysis(engine_url):
+    """The handmade sweep on SQLite and on PostgreSQL."""
+    expected = build_sweep(engine_url)
+    return Analysis(load(engine_url), n_boot=100), expected
 
 
 def test_auc_per_subgroup_is_sklearns_on_the_classes_large_enough_there_and_the_worst_group_is_named(analysis):
