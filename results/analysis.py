@@ -82,6 +82,7 @@ class Analysis:
     n_boot: int = 1000
     seed: int = 0
     _pairs: dict = field(default_factory=dict)
+    _resamples: dict = field(default_factory=dict)
 
     @cached_property
     def pooled(self) -> dict[tuple, dict | None]:
@@ -96,8 +97,24 @@ class Analysis:
         pooled = self.pooled[key]
         if pooled is None or self.n_boot <= 0:
             return None
-        return stats.cluster_bootstrap(metric, pooled["truth"], pooled["probs"], pooled["patients"],
-                                       self._thresholds(metric, pooled), n_boot=self.n_boot, seed=self.seed)
+        estimate, values = self.resampled(key, metric)
+        return stats.Interval(estimate, *stats.percentile_interval(values), self.n_boot, len(values))
+
+    def resampled(self, key: tuple, metric: str, columns: tuple[int, ...] | None = None) -> tuple[float, np.ndarray]:
+        """(estimate, the metric on each patient resample) of a cell's pooled predictions, on the class
+        `columns` given (all by default); computed once per cell, metric and columns, shared by the tables."""
+        pooled = self.pooled[key]
+        if columns is not None and list(columns) == list(range(len(pooled["classes"]))):
+            columns = None  # all of them: the same numbers as the cell's own interval
+        if (key, metric, columns) not in self._resamples:
+            take = (lambda a: a) if columns is None else (lambda a: a[:, list(columns)])
+            thresholds = self._thresholds(metric, pooled)
+            args = (metric, take(pooled["truth"]), take(pooled["probs"]))
+            th = None if thresholds is None else take(thresholds)
+            values = (stats.resampled(*args, pooled["patients"], th, n_boot=self.n_boot, seed=self.seed)
+                      if self.n_boot > 0 else np.empty(0))
+            self._resamples[(key, metric, columns)] = (stats.point_estimate(*args, th), values)
+        return self._resamples[(key, metric, columns)]
 
     def compare(self, a: tuple, b: tuple, metric: str):
         """Paired bootstrap of a - b on the test images and classes both cells were evaluated on."""

@@ -22,7 +22,8 @@ MODELS = {"fold": "fold models (mean +/- sd)", "ensemble": "fold ensemble"}
 
 
 def _interval(analysis: Analysis, metric: str, truth, probs, patients, seed: int):
-    """(estimate, resampled values) of a macro metric; no resamples when the report has none."""
+    """(estimate, resampled values) of a macro metric on an external set; no resamples when the report has
+    none."""
     estimate = stats.point_estimate(metric, truth, probs)
     if analysis.n_boot <= 0:
         return estimate, np.empty(0)
@@ -53,13 +54,15 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
         return [], []
     classes = next(iter(found.values()))["classes"]
     columns = [pooled["classes"].index(c) for c in classes if c in pooled["classes"]]
-    internal = {m: _interval(analysis, m, pooled["truth"][:, columns], pooled["probs"][:, columns],
-                             pooled["patients"], analysis.seed) for m in ("auc", "ap")}
+    internal = {m: analysis.resampled(key, m, tuple(columns)) for m in ("auc", "ap")}
+    fold_metrics = analysis.data.external_folds(key, external)
+    fold_metrics = fold_metrics[fold_metrics.class_name == MACRO]
     display, numbers = [], []
     for tta in sorted({k[2] for k in found}):
-        folds = [v for (model, _, t), v in found.items() if model == "fold" and t == tta]
-        fold_auc = [stats.point_estimate("auc", v["truth"], v["probs"]) for v in folds]
-        fold_ap = [stats.point_estimate("ap", v["truth"], v["probs"]) for v in folds]
+        mine = fold_metrics[fold_metrics.tta == tta]
+        folds = sorted(set(mine.fold))
+        fold_auc = mine[mine.metric == "auc"].sort_values("fold")["value"].to_numpy()
+        fold_ap = mine[mine.metric == "ap"].sort_values("fold")["value"].to_numpy()
         sd = lambda v: f" +/- {np.std(v, ddof=1):.3f}" if len(v) > 1 else ""  # noqa: E731
         suffix = "" if tta == "none" else f" + TTA {tta}"
         row = {"Recipe": row_name(key[1], key[2]), "Model": MODELS["fold"] + suffix,

@@ -20,12 +20,12 @@ from sqlalchemy.exc import DBAPIError
 
 from results.query import QueryError
 from results.schema import (EXTERNAL_RESULTS, FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY,
-                            VAL_PREDICTIONS, Cell, ExternalSet, ImageGroup, LearningCurve, Sweep, TrialMetric)
+                            VAL_PREDICTIONS, Cell, ExternalMetric, ExternalSet, ImageGroup, LearningCurve, Sweep, TrialMetric)
 from results.store import open_engine
 
 CELL = ["backbone", "recipe", "variant"]
 SWEEPS, CELLS, CURVES, METRICS = Sweep.__table__, Cell.__table__, LearningCurve.__table__, TrialMetric.__table__
-EXTERNAL_SETS, IMAGE_GROUPS = ExternalSet.__table__, ImageGroup.__table__
+EXTERNAL_SETS, EXTERNAL_METRICS, IMAGE_GROUPS = ExternalSet.__table__, ExternalMetric.__table__, ImageGroup.__table__
 
 
 @contextmanager
@@ -68,7 +68,8 @@ class SweepData:
     metrics: pd.DataFrame  # fold_metrics: cell, fold, trial_id, split, metric, class_name, value
     predictions: pd.DataFrame  # oof_predictions of the selected trials, with the trial's threshold
     validation: pd.DataFrame  # val_predictions: the selected trials' inner-validation predictions
-    external: pd.DataFrame  # external_results: cells' fold models and ensembles on external sets
+    external: pd.DataFrame  # external_results of the fold ensembles (per TTA) on external sets
+    external_metrics: pd.DataFrame  # the fold models' AUC and AP there (external_metrics)
     external_sets: pd.DataFrame  # external_sets: name, dataset, images, labels (mapping), left_out
     groups: pd.DataFrame  # image_groups: each target image's sex, age band and view ("" unknown)
     curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, losses, val_auc
@@ -99,8 +100,8 @@ class SweepData:
                 "folds": first["fold"].to_numpy(int)}
 
     def external_of(self, key: tuple, external: str) -> dict[tuple, dict]:
-        """{(model, fold or None, tta): truth, probs (images x classes), patients, classes} of a cell on an
-        external set: each fold model's and the fold ensemble's, per test-time augmentation."""
+        """{("ensemble", None, tta): truth, probs (images x classes), patients, classes} of a cell's fold
+        ensemble on an external set, per test-time augmentation."""
         e = self.external
         part = e[(e.backbone == key[0]) & (e.recipe == key[1]) & (e.variant == key[2]) & (e.external == external)]
         out = {}
@@ -112,6 +113,11 @@ class SweepData:
                 "classes": list(probs.columns), "probs": probs.to_numpy(float), "truth": truth.to_numpy(float),
                 "patients": patients.to_numpy()}
         return out
+
+    def external_folds(self, key: tuple, external: str) -> pd.DataFrame:
+        """A cell's fold models' metrics on an external set: fold, tta, metric, class_name, value."""
+        m = self.external_metrics
+        return m[(m.backbone == key[0]) & (m.recipe == key[1]) & (m.variant == key[2]) & (m.external == external)]
 
     def validation_of(self, key: tuple) -> dict[int, dict]:
         """{fold: that fold's selected trial's inner-validation predictions (images x classes)}; empty for a
@@ -183,16 +189,23 @@ def _validation(conn: Connection, name: str) -> pd.DataFrame:
                                    v.target).where(v.sweep == name))
 
 
-def _external(conn: Connection, name: str, sweep_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    e, x = EXTERNAL_RESULTS.c, EXTERNAL_SETS.c
+def _external(conn: Connection, name: str, sweep_id: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The fold ensembles' predictions on the sweep's external sets, the fold models' metrics there (not their
+    predictions: five times as many rows, and a report needs only these), and the sets."""
+    e, x, m, c = EXTERNAL_RESULTS.c, EXTERNAL_SETS.c, EXTERNAL_METRICS.c, CELLS.c
     predictions = read_frame(conn, select(e.backbone, e.recipe, e.variant, e.external, e.model, e.fold, e.tta,
                                           e.image_key, e.patient_key, e.class_name, e.prob, e.target)
-                             .where(e.sweep == name))
+                             .where(e.sweep == name, e.model == "ensemble"))
+    metrics = read_frame(conn, select(c.backbone, c.recipe, c.variant, x.name.label("external"), m.fold, m.tta,
+                                      m.metric, m.class_name, m.value)
+                         .select_from(EXTERNAL_METRICS.join(CELLS, c.id == m.cell_id)
+                                      .join(EXTERNAL_SETS, x.id == m.external_id))
+                         .where(x.sweep_id == sweep_id))
     sets = read_frame(conn, select(x.name, x.dataset, x.images, x.labels, x.left_out).where(x.sweep_id == sweep_id)
                       .order_by(x.name))
     sets["labels"] = [dict(_json(v) or {}) for v in sets["labels"]]
     sets["left_out"] = [list(_json(v) or []) for v in sets["left_out"]]
-    return predictions, sets
+    return predictions, metrics, sets
 
 
 def _curves(conn: Connection, name: str) -> pd.DataFrame:
@@ -209,11 +222,11 @@ def load(url: str, name: str | None = None) -> SweepData:
         sweep = _sweep_row(conn, name)
         metrics, predictions, curves = _metrics(conn, name), _predictions(conn, name), _curves(conn, name)
         trials, cells, validation = _trials(conn, name), _cells(conn, int(sweep["id"])), _validation(conn, name)
-        external, external_sets = _external(conn, name, int(sweep["id"]))
+        external, external_metrics, external_sets = _external(conn, name, int(sweep["id"]))
         g = IMAGE_GROUPS.c
         groups = read_frame(conn, select(g.image_key, g.sex, g.age_band, g.view).where(g.sweep_id == int(sweep["id"])))
     # NULL (undefined) comes back as None in object columns
-    for frame in (metrics, predictions, curves, validation, external):
+    for frame in (metrics, predictions, curves, validation, external, external_metrics):
         for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
                        "val_binary_acc", "val_exact_match", "val_fnr"):
             if column in frame:
@@ -223,4 +236,4 @@ def load(url: str, name: str | None = None) -> SweepData:
         folds = sorted(int(f) for f in trials["fold"].unique())
     return SweepData(name=name, sweep=sweep, cells=cells, folds=folds, trials=trials,
                      metrics=metrics, predictions=predictions, validation=validation, external=external,
-                     external_sets=external_sets, groups=groups, curves=curves)
+                     external_metrics=external_metrics, external_sets=external_sets, groups=groups, curves=curves)

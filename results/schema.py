@@ -27,7 +27,8 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                   8: "test_predictions.split: a trial's inner-validation predictions beside its test ones (operating "
                      "points and calibration are fitted on them, never on test)",
                   9: "tables external_sets and external_predictions: each cell's fold models and fold ensemble "
-                     "applied to test sets from elsewhere (sweeper.evaluate); image_groups: each target image's "
+                     "applied to test sets from elsewhere (sweeper.evaluate), with the fold models' AUC and AP "
+                     "(external_metrics); image_groups: each target image's "
                      "sex, age band and view for subgroup results"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
@@ -210,6 +211,22 @@ class ExternalPrediction(Base):
     class_name: Mapped[str] = mapped_column(String(200))
     prob: Mapped[float] = mapped_column(Float)
     target: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ExternalMetric(Base):
+    """A fold model's AUC and AP on an external set, per class and macro (MACRO): recorded with its
+    predictions, so that a report reads these instead of every fold model's rows."""
+
+    __tablename__ = "external_metrics"
+    __table_args__ = (UniqueConstraint("external_id", "cell_id", "fold", "tta", "metric", "class_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[int] = mapped_column(ForeignKey("external_sets.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    fold: Mapped[int] = mapped_column(Integer)
+    tta: Mapped[str] = mapped_column(String(16), default="none")
+    metric: Mapped[str] = mapped_column(String(16))  # auc | ap
+    class_name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: undefined
 
 
 class PretrainArtefact(Base):

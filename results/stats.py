@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 METRICS = ("auc", "ap", "binary_acc", "exact_match", "fnr", "hamming")
 RANKING = ("auc", "ap")  # need scores only; the others need thresholds
@@ -79,18 +78,11 @@ def _macro(values: np.ndarray) -> np.ndarray:
 
 
 def point_estimate(metric: str, truth, probs, thresholds=None) -> float:
-    """The metric on the data as given; AUC and AP are scikit-learn's, per class, then the macro mean."""
+    """The metric on the data as given: per class, then the macro mean over the classes where it is
+    defined. AUC and AP equal scikit-learn's `roc_auc_score` and `average_precision_score` (tests compare
+    them), computed by `weighted_auc_ap` at unit weights: a report computes thousands of them."""
     truth, probs, thresholds = _check(metric, truth, probs, thresholds)
-    if metric not in RANKING:
-        return float(weighted_metric(metric, truth, probs, np.ones(len(truth)), thresholds)[0])
-    score = roc_auc_score if metric == "auc" else average_precision_score
-    values = []
-    for k in range(truth.shape[1]):
-        known = ~np.isnan(truth[:, k])
-        y = truth[known, k]
-        if 0 < y.sum() < len(y):
-            values.append(score(y, probs[known, k]))
-    return float(np.mean(values)) if values else float("nan")
+    return float(weighted_metric(metric, truth, probs, np.ones(len(truth)), thresholds)[0])
 
 
 def _cumulative(weights: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -164,15 +156,34 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
     return 1.0 - out if metric == "hamming" else out
 
 
+_DRAWS: dict = {}  # (patients' count, n_boot, seed) -> the draws' blocks: a report asks for the same ones often
+
+
+def _patient_draws(n_patients: int, n_boot: int, seed: int) -> list[np.ndarray]:
+    """How often each patient is drawn in each resample, in blocks of BLOCK resamples; the same for the same
+    arguments (seeded), so they are drawn once and kept (a few MB for a paper-sized report)."""
+    key = (n_patients, n_boot, seed)
+    if key not in _DRAWS:
+        if len(_DRAWS) >= 32:
+            _DRAWS.pop(next(iter(_DRAWS)))
+        rng = np.random.default_rng(seed)
+        share = np.full(n_patients, 1.0 / n_patients)
+        _DRAWS[key] = [rng.multinomial(n_patients, share, size=min(BLOCK, n_boot - start)).astype(np.float64)
+                       for start in range(0, n_boot if n_patients else 0, BLOCK)]
+    return _DRAWS[key]
+
+
 def patient_weights(patients, n_boot: int, seed: int = 0):
     """Yield blocks of image weights (resamples x images): each resample draws as many patients as
     there are, with replacement; an image's weight is how often its patient was drawn."""
     keys, image_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    share = np.full(len(keys), 1.0 / len(keys))
-    for start in range(0, n_boot if len(keys) else 0, BLOCK):
-        counts = rng.multinomial(len(keys), share, size=min(BLOCK, n_boot - start))
-        yield np.take(counts.astype(np.float64), image_patient, axis=1)
+    for counts in _patient_draws(len(keys), n_boot, seed):
+        yield np.take(counts, image_patient, axis=1)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of resampled values (NaN, NaN without any)."""
+    return _interval(values, level)
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:

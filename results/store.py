@@ -20,8 +20,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
-                            ExternalPrediction, ExternalSet, ImageGroup, LearningCurve, Prediction, PretrainArtefact,
+                            ExternalMetric, ExternalPrediction, ExternalSet, ImageGroup, LearningCurve, Prediction, PretrainArtefact,
                             SchemaMeta, Sweep, Trial, TrialMetric)
+from results.stats import point_estimate
 from vocab.errors import CxrSweepError
 from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 
@@ -360,8 +361,14 @@ class ResultsStore:
             extra = {"model": block["model"], "fold": block.get("fold"), "tta": tta}
             rows += [{**row, **extra, "trial_key": block.get("trial_key")}
                      for row in _prediction_rows(where, {"test": block}, label_names)]
+        metrics = _fold_metrics(blocks, label_names, tta)
         with self._transaction() as conn:
             cell_id = self._cell_id(conn, sweep_id, cell)
+            scored = ExternalMetric.__table__
+            conn.execute(scored.delete().where(scored.c.external_id == external_id, scored.c.cell_id == cell_id,
+                                               scored.c.tta == tta))
+            if metrics:
+                conn.execute(scored.insert(), [{**m, "external_id": external_id, "cell_id": cell_id} for m in metrics])
             trials = {}
             for key in {r["trial_key"] for r in rows if r["trial_key"]}:
                 trials[key] = self._trial_id(conn, sweep_id, key)
@@ -373,6 +380,21 @@ class ResultsStore:
                 row.update(external_id=external_id, cell_id=cell_id, trial_id=trials.get(row.pop("trial_key")))
             for start in range(0, len(rows), 20_000):
                 conn.execute(table.insert(), rows[start:start + 20_000])
+
+
+def _fold_metrics(blocks: list[dict], label_names, tta: str) -> list[dict]:
+    """Each fold model's AUC and AP per class and macro (NaN, stored NULL, where undefined)."""
+    rows = []
+    for block in blocks:
+        if block["model"] != "fold":
+            continue
+        truth, probs = np.asarray(block["labels"], float), np.asarray(block["probs"], float)
+        for metric in ("auc", "ap"):
+            values = [point_estimate(metric, truth[:, [k]], probs[:, [k]]) for k in range(len(label_names))]
+            values.append(point_estimate(metric, truth, probs))
+            rows += [{"fold": int(block["fold"]), "tta": tta, "metric": metric, "class_name": name, "value": _finite(v)}
+                     for name, v in zip([*label_names, MACRO], values)]
+    return rows
 
 
 def _prediction_rows(trial_key: str, by_split: dict[str, dict], label_names) -> list[dict]:

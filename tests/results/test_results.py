@@ -185,6 +185,7 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
             conn.exec_driver_sql(f"ALTER TABLE learning_curves DROP COLUMN {column}")
         conn.exec_driver_sql("ALTER TABLE test_predictions DROP COLUMN split")
         conn.exec_driver_sql("DROP TABLE external_predictions")
+        conn.exec_driver_sql("DROP TABLE external_metrics")
         conn.exec_driver_sql("DROP TABLE external_sets")
         conn.exec_driver_sql("DROP TABLE image_groups")
         trial = conn.exec_driver_sql("SELECT id FROM sweep_trials").scalar()
