@@ -11,8 +11,9 @@ through the trials' own evaluation path (trainables.predict); the predictions go
 internal with external AUC and AP. The set's labels are mapped onto the target's by a TOML like the
 target mapping (`[categories]` then `"cardiac hypertrophy" = ["Cardiomegaly"]`: the target's label, then
 the set's labels that mean it, positive when any is); without one, labels of the same name are paired.
-Target labels with no counterpart are left out, and said so. (The issue asked for `results.evaluate`;
-results imports nothing that runs a model, so that a report can be made from a copied DB without torch.)
+Target labels with no counterpart are left out, and said so. `python -m results.evaluate` is the same
+command (it hands over to this one: results itself imports nothing that runs a model, so that a report
+can be made from a copied DB without torch).
 """
 from __future__ import annotations
 

@@ -62,3 +62,13 @@ def test_a_mapping_naming_labels_that_do_not_exist_is_refused_naming_them(chexpe
         label_mapping(TARGET, data.label_names, str(bad), "chexpert")
     with pytest.raises(ExternalError, match="give a mapping with --labels chexpert=MAPPING.toml"):
         label_mapping(TARGET, data.label_names, None, "chexpert")
+
+
+def test_results_evaluate_is_sweeper_evaluate_without_importing_it(tmp_path):
+    """The issue's command name works; results itself stays free of torch (tests/test_imports.py)."""
+    from tests.helpers import run_cli
+
+    done = run_cli("results.evaluate", "--db", f"sqlite:///{tmp_path}/none.db", "--external", "x")
+    assert done.returncode == 2 and "--external 'x': expected NAME=PATH" in done.stderr
+    shown = run_cli("results.evaluate", "--help")
+    assert shown.returncode == 0 and "usage: python -m sweeper.evaluate" in shown.stdout
