@@ -220,7 +220,7 @@ def test_the_specs_external_set_was_evaluated_for_every_cell_and_the_report_has_
                             f"WHERE s.name = '{NAME}'").values.tolist()
     assert set(rows.images) == {sets[0]} and json.loads(sets[1]) == []  # the target's own labels, none left out
     page = (sweeps.report("paper") / "report.md").read_text()
-    for heading in ("## Operating points", "## Calibration", "## External validation",
+    for heading in ("## Operating points", "## Calibration", "## Subgroups", "## External validation",
                     "### External validation on elsewhere: resnet50", "vs first: DeLong p (Holm-adjusted)",
                     "bootstrap p, Holm-adjusted", "Reliability diagram"):
         assert heading in page, heading
