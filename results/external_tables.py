@@ -58,7 +58,7 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
     fold_metrics = analysis.data.external_folds(key, external)
     fold_metrics = fold_metrics[fold_metrics.class_name == MACRO]
     display, numbers = [], []
-    for tta in sorted({k[2] for k in found}):
+    for tta in sorted({k[2] for k in found}, key=lambda t: (t != "none", t)):  # single-pass rows first
         mine = fold_metrics[fold_metrics.tta == tta]
         folds = sorted(set(mine.fold))
         fold_auc = mine[mine.metric == "auc"].sort_values("fold")["value"].to_numpy()

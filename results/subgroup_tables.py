@@ -68,7 +68,8 @@ def subgroup_tables(analysis: Analysis, minimum: tuple[int, int] = (MIN_POSITIVE
                     row[label] = f"too small ({len(rows)} images)"
                     continue
                 shown[label] = estimate
-                row[label] = f"{estimate:.3f}" + ("" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]")
+                row[label] = (f"{estimate:.3f}" + ("" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]")
+                              + f"; {classes}/{len(pooled['classes'])} classes")
             worst = min(shown, key=shown.get) if shown else None
             row["Worst group"] = f"{worst} ({shown[worst]:.3f})" if worst else "none large enough"
             display.append(row)
@@ -77,6 +78,7 @@ def subgroup_tables(analysis: Analysis, minimum: tuple[int, int] = (MIN_POSITIVE
                                 pd.DataFrame(display),
                                 f"Pooled out-of-fold test AUC within each subgroup of the target's images, macro "
                                 f"over the classes with at least {minimum[0]} positive and {minimum[1]} negative "
-                                f"images in it ('too small' where none has); 95% CIs: patient-clustered bootstrap. "
-                                f"Worst group: the lowest of the subgroups shown."))
+                                f"images in it ('too small' where none has; each number says how many classes it "
+                                f"averages, so compare groups that average the same ones); 95% CIs: patient-clustered "
+                                f"bootstrap. Worst group: the lowest of the subgroups shown."))
     return tables
