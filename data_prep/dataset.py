@@ -59,7 +59,7 @@ class PreparedDataset:
         table = self._table
         column = lambda name: table[name].fillna("").astype(str) if name in table else pd.Series("", table.index)  # noqa: E731
         return pd.DataFrame({"image_key": table["image_key"].astype(str), "sex": column("sex"),
-                             "age_band": [age_band(v) for v in column("age")], "view": column("view")})
+                             "age_band": [age_band(v) for v in column("age")], "view": column("view").str[:64]})
 
     @property
     def dataset_id(self) -> str:

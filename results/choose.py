@@ -56,12 +56,14 @@ def choose_trial(url: str, sweep: str | None = None, cell: str | None = None) ->
 
 def choose_from(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None) -> ChosenTrial:
     """choose_trial on a sweep's selected_trials, already read."""
-    return fold_models(selected, url, sweep, cell)[0]
+    return fold_models(selected, url, sweep, cell, every=False)[0]
 
 
-def fold_models(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None) -> list[ChosenTrial]:
+def fold_models(selected: pd.DataFrame, url: str, sweep: str, cell: str | None = None,
+                every: bool = True) -> list[ChosenTrial]:
     """A cell's selected trials, one per outer fold, best on inner validation first (the model predict
-    applies alone; all of them make its fold ensemble). `cell` None: the best cell on validation."""
+    applies alone; all of them make its fold ensemble). `cell` None: the best cell on validation.
+    `every`: each must have a recorded checkpoint (an ensemble); else only the first (one model)."""
     if selected.empty:
         raise QueryError(f"sweep {sweep!r} in {url} has no completed trial to apply yet")
     if cell is None:
@@ -72,7 +74,7 @@ def fold_models(selected: pd.DataFrame, url: str, sweep: str, cell: str | None =
                          f"{sorted(selected['name'].unique())}")
     chosen = []
     for _, row in part.sort_values(["val_auc", "fold"], ascending=[False, True]).iterrows():
-        if not row["checkpoint"]:
+        if not row["checkpoint"] and (every or not chosen):
             raise QueryError(f"sweep {sweep!r}, cell {cell}, fold {row['fold']}: trial {row['trial_key']} has no "
                              f"recorded checkpoint (a DB written before schema version 4); run the sweep again to "
                              f"apply its models")
@@ -81,12 +83,12 @@ def fold_models(selected: pd.DataFrame, url: str, sweep: str, cell: str | None =
     return chosen
 
 
-def cell_models(url: str, sweep: str | None = None, cell: str | None = None) -> list[ChosenTrial]:
+def cell_models(url: str, sweep: str | None = None, cell: str | None = None, every: bool = True) -> list[ChosenTrial]:
     """fold_models from the DB: a cell's selected trial of every outer fold."""
     with reading(url) as conn:
         sweep = sweep or latest_sweep(conn, url)
         selected = selected_trials(conn, sweep)
-    return fold_models(selected, url, sweep, cell)
+    return fold_models(selected, url, sweep, cell, every)
 
 
 def cells_with_models(selected: pd.DataFrame) -> list[str]:

@@ -6,8 +6,8 @@ A cell's pooled test predictions come from one selected trial per outer fold; ea
 with what its own fold's trial fitted on its own inner validation, so no test label ever chooses a
 threshold or a temperature. Intervals: patient-clustered bootstrap over the pooled test images, one
 set of resamples per cell for every class and quantity (results.stats.column_intervals). Cells whose
-trials kept no validation predictions (a DB from before schema 8) have no operating points and no
-temperature.
+trials kept no validation predictions (a DB from before schema 8), for any of their folds, have no
+operating points and no temperature.
 """
 from __future__ import annotations
 
@@ -51,11 +51,18 @@ class Clinical:
         a = self.analysis
         return stats.column_intervals(score, pooled["patients"], n_boot=max(a.n_boot, 0), seed=a.seed)
 
+    def _every_fold_validated(self, key: tuple) -> bool:
+        """Whether each fold of the cell's pooled predictions kept its inner-validation predictions (not so for
+        trials from before schema 8, as in a sweep resumed across that upgrade): only then are all of its
+        test images judged, and the numbers pooled over the same folds as the rest of the report."""
+        pooled = self.analysis.pooled[key]
+        return pooled is not None and set(map(int, pooled["folds"])) <= set(self.analysis.data.validation_of(key))
+
     def operating_points(self, key: tuple) -> pd.DataFrame:
         if ("op", key) not in self._cache:
             pooled, validation = self.analysis.pooled[key], self.analysis.data.validation_of(key)
             rows = []
-            if pooled is not None and validation:
+            if self._every_fold_validated(key):
                 for rule in self.rules:
                     fitted = thresholds_by_fold(rule, validation, pooled["classes"])
                     thresholds = _per_image(fitted, pooled["folds"], len(pooled["classes"]))
@@ -74,8 +81,8 @@ class Clinical:
             pooled, rows = self.analysis.pooled[key], []
             if pooled is not None:
                 versions = {"raw": pooled["probs"]}
-                temperatures = self.temperatures(key) if self.calibrate else {}
-                if temperatures:
+                temperatures = self.temperatures(key) if self.calibrate and self._every_fold_validated(key) else {}
+                if temperatures and all(np.isfinite(t) for t in temperatures.values()):
                     per_image = np.array([temperatures.get(int(f), np.nan) for f in pooled["folds"]])
                     versions["temperature-scaled"] = calibration.scaled(pooled["probs"], per_image)
                 for version, probs in versions.items():

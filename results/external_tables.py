@@ -52,8 +52,14 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
     pooled = analysis.pooled[key]
     if not found or pooled is None:
         return [], []
-    classes = next(iter(found.values()))["classes"]
-    columns = [pooled["classes"].index(c) for c in classes if c in pooled["classes"]]
+    first = next(iter(found.values()))
+    truth = first["truth"]  # the same on every model's rows: the set's labels
+    defined = [c for k, c in enumerate(first["classes"])
+               if 0 < np.nansum(truth[:, k] == 1) < (~np.isnan(truth[:, k])).sum()]  # what its macro averages
+    classes = [c for c in defined if c in pooled["classes"]]
+    if not classes:
+        return [], []
+    columns = [pooled["classes"].index(c) for c in classes]
     internal = {m: analysis.resampled(key, m, tuple(columns)) for m in ("auc", "ap")}
     fold_metrics = analysis.data.external_folds(key, external)
     fold_metrics = fold_metrics[fold_metrics.class_name == MACRO]
@@ -82,8 +88,9 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
         ensemble = found.get(("ensemble", None, tta))
         if ensemble is None:
             continue
-        ext = {m: _interval(analysis, m, ensemble["truth"], ensemble["probs"], ensemble["patients"], analysis.seed + 1)
-               for m in ("auc", "ap")}
+        on = [ensemble["classes"].index(c) for c in classes]  # the classes the internal side averages
+        ext = {m: _interval(analysis, m, ensemble["truth"][:, on], ensemble["probs"][:, on], ensemble["patients"],
+                            analysis.seed + 1) for m in ("auc", "ap")}
         drops = {m: _drop_text(ext[m], internal[m]) for m in ("auc", "ap")}
         display.append({"Recipe": row_name(key[1], key[2]), "Model": MODELS["ensemble"] + suffix,
                         "Internal AUC [95% CI]": _text(*internal["auc"]), "External AUC [95% CI]": _text(*ext["auc"]),
@@ -93,10 +100,8 @@ def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict
                         "model": "ensemble", "tta": tta, "folds": len(folds), "class_name": MACRO,
                         "internal_auc": internal["auc"][0], "external_auc": ext["auc"][0], "auc_drop": drops["auc"][0],
                         "internal_ap": internal["ap"][0], "external_ap": ext["ap"][0], "ap_drop": drops["ap"][0]})
-        for k, name in enumerate(classes):  # per class: the ensemble's numbers against the internal ones
-            if name not in pooled["classes"]:
-                continue
-            j = pooled["classes"].index(name)
+        for name in classes:  # per class: the ensemble's numbers against the internal ones
+            j, k = pooled["classes"].index(name), ensemble["classes"].index(name)
             per = {f"{side}_{m}": stats.point_estimate(m, t[:, [i]], p[:, [i]])
                    for side, t, p, i in (("internal", pooled["truth"], pooled["probs"], j),
                                          ("external", ensemble["truth"], ensemble["probs"], k)) for m in ("auc", "ap")}

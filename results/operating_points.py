@@ -54,7 +54,9 @@ def fit_threshold(rule: str, truth, probs) -> float:
         return float(truth.mean()) if len(truth) else float("nan")
     if positives == 0 or positives == len(truth):
         return float("nan")
-    fpr, tpr, cuts = roc_curve(truth, probs)  # scikit-learn: positive when score >= cut
+    # scikit-learn: positive when score >= cut; every cut kept, so that the first to reach a sensitivity is the
+    # highest that does
+    fpr, tpr, cuts = roc_curve(truth, probs, drop_intermediate=False)
     if rule == "youden":
         return _just_below(float(cuts[int(np.argmax(tpr - fpr))]), probs)
     if rule.startswith("sensitivity:"):

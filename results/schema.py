@@ -173,7 +173,7 @@ class ImageGroup(Base):
     image_key: Mapped[str] = mapped_column(String(64))
     sex: Mapped[str] = mapped_column(String(8), default="")
     age_band: Mapped[str] = mapped_column(String(16), default="")
-    view: Mapped[str] = mapped_column(String(32), default="")
+    view: Mapped[str] = mapped_column(String(64), default="")  # as the target's table says it, cut at 64
 
 
 class ExternalSet(Base):

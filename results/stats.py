@@ -139,7 +139,10 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
     weights, e.g. bootstrap counts); NaN where it is undefined. Rows are scored in chunks to bound
     memory."""
     truth, probs, thresholds = _check(metric, truth, probs, thresholds)
-    weights = np.asarray(weights, np.float64).reshape(-1, len(truth))
+    weights = np.asarray(weights, np.float64)
+    if not len(truth) or not truth.shape[1]:  # no image or no class: undefined in every resample
+        return np.full(len(weights) if weights.ndim > 1 else 1, np.nan)
+    weights = weights.reshape(-1, len(truth))
     if metric not in RANKING:
         numerator, denominator = (c.astype(np.float64) for c in _decision_counts(metric, truth, probs, thresholds))
     out = np.empty(len(weights))
@@ -157,19 +160,23 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
 
 
 _DRAWS: dict = {}  # (patients' count, n_boot, seed) -> the draws' blocks: a report asks for the same ones often
+DRAWS_BYTES = 256 << 20  # what the kept draws may take: 1,000 resamples of 250,000 patients as bytes
 
 
 def _patient_draws(n_patients: int, n_boot: int, seed: int) -> list[np.ndarray]:
     """How often each patient is drawn in each resample, in blocks of BLOCK resamples; the same for the same
-    arguments (seeded), so they are drawn once and kept (a few MB for a paper-sized report)."""
+    arguments (seeded), so they are drawn once and kept, as bytes (a patient drawn 256 times of n is
+    beyond any bootstrap), the oldest dropped beyond DRAWS_BYTES. Read-only: callers get copies."""
     key = (n_patients, n_boot, seed)
     if key not in _DRAWS:
-        if len(_DRAWS) >= 32:
-            _DRAWS.pop(next(iter(_DRAWS)))
         rng = np.random.default_rng(seed)
-        share = np.full(n_patients, 1.0 / n_patients)
-        _DRAWS[key] = [rng.multinomial(n_patients, share, size=min(BLOCK, n_boot - start)).astype(np.float64)
-                       for start in range(0, n_boot if n_patients else 0, BLOCK)]
+        share = np.full(n_patients, 1.0 / max(n_patients, 1))
+        blocks = [rng.multinomial(n_patients, share, size=min(BLOCK, n_boot - start)) for start in
+                  range(0, n_boot if n_patients else 0, BLOCK)]
+        fits = all(b.max(initial=0) <= np.iinfo(np.uint8).max for b in blocks)
+        _DRAWS[key] = [b.astype(np.uint8 if fits else np.uint32) for b in blocks]
+        while len(_DRAWS) > 1 and sum(b.nbytes for d in _DRAWS.values() for b in d) > DRAWS_BYTES:
+            _DRAWS.pop(next(iter(_DRAWS)))
     return _DRAWS[key]
 
 
@@ -178,7 +185,7 @@ def patient_weights(patients, n_boot: int, seed: int = 0):
     there are, with replacement; an image's weight is how often its patient was drawn."""
     keys, image_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
     for counts in _patient_draws(len(keys), n_boot, seed):
-        yield np.take(counts, image_patient, axis=1)
+        yield np.take(counts, image_patient, axis=1).astype(np.float64)
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

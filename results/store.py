@@ -6,6 +6,8 @@ BEGIN IMMEDIATE. The same code runs on PostgreSQL.
 """
 from __future__ import annotations
 
+import json
+
 import math
 import sqlite3
 from contextlib import contextmanager
@@ -343,8 +345,15 @@ class ResultsStore:
 
     def external_set(self, sweep_id: int, name: str, dataset: str, images: int, labels: dict[str, list[str]],
                      left_out: list[str]) -> int:
-        """Record (or update) an external test set of the sweep; its id."""
+        """Record (or update) an external test set of the sweep; its id. A set recorded before from another
+        prepared data set or with another label mapping loses its earlier predictions and metrics, which
+        would otherwise be reported under the new description."""
         with self._transaction() as conn:
+            before = conn.execute(select(ExternalSet.id, ExternalSet.dataset, ExternalSet.labels)
+                                  .where(ExternalSet.sweep_id == sweep_id, ExternalSet.name == name)).first()
+            if before is not None and (before.dataset != dataset or _json_value(before.labels) != labels):
+                for table in (ExternalPrediction.__table__, ExternalMetric.__table__):
+                    conn.execute(table.delete().where(table.c.external_id == before.id))
             upsert(conn, ExternalSet.__table__, [{"sweep_id": sweep_id, "name": name, "dataset": dataset,
                                                   "images": images, "labels": labels, "left_out": left_out,
                                                   "evaluated_at": _now()}], ["sweep_id", "name"])
@@ -380,6 +389,11 @@ class ResultsStore:
                 row.update(external_id=external_id, cell_id=cell_id, trial_id=trials.get(row.pop("trial_key")))
             for start in range(0, len(rows), 20_000):
                 conn.execute(table.insert(), rows[start:start + 20_000])
+
+
+def _json_value(value):
+    """A JSON column's value as Python (SQLite may hand back the text)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _fold_metrics(blocks: list[dict], label_names, tta: str) -> list[dict]:

@@ -109,6 +109,8 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     sweep_id = store.sweep_id(sweep)
     for name, path in externals.items():
         data = PreparedDataset(path)
+        if not len(data.image_keys):
+            raise ExternalError(f"external set {name}: {path} holds no images")
         log(f"[evaluate] external set {name}: {data.root.name}, {len(data.image_keys)} images, "
             f"labels {', '.join(data.label_names)}")
         external_id, mapped, truth = None, None, None

@@ -157,11 +157,36 @@ def _load(chosen: ChosenTrial, device: str) -> TrainedModel:
     return TrainedModel.load(read_checkpoint(chosen.checkpoint), device, source=chosen.checkpoint)
 
 
+ENSEMBLE_CHUNK = 512  # files decoded and held at once when the fold models' probabilities are averaged
+
+
+def _predictions(files: list[Path], models: list[TrainedModel], args):
+    """Each file's Prediction in order, with a progress bar: one model's streamed as decoded; an ensemble's
+    a chunk at a time, the first model decoding and the others predicting the same pixels, then the mean."""
+    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
+        step = len(files) if len(models) == 1 else ENSEMBLE_CHUNK
+        for start in range(0, len(files), max(step, 1)):
+            found = []
+            for prediction in models[0].predict(files[start:start + step], args.batch_size, args.workers, args.tta):
+                bar.update(1)
+                if len(models) == 1:
+                    yield prediction
+                else:
+                    found.append(prediction)
+            decoded = [p for p in found if p.probs is not None]
+            if decoded:
+                images = np.stack([p.image for p in decoded])
+                mean = iter(np.mean([np.stack([p.probs for p in decoded])]
+                                    + [m.probabilities(images, args.tta, args.batch_size) for m in models[1:]], axis=0))
+                found = [p._replace(probs=next(mean)) if p.probs is not None else p for p in found]
+            yield from found
+
+
 def run(args) -> int:
     files = image_files(args.inputs)
     if not files:
         raise PredictError(f"no image files under {', '.join(map(str, args.inputs))}")
-    members = cell_models(args.db, args.sweep, args.cell)
+    members = cell_models(args.db, args.sweep, args.cell, every=args.ensemble)
     members = members if args.ensemble else members[:1]
     models = [_load(chosen, args.device) for chosen in members]
     model = models[0]  # decodes the files (every fold model of a cell trained on the same data set)
@@ -172,31 +197,19 @@ def run(args) -> int:
     if args.tta != "none":
         print(f"[predict] test-time augmentation: {args.tta} (each image's mean with its mirror image)", file=sys.stderr)
     print(_thresholds(args, members, models), file=sys.stderr)
-    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
-        found = []
-        for prediction in model.predict(files, args.batch_size, args.workers, args.tta):
-            bar.update(1)
-            found.append(prediction)
-    decoded = [p for p in found if p.probs is not None]
-    if len(models) > 1 and decoded:  # the other fold models on the same decoded pixels, then the mean
-        images = np.stack([p.image for p in decoded])
-        mean = np.mean([np.stack([p.probs for p in decoded])]
-                       + [m.probabilities(images, args.tta, args.batch_size) for m in models[1:]], axis=0)
-        ensembled = iter(mean)
-        found = [p._replace(probs=next(ensembled)) if p.probs is not None else p for p in found]
     rows, rejected, explained = [], 0, 0
     every = len(files) <= PRINT_ALL_UP_TO
-    for number, (path, probs, reason, image) in enumerate(found):
+    for number, (path, probs, reason, image) in enumerate(_predictions(files, models, args)):
         if probs is None:
             rejected += 1
             rows.append({"file": str(path), "rejected": reason, "predicted": ""})
-            print(f"{path}: rejected: {reason}")
+            tqdm.write(f"{path}: rejected: {reason}", file=sys.stdout)  # above the progress bar
             continue
         above = probs > model.thresholds
         rows.append({"file": str(path), "rejected": "",
                      "predicted": "|".join(n for n, yes in zip(model.label_names, above) if yes),
                      **{name: float(p) for name, p in zip(model.label_names, probs)}})
-        print(_line(path, probs, model, every))
+        tqdm.write(_line(path, probs, model, every), file=sys.stdout)
         stem = f"{number:05d}_{safe_name(path.stem)}"
         if args.explain:
             explained += len(explain(model, image, probs, args.explain, stem))

@@ -126,3 +126,19 @@ def test_the_report_has_both_sections_and_the_cli_names_a_bad_rule(handmade, cap
     with pytest.raises(SystemExit) as exit_:
         report_main(["--db", url, "--operating-point", "sensitivity:2"])
     assert exit_.value.code == 2 and "the sensitivity must be a share in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_cell_with_a_fold_that_kept_no_validation_predictions_gets_no_operating_points(handmade):
+    """As for trials from before schema 8 in a sweep resumed across it: its numbers would cover only some
+    folds, so it has none, while the other cells keep theirs."""
+    from sqlalchemy import create_engine, text
+
+    url, _, _ = handmade
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM test_predictions WHERE split = 'val' AND trial_id IN (SELECT trial_id FROM "
+                          "selected_trials WHERE backbone = 'resnet50' AND recipe = 'nih' AND fold = 1)"))
+    engine.dispose()
+    clinical = Clinical(Analysis(load(url), n_boot=0), calibrate=True)
+    assert clinical.operating_points(CELL).empty and not clinical.operating_points(("resnet50", "scratch", "")).empty
+    assert set(clinical.calibration(CELL).probabilities) == {"raw"}

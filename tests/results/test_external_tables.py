@@ -61,3 +61,33 @@ def test_ensemble_rows_are_the_mean_of_the_fold_rows_and_the_view_keeps_them_apa
         ensemble = part[part.model == "ensemble"].set_index(["image_key", "class_name"])["prob"]
         assert part[part.model == "ensemble"]["fold"].isna().all()
         np.testing.assert_allclose(ensemble.loc[folds.index].to_numpy(), folds.to_numpy(), atol=1e-12)
+
+
+def test_both_sides_of_the_drop_average_only_the_classes_the_external_set_can_judge_and_a_new_set_replaces_rows(
+        handmade):
+    """An external set with no positive of its second class: the ensemble's macro is its first class alone, and
+    so is the internal number it is compared with. Recording the name again from another data set drops the
+    rows that described the old one."""
+    from results.store import ResultsStore
+
+    url, expected = handmade
+    store = ResultsStore(url)
+    sweep = store.sweep_id("handmade")
+    truth = np.zeros((40, 2))
+    truth[::4, 0] = 1
+    probs = np.clip(truth * 0.3 + np.linspace(0, 0.6, 40)[:, None], 0, 1)
+    keys = {"image_keys": [f"n{i}" for i in range(40)], "patient_keys": [f"q{i}" for i in range(40)], "labels": truth}
+    external = store.external_set(sweep, "narrow", "phantom_narrow-1", 40, {t: [t] for t in EXTERNAL_LABELS}, [])
+    store.external_predictions(sweep, external, {"backbone": "resnet50", "recipe": "nih", "variant": ""}, "none",
+                               [{"model": "fold", "fold": 0, **keys, "probs": probs},
+                                {"model": "ensemble", **keys, "probs": probs}], EXTERNAL_LABELS)
+    (table,) = [t for t in external_tables(Analysis(load(url), n_boot=0)) if t.key == "external_narrow_resnet50"]
+    row = table.numbers[(table.numbers.model == "ensemble") & (table.numbers.class_name == "__macro__")].iloc[0]
+    first = LABELS.index(EXTERNAL_LABELS[0])
+    assert row["internal_auc"] == pytest.approx(roc_auc_score(expected.truth[:, first],
+                                                              expected.pooled[("resnet50", "nih")][:, first]))
+    assert row["external_auc"] == pytest.approx(roc_auc_score(truth[:, 0], probs[:, 0]))
+    store.external_set(sweep, "narrow", "phantom_narrow-2", 40, {t: [t] for t in EXTERNAL_LABELS}, [])
+    assert run_query(url, "SELECT COUNT(*) FROM external_results WHERE external = 'narrow'").iloc[0, 0] == 0
+    assert run_query(url, "SELECT COUNT(*) FROM external_results WHERE external = 'elsewhere'").iloc[0, 0] > 0
+    store.engine.dispose()

@@ -51,3 +51,14 @@ def test_a_threshold_on_a_score_calls_that_score_positive_and_bad_rules_are_name
         fit_threshold("f1", truth, probs)
     with pytest.raises(RuleError, match="a share in"):
         fit_threshold("sensitivity:90", truth, probs)
+
+
+@pytest.mark.parametrize("seed, wanted", [(5, 0.7), (6, 0.85), (7, 0.95)])
+def test_the_sensitivity_rule_picks_the_highest_threshold_that_reaches_it(seed, wanted):
+    """Among every score as a cut (positive when >= it), the highest reaching the wanted sensitivity: a
+    lower one would call more negatives positive on new images for nothing."""
+    truth, probs = _data(seed, decimals=2)
+    threshold = fit_threshold(f"sensitivity:{wanted}", truth, probs)
+    reached = [c for c in np.unique(probs) if (probs[truth == 1] >= c).mean() >= wanted]
+    assert rates_at(threshold, truth, probs).sensitivity >= wanted
+    assert not (probs > threshold).sum() - (probs >= max(reached)).sum()  # the same images called positive

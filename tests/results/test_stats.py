@@ -271,3 +271,9 @@ def test_holm_adjusts_a_tables_comparisons_step_down_and_leaves_missing_ones_out
     adjusted = holm([np.nan, 0.04, 0.01, 0.02])
     assert np.isnan(adjusted[0]) and adjusted[1:].tolist() == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.6, 0.5]).tolist() == [1.0, 1.0] and np.isnan(holm([np.nan])[0])
+
+
+def test_no_class_or_no_image_is_undefined_not_an_error():
+    assert np.isnan(stats.point_estimate("auc", np.zeros((5, 0)), np.zeros((5, 0))))
+    assert np.isnan(stats.point_estimate("ap", np.zeros((0, 2)), np.zeros((0, 2))))
+    assert list(stats.patient_weights([], 10)) == []
