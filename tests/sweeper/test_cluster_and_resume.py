@@ -90,17 +90,41 @@ def _kill_driver_mid_sweep(home: Path, name: str) -> tuple[list[str], dict]:
     return args, env
 
 
+def _settled(home: Path, quiet: float = 2.0, limit: float = 60.0) -> None:
+    """Wait until no file under `home` has changed for `quiet` seconds (at most `limit`)."""
+    def snapshot():
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in home.rglob("*") if p.is_file())
+
+    deadline, last, since = time.monotonic() + limit, None, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            now = snapshot()
+        except FileNotFoundError:  # a file removed while it was listed: still moving
+            now = None
+        if now is not None and now == last:
+            if time.monotonic() - since >= quiet:
+                return
+        else:
+            last, since = now, time.monotonic()
+        time.sleep(0.25)
+
+
 @pytest.fixture(scope="module")
 def killed_sweep(tmp_path_factory):
     """One sweep killed mid-way, kept as a copy: each resume test puts it back at the same path (Ray's
     experiment state and the DB name their files by absolute path) and resumes it its own way."""
     home = tmp_path_factory.mktemp("killed") / "home"
     args, env = _kill_driver_mid_sweep(home, "killed")
+    _settled(home)  # Ray's workers outlive the killed driver and raylet by a moment, still writing there
     kept = home.parent / "as-killed"
     shutil.copytree(home, kept, symlinks=True)
 
     def restore() -> tuple[Path, list[str], dict]:
-        shutil.rmtree(home, ignore_errors=True)
+        deadline = time.monotonic() + 30
+        while home.exists():  # a straggler's file written while the tree was removed: remove again
+            shutil.rmtree(home, ignore_errors=True)
+            assert time.monotonic() < deadline, f"{home} could not be removed"
+            time.sleep(0.2)
         shutil.copytree(kept, home, symlinks=True)
         return home, args, env
 
