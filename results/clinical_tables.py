@@ -51,16 +51,22 @@ class Clinical:
         a = self.analysis
         return stats.column_intervals(score, pooled["patients"], n_boot=max(a.n_boot, 0), seed=a.seed)
 
+    def _validation(self, key: tuple) -> dict[int, dict]:
+        """The cell's inner-validation predictions per fold, read from the loaded sweep once."""
+        if ("val", key) not in self._cache:
+            self._cache[("val", key)] = self.analysis.data.validation_of(key)
+        return self._cache[("val", key)]
+
     def _every_fold_validated(self, key: tuple) -> bool:
         """Whether each fold of the cell's pooled predictions kept its inner-validation predictions (not so for
         trials from before schema 8, as in a sweep resumed across that upgrade): only then are all of its
         test images judged, and the numbers pooled over the same folds as the rest of the report."""
         pooled = self.analysis.pooled[key]
-        return pooled is not None and set(map(int, pooled["folds"])) <= set(self.analysis.data.validation_of(key))
+        return pooled is not None and set(map(int, pooled["folds"])) <= set(self._validation(key))
 
     def operating_points(self, key: tuple) -> pd.DataFrame:
         if ("op", key) not in self._cache:
-            pooled, validation = self.analysis.pooled[key], self.analysis.data.validation_of(key)
+            pooled, validation = self.analysis.pooled[key], self._validation(key)
             rows = []
             if self._every_fold_validated(key):
                 for rule in self.rules:
@@ -72,9 +78,11 @@ class Clinical:
         return self._cache[("op", key)]
 
     def temperatures(self, key: tuple) -> dict[int, float]:
-        """{fold: T fitted on that fold's inner-validation predictions}."""
-        return {fold: calibration.fit_temperature(v["truth"], v["probs"])
-                for fold, v in self.analysis.data.validation_of(key).items()}
+        """{fold: T fitted on that fold's inner-validation predictions}, fitted once (the table shows them too)."""
+        if ("t", key) not in self._cache:
+            self._cache[("t", key)] = {fold: calibration.fit_temperature(v["truth"], v["probs"])
+                                       for fold, v in self._validation(key).items()}
+        return self._cache[("t", key)]
 
     def calibration(self, key: tuple) -> pd.DataFrame:
         if ("cal", key) not in self._cache:

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from data_prep.dataset import PreparedDataset
 from data_prep.sources.target import load_mapping
-from results.choose import cell_models, selected_trials
+from results.choose import fold_models, selected_trials
 from results.load import latest_sweep, reading
 from results.query import DEFAULT_DB
 from results.store import ResultsStore
@@ -115,7 +115,7 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
             f"labels {', '.join(data.label_names)}")
         external_id, mapped, truth = None, None, None
         for cell in names:
-            members = cell_models(db, sweep, cell)
+            members = fold_models(selected, db, sweep, cell)  # the selected trials read above
             models = [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
             if mapped is None:
                 mapping = label_mapping(models[0].label_names, data.label_names, labels.get(name), name)
