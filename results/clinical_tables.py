@@ -140,10 +140,12 @@ def operating_point_tables(clinical: Clinical) -> list[Table]:
     return _per_backbone(clinical, clinical.operating_points, "rule", row, "operating_points", "Operating points",
                          "Thresholds fitted per outer fold on that fold's selected trial's inner-validation "
                          "predictions (prevalence: the share of positives there; youden: the largest "
-                         "sensitivity + specificity - 1; sensitivity:S: the highest threshold that finds a share "
-                         "S of the positives); rates on the pooled test folds, macro mean over classes, "
-                         "positive when prob > threshold. 95% CIs: patient-clustered bootstrap. Per class in "
-                         "the CSV.")
+                         "sensitivity + specificity - 1, compared exactly, the highest cut among equal ones, so a "
+                         "fold where no cut beats chance calls nothing positive; sensitivity:S: the highest "
+                         "threshold that finds a share S of the positives). A cut found among the validation "
+                         "scores is placed halfway to the next lower score. Rates on the pooled test folds, macro "
+                         "mean over classes, positive when prob > threshold. 95% CIs: patient-clustered "
+                         "bootstrap. Per class in the CSV.")
 
 
 def calibration_tables(clinical: Clinical) -> list[Table]:

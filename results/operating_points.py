@@ -6,7 +6,14 @@ Rules: `prevalence` (seed 000's: the share of positives among the labels it is f
 threshold that still finds a share S of the positives, the lowest false-positive rate with it).
 An image is called positive when its probability exceeds the threshold (`prob > threshold`), as
 everywhere in cxr-sweep; a threshold found among the scores is returned halfway to the next lower
-score, so that the images at it count as positive.
+score, so that the images at it count as positive (and a new image scoring in that gap counts as
+positive only above its middle).
+
+Youden's J is compared exactly, as integer counts (tp N - fp P), and among cuts with equal J the
+highest is taken (fewest images called positive): J in floating point ranks exact ties by rounding
+noise (2/3 - 0 < 1 - 1/3 in doubles). So where no cut has J above 0 (no better than chance on these
+predictions), the highest "cut", above every score, wins the tie with calling everything positive:
+the threshold is infinite and nothing is called positive.
 """
 from __future__ import annotations
 
@@ -40,6 +47,12 @@ def _just_below(cut: float, probs: np.ndarray) -> float:
     return float((cut + lower.max()) / 2) if len(lower) else float(np.nextafter(cut, -np.inf))
 
 
+def _youden_cut(positives: int, negatives: int, fpr, tpr, cuts) -> float:
+    """The highest of roc_curve's cuts with the largest J = tp/P - fp/N, compared exactly as tp N - fp P."""
+    tp, fp = (np.rint(rate * n).astype(np.int64) for rate, n in ((tpr, positives), (fpr, negatives)))
+    return float(cuts[int(np.argmax(tp * negatives - fp * positives))])  # cuts fall: the first maximum is the highest
+
+
 def check_rule(rule: str) -> str:
     """The rule if it is one fit_threshold knows (as a command-line type: a bad one is a RuleError)."""
     fit_threshold(rule, np.array([0.0, 1.0]), np.array([0.2, 0.8]))
@@ -58,7 +71,7 @@ def fit_threshold(rule: str, truth, probs) -> float:
     # highest that does
     fpr, tpr, cuts = roc_curve(truth, probs, drop_intermediate=False)
     if rule == "youden":
-        return _just_below(float(cuts[int(np.argmax(tpr - fpr))]), probs)
+        return _just_below(_youden_cut(positives, len(truth) - positives, fpr, tpr, cuts), probs)
     if rule.startswith("sensitivity:"):
         try:
             wanted = float(rule.split(":", 1)[1])
