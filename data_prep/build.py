@@ -30,14 +30,13 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from data_prep.dataset import SOURCE_SIZE
 from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
-from data_prep.labels import PREPARED_METADATA
-from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, options_from_args,
-                               read_labels, read_official)
+from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, label_table,
+                               options_from_args, read_labels, read_official)
+from data_prep.table_layout import METADATA, columns
 from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
@@ -106,7 +105,8 @@ def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allo
 def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
           name: str = "target", key: bytes | None = None, log=print) -> Path:
     """Build (or reuse) the prepared data set; return its directory."""
-    image_dir, labels_csv, out_root = Path(image_dir), Path(labels_csv), Path(out_root)
+    image_dir, out_root = Path(image_dir), Path(out_root)
+    labels_csv = label_table(labels_csv, params.source)  # a folder or a sibling table: the file hashed below
     if not image_dir.is_dir():
         raise DataPrepError(f"image folder {image_dir} does not exist")
     label_set, located = locate_listed(image_dir, labels_csv, params.source, params.allow_missing, params.split)
@@ -275,7 +275,7 @@ def _metadata(table: pd.DataFrame, i: int, facts: dict) -> dict:
     as the table's (M, F or empty; 90+ above 89)."""
     header = {"view": facts.get("view", ""), "sex": sex_of([facts.get("sex", "")])[0],
               "age": age_years([facts["age"]])[0] if "age" in facts else ""}
-    return {column: table[column][i] or header[column] for column in PREPARED_METADATA}
+    return {column: table[column][i] or header[column] for column in METADATA}
 
 
 def _official(table: pd.DataFrame, i: int) -> dict:
@@ -292,7 +292,7 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 25
 
 
 def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
-    labels = pd.DataFrame(kept, columns=["image_key", "patient_key", *PREPARED_METADATA, *SOURCE_SIZE, *names])
+    labels = pd.DataFrame(kept, columns=columns(names))
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     label_values = labels[names].to_numpy(np.float32)
     if params.split == "official":  # one fold: its test part is the source's own test set
@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                              "source's published layouts under it")
     parser.add_argument("--labels", type=Path, required=True,
                         help="label table: target CSV, NIH Data_Entry_2017*.csv, CheXpert train.csv (or the AIMI "
-                             "release's train_cheXbert.csv), or MIMIC's mimic-cxr-2.0.0-metadata.csv(.gz)")
+                             "release's train_cheXbert.csv), or MIMIC's mimic-cxr-2.0.0-metadata.csv(.gz) or any "
+                             "table beside it; or, but for a target, the folder you downloaded")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
     parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")

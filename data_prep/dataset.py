@@ -12,8 +12,7 @@ import pandas as pd
 from data_prep.errors import DataPrepError
 from data_prep.folds import inner_split
 from data_prep.labelset import age_band
-
-SOURCE_SIZE = ("source_height", "source_width")  # labels.csv: each image's own size before resizing
+from data_prep.table_layout import TEXT
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class PreparedDataset:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.label_names: list[str] = self.manifest["label_names"]
-        table = pd.read_csv(self.root / "labels.csv", dtype={"image_key": str, "patient_key": str, "view": str},
+        table = pd.read_csv(self.root / "labels.csv", dtype={c: str for c in TEXT},
                             keep_default_na=False, na_values={n: [""] for n in self.label_names})
         folds = pd.read_csv(self.root / "folds.csv", dtype={"image_key": str, "split": str})
         self.images = np.load(self.root / "images.npy", mmap_mode="r")

@@ -15,6 +15,8 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from data_prep.errors import DataPrepError
+from data_prep.labelset import read_csv
+from data_prep.table_layout import KEYS, NOT_LABELS, label_columns
 from vocab.errors import exits_on_error
 
 
@@ -113,8 +115,22 @@ def holdout_split(patient_keys, labels: np.ndarray, fractions=(0.6, 0.2, 0.2), s
     return np.array(["train", "val", "test"], dtype=object)[_balanced_groups(patient_keys, labels, fractions, seed)]
 
 
-def _label_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in ("image_key", "patient_key", "view")]
+def read_label_matrix(path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table, its labels as floats, NaN where empty) of a prepared labels.csv; the label columns are those
+    data_prep.table_layout does not name. A label cell that is not a number is an error naming it."""
+    table = read_csv(path, [])  # as text, empty cells "": no column is guessed a number
+    missing = [c for c in KEYS if c not in table.columns]
+    if missing:
+        raise DataPrepError(f"{path}: missing column(s) {missing}; expected a prepared labels.csv "
+                            f"(python -m data_prep.labels); columns are {list(table.columns)}")
+    names = label_columns(table.columns)
+    values = table[names].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna().to_numpy() & (table[names] != "").to_numpy()
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise DataPrepError(f"{path}: row {row + 2}, column {names[column]!r}: {table[names].iat[row, column]!r}; "
+                            f"expected 1, 0 or empty (every column but {list(NOT_LABELS)} is a label)")
+    return table, values.to_numpy(np.float32)
 
 
 @exits_on_error
@@ -130,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="CSV to write: image_key, fold (or split)")
     args = parser.parse_args(argv)
-    table = pd.read_csv(args.labels_csv, dtype={"image_key": str, "patient_key": str})
-    missing = {"image_key", "patient_key"} - set(table.columns)
-    if missing:
-        raise DataPrepError(f"{args.labels_csv}: missing column(s) {sorted(missing)}; expected a prepared labels.csv")
-    labels = table[_label_columns(table)].to_numpy(np.float32)
+    table, labels = read_label_matrix(args.labels_csv)
     if args.holdout:
         try:
             fractions = tuple(float(v) / 100 for v in args.holdout.split("/"))

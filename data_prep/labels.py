@@ -11,14 +11,14 @@ import pandas as pd
 
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet
-from data_prep.sources import KINDS, add_cli_options, options_from_args, read_labels
+from data_prep.sources import KINDS, add_cli_options, label_table, options_from_args, read_labels
+from data_prep.table_layout import METADATA, columns
 from vocab.errors import exits_on_error
-
-PREPARED_METADATA = ("view", "sex", "age")  # what labels.csv carries beside the keys and labels
 
 
 def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
-    """The labels.csv of a prepared data set: image_key, patient_key, view, sex, age, labels (NaN = masked)."""
+    """The labels.csv of a prepared data set (data_prep.table_layout, without the source size: no image is
+    read): keys, metadata, labels (NaN = masked)."""
     frame = label_set.frame
     if (frame["patient"] == "").any():
         row = frame["csv_row"][frame["patient"] == ""].iloc[0]
@@ -26,9 +26,9 @@ def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
                             f"(--dicom-dir) so the PatientID can be read")
     out = pd.DataFrame({"image_key": [pseudonym("image", f) for f in frame["file"]],
                         "patient_key": [pseudonym("patient", p) for p in frame["patient"]],
-                        **{column: frame[column] for column in PREPARED_METADATA}})
+                        **{column: frame[column] for column in METADATA}})
     out[label_set.names] = frame[label_set.names].to_numpy()
-    return out
+    return out[columns(label_set.names, source_size=False)]
 
 
 def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
@@ -58,18 +58,22 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write a prepared data set's labels.csv from a source's label table "
                                                  "(no images needed).")
     parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("csv", type=Path)
+    parser.add_argument("csv", type=Path, help="the source's label table (as data_prep.build's --labels): for NIH, "
+                                               "CheXpert and MIMIC also the folder you downloaded")
     parser.add_argument("--out", type=Path, required=True, help="labels.csv to write")
     parser.add_argument("--dicom-dir", type=Path, help="target: read PatientIDs from these DICOM files")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
     add_cli_options(parser)
     args = parser.parse_args(argv)
-    label_set = read_labels(args.csv, options_from_args(args.kind, args, parser, seed=args.seed))
+    options = options_from_args(args.kind, args, parser, seed=args.seed)
+    table = label_table(args.csv, options)
+    label_set = read_labels(table, options)
     if args.kind == "target" and args.dicom_dir:
         _patients_from_dicom(label_set, args.dicom_dir)
     out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
     out.to_csv(args.out, index=False, float_format="%g")  # masked (NaN) -> empty
-    print(f"wrote {args.out}: {len(out)} images, {out['patient_key'].nunique()} patients, labels {label_set.names}")
+    print(f"wrote {args.out} from {table}: {len(out)} images, {out['patient_key'].nunique()} patients, "
+          f"labels {label_set.names}")
     return 0
 
 

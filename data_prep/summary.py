@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from data_prep.dataset import SOURCE_SIZE, PreparedDataset  # noqa: E402
+from data_prep.dataset import PreparedDataset  # noqa: E402
+from data_prep.table_layout import SOURCE_SIZE, TEXT  # noqa: E402
 from vocab.errors import exits_on_error  # noqa: E402
 
 TOP_SIZES = 10  # most common image sizes listed
@@ -44,7 +45,7 @@ class DataSummary:
 def summarise(root: Path | str, figures: bool = True) -> DataSummary:
     data = PreparedDataset(root)
     manifest, names = data.manifest, data.label_names
-    table = pd.read_csv(data.root / "labels.csv", dtype={"image_key": str, "patient_key": str, "view": str},
+    table = pd.read_csv(data.root / "labels.csv", dtype={c: str for c in TEXT},
                         keep_default_na=False, na_values={n: [""] for n in names})
     labels = pd.DataFrame(data.labels, columns=names)
     positives = labels.sum().astype(int)

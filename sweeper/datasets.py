@@ -21,7 +21,8 @@ from filelock import FileLock
 from data_prep.build import BuildParams, build, locate_listed
 from data_prep.locate import locate
 from data_prep.dataset import PreparedDataset
-from data_prep.sources import KINDS
+from data_prep.errors import DataPrepError
+from data_prep.sources import KINDS, SourceOptions, label_table
 from phantom.generate import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
 from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
@@ -58,24 +59,24 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
                  name=f"phantom_{kind}", log=log)
 
 
-RAW_TABLES = {"target": ("labels.csv",), "nih": ("Data_Entry_2017*.csv",),
-              "chexpert": ("train.csv", "*/train.csv", "train_cheXbert.csv"),  # original, Kaggle, Stanford AIMI
-              "mimic": ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")}
+TARGET_TABLE = "labels.csv"  # a raw target folder's table (a phantom target's too); public sources: data_prep's
 
 
-def raw_table(kind: str, location: str, key: str) -> Path:
-    """The label table of a raw source: the file given, or the one file in the folder named as the kind's is."""
+def raw_table(kind: str, location: str, key: str, source: SourceOptions) -> Path:
+    """The label table of a raw source, as data_prep resolves the file or downloaded folder given
+    (data_prep.sources.label_table); a target folder's is its labels.csv."""
     path = Path(location).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    if not path.exists():
         raise SpecError(f"{key} = '{kind}:{location}': {path} does not exist")
-    found = sorted({t for pattern in RAW_TABLES[kind] for t in path.glob(pattern)})
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(t.name for t in found)})"
-        raise SpecError(f"{key} = '{kind}:{location}': {what} {kind} label table in {path}; expected one of "
-                        f"{' or '.join(RAW_TABLES[kind])}, or give the table itself as {kind}:PATH/TO/TABLE.csv")
-    return found[0]
+    if kind == "target" and path.is_dir():
+        path = path / TARGET_TABLE
+        if not path.is_file():
+            raise SpecError(f"{key} = '{kind}:{location}': no {TARGET_TABLE} in {path.parent}; put the target's "
+                            f"label table there, or give the table itself as {kind}:PATH/TO/TABLE.csv")
+    try:
+        return label_table(path, source)
+    except DataPrepError as exc:
+        raise SpecError(f"{key} = '{kind}:{location}': {exc}") from None
 
 
 def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
@@ -99,16 +100,17 @@ def raw_image_root(kind: str, location: str, table: Path, key: str) -> Path:
                     f"{', '.join(str(c) for c in candidates)}; put the images beside the table or in images/")
 
 
-def raw_source(kind: str, location: str, key: str) -> tuple[Path, Path]:
+def raw_source(kind: str, location: str, key: str, source: SourceOptions) -> tuple[Path, Path]:
     """(label table, image folder) of a raw `KIND:FOLDER` location."""
-    table = raw_table(kind, location, key)
+    table = raw_table(kind, location, key, source)
     return table, raw_image_root(kind, location, table, key)
 
 
 def _raw(kind: str, location: str, name: str, key: str, spec: SweepSpec, home: Path, log) -> Path:
-    table, root = raw_source(kind, location, key)
+    params = _params(spec, name, kind, key == "data.target")
+    table, root = raw_source(kind, location, key, params.source)
     log(f"[sweeper] preparing {key} from raw {kind} source {table} (reused when inputs and settings are unchanged)")
-    return build(root, table, home / "prepared", _params(spec, name, kind, key == "data.target"), name=name, log=log)
+    return build(root, table, home / "prepared", params, name=name, log=log)
 
 
 def raw_images(spec: SweepSpec, name: str, kind: str, location: str,
@@ -116,8 +118,8 @@ def raw_images(spec: SweepSpec, name: str, kind: str, location: str,
     """(images found, images listed, label table) of a raw `KIND:FOLDER` location, read as its build will read
     it; with `check`, DataPrepError where its build would stop (more than 1% missing, allow_missing off)."""
     key = data_key(name)
-    table, root = raw_source(kind, location, key)
     params = _params(spec, name, kind, key == "data.target")
+    table, root = raw_source(kind, location, key, params.source)
     _, located = locate_listed(root, table, params.source, allow_missing=params.allow_missing or not check,
                                split=params.split)
     return len(located.paths) - len(located.missing), len(located.paths), table

@@ -25,6 +25,8 @@ OPTIONS: dict[str, type] = {"target": TargetOptions, "nih": NihOptions, "chexper
                             "mimic": MimicOptions}
 READERS = {"target": target.read_labels, "nih": nih.read_labels, "chexpert": chexpert.read_labels,
            "mimic": mimic.read_labels}
+TABLES = {"target": target.label_table, "nih": nih.label_table, "chexpert": chexpert.label_table,
+          "mimic": mimic.label_table}
 KINDS = tuple(OPTIONS)
 CLI_SKIPS = ("kind", "seed")  # the build's --seed seeds every random choice, NIH's undersampling included
 
@@ -51,9 +53,16 @@ def _message(error: dict, kind: str) -> str:
     return error["msg"]
 
 
+def label_table(path: Path, options: SourceOptions) -> Path:
+    """The table the kind's reader reads, from what the user named: the table, the downloaded folder (where
+    the source has one obvious table) or, for MIMIC, another table of the download. DataPrepError saying what
+    to give otherwise."""
+    return TABLES[options.kind](Path(path), options)
+
+
 def read_labels(path: Path, options: SourceOptions) -> LabelSet:
-    """The label table of any source kind."""
-    return READERS[options.kind](Path(path), options)
+    """The label table of any source kind, named as `label_table` accepts."""
+    return READERS[options.kind](label_table(path, options), options)
 
 
 OFFICIAL = {"nih": nih.official_split, "chexpert": chexpert.official_split, "mimic": mimic.official_split}
@@ -66,8 +75,9 @@ def read_official(path: Path, options: SourceOptions) -> tuple[LabelSet, list[st
     if options.kind not in OFFICIAL:
         raise DataPrepError(f"{options.kind} sources have no official split; expected split 'random' (kinds with "
                             f"one: {sorted(OFFICIAL)})")
-    label_set, files = OFFICIAL[options.kind](Path(path), options)
-    label_set.stats["official_split"] = {name: file_sha256(Path(path).parent / name) for name in files}  # in the id
+    path = label_table(path, options)
+    label_set, files = OFFICIAL[options.kind](path, options)
+    label_set.stats["official_split"] = {name: file_sha256(path.parent / name) for name in files}  # in the id
     return label_set, files
 
 

@@ -19,6 +19,7 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
 from data_prep.sources.options import Blank, Options, Policy
+from data_prep.sources.tables import one_table
 
 ALL_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
               "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -26,6 +27,10 @@ ALL_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung 
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 U_ONES_IN_MIXED = ("Atelectasis", "Edema")
 PATIENT = re.compile(r"(patient\d+)")
+# In a downloaded folder: the original zips' train.csv (at the top in Kaggle's copy, else in the zip's
+# CheXpert-v1.0(-small)/ folder); failing that, the Stanford AIMI release's CheXbert labels. Other tables
+# there (valid.csv, train_visualCheXbert.csv) are label tables too, used when named.
+TABLES = (("train.csv", "CheXpert-v1.0*/train.csv"), ("train_cheXbert.csv", "CheXpert-v1.0*/train_cheXbert.csv"))
 
 
 class ChexpertOptions(Options):
@@ -58,6 +63,11 @@ def label_values(path: Path, table: pd.DataFrame, label: str, policy: str, blank
         row = int(np.flatnonzero(bad)[0])
         raise DataPrepError(f"{path}: row {row + 2}, column {label!r}: {raw.iloc[row]!r}; expected 1, 0, -1 or blank")
     return raw.map(known).to_numpy(np.float32)
+
+
+def label_table(path: Path, options: ChexpertOptions = ChexpertOptions()) -> Path:
+    """The file given, or the downloaded folder's training table (TABLES)."""
+    return one_table(path, TABLES, "CheXpert") if path.is_dir() else path
 
 
 def read_labels(path: Path, options: ChexpertOptions = ChexpertOptions()) -> LabelSet:

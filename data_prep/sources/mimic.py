@@ -4,7 +4,8 @@ dicom_id, subject_id, study_id, ViewPosition, ...), a labeler's table per study
 labels as 1, 0, -1 or blank), `mimic-cxr-2.0.0-split.csv(.gz)`, and images at
 `files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg`.
 
-The metadata table is the label table a build is given; the labeler's table lies beside it.
+The metadata table is the label table the reader reads (it lists the images); the labeler's table
+lies beside it. A build may be given the downloaded folder or any of the tables instead (`label_table`).
 Patient = subject_id. Labels are per study, so every image of a study gets its study's labels,
 with CheXpert's uncertainty and blank policies; a study the labeler has no row for has every
 label blank. No date, time or other header value leaves this module.
@@ -19,10 +20,14 @@ import pandas as pd
 from pydantic import Field
 
 from data_prep.errors import DataPrepError
-from data_prep.labelset import LabelSet, label_step, read_csv, refuse_duplicates
+from data_prep.labelset import LabelSet, file_sha256, label_step, read_csv, refuse_duplicates
 from data_prep.sources.chexpert import ChexpertOptions, label_values
+from data_prep.sources.tables import one_table
 
 PREFIX = "mimic-cxr-2.0.0-"
+TABLES = ((f"{PREFIX}metadata.csv", f"{PREFIX}metadata.csv.gz"),)
+SIBLINGS = {"chexpert": "the CheXpert labeler's study labels", "negbio": "the NegBio labeler's study labels",
+            "split": "the official split"}  # PhysioNet's other tables, beside the metadata
 FRONTAL = ("PA", "AP")
 
 
@@ -39,6 +44,28 @@ def companion(metadata: Path, what: str) -> Path:
             return metadata.parent / name
     raise DataPrepError(f"{metadata.parent}: no {PREFIX}{what}.csv or {PREFIX}{what}.csv.gz beside {metadata.name}; "
                         f"MIMIC-CXR-JPG ships it in the same folder")
+
+
+def label_table(path: Path, options: MimicOptions = MimicOptions()) -> Path:
+    """The metadata table: the file given, the one in the folder given, or the one beside another table of
+    the download. A labeler's table that is not the one `options.labeler` names stops with the flag to pass:
+    it would otherwise be silently replaced by the other labeler's labels."""
+    if path.is_dir():
+        return one_table(path, TABLES, "MIMIC-CXR-JPG metadata")
+    sibling = next((what for what in SIBLINGS if path.name in (f"{PREFIX}{what}.csv", f"{PREFIX}{what}.csv.gz")),
+                   None)
+    if sibling is None:
+        return path
+    if sibling in ("chexpert", "negbio") and sibling != options.labeler:
+        raise DataPrepError(f"{path} holds the {sibling} labeler's labels, but the labeler is {options.labeler!r}; "
+                            f"pass --labeler {sibling} (in a spec: labeler = \"{sibling}\" under "
+                            f"[data.prepare.NAME]) to use them, or give the folder or {PREFIX}metadata.csv.gz to use "
+                            f"the {options.labeler} labeler's")
+    try:
+        return one_table(path.parent, TABLES, "MIMIC-CXR-JPG metadata")
+    except DataPrepError as exc:
+        raise DataPrepError(f"{path} is MIMIC-CXR-JPG's table of {SIBLINGS[sibling]}; the images and their views "
+                            f"come from {PREFIX}metadata.csv.gz beside it: {exc}") from None
 
 
 def image_path(subject: str, study: str, dicom_id: str) -> str:
@@ -70,6 +97,7 @@ def read_labels(path: Path, options: MimicOptions = MimicOptions()) -> LabelSet:
     if not keep.all():
         steps.append(label_step("views other than PA and AP removed", frame[names], names))
     stats = {"rows": len(meta), "images": len(frame), "labeler": options.labeler, "policy": options.policy,
+             "labeler_table_sha256": file_sha256(studies_path),  # the labels' source, in the content address
              "blank": options.blank, "studies_without_labels": int(meta.loc[unlabelled.to_numpy(), "study_id"].nunique()),
              "masked": {n: int(frame[n].isna().sum()) for n in names}, "steps": steps}
     return LabelSet(frame, names, stats)

@@ -19,11 +19,14 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
 from data_prep.sources.options import Options
+from data_prep.sources.tables import one_table
 
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
               "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")
 NO_FINDING = "No Finding"
 COLUMNS = ["Image Index", "Finding Labels", "Patient ID", "View Position"]
+TABLES = (("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"),)  # the box download's (2020), Kaggle's
+SIBLINGS = ("BBox_List_2017.csv", "train_val_list.txt", "test_list.txt")  # shipped beside it; no labels
 
 
 class NihOptions(Options):
@@ -91,6 +94,14 @@ def undersample(labels: pd.DataFrame, top: int, to: int, seed: int) -> np.ndarra
         if len(carriers) > to:
             keep[rng.choice(carriers, size=len(carriers) - to, replace=False)] = False
     return keep
+
+
+def label_table(path: Path, options: NihOptions = NihOptions()) -> Path:
+    """The Data_Entry table: the file given, the one in the folder given, or the one beside a file NIH ships
+    with it (the box list, the split lists)."""
+    if path.is_dir() or path.name in SIBLINGS:
+        return one_table(path if path.is_dir() else path.parent, TABLES, "NIH")
+    return path
 
 
 def read_labels(path: Path, options: NihOptions = NihOptions()) -> LabelSet:

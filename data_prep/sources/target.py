@@ -50,6 +50,14 @@ class TargetOptions(Options):
         "drop", description="an image whose only findings are discarded classes is dropped, or kept as normal")
 
 
+def label_table(path: Path, options: TargetOptions = TargetOptions()) -> Path:
+    """The file given: a hospital's table has no published name to find it by in a folder."""
+    if path.is_dir():
+        raise DataPrepError(f"{path} is a folder; a target's label table is your CSV naming each image by one "
+                            f"column ({', '.join(NAMED_BY)}) with `findings` or 0/1 label columns: give that file")
+    return path
+
+
 def read_labels(path: Path, options: TargetOptions = TargetOptions()) -> LabelSet:
     return read_target_labels(path, None if options.mapping == "none" else load_mapping(options.mapping),
                               options.discarded_only)

@@ -77,7 +77,8 @@ def test_chexperts_own_layout_is_found(tmp_path):
 
 @pytest.mark.parametrize("location, expected", [
     ("nih:{tmp}/nowhere", "data.sources.nih = 'nih:{tmp}/nowhere': {tmp}/nowhere does not exist"),
-    ("nih:{tmp}", "no nih label table in {tmp}; expected one of Data_Entry_2017*.csv"),
+    ("nih:{tmp}", "data.sources.nih = 'nih:{tmp}': {tmp}: no NIH label table in this folder; expected "
+                  "Data_Entry_2017_v2020.csv or Data_Entry_2017.csv, or give the table itself"),
     ("nhi:{tmp}", "not a prepared data set (no manifest.json); expected a prepared data set's path, KIND:FOLDER"),
 ])
 def test_bad_raw_locations_name_the_key_and_what_was_expected(phantom_dir, tmp_path, location, expected):
