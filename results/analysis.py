@@ -7,6 +7,7 @@ paired bootstrap on the test images and classes both were evaluated on (results.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -55,13 +56,29 @@ def at_floor(comparison) -> tuple[float, bool]:
     return (floor if below else comparison.p_value), below
 
 
+P_SMALLEST = 0.001  # below it neither a normal tail (DeLong) nor 1,000 resamples (bootstrap) supports digits
+
+
+def p_relation(p: float, bound: bool) -> str:
+    """'=0.03' (2 decimals from 0.01), '=0.004' (3 below), '<0.001' below 0.001, '<=0.007' for an upper bound
+    (rounded up, so that it stays one): the AMA Manual of Style's rule. A DeLong p of 1e-35 is a normal tail
+    far beyond what 100 patients can support, and a bootstrap p's resolution is 2/(resamples+1); the CSV keeps
+    the raw value."""
+    if p < P_SMALLEST:
+        return f"<{P_SMALLEST:g}"
+    decimals = 2 if p >= 0.01 else 3
+    if bound:
+        return f"<={math.ceil(p * 10 ** decimals - 1e-9) / 10 ** decimals:.{decimals}f}"
+    return f"={p:.{decimals}f}"
+
+
 def format_p(p: float, bound: bool) -> str:
-    """'p=0.0123', or 'p<=0.002' for an upper bound."""
-    return f"p<={p:.2g}" if bound else f"p={p:.3g}"
+    """'p=0.03', 'p<0.001', or 'p<=0.002' for an upper bound (p_relation's precision)."""
+    return "p" + p_relation(p, bound)
 
 
 def p_text(comparison) -> str:
-    """'p=0.0123', or 'p<=0.002' where no resample crossed zero: the smallest p the resamples can show."""
+    """'p=0.03', or 'p<=0.002' where no resample crossed zero: the smallest p the resamples can show."""
     if comparison is None or pd.isna(comparison.p_value):
         return ""
     return format_p(*at_floor(comparison))

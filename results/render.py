@@ -52,21 +52,27 @@ def to_markdown(report: Report, figure_dir: str | None = "figures") -> str:
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+# Which pandas' latex escaping leaves alone, but LaTeX's default (OT1) text fonts print as other glyphs ("<" as an
+# inverted exclamation mark): a p shown as p<0.001 would read wrongly.
+_LATEX_ANGLES = {"<": r"\textless{}", ">": r"\textgreater{}"}
+_LATEX_ANGLES_RE = re.compile("[<>]")
+_LATEX_SPECIAL.update(_LATEX_ANGLES)
 _LATEX_SPECIAL_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIAL))
 
 
 def latex_text(text: str) -> str:
-    """text as LaTeX text mode prints it: & % $ # _ { } escaped with a backslash, ~ ^ \\ as their \\text...{}
+    """text as LaTeX text mode prints it: & % $ # _ { } escaped with a backslash, ~ ^ \\ < > as their \\text...{}
     commands ('{}' ends the command, so a following space is kept). One pass: what it inserts is not escaped again."""
     return _LATEX_SPECIAL_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs tabular with every header and cell escaped by pandas (Styler.format(escape="latex")) and
-    the caption by latex_text."""
+    """A booktabs tabular with every header and cell escaped by pandas (Styler.format(escape="latex")), and < and >
+    after it as text commands (pandas' markup never writes them), and the caption by latex_text."""
     styler = table.display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     caption = table.title + (f". {table.note}" if table.note else "")
-    return styler.to_latex(hrules=True, caption=latex_text(caption), label=f"tab:{file_stem(table.key)}")
+    latex = styler.to_latex(hrules=True, caption=latex_text(caption), label=f"tab:{file_stem(table.key)}")
+    return _LATEX_ANGLES_RE.sub(lambda m: _LATEX_ANGLES[m.group()], latex)
 
 
 _PAGE = """<!doctype html>

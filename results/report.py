@@ -52,7 +52,10 @@ def _summary(data: SweepData, analysis: Analysis) -> list[str]:
     lines.append("Numbers: mean +/- sd over outer folds of the trial best on inner validation. 'Pooled': on all "
                  "of a cell's out-of-fold test predictions at once, with a 95% CI from a patient-clustered "
                  f"bootstrap ({analysis.n_boot} resamples); p-values: paired bootstrap on the same test images, and "
-                 "DeLong's test clustered by patient, each with its Holm adjustment over a table's comparisons.")
+                 "DeLong's test clustered by patient. Holm-adjusted only where a column says so: over the k-1 "
+                 "comparisons of one ranking with its first row (a source or combination table per backbone; the "
+                 "backbone table once per recipe); the conclusion, transfer-effect and loss-comparison p-values "
+                 "are unadjusted. p below 0.001 is shown as <0.001.")
     return lines
 
 

@@ -278,13 +278,13 @@ def with_macro(columns: np.ndarray) -> np.ndarray:
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjustment of the p-values of one table's comparisons (statsmodels'): a table that
-    ranks k rows against its first makes k-1 tests. NaN (no comparison) stays NaN and is not counted."""
-    from statsmodels.stats.multitest import multipletests
-
+    """Holm's step-down adjustment of the p-values of one family of comparisons (a ranking of k rows against its
+    first makes k-1 tests): the i-th smallest times (m - i), made non-decreasing, capped at 1. NaN (no comparison)
+    stays NaN and is not counted. Not statsmodels' multipletests, which tests compare it with: its Holm branch
+    runs gc.collect() on every call, 0.26 s in a process holding a report (half of a small report's time)."""
     p = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(p.shape, np.nan)
-    known = ~np.isnan(p)
-    if known.any():
-        adjusted[known] = multipletests(p[known], method="holm")[1]
+    known = np.flatnonzero(~np.isnan(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    adjusted[order] = np.minimum(np.maximum.accumulate(p[order] * np.arange(len(order), 0, -1)), 1.0)
     return adjusted

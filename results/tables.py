@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from results.analysis import PERCENT, Analysis, at_floor, fmt, fmt_p, format_p, p_text
+from results.analysis import PERCENT, Analysis, at_floor, fmt, fmt_p, format_p, p_relation, p_text
 from results.load import CELL
 from results.stats import holm
 from vocab.names import row_name
@@ -61,7 +61,7 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
                  for i, (_, row) in enumerate(part.iterrows())]
         part["vs_best_delong_p"] = [t.p if t else np.nan for t in tests]
         part["vs_best_delong_p_holm"] = holm(part["vs_best_delong_p"])
-        part["vs_best_delong_text"] = ["" if np.isnan(p) else f"{format_p(p, False)} (Holm {format_p(h, False)[2:]})"
+        part["vs_best_delong_text"] = ["" if np.isnan(p) else f"{format_p(p, False)} (Holm p{p_relation(h, False)})"
                                        for p, h in zip(part["vs_best_delong_p"], part["vs_best_delong_p_holm"])]
     return part
 
@@ -80,7 +80,7 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
         else:
             out[label] = [str(v) for v in part[stem]]
     out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
-    out[f"vs first: pooled {by.upper()} diff (bootstrap p)"] = part["vs_best_text"].tolist()
+    out[f"vs first: pooled {by.upper()} diff (bootstrap p, unadjusted)"] = part["vs_best_text"].tolist()
     out[HOLM_COLUMN] = part["vs_best_holm_text"].tolist()  # over the ranking's own tests: the rows with a p
     if "vs_best_delong_text" in part:
         out[DELONG_COLUMN] = part["vs_best_delong_text"].tolist()
@@ -91,6 +91,19 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
 
 HOLM_COLUMN = "bootstrap p, Holm-adjusted"
 DELONG_COLUMN = "vs first: DeLong p (Holm-adjusted), patient-clustered"
+UNADJUSTED = "unadjusted for multiple comparisons"
+TRANSFER_COLUMN = "Difference [95% CI] (bootstrap p, unadjusted)"
+CONCLUSION_COLUMN = "Best - runner-up, AUC (bootstrap p, unadjusted)"
+THIS_TABLE = "this table's k-1 comparisons with its first row"
+P_NOTE = ("p below 0.001 is shown as <0.001, and a bootstrap p where no resample crossed 0 as p<= the smallest p "
+          "the resamples can show; the CSV has the raw values.")
+
+
+def ranking_note(family: str) -> str:
+    """What a ranked table's p-values are, naming the family Holm adjusts over (`family`)."""
+    return (f"Rows ranked by pooled test AUC; each row below the first is compared with the first on the test images "
+            f"both share: paired patient bootstrap p and DeLong's patient-clustered p, each with Holm's adjustment "
+            f"over {family}. {P_NOTE}")
 PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE": "train_mae",
                  "Test AP; pooled [95% CI]": "ap", "Test AUC; pooled [95% CI]": "auc"}
 
@@ -111,7 +124,7 @@ def source_selection(analysis: Analysis) -> list[Table]:
         part = ranked(analysis, part)
         columns = {"Recipe": "recipe", "Variant": "variant", "Dataset": "dataset", **PAPER_COLUMNS}
         tables.append(Table(f"source_selection_{backbone}", f"Source data selection: {backbone}", _numbers(part),
-                            _display(part, columns, analysis)))
+                            _display(part, columns, analysis), ranking_note(THIS_TABLE)))
     return tables
 
 
@@ -125,7 +138,7 @@ def combination_selection(analysis: Analysis) -> list[Table]:
         columns = {"Method": "method", "Recipe": "recipe", "Variant": "variant", "Dataset": "dataset",
                    **PAPER_COLUMNS}
         tables.append(Table(f"combination_selection_{backbone}", f"Combination method selection: {backbone}",
-                            _numbers(part), _display(part, columns, analysis)))
+                            _numbers(part), _display(part, columns, analysis), ranking_note(THIS_TABLE)))
     return tables
 
 
@@ -151,8 +164,8 @@ def transfer_effect(analysis: Analysis) -> list[Table]:
                          "Dataset": row["dataset"],
                          "Pooled test AUC": fmt(row["auc_pooled"]),
                          f"From scratch ({reference['recipe']})": fmt(reference["auc_pooled"]),
-                         "Difference [95% CI] (p)": (f"{compared.difference:+.3f} [{compared.low:+.3f}, "
-                                                     f"{compared.high:+.3f}] ({p_text(compared)})") if shown else "",
+                         TRANSFER_COLUMN: (f"{compared.difference:+.3f} [{compared.low:+.3f}, "
+                                           f"{compared.high:+.3f}] ({p_text(compared)})") if shown else "",
                          "Shown": ("helps" if compared.low > 0 else "hurts" if compared.high < 0 else "unclear")
                          if shown else ""})
             numbers.append({"backbone": backbone, "recipe": row["recipe"], "variant": variant,
@@ -167,7 +180,8 @@ def transfer_effect(analysis: Analysis) -> list[Table]:
     return [Table("transfer_effect", "Transfer effect: each recipe versus training from scratch",
                   pd.DataFrame(numbers), pd.DataFrame(rows),
                   "Pooled out-of-fold test AUC; the difference is a paired, patient-clustered bootstrap on the same "
-                  "test images. 'helps': the whole interval is above 0.")]
+                  f"test images, its p {UNADJUSTED} (one test per row). 'helps': the whole interval is above 0. "
+                  + P_NOTE)]
 
 
 def backbone_selection(analysis: Analysis) -> list[Table]:
@@ -183,7 +197,9 @@ def backbone_selection(analysis: Analysis) -> list[Table]:
     if not numbers:
         return []
     return [Table("backbone_selection", "Backbone model selection", pd.concat(numbers, ignore_index=True),
-                  pd.concat(display, ignore_index=True), "Rows ranked within each recipe by pooled test AUC.")]
+                  pd.concat(display, ignore_index=True),
+                  ranking_note("each recipe's own k-1 comparisons with its first row (one family per recipe, not the "
+                               "whole table)"))]
 
 
 def conclusion(analysis: Analysis) -> list[Table]:
@@ -199,13 +215,17 @@ def conclusion(analysis: Analysis) -> list[Table]:
                      "Pooled test AUC [95% CI]": "" if pd.isna(best["auc_ci_low"]) else
                      f"{best['auc_pooled']:.3f} [{best['auc_ci_low']:.3f}, {best['auc_ci_high']:.3f}]",
                      "Runner-up": _name(runner) if runner is not None else "",
-                     "Best - runner-up, AUC (p)": "" if runner is None or pd.isna(runner["vs_best_diff"])
+                     CONCLUSION_COLUMN: "" if runner is None or pd.isna(runner["vs_best_diff"])
                      else f"{-runner['vs_best_diff']:+.3f} ({runner['vs_best_p_text']})"})
         numbers.append(_numbers(part.iloc[:2]))
     if not rows:
         return []
     return [Table("conclusion", "Conclusion: best recipe per backbone", pd.concat(numbers, ignore_index=True),
-                  pd.DataFrame(rows))]
+                  pd.DataFrame(rows),
+                  f"Best - runner-up: pooled test AUC difference with its paired patient bootstrap p, {UNADJUSTED} "
+                  "(the best was picked among all of the backbone's recipes on the same test images, so read it as "
+                  "descriptive); the CSV's vs_best_p_holm adjusts over all of the backbone's k-1 comparisons with "
+                  f"its best. {P_NOTE}")]
 
 
 def loss_comparison(analysis: Analysis) -> list[Table]:
@@ -240,7 +260,7 @@ def loss_comparison(analysis: Analysis) -> list[Table]:
     return [Table("loss_comparison", "Loss comparison (seed 003): BCE versus weighted BCE",
                   pd.concat(numbers, ignore_index=True), pd.concat(display, ignore_index=True),
                   "Accuracy, exact match and false-negative rate at a 0.5 threshold; differences are paired "
-                  "bootstrap estimates on the same test images.")]
+                  f"bootstrap estimates on the same test images, their p {UNADJUSTED}. {P_NOTE}")]
 
 
 def per_class(analysis: Analysis) -> list[Table]:

@@ -14,8 +14,9 @@ from results.load import load
 from results.render import latex_text, to_html, to_latex, to_markdown, write
 from results.report import build, main
 from results.store import ResultsStore
-from results.analysis import Analysis
-from results.tables import DELONG_COLUMN, HOLM_COLUMN, Table, combination_selection, source_selection, transfer_effect
+from results.analysis import Analysis, format_p
+from results.tables import (CONCLUSION_COLUMN, DELONG_COLUMN, HOLM_COLUMN, TRANSFER_COLUMN, Table, combination_selection,
+                            source_selection, transfer_effect)
 from tests.handmade_sweep import CELLS, FOLDS, LABELS, build_sweep, write_trial
 
 
@@ -100,6 +101,58 @@ def test_a_ranked_table_gives_holm_adjusted_p_values_beside_the_raw_ones(handmad
         assert shown.iloc[0] == "" and sum(t.startswith("p") for t in shown[1:]) == len(numbers)
 
 
+def test_the_backbone_table_adjusts_each_recipes_ranking_on_its_own_and_every_note_says_which_family(handmade):
+    """Holm over each recipe's k-1 comparisons (statsmodels on that recipe's raw p), not over the whole table,
+    as its note and the summary say; the conclusion's p is unadjusted and its column says so."""
+    from statsmodels.stats.multitest import multipletests
+
+    url, _ = handmade
+    built = build(url, "handmade", n_boot=20, figures=False)
+    tables = {t.key: t for _, ts, _ in built.sections for t in ts}
+    table = tables["backbone_selection"]
+    numbers = table.numbers.dropna(subset=["vs_best_delong_p"])
+    for _, part in numbers.groupby("recipe"):
+        assert part["vs_best_delong_p_holm"].tolist() == pytest.approx(
+            multipletests(part["vs_best_delong_p"], method="holm")[1].tolist())
+    whole = multipletests(numbers["vs_best_delong_p"], method="holm")[1]
+    assert not np.allclose(whole, numbers["vs_best_delong_p_holm"])  # one family per recipe is a different number
+    assert "over each recipe's own k-1 comparisons" in table.note and "not the whole table" in table.note
+    assert all("over this table's k-1 comparisons" in t.note for k, t in tables.items() if k.startswith(
+        ("source_selection", "combination_selection")))
+    summary = " ".join(built.summary)
+    assert "the backbone table once per recipe" in summary and "over a table's comparisons" not in summary
+    assert "unadjusted" in CONCLUSION_COLUMN and "unadjusted for multiple comparisons" in tables["conclusion"].note
+    assert "unadjusted" in TRANSFER_COLUMN and "unadjusted" in tables["transfer_effect"].note
+
+
+@pytest.mark.parametrize("p, bound, shown", [
+    (6.34e-35, False, "p<0.001"), (0.00099, False, "p<0.001"), (0.001, False, "p=0.001"), (0.00234, False, "p=0.002"),
+    (0.0123, False, "p=0.01"), (0.456, False, "p=0.46"), (1.0, False, "p=1.00"),
+    (2 / 1001, True, "p<=0.002"), (2 / 301, True, "p<=0.007"), (2 / 41, True, "p<=0.05"), (2 / 10001, True, "p<0.001")])
+def test_p_values_are_printed_at_the_precision_their_method_supports(p, bound, shown):
+    """Two decimals from 0.01, three below, '<0.001' below that (a normal tail of 1e-35 on 100 patients is no
+    number); an upper bound (a bootstrap p at its floor) rounds up, so that it stays one."""
+    assert format_p(p, bound) == shown
+
+
+def test_no_p_in_any_table_is_printed_beyond_what_its_method_supports(handmade, tmp_path):
+    """The handmade sweep's strongest cell against its weakest: DeLong's normal tail is far below 0.001."""
+    url, _ = handmade
+    built = build(url, "handmade", n_boot=20, figures=False)
+    tables = {t.key: t for _, ts, _ in built.sections for t in ts}
+    delong = tables["source_selection_resnet50"].numbers["vs_best_delong_p"]
+    assert delong.min() < 1e-4  # the CSV keeps the raw value
+    shown = tables["source_selection_resnet50"].display[DELONG_COLUMN]
+    assert any(t.startswith("p<0.001 (Holm p<0.001)") for t in shown)
+    text = to_markdown(built, figure_dir=None)
+    assert not re.search(r"p\s*(=|<=?)\s*\d(\.\d+)?e-?\d", text, re.IGNORECASE)  # no scientific notation
+    assert not re.search(r"p(=|<=)0\.\d{4}", text)  # nor a fourth decimal
+    written = write(built, tmp_path / "r")
+    latex = (tmp_path / "r" / "tables" / "source_selection_resnet50.tex").read_text()
+    assert r"p\textless{}0.001" in latex and "<" not in latex  # LaTeX's default fonts print < as another glyph
+    assert "p&lt;0.001" in written["html"].read_text()
+
+
 def _clustered_macro_delong_pairwise(truth, a, b, patients):
     """The cluster-robust macro DeLong from DeLong et al.'s pairwise kernel (no midranks): per class each known
     image's V10 or V01 difference, scaled by sqrt(m (m - 1)) or sqrt(n (n - 1)), averaged over classes,
@@ -151,7 +204,7 @@ def test_the_transfer_effect_table_compares_every_cell_with_its_backbones_scratc
     shown = table.display.set_index(["Backbone", "Recipe"])["Shown"]
     assert shown[("resnet50", "nih")] == "helps"  # signal 2.4 against 0.3
     assert shown[("resnet50", "mixed_nih")] != "helps"  # 0.2 against 0.3
-    assert re.match(r"^[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(p", table.display["Difference [95% CI] (p)"][0])
+    assert re.match(r"^[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(p", table.display[TRANSFER_COLUMN][0])
 
 
 def test_an_unfinished_sweep_marks_missing_cells_and_folds(handmade):
@@ -173,7 +226,7 @@ def test_the_conclusion_names_the_best_recipe_per_backbone(handmade):
         row = conclusion[conclusion["Backbone"] == backbone].iloc[0]
         assert row["Best recipe"] == max(pooled, key=pooled.get)
         assert row["Pooled test AUC [95% CI]"].startswith(f"{max(pooled.values()):.3f} [")
-        assert re.search(r"^[+-]\d\.\d{3} \(p(=|<=)(0\.\d+|1)\)$", row["Best - runner-up, AUC (p)"])
+        assert re.search(r"^[+-]\d\.\d{3} \(p(=0\.\d\d\d?|=1\.00|<=0\.\d\d\d?|<0\.001)\)$", row[CONCLUSION_COLUMN])
 
 
 def test_per_class_table_shows_prevalence_and_each_cells_auc(handmade):
@@ -212,7 +265,7 @@ def test_loss_comparison_appears_when_cells_differ_only_in_their_loss(engine_url
     assert table["Other settings"].tolist() == ["lr=0.001", "lr=0.001", "lr=0.01", "lr=0.01"]
     assert not table[["Backbone", "Recipe", "Loss", "Other settings"]].duplicated().any()
     assert table["False-negative rate"].iloc[0].startswith("100.00%")
-    assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -100.00 points (p<=0.0066)")  # 300 resamples
+    assert table["False-negative rate"].iloc[1].startswith("0.00%; vs bce: -100.00 points (p<=0.007)")  # 300 resamples: 2/301 rounded up
 
 
 def test_report_cli_writes_markdown_html_latex_csv_and_figures(handmade, tmp_path, capsys):
@@ -263,7 +316,7 @@ def test_user_supplied_names_are_escaped_in_html_and_latex(engine_url):
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; 50%" in page
     table = next(t for h, ts, _ in built.sections for t in ts if t.key == "source_selection_resnet18")
     latex = to_latex(table)
-    assert r"50\%\_\$\#\{\}" in latex and "<script>" in latex  # LaTeX needs no HTML escaping
+    assert r"50\%\_\$\#\{\}" in latex and r"\textless{}script\textgreater{}" in latex  # LaTeX's, not HTML's
     assert HOSTILE not in latex
 
 

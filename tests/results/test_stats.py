@@ -273,6 +273,17 @@ def test_holm_adjusts_a_tables_comparisons_step_down_and_leaves_missing_ones_out
     assert holm([0.6, 0.5]).tolist() == [1.0, 1.0] and np.isnan(holm([np.nan])[0])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_is_statsmodels_multipletests(seed):
+    from statsmodels.stats.multitest import multipletests
+
+    from results.stats import holm
+
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.random(int(rng.integers(1, 12))) ** 3, 2)  # ties at two decimals
+    assert holm(p).tolist() == pytest.approx(multipletests(p, method="holm")[1].tolist(), abs=1e-15)
+
+
 def test_no_class_or_no_image_is_undefined_not_an_error():
     assert np.isnan(stats.point_estimate("auc", np.zeros((5, 0)), np.zeros((5, 0))))
     assert np.isnan(stats.point_estimate("ap", np.zeros((0, 2)), np.zeros((0, 2))))
