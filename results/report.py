@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"prevalence, youden or sensitivity:S; repeat for several (default: {', '.join(RULES)})")
     parser.add_argument("--subgroup-min", type=int, nargs=2, default=(MIN_POSITIVES, MIN_NEGATIVES),
                         metavar=("POSITIVES", "NEGATIVES"),
-                        help=f"a class counts in a subgroup's AUC only with this many positive and negative images "
-                             f"there (default {MIN_POSITIVES} {MIN_NEGATIVES})")
+                        help=f"a class counts in a subgroup only with this many positive and negative images there; "
+                             f"a grouping's groups are compared on the classes that count in each group that has any "
+                             f"(default {MIN_POSITIVES} {MIN_NEGATIVES})")
     parser.add_argument("--calibrate", action="store_true",
                         help="add temperature-scaled probabilities (T fitted per fold on inner validation) beside "
                              "the raw ones in the calibration tables")

@@ -1,11 +1,15 @@
 """The report's subgroup tables: does a cell fail a group of patients?
 
 Per backbone, each cell's pooled out-of-fold test AUC within each subgroup of the target's images
-(sex; age bands; view), with a patient-clustered bootstrap interval, and its worst group. A class
-counts in a subgroup's macro AUC only where the subgroup has at least MIN_POSITIVES positive and
-MIN_NEGATIVES negative images of it; a subgroup with no such class is shown as too small, not as a
-number (an AUC on a handful of positives says little, and a worst group chosen among such numbers
-would mostly be noise). Images whose group is unknown are in no subgroup of that attribute.
+(sex; age bands; view), with a patient-clustered bootstrap interval, and the lowest group of each
+grouping. A class is large enough in a group with at least MIN_POSITIVES positive and MIN_NEGATIVES
+negative images of it there (an AUC on a handful of positives says little). The groups of one grouping
+are compared on the same classes, those large enough in every one of its groups that has any: a macro
+AUC over 6 classes against one over 1 compares the classes as much as the groups. A group with no
+such class is shown as too small and left out of the comparison. Groupings are not compared with each
+other (they average different classes), and a grouping with one known group (every film PA) is left
+out: that group is the whole test set less the unknowns, not a subgroup. Images whose group is
+unknown are in no group of that attribute.
 """
 from __future__ import annotations
 
@@ -21,29 +25,83 @@ MIN_POSITIVES = MIN_NEGATIVES = 30
 ATTRIBUTES = {"sex": "Sex", "age_band": "Age", "view": "View"}
 
 
-def subgroups(groups: pd.DataFrame) -> list[tuple[str, str]]:
-    """(attribute, value) of every known subgroup, in a stable order."""
-    return [(a, v) for a in ATTRIBUTES for v in sorted(set(groups[a]) - {""})] if not groups.empty else []
+def groupings(groups: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """({attribute: its known groups, in a stable order} of the attributes with two or more, {attribute: its one
+    group} of those left out)."""
+    found = {a: sorted(set(groups[a]) - {""}) for a in ATTRIBUTES} if not groups.empty else {}
+    return ({a: v for a, v in found.items() if len(v) > 1},
+            {a: v[0] for a, v in found.items() if len(v) == 1})
 
 
-def _subgroup_auc(analysis: Analysis, pooled: dict, rows: np.ndarray, minimum: tuple[int, int]):
-    """(estimate, low, high, classes counted) of the macro AUC on `rows` over the classes large enough there."""
-    truth, probs = pooled["truth"][rows], pooled["probs"][rows]
-    positives, negatives = (truth == 1).sum(axis=0), (truth == 0).sum(axis=0)
-    large = np.flatnonzero((positives >= minimum[0]) & (negatives >= minimum[1]))
-    if not len(large):
-        return np.nan, np.nan, np.nan, 0
-    truth, probs = truth[:, large], probs[:, large]
+def _large(truth: np.ndarray, minimum: tuple[int, int]) -> np.ndarray:
+    """Which classes (columns) have at least minimum[0] positive and minimum[1] negative images in `truth`."""
+    return ((truth == 1).sum(axis=0) >= minimum[0]) & ((truth == 0).sum(axis=0) >= minimum[1])
+
+
+def _auc(analysis: Analysis, pooled: dict, rows: np.ndarray, columns: np.ndarray) -> tuple[float, float, float]:
+    """(estimate, low, high) of the macro AUC on `rows` over `columns`."""
+    truth, probs = pooled["truth"][np.ix_(rows, columns)], pooled["probs"][np.ix_(rows, columns)]
     if analysis.n_boot <= 0:
-        return stats.point_estimate("auc", truth, probs), np.nan, np.nan, len(large)
+        return stats.point_estimate("auc", truth, probs), np.nan, np.nan
     interval = stats.cluster_bootstrap("auc", truth, probs, pooled["patients"][rows], n_boot=analysis.n_boot,
                                        seed=analysis.seed)
-    return interval.estimate, interval.low, interval.high, len(large)
+    return interval.estimate, interval.low, interval.high
+
+
+def _grouping(analysis: Analysis, pooled: dict, labels: np.ndarray, values: list[str],
+              minimum: tuple[int, int]) -> list[dict]:
+    """One grouping of a cell: per group its images, classes large enough, and AUC on the classes shared by
+    every group that has any (NaN for a group too small, or for all where none is shared)."""
+    rows = {v: np.flatnonzero(labels == v) for v in values}
+    large = {v: _large(pooled["truth"][r], minimum) for v, r in rows.items()}
+    compared = [v for v in values if large[v].any()]
+    shared = np.flatnonzero(np.logical_and.reduce([large[v] for v in compared])) if compared else np.empty(0, int)
+    out = []
+    for v in values:
+        estimate = _auc(analysis, pooled, rows[v], shared) if v in compared and len(shared) else (np.nan,) * 3
+        out.append({"group": v, "images": len(rows[v]), "large_classes": int(large[v].sum()),
+                    "classes": len(shared) if v in compared else 0,
+                    "compared_classes": ";".join(pooled["classes"][k] for k in shared) if v in compared else "",
+                    "auc": estimate[0], "auc_ci_low": estimate[1], "auc_ci_high": estimate[2]})
+    return out
+
+
+def _lowest(name: str, found: list[dict], n_classes: int) -> str:
+    """'Sex: F (0.712 of 2 groups, on 2/3 classes)', or why the grouping has no lowest group."""
+    shown = [g for g in found if not np.isnan(g["auc"])]
+    if len(shown) < 2:
+        why = "no class large enough in every group" if any(g["large_classes"] for g in found) and not shown \
+            else "fewer than two groups large enough"
+        return f"{name}: none ({why})"
+    low = min(shown, key=lambda g: g["auc"])
+    return f"{name}: {low['group']} ({low['auc']:.3f} of {len(shown)} groups, on {low['classes']}/{n_classes} classes)"
+
+
+def _cell_row(analysis: Analysis, key: tuple, mine: pd.DataFrame, found: dict[str, list[str]],
+              minimum: tuple[int, int]) -> tuple[dict, list[dict]]:
+    """A cell's display row and its numbers (one per group)."""
+    pooled = analysis.pooled[key]
+    row, numbers, lowest = {"Recipe": row_name(key[1], key[2])}, [], []
+    for attribute, values in found.items():
+        groups = _grouping(analysis, pooled, mine[attribute].to_numpy(), values, minimum)
+        for g in groups:
+            numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "attribute": attribute, **g})
+            text = f"{g['auc']:.3f}" + ("" if np.isnan(g["auc_ci_low"]) else
+                                        f" [{g['auc_ci_low']:.3f}, {g['auc_ci_high']:.3f}]")
+            row[f"{ATTRIBUTES[attribute]}: {g['group']}"] = (
+                text if not np.isnan(g["auc"]) else f"too small ({g['images']} images)" if not g["large_classes"]
+                else "no class shared by every group")
+        lowest.append(_lowest(ATTRIBUTES[attribute], groups, len(pooled["classes"])))
+    row[LOWEST] = "; ".join(lowest)
+    return row, numbers
+
+
+LOWEST = "Lowest group of each grouping (its groups on the same classes)"
 
 
 def subgroup_tables(analysis: Analysis, minimum: tuple[int, int] = (MIN_POSITIVES, MIN_NEGATIVES)) -> list[Table]:
     groups = analysis.data.groups
-    found = subgroups(groups)
+    found, single = groupings(groups)
     if not found:
         return []
     by_image = groups.set_index("image_key")
@@ -52,33 +110,25 @@ def subgroup_tables(analysis: Analysis, minimum: tuple[int, int] = (MIN_POSITIVE
         display, numbers = [], []
         for cell in part.itertuples():
             key = (cell.backbone, cell.recipe, cell.variant)
-            pooled = analysis.pooled[key]
-            if pooled is None:
+            if analysis.pooled[key] is None:
                 continue
-            mine = by_image.reindex(pooled["image_keys"]).fillna("")
-            row, shown = {"Recipe": row_name(cell.recipe, cell.variant)}, {}
-            for attribute, value in found:
-                rows = np.flatnonzero(mine[attribute].to_numpy() == value)
-                estimate, low, high, classes = _subgroup_auc(analysis, pooled, rows, minimum)
-                label = f"{ATTRIBUTES[attribute]}: {value}"
-                numbers.append({"backbone": backbone, "recipe": cell.recipe, "variant": cell.variant,
-                                "attribute": attribute, "group": value, "images": len(rows), "classes": classes,
-                                "auc": estimate, "auc_ci_low": low, "auc_ci_high": high})
-                if np.isnan(estimate):
-                    row[label] = f"too small ({len(rows)} images)"
-                    continue
-                shown[label] = estimate
-                row[label] = (f"{estimate:.3f}" + ("" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]")
-                              + f"; {classes}/{len(pooled['classes'])} classes")
-            worst = min(shown, key=shown.get) if shown else None
-            row["Worst group"] = f"{worst} ({shown[worst]:.3f})" if worst else "none large enough"
+            row, rows = _cell_row(analysis, key, by_image.reindex(analysis.pooled[key]["image_keys"]).fillna(""),
+                                  found, minimum)
             display.append(row)
+            numbers += rows
         if display:
             tables.append(Table(f"subgroups_{backbone}", f"Subgroups: {backbone}", pd.DataFrame(numbers),
-                                pd.DataFrame(display),
-                                f"Pooled out-of-fold test AUC within each subgroup of the target's images, macro "
-                                f"over the classes with at least {minimum[0]} positive and {minimum[1]} negative "
-                                f"images in it ('too small' where none has; each number says how many classes it "
-                                f"averages, so compare groups that average the same ones); 95% CIs: patient-clustered "
-                                f"bootstrap. Worst group: the lowest of the subgroups shown."))
+                                pd.DataFrame(display), _note(minimum, single)))
     return tables
+
+
+def _note(minimum: tuple[int, int], single: dict[str, str]) -> str:
+    left_out = "; ".join(f"{ATTRIBUTES[a]} (one known group, {v}: the whole test set less unknowns)"
+                         for a, v in single.items())
+    return (f"Pooled out-of-fold test AUC within each subgroup of the target's images, macro over the classes with "
+            f"at least {minimum[0]} positive and {minimum[1]} negative images in every group of its grouping that "
+            f"has any such class, so that a grouping's groups average the same classes ('too small': a group with "
+            f"none, left out of the comparison; the classes per group in the CSV). Lowest group: the minimum over "
+            f"one grouping's groups only; groupings are not compared with each other, as they average different "
+            f"classes. 95% CIs: patient-clustered bootstrap within each group."
+            + (f" Left out: {left_out}." if left_out else ""))
