@@ -242,7 +242,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
     results = tqdm(decoded(paths[start:], params.size, params.workers, params.bits), total=len(table), initial=start,
                    desc="decode", unit="img", disable=None, file=sys.stderr)
     pending: list[dict] = []
-    for i, (pixels, patient_id, reason, shape, facts) in enumerate(results, start=start):
+    for i, (pixels, patient_id, reason, shape, facts, clipped) in enumerate(results, start=start):
         if len(pending) >= JOURNAL_EVERY:
             _append_journal(work, (images, thumbs), pending)
         image_key, row = pseudonym("image", table["file"][i]), int(table["csv_row"][i])
@@ -254,6 +254,7 @@ def _decode_all(work, paths, table, names, params, pseudonym, progress, images, 
         else:
             film = {"csv_row": row, "image_key": image_key, "patient_key": pseudonym("patient", patient),
                     **_metadata(table, i, facts), **_official(table, i), "source_height": shape[0], "source_width": shape[1],
+                    "clipped": clipped,  # for the manifest's counts; labels.csv's columns leave it out
                     **{n: float(v) for n, v in zip(names, label_matrix[i])}}
             digest = hashlib.sha256(pixels.tobytes()).hexdigest()
             if digest in progress.seen:
@@ -310,7 +311,9 @@ def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, para
     _duplicates_table(progress, names).to_csv(work / "duplicates.csv", index=False)
     folds = pd.read_csv(work / "folds.csv")
     test_patients = set(labels["patient_key"][folds["fold"] == 0])
+    clipped = [film.get("clipped", 0) for film in kept]  # a journal from before the count: none
     return {"images": len(kept), "rejected": len(progress.rejected), "duplicates": len(progress.duplicates),
+            "lossy_clipped_films": sum(n > 0 for n in clipped), "lossy_clipped_pixels": sum(clipped),
             "patients": int(labels["patient_key"].nunique()),
             "test_patients_also_in_training": len(test_patients & set(labels["patient_key"][folds["fold"] != 0])),
             "positives": {n: int(labels[n].sum()) for n in names},

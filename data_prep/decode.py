@@ -24,12 +24,13 @@ DTYPES = {8: np.uint8, 16: np.uint16}
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters (malloc.h)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, str | None, dict[str, str | int]]:
-    """Any supported file: DICOM (PatientID and patient facts from the header) or PNG/JPG (nothing inside)."""
+def read_image(path: Path) -> tuple[np.ndarray, str | None, dict[str, str | int], int]:
+    """Any supported file: DICOM (PatientID, patient facts from the header and how many pixels a lossy codec
+    put beyond BitsStored were clipped) or PNG/JPG (nothing inside, nothing clipped)."""
     if not Path(path).is_file():
         raise ImageRejected("file not found")
     if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        return read_raster(path), None, {}
+        return read_raster(path), None, {}, 0
     return read_film(path)
 
 
@@ -50,17 +51,19 @@ class Decoded(NamedTuple):
     reason: str | None  # why the file was rejected, or None
     shape: tuple[int, int] | None  # the image's own height and width
     facts: dict[str, str | int]  # the header's sex, age (whole years) and view, where present and well-formed
+    clipped: int = 0  # pixels a lossy codec put beyond BitsStored, clipped to it (data_prep.dicom.fit_range)
 
 
 def decode_and_resize(path: Path, size: int, bits: int = 8) -> Decoded:
-    """(size x size image, PatientID, None, the image's own height and width, header facts) or (None, None,
-    rejection reason, None, {}). Runs in workers: only the small result crosses the process boundary, so memory
-    stays bounded, and the header's dates never leave it (an age in years does)."""
+    """(size x size image, PatientID, None, the image's own height and width, header facts, pixels clipped) or
+    (None, None, rejection reason, None, {}, 0). Runs in workers: only the small result crosses the process
+    boundary, so memory stays bounded, and the header's dates never leave it (an age in years does)."""
     try:
-        pixels, patient_id, facts = read_image(path)
+        pixels, patient_id, facts, clipped = read_image(path)
     except ImageRejected as exc:
         return Decoded(None, None, str(exc), None, {})
-    return Decoded(resize(pixels, size, bits), patient_id, None, (int(pixels.shape[0]), int(pixels.shape[1])), facts)
+    return Decoded(resize(pixels, size, bits), patient_id, None, (int(pixels.shape[0]), int(pixels.shape[1])), facts,
+                   clipped)
 
 
 def _init_worker() -> None:

@@ -36,6 +36,11 @@ MAX_SIDE = 16384
 SUPPORTED_SYNTAXES = tuple(UID(f"1.2.840.10008.1.2{tail}") for tail in (
     "", ".1", ".1.99", ".2", ".5", ".4.50", ".4.51", ".4.57", ".4.70", ".4.80", ".4.81", ".4.90", ".4.91",
     ".4.201", ".4.202", ".4.203"))
+# The syntaxes whose codestream may hold lossy-compressed values (PS3.5 8.2, PS3.6 A): JPEG baseline and
+# extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that allow irreversible coding. A .91 or .203 file
+# may hold a lossless codestream too, and a reversible JPEG 2000 codestream truncated to a rate is lossy,
+# so the syntax, not the codestream, decides. The other syntaxes are lossless.
+LOSSY_SYNTAXES = tuple(UID(f"1.2.840.10008.1.2.4.{tail}") for tail in ("50", "51", "81", "91", "203"))
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Header:
     window: tuple[float, float] | None  # first window: centre, width
     voi_function: str
     inverted: bool  # low value = white: MONOCHROME1 or Presentation LUT Shape INVERSE (once)
+    lossy: bool = False  # a lossy syntax, or LossyImageCompression "01": the values passed through a lossy codec
 
     @property
     def stored_range(self) -> tuple[int, int]:
@@ -100,8 +106,10 @@ def read_header(ds: Dataset) -> Header:
     voi_function = _code(ds, "VOILUTFunction", VOI_FUNCTIONS, default="LINEAR")
     window = None if voi_lut else _window(ds, voi_function)
     inverse = _code(ds, "PresentationLUTShape", ("IDENTITY", "INVERSE"), default="IDENTITY") == "INVERSE"
+    # a lossy flag only widens the range check (`dicom.fit_range`), so a malformed one is no rejection
+    lossy = syntax in LOSSY_SYNTAXES or _text(ds, "LossyImageCompression") == "01"
     return Header(syntax, photometric, rows, cols, samples, allocated, stored, signed, rescale, modality_lut,
-                  voi_lut, window, voi_function, inverted=photometric == "MONOCHROME1" or inverse)
+                  voi_lut, window, voi_function, inverted=photometric == "MONOCHROME1" or inverse, lossy=lossy)
 
 
 def patient_id(ds: Dataset) -> str | None:

@@ -68,12 +68,14 @@ def summarise(root: Path | str, figures: bool = True) -> DataSummary:
 def _overview(data: PreparedDataset, table: pd.DataFrame) -> dict:
     m = data.manifest
     counts, params = m["counts"], m["params"]
+    clipped = (f"{counts['lossy_clipped_films']} ({counts['lossy_clipped_pixels']} pixels)"
+               if "lossy_clipped_films" in counts else "not counted (built before the count)")
     return {"data set": data.root.name, "kind": params["source"]["kind"],
             "images": len(table), "patients": int(table["patient_key"].nunique()), "labels": len(data.label_names),
             "size": f"{m['size']} px, {params['bits']}-bit",
             "split": _split_text(data, params),
             "rejected": counts["rejected"], "listed but not found (of the rejected)": counts["missing"],
-            "duplicates removed": counts["duplicates"]}
+            "duplicates removed": counts["duplicates"], "lossy films clipped to BitsStored": clipped}
 
 
 def _split_text(data: PreparedDataset, params: dict) -> str:

@@ -105,8 +105,8 @@ class TrainedModel:
         workers = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
         pending: list[tuple[Path, np.ndarray | None, str | None]] = []
         results = decoded(list(paths), self.size, workers, self.bits)
-        for path, (image, _patient_id, reason, _shape, _facts) in zip(paths, results):  # nothing from a header is used
-            pending.append((path, image, reason))
+        for path, result in zip(paths, results):  # nothing from a header is used
+            pending.append((path, result.pixels, result.reason))
             if sum(image is not None for _, image, _ in pending) == batch_size:
                 yield from self._batch(pending, tta)
                 pending = []
