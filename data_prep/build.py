@@ -42,7 +42,8 @@ from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 from vocab.errors import exits_on_error
 
-FORMAT_VERSION = 2  # 2: labels.csv carries sex and age; folds balance image-level prevalence
+FORMAT_VERSION = 3  # 2: labels.csv carries sex and age; folds balance image-level prevalence; 3: lossy films
+# a few units beyond BitsStored are clipped, not rejected (a set built before would keep them in rejected.csv)
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
 DUPLICATE_COLUMNS = ["csv_row", "image_key", "duplicate_of", "kind", "similarity", "same_patient", "same_labels"]
