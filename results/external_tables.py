@@ -1,11 +1,20 @@
 """The report's external-validation tables: does a cell hold up on films from elsewhere?
 
-Per backbone and external set, each cell's internal numbers (its pooled out-of-fold test predictions,
-on the classes the external set can judge only, so that both sides average the same classes) beside
-its external ones: the fold models one by one (mean +/- sd over them) and the fold ensemble (the mean
-of their probabilities) with a patient-clustered bootstrap interval, and the drop (external minus
-internal) with an interval from independent resamples of the two sets. Test-time-augmented results
-are rows of their own, never mixed with single-pass ones.
+Per external set and backbone, two tables, each column holding one kind of number:
+
+- the fold models, like for like: each fold model's AUC and AP on its own outer test fold (internal)
+  and on the whole external set (external), both macro over the same classes (those the set judges,
+  defined on both sides for that model), and its drop (external minus internal); the table shows the
+  mean +/- sd over the models of each, the CSV each model. The sd is the models' spread, not a
+  confidence interval: the external set's sampling noise is shared by every model and is not in it
+  (and there is no interval: the report reads the fold models' metrics, not their predictions).
+- the fold ensemble (the mean of the fold models' probabilities) on the external set, with a
+  patient-clustered bootstrap interval, and no drop: on the target each test image was predicted by
+  its own fold's model only (out of fold), so there is no internal ensemble of the same models to
+  set against it, and the single models' internal AUC would count the gain from averaging the
+  models as robustness to the new site.
+
+Test-time-augmented results are rows of their own, never mixed with single-pass ones.
 """
 from __future__ import annotations
 
@@ -18,120 +27,153 @@ from results.schema import MACRO
 from results.tables import Table
 from vocab.names import row_name
 
-MODELS = {"fold": "fold models (mean +/- sd)", "ensemble": "fold ensemble"}
+METRICS = ("auc", "ap")
+NOT_COMPUTED = "not computed (no TTA on the target)"
+QUANTITIES = [f"{side}_{m}" for m in METRICS for side in ("internal", "external")] + [f"{m}_drop" for m in METRICS]
+FOLD_NOTE = ("Fold models, like for like: each model's macro on its own outer test fold (internal) and on the whole "
+             "external set (external), over the same classes, and its drop (external - internal); mean +/- sd over "
+             "the models (each model in the CSV). The sd is the models' spread, not a confidence interval: the "
+             "external set's sampling noise, shared by every model, is not in it. TTA rows have no internal side "
+             "or drop: the target's test predictions were made without TTA, so the drop would count TTA's gain "
+             "as robustness.")
+ENSEMBLE_NOTE = ("Fold ensemble: the mean of the fold models' probabilities on the external set; 95% CI: "
+                 "patient-clustered bootstrap. Its drop is not computed: the target has no internal ensemble of the "
+                 "same models (each test image was predicted by its own fold's model only), and subtracting the "
+                 "single models' internal numbers would count the gain from averaging them as robustness to the "
+                 "new site. Per class in the CSV.")
 
 
-def _interval(analysis: Analysis, metric: str, truth, probs, patients, seed: int):
-    """(estimate, resampled values) of a macro metric on an external set; no resamples when the report has
-    none."""
-    estimate = stats.point_estimate(metric, truth, probs)
-    if analysis.n_boot <= 0:
-        return estimate, np.empty(0)
-    return estimate, stats.resampled(metric, truth, probs, patients, n_boot=analysis.n_boot, seed=seed)
-
-
-def _text(estimate: float, values: np.ndarray) -> str:
-    if np.isnan(estimate):
-        return "undefined"
-    if not len(values):
-        return f"{estimate:.3f}"
-    low, high = np.quantile(values, [0.025, 0.975])
-    return f"{estimate:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def _drop_text(external: tuple, internal: tuple) -> tuple[float, str]:
-    drop = external[0] - internal[0]
-    low, high = stats.independent_difference(external[1], internal[1], drop)
-    if np.isnan(drop):
-        return drop, ""
-    return drop, f"{drop:+.3f}" + ("" if np.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
-
-
-def _cell_rows(analysis: Analysis, key: tuple, external: str) -> tuple[list[dict], list[dict]]:
-    found = analysis.data.external_of(key, external)
-    pooled = analysis.pooled[key]
-    if not found or pooled is None:
-        return [], []
+def _judged(found: dict, pooled: dict) -> list[str]:
+    """The classes the set judges (positives and negatives there: what its macro averages) that the cell has."""
     first = next(iter(found.values()))
     truth = first["truth"]  # the same on every model's rows: the set's labels
-    defined = [c for k, c in enumerate(first["classes"])
-               if 0 < np.nansum(truth[:, k] == 1) < (~np.isnan(truth[:, k])).sum()]  # what its macro averages
-    classes = [c for c in defined if c in pooled["classes"]]
-    if not classes:
-        return [], []
-    columns = [pooled["classes"].index(c) for c in classes]
-    internal = {m: analysis.resampled(key, m, tuple(columns)) for m in ("auc", "ap")}
-    fold_metrics = analysis.data.external_folds(key, external)
-    fold_metrics = fold_metrics[fold_metrics.class_name == MACRO]
-    display, numbers = [], []
-    for tta in sorted({k[2] for k in found}, key=lambda t: (t != "none", t)):  # single-pass rows first
-        mine = fold_metrics[fold_metrics.tta == tta]
-        folds = sorted(set(mine.fold))
-        fold_auc = mine[mine.metric == "auc"].sort_values("fold")["value"].to_numpy()
-        fold_ap = mine[mine.metric == "ap"].sort_values("fold")["value"].to_numpy()
-        sd = lambda v: f" +/- {np.std(v, ddof=1):.3f}" if len(v) > 1 else ""  # noqa: E731
-        suffix = "" if tta == "none" else f" + TTA {tta}"
-        row = {"Recipe": row_name(key[1], key[2]), "Model": MODELS["fold"] + suffix,
-               "Internal AUC [95% CI]": _text(*internal["auc"]),
-               "External AUC [95% CI]": f"{np.mean(fold_auc):.3f}{sd(fold_auc)}" if folds else "",
-               "Drop, AUC [95% CI]": f"{np.mean(fold_auc) - internal['auc'][0]:+.3f}" if folds else "",
-               "Internal AP [95% CI]": _text(*internal["ap"]),
-               "External AP [95% CI]": f"{np.mean(fold_ap):.3f}{sd(fold_ap)}" if folds else "",
-               "Drop, AP [95% CI]": f"{np.mean(fold_ap) - internal['ap'][0]:+.3f}" if folds else ""}
-        display.append(row)
-        numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
-                        "model": "fold", "tta": tta, "folds": len(folds), "class_name": MACRO,
-                        "internal_auc": internal["auc"][0],
-                        "external_auc": np.mean(fold_auc) if folds else np.nan,
-                        "external_auc_sd": np.std(fold_auc, ddof=1) if len(folds) > 1 else np.nan,
-                        "internal_ap": internal["ap"][0], "external_ap": np.mean(fold_ap) if folds else np.nan})
-        ensemble = found.get(("ensemble", None, tta))
-        if ensemble is None:
+    return [c for k, c in enumerate(first["classes"])
+            if 0 < np.nansum(truth[:, k] == 1) < (~np.isnan(truth[:, k])).sum() and c in pooled["classes"]]
+
+
+def _internal(pooled: dict, fold: int, classes: list[str]) -> dict[tuple[str, str], float]:
+    """{(metric, class): value} of one fold model on its own outer test fold (NaN where undefined)."""
+    rows = np.flatnonzero(pooled["folds"] == fold)
+    truth, probs = pooled["truth"][rows], pooled["probs"][rows]
+    columns = {name: [pooled["classes"].index(name)] for name in classes}
+    return {(metric, name): stats.point_estimate(metric, truth[:, k], probs[:, k])
+            for name, k in columns.items() for metric in METRICS}
+
+
+def _model_rows(pooled: dict, folds: pd.DataFrame, classes: list[str], paired: bool) -> list[dict]:
+    """Per fold model scored on both sides: per class and macro (over the classes defined on both sides for that
+    model), its internal and external AUC and AP and their drops; external only (internal NaN) unless `paired`."""
+    rows = []
+    for fold, mine in folds.groupby("fold", sort=True):
+        if not (pooled["folds"] == int(fold)).any():
             continue
-        on = [ensemble["classes"].index(c) for c in classes]  # the classes the internal side averages
-        ext = {m: _interval(analysis, m, ensemble["truth"][:, on], ensemble["probs"][:, on], ensemble["patients"],
-                            analysis.seed + 1) for m in ("auc", "ap")}
-        drops = {m: _drop_text(ext[m], internal[m]) for m in ("auc", "ap")}
-        display.append({"Recipe": row_name(key[1], key[2]), "Model": MODELS["ensemble"] + suffix,
-                        "Internal AUC [95% CI]": _text(*internal["auc"]), "External AUC [95% CI]": _text(*ext["auc"]),
-                        "Drop, AUC [95% CI]": drops["auc"][1], "Internal AP [95% CI]": _text(*internal["ap"]),
-                        "External AP [95% CI]": _text(*ext["ap"]), "Drop, AP [95% CI]": drops["ap"][1]})
-        numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
-                        "model": "ensemble", "tta": tta, "folds": len(folds), "class_name": MACRO,
-                        "internal_auc": internal["auc"][0], "external_auc": ext["auc"][0], "auc_drop": drops["auc"][0],
-                        "internal_ap": internal["ap"][0], "external_ap": ext["ap"][0], "ap_drop": drops["ap"][0]})
-        for name in classes:  # per class: the ensemble's numbers against the internal ones
-            j, k = pooled["classes"].index(name), ensemble["classes"].index(name)
-            per = {f"{side}_{m}": stats.point_estimate(m, t[:, [i]], p[:, [i]])
-                   for side, t, p, i in (("internal", pooled["truth"], pooled["probs"], j),
-                                         ("external", ensemble["truth"], ensemble["probs"], k)) for m in ("auc", "ap")}
-            numbers.append({"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external,
-                            "model": "ensemble", "tta": tta, "folds": len(folds), "class_name": name, **per,
-                            "auc_drop": per["external_auc"] - per["internal_auc"],
-                            "ap_drop": per["external_ap"] - per["internal_ap"]})
-    return display, numbers
+        external = {(r.metric, r.class_name): r.value for r in mine.itertuples()}
+        internal = _internal(pooled, int(fold), classes) if paired else {}
+        sides = (internal, external) if paired else (external,)
+        both = [c for c in classes if all(np.isfinite(side.get((m, c), np.nan)) for side in sides for m in METRICS)]
+        for name in [*classes, MACRO]:
+            take = both if name == MACRO else [name]
+            row = {"model": "fold", "fold": int(fold), "class_name": name}
+            for metric in METRICS:
+                for side, values in (("internal", internal), ("external", external)):
+                    row[f"{side}_{metric}"] = float(np.mean([values.get((metric, c), np.nan) for c in take])) \
+                        if take else np.nan
+                row[f"{metric}_drop"] = row[f"external_{metric}"] - row[f"internal_{metric}"]
+            rows.append(row)
+    return rows
+
+
+def _mean_sd(values: pd.Series, signed: bool = False) -> str:
+    values = values.dropna()
+    if not len(values):
+        return "undefined"
+    return (f"{values.mean():+.3f}" if signed else f"{values.mean():.3f}") + (
+        f" +/- {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+
+def _fold_part(name: str, pooled: dict, folds: pd.DataFrame, classes: list[str], tta: str):
+    """(display row, numbers: each model's rows and their mean and sd per class) of a cell's fold models. With
+    test-time augmentation only the external side: the target's test predictions had none."""
+    models = pd.DataFrame(_model_rows(pooled, folds, classes, paired=tta == "none"))
+    if models.empty:
+        return None, []
+    macro = models[models.class_name == MACRO]
+    row = {"Recipe": name, "Models": f"{len(macro)} fold models" + ("" if tta == "none" else f" + TTA {tta}")}
+    for metric in METRICS:
+        label = metric.upper()
+        internal, drop = (_mean_sd(macro[f"internal_{metric}"]), _mean_sd(macro[f"{metric}_drop"], signed=True)) \
+            if tta == "none" else (NOT_COMPUTED, NOT_COMPUTED)
+        row[f"Internal {label} (own test fold), mean +/- sd over models"] = internal
+        row[f"External {label}, mean +/- sd over models"] = _mean_sd(macro[f"external_{metric}"])
+        row[f"Drop, {label} (each model's external - internal), mean +/- sd"] = drop
+    grouped = models.groupby("class_name", sort=False)[QUANTITIES]
+    summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_sd")).join(grouped.size().rename("models"))
+    summary = summary.reset_index().assign(model="fold models (mean)")
+    return row, models.to_dict("records") + summary.to_dict("records")
+
+
+def _ensemble_part(analysis: Analysis, name: str, ensemble: dict, classes: list[str], tta: str):
+    """(display row, numbers: macro with its interval, and per class) of a cell's fold ensemble."""
+    on = [ensemble["classes"].index(c) for c in classes]
+    truth, probs = ensemble["truth"][:, on], ensemble["probs"][:, on]
+    macro = {"model": "ensemble", "class_name": MACRO}
+    row = {"Recipe": name, "Model": "fold ensemble" + ("" if tta == "none" else f" + TTA {tta}")}
+    for metric in METRICS:
+        if analysis.n_boot > 0:
+            interval = stats.cluster_bootstrap(metric, truth, probs, ensemble["patients"], n_boot=analysis.n_boot,
+                                               seed=analysis.seed + 1)
+            estimate, low, high = interval.estimate, interval.low, interval.high
+        else:
+            estimate, low, high = stats.point_estimate(metric, truth, probs), np.nan, np.nan
+        macro.update({f"external_{metric}": estimate, f"external_{metric}_ci_low": low,
+                      f"external_{metric}_ci_high": high})
+        row[f"External {metric.upper()} [95% CI]"] = "undefined" if np.isnan(estimate) else (
+            f"{estimate:.3f}" + ("" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]"))
+    per_class = [{"model": "ensemble", "class_name": c, **{f"external_{m}": stats.point_estimate(
+        m, truth[:, [k]], probs[:, [k]]) for m in METRICS}} for k, c in enumerate(classes)]
+    return row, [macro, *per_class]
+
+
+KINDS = {"fold": ("", "fold models", FOLD_NOTE), "ensemble": ("_ensemble", "fold ensemble", ENSEMBLE_NOTE)}
+
+
+def _cell_rows(analysis: Analysis, key: tuple, external: str) -> dict[str, tuple[list, list]]:
+    """{kind of KINDS: (display rows, numbers)} of one cell on one external set."""
+    found, pooled = analysis.data.external_of(key, external), analysis.pooled[key]
+    out = {kind: ([], []) for kind in KINDS}
+    classes = _judged(found, pooled) if found and pooled is not None else []
+    if not classes:
+        return out
+    name = row_name(key[1], key[2])
+    folds = analysis.data.external_folds(key, external)
+    labels = {"backbone": key[0], "recipe": key[1], "variant": key[2], "external": external}
+    for tta in sorted({k[2] for k in found}, key=lambda t: (t != "none", t)):  # single-pass rows first
+        parts = {"fold": _fold_part(name, pooled, folds[folds.tta == tta], classes, tta)}
+        if ("ensemble", None, tta) in found:
+            parts["ensemble"] = _ensemble_part(analysis, name, found[("ensemble", None, tta)], classes, tta)
+        for kind, (row, numbers) in parts.items():
+            out[kind][0].extend([row] if row else [])
+            out[kind][1].extend({**labels, "tta": tta, **n} for n in numbers)
+    return out
 
 
 def external_tables(analysis: Analysis) -> list[Table]:
-    sets = analysis.data.external_sets
     tables = []
-    for external in sets.itertuples():
+    for external in analysis.data.external_sets.itertuples():
+        judged = ", ".join(f"{t} (as {' or '.join(s)})" for t, s in external.labels.items())
+        about = (f"External set {external.name} ({external.images} images, data set {external.dataset}); it judges "
+                 f"{judged}" + (f"; left out, no counterpart: {', '.join(external.left_out)}" if external.left_out
+                                else "") + ". Macro over the classes it has positives and negatives of. ")
         for backbone, part in analysis.cells.groupby("backbone", sort=True):
-            display, numbers = [], []
-            for row in part.itertuples():
-                d, n = _cell_rows(analysis, (row.backbone, row.recipe, row.variant), external.name)
-                display += d
-                numbers += n
-            if not display:
-                continue
-            judged = ", ".join(f"{t} (as {' or '.join(s)})" for t, s in external.labels.items())
-            note = (f"External set {external.name} ({external.images} images, data set {external.dataset}); it "
-                    f"judges {judged}" + (f"; left out, no counterpart: {', '.join(external.left_out)}"
-                                         if external.left_out else "")
-                    + ". Internal: pooled out-of-fold test predictions on those classes. Macro over classes; "
-                      "95% CIs: patient-clustered bootstrap; the drop's interval resamples both sets "
-                      "independently. TTA rows are test-time augmented and never pooled with the others. Per "
-                      "class (the fold ensemble's) in the CSV.")
-            tables.append(Table(f"external_{external.name}_{backbone}", f"External validation on {external.name}: "
-                                f"{backbone}", pd.DataFrame(numbers), pd.DataFrame(display), note))
+            found = [_cell_rows(analysis, (r.backbone, r.recipe, r.variant), external.name) for r in part.itertuples()]
+            for kind, (suffix, what, note) in KINDS.items():
+                display = [row for cell in found for row in cell[kind][0]]
+                if not display:
+                    continue
+                numbers = pd.DataFrame([row for cell in found for row in cell[kind][1]])
+                numbers = numbers.astype({c: "Int64" for c in ("fold", "models") if c in numbers})
+                tables.append(Table(f"external_{external.name}_{backbone}{suffix}",
+                                    f"External validation on {external.name}: {backbone}, {what}", numbers,
+                                    pd.DataFrame(display), about + note + " TTA rows are test-time augmented, never "
+                                    "pooled with the others."))
     return tables

@@ -218,15 +218,6 @@ def cluster_bootstrap(metric: str, truth, probs, patients, thresholds=None, n_bo
     return Interval(point_estimate(metric, truth, probs, thresholds), *_interval(values, level), n_boot, len(values))
 
 
-def independent_difference(a: np.ndarray, b: np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of a - b for two metrics on independent samples (an external set against the
-    internal test folds), from their own resamples paired in order."""
-    n = min(len(a), len(b))
-    if not n or np.isnan(estimate):
-        return float("nan"), float("nan")
-    return _interval(a[:n] - b[:n], level)
-
-
 def paired_bootstrap(metric: str, truth, probs_a, probs_b, patients, thresholds_a=None, thresholds_b=None,
                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Comparison:
     """Bootstrap of the difference a - b, the same patient resamples applied to both cells.
