@@ -14,7 +14,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, MetaData, St
                         UniqueConstraint, column, table)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 CURVE_METRICS = ("val_binary_acc", "val_exact_match", "val_fnr")  # learning_curves' per-epoch seed-003 metrics
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
@@ -29,7 +29,10 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                   9: "tables external_sets and external_predictions: each cell's fold models and fold ensemble "
                      "applied to test sets from elsewhere (sweeper.evaluate), with the fold models' AUC and AP "
                      "(external_metrics); image_groups: each target image's "
-                     "sex, age band and view for subgroup results"}
+                     "sex, age band and view for subgroup results",
+                  10: "sweep_trials.fit_config and sweep_trials.runtime: the trial's whole training config and "
+                      "what it ran with (threads, precision, library versions, the data set and pretrained "
+                      "weights by content), so that a selected trial can be re-run exactly (sweeper.rerun)"}
 # How an older DB is brought up to date, in place: {version: statements}. A version missing here
 # (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
@@ -38,7 +41,8 @@ MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"
               6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"],
               7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS],
               8: ["ALTER TABLE test_predictions ADD COLUMN split VARCHAR(16) DEFAULT 'test' NOT NULL"],
-              9: []}  # new tables only: create_all makes them
+              9: [],  # new tables only: create_all makes them
+              10: ["ALTER TABLE sweep_trials ADD COLUMN fit_config JSON", "ALTER TABLE sweep_trials ADD COLUMN runtime JSON"]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -111,6 +115,10 @@ class Trial(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # final checkpoint: path or URI
+    # The trial's FitConfig (trainables.config) as it ran, and its runtime record (threads, precision, library
+    # versions, data set id, pretrained weights' SHA-256): what sweeper.rerun needs to repeat it exactly
+    fit_config: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    runtime: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class LearningCurve(Base):

@@ -308,16 +308,17 @@ class ResultsStore:
 
     def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
                        label_names: list[str] = (), predictions: dict[str, dict] | None = None,
-                       checkpoint: str | None = None) -> None:
+                       checkpoint: str | None = None, runtime: dict | None = None) -> None:
         """Final status, plus val/test metrics at the best epoch from the last result, the per-image
         predictions by split (`{"test": ..., "val": ...}`, each `image_keys`, `patient_keys`, and `probs` and
-        `labels` as n x classes arrays), and where the final checkpoint is kept (a path or URI in Ray's
-        storage)."""
+        `labels` as n x classes arrays), where the final checkpoint is kept (a path or URI in Ray's
+        storage), and the trial's runtime record (what a re-run needs beyond its FitConfig)."""
         rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
-                         .values(status=status, error=error, finished_at=_now(), checkpoint=checkpoint))
+                         .values(status=status, error=error, finished_at=_now(), checkpoint=checkpoint,
+                                 runtime=runtime))
             if result and "best_val_auc" in result:
                 upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result, label_names),
                        ["trial_id", "split", "metric", "class_name"])

@@ -53,6 +53,7 @@ class ResultsCallback(Callback):
         before = self.store.trial_started(self.sweep_id, trial.trial_id, {
             "backbone": fit.backbone, "recipe": meta.recipe, "variant": meta.variant, "fold": fit.outer_fold,
             "study": meta.study, "optuna_number": meta.optuna_number, "params": {"lr": fit.lr, "dropout": fit.dropout},
+            "fit_config": fit.as_dict(),  # with the runtime record at its end: what sweeper.rerun needs
         })
         if before == "ERROR":
             self.__dict__.setdefault("reruns", set()).add(trial.trial_id)
@@ -65,9 +66,9 @@ class ResultsCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
-        predictions = read_predictions(trial.checkpoint) if status == "COMPLETE" else None
+        predictions, runtime = read_predictions(trial.checkpoint) if status == "COMPLETE" else (None, None)
         self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions,
-                                  checkpoint_uri(trial.checkpoint) if status == "COMPLETE" else None)
+                                  checkpoint_uri(trial.checkpoint) if status == "COMPLETE" else None, runtime)
         if trial.trial_id in self.__dict__.get("reruns", set()):
             self._renumber_rerun(trial, status)
         if status == "PRUNED":  # nothing reads a pruned trial's weights: free their storage now
@@ -106,24 +107,24 @@ class ResultsCallback(Callback):
         print(line + (f" - {error[0]}" if error else ""))  # not stored: Ray may patch print, which then won't pickle
 
 
-def read_predictions(checkpoint) -> dict | None:
-    """The test and inner-validation predictions saved with a trial's final checkpoint ({split: arrays}),
-    read from Ray's storage (a shared path or S3) without fetching the weights; None, with a warning, if
-    they are not there. A checkpoint written before validation predictions were kept holds the test
-    split's arrays at its top level."""
+def read_predictions(checkpoint) -> tuple[dict | None, dict | None]:
+    """(The test and inner-validation predictions saved with a trial's final checkpoint ({split: arrays}),
+    its runtime record (trainables.fit `runtime`)), read from Ray's storage (a shared path or S3) without
+    fetching the weights; None, with a warning, if they are not there. A checkpoint written before
+    validation predictions were kept holds the test split's arrays at its top level, and no runtime."""
     if checkpoint is None:
         warnings.warn("a completed trial has no checkpoint; its predictions are not stored", stacklevel=2)
-        return None
+        return None, None
     path = f"{checkpoint.path}/{PREDICTIONS_FILE}"
     try:
         with checkpoint.filesystem.open_input_file(path) as stream:
             saved = torch.load(io.BytesIO(stream.read()), weights_only=True)
     except (FileNotFoundError, OSError) as exc:
         warnings.warn(f"predictions not stored: cannot read {path}: {exc}", stacklevel=2)
-        return None
+        return None, None
     by_split = {"test": saved} if "image_keys" in saved else {s: saved[s] for s in PREDICTION_SPLITS if s in saved}
     return {split: {"image_keys": p["image_keys"], "patient_keys": p["patient_keys"], "probs": p["probs"].numpy(),
-                    "labels": p["labels"].numpy()} for split, p in by_split.items()}
+                    "labels": p["labels"].numpy()} for split, p in by_split.items()}, saved.get("runtime")
 
 
 def delete_checkpoint(checkpoint) -> None:

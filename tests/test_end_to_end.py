@@ -373,3 +373,45 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     assert "resnet18/imagenet/loss=bce,lr=0.001: 0/2" in proc.stdout  # listed as missing
     assert "### Loss comparison" in proc.stdout
     assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"
+
+
+def test_selection_reads_the_validation_auc_of_the_predictions_it_keeps(paper_sweep):
+    """The trial a (cell, fold) reports is chosen on the inner-validation AUC of exactly the weights it keeps
+    (half precision), recomputed here from the stored validation predictions with scikit-learn; Optuna was
+    told the same value."""
+    import optuna
+    from sklearn.metrics import roc_auc_score
+
+    _, db, _ = paper_sweep
+    recorded = run_query(db, "SELECT t.id, t.study, t.optuna_number, m.value FROM sweep_trials t JOIN trial_metrics m "
+                             "ON m.trial_id = t.id AND m.split = 'val' AND m.metric = 'auc' AND m.class_name = "
+                             f"'__macro__' WHERE t.status = 'COMPLETE' AND t.{MINE}")
+    val = run_query(db, "SELECT trial_id, image_key, class_name, prob, target FROM test_predictions WHERE split = 'val'")
+    assert len(recorded) > 10
+    for row in recorded.itertuples(index=False):
+        aucs = [roc_auc_score(part.target, part.prob) for _, part in
+                val[val.trial_id == row.id].dropna(subset=["target"]).groupby("class_name")
+                if 0 < part.target.sum() < len(part)]
+        assert row.value == pytest.approx(np.mean(aucs), abs=1e-12), row
+        told = optuna.load_study(study_name=f"{NAME}/{row.study}", storage=db).trials[row.optuna_number].value
+        assert told == pytest.approx(row.value, abs=1e-12), row
+
+
+def test_a_selected_trial_rerun_from_what_the_db_records_gives_the_same_predictions(paper_sweep):
+    """sweeper.rerun trains the selected trial of a pretrained cell again outside Ray, from the FitConfig and
+    runtime record the DB holds (the pretrained weights checked by their SHA-256), and gets every stored
+    test and validation probability back; a prepared set other than the one recorded is refused."""
+    home, db, sweeps = paper_sweep
+    records = run_query(db, f"SELECT fit_config, runtime FROM sweep_trials WHERE status = 'COMPLETE' AND {MINE}")
+    assert records.notna().all().all()
+    config, runtime = (json.loads(v) if isinstance(v, str) else v for v in records.iloc[0])
+    assert {"threads", "precision", "torch", "dataset_id", "pretrained_sha256"} <= set(runtime)
+    again = sweeps.cli("sweeper.rerun", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", "--fold", "1")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "[rerun] test:" in again.stdout and "[rerun] val:" in again.stdout
+    assert "the same predictions (every probability within 1e-06)" in again.stdout
+    other = next(d for d in (home / "prepared").iterdir()
+                 if (d / "manifest.json").is_file() and d.name != Path(config["data_dir"]).name)
+    refused = sweeps.cli("sweeper.rerun", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", "--fold", "1",
+                         "--data-dir", str(other))
+    assert refused.returncode == 2 and "give the same prepared set with --data-dir" in refused.stderr

@@ -11,12 +11,14 @@ right after its last report loses nothing.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torchvision
 
 from data_prep.dataset import PreparedDataset
 from trainables import engine
@@ -25,6 +27,7 @@ from trainables.config import FitConfig
 from trainables.feed import ImageFeed
 from trainables.losses import make_loss
 from trainables.metrics import fitted_thresholds, flat_metrics, multilabel_metrics
+from trainables.pretrain import stage_path
 from trainables.recipe import build_recipe_model
 from trainables.schedule import EarlyStopping, make_scheduler
 from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS
@@ -65,6 +68,11 @@ def half_precision(weights: dict) -> dict:
     return {k: v.half() if v.is_floating_point() and v.abs().max() <= HALF_MAX else v for k, v in weights.items()}
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _cpu_copy(model: torch.nn.Module) -> dict:
     """A snapshot of the weights that later steps do not change (and that GPU memory does not hold)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -101,6 +109,17 @@ class _Run:
     @property
     def epoch(self) -> int:
         return self.trainer.epoch
+
+    def runtime(self) -> dict:
+        """What a re-run of this trial needs beyond its FitConfig to give the same predictions
+        (sweeper.rerun): the threads and precision it computed with, the library versions, and the data
+        and pretrained weights it read, by content."""
+        stage, cache = self.cfg.stage(), Path(self.cfg.pretrain_cache or Path(self.cfg.data_dir).parent / "pretrained")
+        return {"threads": torch.get_num_threads(), "device": str(self.precision.device),
+                "precision": str(self.precision.dtype or torch.float32).removeprefix("torch."),
+                "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "numpy": np.__version__,
+                "dataset_id": self.data.dataset_id, "folds_sha256": self.data.folds_sha256,
+                "pretrained_sha256": _sha256(stage_path(stage, cache)) if stage else None}
 
     def state(self) -> dict:
         return {**self.trainer.state(), "scheduler": self.scheduler.state_dict(), "stopper": self.stopper.state_dict(),
@@ -144,18 +163,25 @@ class _Run:
         (docs/design.md §3.2), with the per-image probabilities, truth and pseudonymous keys the sweeper
         stores: the test fold's for curves and the patient-clustered bootstrap, the inner validation
         split's for operating points and calibration (fitted there, never on test). The outer training
-        part is inner-train plus inner-validation: everything the trial saw."""
+        part is inner-train plus inner-validation: everything the trial saw.
+
+        `best_val_auc` becomes the validation AUC of exactly these (kept, half-precision) weights, so that
+        the trial selected on it is judged on the predictions its thresholds are fitted on; the epoch's
+        full-precision value stays in the learning curve."""
         model = copy.deepcopy(self.trainer.model)
         model.load_state_dict(self.best_model, strict=True)
         parts = {"outer_train": np.sort(np.concatenate([self.split.train, self.split.val])), "test": self.split.test,
                  "val": self.split.val}
         metrics: dict = {"thresholds": [float(t) for t in self.thresholds]}
-        predictions: dict = {"label_names": list(self.data.label_names), "best_epoch": self.stopper.best_epoch}
+        predictions: dict = {"label_names": list(self.data.label_names), "best_epoch": self.stopper.best_epoch,
+                             "runtime": self.runtime()}
         for split in dict.fromkeys((*FINAL_SPLITS, *PREDICTION_SPLITS)):
             indices = parts[split]
             probs = self.trainer.predict(indices, model)
             if split in FINAL_SPLITS:
                 metrics.update(flat_metrics(split, self.score(indices, probs)))
+            if split == "val":  # what selection, Optuna and the stored validation predictions share
+                metrics["best_val_auc"] = self.score(indices, probs)["auc"]
             if split in PREDICTION_SPLITS:
                 predictions[split] = {"image_keys": [str(k) for k in self.data.image_keys[indices]],
                                       "patient_keys": [str(k) for k in self.data.patient_keys[indices]],

@@ -17,7 +17,8 @@ from trainables.fit import fit
 from vocab.names import PREDICTION_SPLITS
 
 STATE_FILE = "state.pt"
-PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test and validation predictions, small, read by the driver
+PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test and validation predictions and its runtime record,
+# small, read by the driver
 
 
 def _reporter(checkpoint_every: int):
@@ -37,7 +38,7 @@ def _reporter(checkpoint_every: int):
             torch.save(state, Path(tmp) / STATE_FILE)
             if "predictions" in state:
                 predictions = state["predictions"]
-                torch.save({"label_names": predictions["label_names"],
+                torch.save({"label_names": predictions["label_names"], "runtime": predictions["runtime"],
                             **{split: predictions[split] for split in PREDICTION_SPLITS if split in predictions}},
                            Path(tmp) / PREDICTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

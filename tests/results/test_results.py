@@ -149,8 +149,8 @@ def _refused_and_unchanged(url, sql):
 
 
 @pytest.mark.parametrize("version, expected", [
-    ("99", "schema version 99; this code writes version 9"),
-    ("2", "schema version 2, older than this code's 9 .*cells, test_predictions.*no migration from it"),
+    ("99", "schema version 99; this code writes version 10"),
+    ("2", "schema version 2, older than this code's 10 .*cells, test_predictions.*no migration from it"),
 ])
 def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, version, expected):
     store = ResultsStore(engine_url)
@@ -164,7 +164,7 @@ def test_a_db_of_another_schema_version_is_refused_with_what_to_do(engine_url, v
 def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     """Through every later version: 4 added sweep_trials.checkpoint, 5 the cells' weights columns, 6 the
     sweep's split and folds hash, 7 seed 003's per-epoch curves, 8 the predictions' split (old rows: test), 9
-    the external-validation tables."""
+    the external-validation tables, 10 the trials' fit_config and runtime."""
     from results.schema import VIEWS
 
     store = ResultsStore(engine_url)
@@ -188,6 +188,8 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
         conn.exec_driver_sql("DROP TABLE external_metrics")
         conn.exec_driver_sql("DROP TABLE external_sets")
         conn.exec_driver_sql("DROP TABLE image_groups")
+        conn.exec_driver_sql("ALTER TABLE sweep_trials DROP COLUMN fit_config")
+        conn.exec_driver_sql("ALTER TABLE sweep_trials DROP COLUMN runtime")
         trial = conn.exec_driver_sql("SELECT id FROM sweep_trials").scalar()
         conn.exec_driver_sql(f"INSERT INTO test_predictions (trial_id, image_key, patient_key, class_name, prob, target) "
                              f"VALUES ({trial}, 'i1', 'p1', 'Effusion', 0.25, 1.0)")
@@ -201,7 +203,8 @@ def test_a_version_3_db_is_migrated_in_place_keeping_its_rows(engine_url):
     assert run_query(engine_url, "SELECT split, folds_sha256 FROM sweeps").values.tolist() == [[None, None]]
     assert run_query(engine_url, "SELECT image_key, split, prob FROM test_predictions").values.tolist() == [
         ["i1", "test", 0.25]]
-    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "9"
+    assert run_query(engine_url, "SELECT value FROM schema_meta WHERE key = 'schema_version'").iloc[0, 0] == "10"
+    assert run_query(engine_url, "SELECT fit_config, runtime FROM sweep_trials").values.tolist() == [[None, None]]
     assert run_query(engine_url, "SELECT COUNT(*) FROM external_results").iloc[0, 0] == 0  # 9: the new tables
 
 

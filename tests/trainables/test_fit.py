@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from data_prep.build import BuildParams, build
 from data_prep.dataset import PreparedDataset
@@ -36,7 +37,8 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     predictions = state["predictions"]
     assert predictions["test"]["image_keys"] == list(data.image_keys[split.test])
     assert predictions["val"]["image_keys"] == list(data.image_keys[split.val])  # what operating points fit on
-    assert set(predictions) == {"label_names", "best_epoch", "test", "val"}
+    assert set(predictions) == {"label_names", "best_epoch", "runtime", "test", "val"}
+    assert predictions["runtime"]["dataset_id"] == data.dataset_id and predictions["runtime"]["threads"] >= 1
     probs = predictions["test"]["probs"].numpy()
     assert probs.shape == (len(split.test), len(data.label_names)) and ((probs >= 0) & (probs <= 1)).all()
     # the probabilities are those of the best-on-validation weights, not of the last epoch's
@@ -48,6 +50,10 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     on_val = engine.predict(model, ImageFeed(data.images, torch.device("cpu")), split.val, 8,
                             engine.Precision.choose("fp32", torch.device("cpu")))
     np.testing.assert_allclose(on_val, predictions["val"]["probs"].numpy(), atol=1e-6)
+    # what selection reads: the validation AUC of the weights kept, not of the epoch's full-precision ones
+    truth, kept = data.labels[split.val], predictions["val"]["probs"].numpy()
+    aucs = [roc_auc_score(truth[:, j], kept[:, j]) for j in range(truth.shape[1]) if 0 < truth[:, j].sum() < len(truth)]
+    assert final["best_val_auc"] == pytest.approx(np.mean(aucs), abs=1e-12)
     assert predictions["best_epoch"] == final["best_epoch"]
 
 

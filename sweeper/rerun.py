@@ -1,0 +1,116 @@
+"""`python -m sweeper.rerun`: train one recorded trial again, outside Ray, and compare its predictions
+with the ones the DB holds.
+
+    python -m sweeper.rerun --db URL [--sweep NAME] (--trial TRIAL_KEY | --cell BACKBONE/RECIPE[/VARIANT] --fold N)
+                            [--data-dir PREPARED_DIR] [--tolerance 1e-6]
+
+A trial is a seeded function of its FitConfig (`sweep_trials.fit_config`) and what its runtime record
+(`sweep_trials.runtime`) names: the prepared data set and the pretrained weights by content, the threads
+and precision it computed with, the library versions. What is not a function of them is which trials a
+sweep runs and keeps: ASHA stops a trial at a rung by comparing it with those of its study that reported
+there before it, so which trials complete, and so which is selected, depends on the order trials report
+in (docs/demo.md, "What is reproducible"). A selected trial, once known, is repeated here exactly: the
+re-run's test and inner-validation probabilities are compared with the stored ones (exit 0 when every one
+is within --tolerance, 1 when not, saying which recorded condition differs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data_prep.dataset import PreparedDataset
+from results.query import DEFAULT_DB
+from results.trial_record import TrialRecord, trial_record
+from trainables.config import fit_config
+from trainables.fit import fit
+from vocab.errors import CxrSweepError, exits_on_error
+
+DIFFERENT = 1  # the exit status when the re-run's predictions differ from the stored ones
+REPEATED_CONDITIONS = ("threads", "device", "precision", "torch", "torchvision", "numpy", "dataset_id",
+                       "folds_sha256", "pretrained_sha256")
+
+
+class RerunError(CxrSweepError):
+    """A recorded trial that cannot be re-run here; the message says what is missing."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m sweeper.rerun", description=__doc__.split("\n")[0])
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL of the results DB (default {DEFAULT_DB})")
+    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+    parser.add_argument("--trial", default=None, metavar="TRIAL_KEY", help="the trial's key (trial_summary.trial_key)")
+    parser.add_argument("--cell", default=None, metavar="BACKBONE/RECIPE[/VARIANT]",
+                        help="with --fold: the cell's selected trial of that outer fold")
+    parser.add_argument("--fold", type=int, default=None, help="the outer fold, with --cell")
+    parser.add_argument("--data-dir", default=None, metavar="PREPARED_DIR",
+                        help="the prepared target set, where it is not at the recorded path (its data set id must "
+                             "match the record's)")
+    parser.add_argument("--tolerance", type=float, default=1e-6,
+                        help="largest absolute difference of a probability counted as the same (default 1e-6)")
+    args = parser.parse_args(argv)
+    if (args.trial is None) == (args.cell is None) or (args.cell is None) != (args.fold is None):
+        parser.error("name the trial: --trial TRIAL_KEY, or --cell CELL with --fold N")
+    return args
+
+
+def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[dict, dict]:
+    """(the re-run's predictions by split, its runtime record) from the recorded config and runtime."""
+    config = {**record.fit_config, **({"data_dir": data_dir} if data_dir else {})}
+    data = PreparedDataset(config["data_dir"])
+    if data.dataset_id != record.runtime["dataset_id"]:
+        raise RerunError(f"{data.root} is data set {data.dataset_id}, the trial trained on "
+                         f"{record.runtime['dataset_id']}; give the same prepared set with --data-dir")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(record.runtime["threads"]))  # a sum's order, and so its last bits, follow the threads
+    kept: dict = {}
+    try:
+        fit(fit_config(config), report=lambda metrics, state: kept.update(state), log=log)
+    finally:
+        torch.set_num_threads(threads)
+    return kept["predictions"], kept["predictions"]["runtime"]
+
+
+def differences(record: TrialRecord, predictions: dict) -> pd.DataFrame:
+    """Per split: images, the largest absolute difference between stored and re-run probabilities."""
+    rows = []
+    for split, stored in record.predictions.groupby("split"):
+        again = predictions[split]
+        table = pd.DataFrame(again["probs"].numpy(), index=again["image_keys"], columns=predictions["label_names"])
+        mine = table.stack().rename("again").rename_axis(["image_key", "class_name"]).reset_index()
+        joined = stored.merge(mine, on=["image_key", "class_name"], how="outer", indicator=True)
+        unmatched = int((joined["_merge"] != "both").sum())
+        gap = np.abs(joined["prob"] - joined["again"]).max()
+        rows.append({"split": split, "images": stored["image_key"].nunique(), "unmatched": unmatched,
+                     "max_difference": float(gap)})
+    return pd.DataFrame(rows)
+
+
+@exits_on_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    record = trial_record(args.db, args.sweep, args.trial, args.cell, args.fold)
+    print(f"[rerun] trial {record.trial_key} of sweep {record.sweep!r}: {record.cell}, outer fold {record.fold}, "
+          f"lr={record.fit_config['lr']:.3g} dropout={record.fit_config['dropout']:.3f} seed={record.fit_config['seed']}, "
+          f"{record.runtime['threads']} thread(s) on {record.runtime['device']}")
+    predictions, runtime = repeat(record, args.data_dir, log=lambda line: print(line, file=sys.stderr))
+    changed = [f"{k}: recorded {record.runtime.get(k)}, now {runtime.get(k)}" for k in REPEATED_CONDITIONS
+               if record.runtime.get(k) != runtime.get(k)]
+    found = differences(record, predictions)
+    for row in found.itertuples(index=False):
+        print(f"[rerun] {row.split}: {row.images} images, largest difference {row.max_difference:.3g}"
+              + (f", {row.unmatched} stored or re-run values without a counterpart" if row.unmatched else ""))
+    same = bool((found["max_difference"] <= args.tolerance).all() and (found["unmatched"] == 0).all())
+    if same:
+        print(f"[rerun] the same predictions (every probability within {args.tolerance:g})")
+        return 0
+    print("[rerun] the predictions differ" + (f"; what differs from the record: {'; '.join(changed)}" if changed else
+                                               "; every recorded condition is the same"))
+    return DIFFERENT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
