@@ -182,6 +182,10 @@ def _chexpert_image(out_dir, p, i, patient, written, density, rng) -> dict:
 _WRITERS = {"target": _target_image, "nih": _nih_image, "chexpert": _chexpert_image}
 TABLES = {"target": "labels.csv", "nih": "Data_Entry_2017.csv", "chexpert": "train.csv"}
 IMAGE_ROOTS = {"target": ".", "nih": "images", "chexpert": "."}  # what the table's paths are relative to
+# The pseudonym key a sweep builds phantom sets with, public because a phantom patient has nothing to hide: the
+# pseudonyms order the patients that folds are drawn from, so with each machine's own secret key the demo's folds,
+# and its numbers, differed from one machine to the next (docs/demo.md). Real data keeps the user's key.
+PSEUDONYM_KEY = b"cxr-sweep phantom data: generated patients, public key"
 
 
 def _write_table(out_dir: Path, kind: str, rows: list[dict]) -> Path:

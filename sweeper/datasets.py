@@ -23,7 +23,7 @@ from data_prep.locate import locate
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
 from data_prep.sources import KINDS, SourceOptions, label_table
-from phantom.generate import IMAGE_ROOTS, PHANTOM_SETS, TABLES, make_phantom_set
+from phantom.generate import IMAGE_ROOTS, PHANTOM_SETS, PSEUDONYM_KEY, TABLES, make_phantom_set
 from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
 
@@ -56,7 +56,7 @@ def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int
                              label_noise=p.label_noise)
             os.replace(work, raw)  # atomic: a half-written set is never seen (its table paths are relative)
     return build(raw / IMAGE_ROOTS[kind], raw / TABLES[kind], home / "prepared", _params(spec, name, kind, is_target),
-                 name=f"phantom_{kind}", log=log)
+                 name=f"phantom_{kind}", key=PSEUDONYM_KEY, log=log)
 
 
 TARGET_TABLE = "labels.csv"  # a raw target folder's table (a phantom target's too); public sources: data_prep's

@@ -19,7 +19,7 @@ from results.operating_points import fit_threshold
 from results.query import run_query
 from results.load import load
 from results.analysis import Analysis
-from tests.conftest import TEST_KEY
+from phantom.generate import PSEUDONYM_KEY
 from tests.helpers import run_cli, spec_text, sweep_env
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,7 @@ def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_th
     evaluated = run_query(db, f"SELECT p.image_key, p.class_name, p.prob FROM test_predictions p JOIN sweep_trials t "
                               f"ON t.id = p.trial_id WHERE t.trial_key = '{chosen.trial_key}' AND p.split = 'test'")
     evaluated = evaluated.pivot(index="image_key", columns="class_name", values="prob")
-    pseudonym = Pseudonymizer(TEST_KEY)
+    pseudonym = Pseudonymizer(PSEUDONYM_KEY)  # a sweep's phantom sets: the public phantom key
     rows["image_key"] = [pseudonym("image", Path(f).relative_to(raw).as_posix()) if not r else ""
                          for f, r in zip(rows["file"], rows["rejected"])]
     mine = rows.set_index("image_key").loc[evaluated.index, evaluated.columns].astype(float)
