@@ -34,8 +34,8 @@ from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
-from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, label_table,
-                               options_from_args, read_labels, read_official)
+from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, kind_help,
+                               label_table, official_help, options_from_args, read_labels, read_official, table_help)
 from data_prep.table_layout import METADATA, columns
 from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
@@ -353,15 +353,12 @@ def _fractions(text: str) -> tuple[float, float, float]:
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=KINDS, help="source kind: target (DICOM), nih (PNG), chexpert (JPG), "
-                                                    "mimic (MIMIC-CXR-JPG)")
+    parser.add_argument("kind", choices=KINDS, help=kind_help())
     parser.add_argument("--images", "--dicom-dir", dest="images", type=Path, required=True,
                         help="the folder you downloaded or unpacked: listed images are found in any of the "
                              "source's published layouts under it")
     parser.add_argument("--labels", type=Path, required=True,
-                        help="label table: target CSV, NIH Data_Entry_2017*.csv, CheXpert train.csv (or the AIMI "
-                             "release's train_cheXbert.csv), or MIMIC's mimic-cxr-2.0.0-metadata.csv(.gz) or any "
-                             "table beside it; or, but for a target, the folder you downloaded")
+                        help=f"label table: {table_help()}")
     parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
     parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
@@ -375,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="build even when more than 1%% of the listed images are not found (the count goes "
                              "into the manifest and the data-set summary)")
     parser.add_argument("--split", choices=SPLITS, default="random",
-                        help="random: patient-grouped --folds of the whole set (default); official: the source's "
-                             "own test set (NIH test_list.txt, CheXpert valid.csv, MIMIC's split file) as the test "
-                             "part of one fold, the rest for training and inner validation")
+                        help=f"random: patient-grouped --folds of the whole set (default); official: the source's "
+                             f"own test set ({official_help()}) as the test part of one fold, the rest for training "
+                             "and inner validation")
     parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
                         help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of any sampling (default 0)")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet
-from data_prep.sources import KINDS, add_cli_options, label_table, options_from_args, read_labels
+from data_prep.sources import KINDS, add_cli_options, kind_help, label_table, options_from_args, read_labels, table_help
 from data_prep.table_layout import METADATA, columns
 from vocab.errors import exits_on_error
 
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.labels",
                                      description="Write a prepared data set's labels.csv from a source's label table "
                                                  "(no images needed).")
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("csv", type=Path, help="the source's label table (as data_prep.build's --labels): for NIH, "
-                                               "CheXpert and MIMIC also the folder you downloaded")
+    parser.add_argument("kind", choices=KINDS, help=kind_help())
+    parser.add_argument("csv", type=Path,
+                        help=f"the source's label table, as data_prep.build's --labels: {table_help()}")
     parser.add_argument("--out", type=Path, required=True, help="labels.csv to write")
     parser.add_argument("--dicom-dir", type=Path, help="target: read PatientIDs from these DICOM files")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")

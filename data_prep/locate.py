@@ -27,20 +27,14 @@ from pathlib import Path, PurePosixPath
 
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet
+from data_prep.sources import REGISTRY
 
-# How many trailing path parts identify an image in every layout of the kind (0: the paths as listed only)
-KEY_PARTS = {"target": 0, "nih": 1, "chexpert": 3, "mimic": 1}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 MISSING_TOLERANCE = 0.01  # more than this share of listed images not found: the build stops
-LIKELY_CAUSE = {
-    "nih": "NIH ships its images in 12 archives (images_001 ... images_012): extract them all under one folder",
-    "chexpert": "CheXpert's images come in several archives or batch folders: extract them all under one folder",
-    "mimic": "MIMIC-CXR-JPG's files/p10 ... files/p19 folders: download them all under one folder",
-    "target": "the label table's paths are relative to --images: check that folder and that every archive is "
-              "extracted",
-    "header": "the images are found by the {element} in their headers: check --images, and that the files are "
-              "DICOM files with the DICM preamble (PS3.10); other files are skipped",
-}
+# How a kind's images are found (key_parts) and why they are missing (likely_cause) are in its SourceKind; this
+# cause is for images named by a header element (a target table's sop_instance_uid or accession_number)
+HEADER_CAUSE = ("the images are found by the {element} in their headers: check --images, and that the files are "
+                "DICOM files with the DICM preamble (PS3.10); other files are skipped")
 DICOMDIR = "DICOMDIR"
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR, not an image
 HEADER_ELEMENTS = {"sop_instance_uid": "SOPInstanceUID", "accession_number": "AccessionNumber"}
@@ -61,10 +55,10 @@ class Located:
 
 
 def locate(kind: str, root: Path, files: list[str]) -> Located:
-    """Each listed relative path's file under `root`: as listed first, else by the path's last KEY_PARTS[kind]
-    parts anywhere under root (one directory walk)."""
+    """Each listed relative path's file under `root`: as listed first, else by the path's last `key_parts` (the
+    kind's SourceKind) parts anywhere under root (one directory walk)."""
     root = Path(root)
-    depth = KEY_PARTS[kind]
+    depth = REGISTRY[kind].key_parts
     sample = [(root / rel).is_file() for rel in files[:100]]
     listed = any(sample) or depth == 0  # none of the first hundred as listed: another layout, skip the stats
     found: list[Path | None] = [root / rel if listed and (root / rel).is_file() else None for rel in files]
@@ -275,10 +269,10 @@ def check_missing(kind: str, located: Located, files: list[str], table: Path, al
         return
     rows = rows or [i + 2 for i in range(len(files))]
     if named_by == "file":
-        searched, cause = _searched(located.folders), LIKELY_CAUSE[kind]
+        searched, cause = _searched(located.folders), REGISTRY[kind].likely_cause
     else:  # folder names under a hospital's tree can carry patient names or IDs: counted, not shown
         searched = f"DICOM files found in {len(located.folders)} folder(s)"
-        cause = LIKELY_CAUSE["header"].format(element=HEADER_ELEMENTS[named_by])
+        cause = HEADER_CAUSE.format(element=HEADER_ELEMENTS[named_by])
     raise DataPrepError(f"{len(missing)} of {len(files)} images listed in {table} were not found under "
                         f"{located.root} ({searched}); {_examples(kind, missing, files, rows)}. Likely "
                         f"cause: {cause}. To build from the images found, pass --allow-missing "
@@ -294,8 +288,9 @@ def _searched(folders: list[str]) -> str:
 
 def _examples(kind: str, missing: list[int], files: list[str], rows: list[int]) -> str:
     """Three missing rows; a public set's paths are shown, a hospital's are not (file names can carry
-    patient identifiers, docs/design.md §3.5; nor are UIDs or accession numbers shown)."""
+    patient identifiers, docs/design.md §3.5; nor are UIDs or accession numbers shown): a kind's SourceKind
+    says which it is."""
     first = missing[:3]
-    if kind == "target":
+    if not REGISTRY[kind].public_paths:
         return "not found: the images of label-table rows " + ", ".join(str(rows[i]) for i in first)
     return "for example " + ", ".join(f"{files[i]} (row {rows[i]})" for i in first)

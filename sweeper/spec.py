@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from data_prep.errors import DataPrepError
 from sweeper.overrides import OverrideError, apply, as_text
-from data_prep.sources import KINDS, OPTIONS, SPLITS, option_names, source_options
+from data_prep.sources import KINDS, OPTIONS, SPLITS, official_help, option_names, policy_kinds, source_options
 from trainables.config import RecipeSettings, Strict, TrainSettings, TrialMetadata
 from trainables.models import BACKBONES
 from trainables.recipe import check_recipe
@@ -107,7 +107,7 @@ class Prepare(BaseModel):
     here; every other key is an option of the data set's source kind, defined once in data_prep.sources
     (the same options, defaults and checks as `python -m data_prep.build KIND`): checked at once against
     the options any kind has, and fully once the location says which kind it is. Size, folds, holdout
-    and the CheXpert/MIMIC uncertainty policy come from [data] itself."""
+    and the uncertainty policy (of the kinds that have one) come from [data] itself."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     bits: Literal[8, 16] = 8
@@ -127,7 +127,8 @@ class Prepare(BaseModel):
         known = sorted({n for kind in KINDS for n in option_names(kind)} - {"policy"})
         for key in self.model_extra or {}:
             if key == "policy":
-                raise ValueError("policy: set data.chexpert_policy, which every CheXpert and MIMIC set follows")
+                raise ValueError(f"policy: set data.chexpert_policy, which every {' and '.join(policy_kinds())} set "
+                                 "follows")
             if key not in known:
                 raise ValueError(f"{key}: unknown option; expected bits, near_duplicates, allow_missing or an "
                                  f"option of a source kind: {known}")
@@ -162,14 +163,13 @@ class Data(Strict):
     folds: int = Field(5, ge=2)
     split: Literal[SPLITS] = Field(  # type: ignore[valid-type]
         "random", description="random: patient-grouped data.folds of the whole target; official: the target "
-                              "source's own test set (NIH test_list.txt, CheXpert valid.csv, MIMIC's split file) as "
-                              "the test part of one fold")
+                              f"source's own test set ({official_help()}) as the test part of one fold")
     holdout: list[float] | None = Field(
         None, description="train/val/test percentages, e.g. [60, 20, 20]: one fixed split of the target instead of "
                           "folds (seed 003); the validation part is what tuning sees")
     chexpert_policy: Literal["u_ignore", "u_zeros", "u_ones", "u_mixed"] = Field(
-        "u_ones", description="CheXpert's uncertain labels: phantom CheXpert sets are built with it, prepared "
-                              "CheXpert sets must have been")
+        "u_ones", description=f"uncertain labels of every {' and '.join(policy_kinds())} set: sets the sweep builds "
+                              "are built with it, prepared ones must have been")
     phantom: Phantom = Phantom()
     external: dict[str, External] = Field({}, description="external test set name -> where it is and how its "
                                                            "labels map onto the target's")

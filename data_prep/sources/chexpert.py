@@ -19,6 +19,7 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
 from data_prep.sources.options import Blank, Options, Policy
+from data_prep.sources.kind import SourceKind
 from data_prep.sources.tables import one_table
 
 ALL_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -106,3 +107,11 @@ def official_split(path: Path, options: ChexpertOptions) -> tuple[LabelSet, list
     frame = pd.concat([train.frame.assign(official="train"), test.frame.assign(official="test")], ignore_index=True)
     stats = {**train.stats, "official_test_rows": test.stats["rows"]}
     return LabelSet(frame, train.names, stats), [path.name, str(found[0].relative_to(path.parent))]
+
+
+KIND = SourceKind(
+    name="chexpert", title="CheXpert, JPG", options=ChexpertOptions, label_table=label_table, read_labels=read_labels,
+    table_help="train.csv (or the AIMI release's train_cheXbert.csv), or the folder you downloaded",
+    key_parts=3,  # patient/study/file: the file names repeat across patients
+    likely_cause="CheXpert's images come in several archives or batch folders: extract them all under one folder",
+    official_split=official_split, official_help="valid.csv", public_paths=True)

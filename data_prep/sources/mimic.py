@@ -22,6 +22,7 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, file_sha256, label_step, read_csv, refuse_duplicates
 from data_prep.sources.chexpert import ChexpertOptions, label_values
+from data_prep.sources.kind import SourceKind
 from data_prep.sources.tables import one_table
 
 PREFIX = "mimic-cxr-2.0.0-"
@@ -120,3 +121,11 @@ def official_split(path: Path, options: MimicOptions) -> tuple[LabelSet, list[st
                             f"(rows {rows}); expected every dicom_id with train, validate or test")
     frame["official"] = np.where(found == "test", "test", "train")
     return label_set, [split_path.name]
+
+
+KIND = SourceKind(
+    name="mimic", title="MIMIC-CXR-JPG", options=MimicOptions, label_table=label_table, read_labels=read_labels,
+    table_help=f"{PREFIX}metadata.csv(.gz) or any table beside it, or the folder you downloaded",
+    key_parts=1,  # DICOM ids are unique
+    likely_cause="MIMIC-CXR-JPG's files/p10 ... files/p19 folders: download them all under one folder",
+    official_split=official_split, official_help=f"the test rows of {PREFIX}split.csv", public_paths=True)

@@ -19,6 +19,7 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
 from data_prep.sources.options import Options
+from data_prep.sources.kind import SourceKind
 from data_prep.sources.tables import one_table
 
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
@@ -167,3 +168,10 @@ def _listed(path: Path) -> set[str]:
         raise DataPrepError(f"{path.parent}: no {path.name}; the official split needs NIH's {OFFICIAL_LISTS[0]} and "
                             f"{OFFICIAL_LISTS[1]} beside the label table (both ship with the data set)")
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+KIND = SourceKind(
+    name="nih", title="NIH ChestX-ray14, PNG", options=NihOptions, label_table=label_table, read_labels=read_labels,
+    table_help="Data_Entry_2017*.csv, or the folder you downloaded", key_parts=1,  # file names are unique
+    likely_cause="NIH ships its images in 12 archives (images_001 ... images_012): extract them all under one folder",
+    official_split=official_split, official_help=OFFICIAL_LISTS[1], public_paths=True)

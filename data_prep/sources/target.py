@@ -31,6 +31,7 @@ from pydantic import Field
 from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet, age_years, label_step, read_csv, refuse_duplicates, sex_of
 from data_prep.sources.options import Options
+from data_prep.sources.kind import SourceKind
 
 NORMAL = "normal"
 DEFAULT_TARGET_MAPPING = "seed000_target"
@@ -212,3 +213,12 @@ def _from_columns(path, table: pd.DataFrame, names: list[str]) -> np.ndarray:
         i, j = np.argwhere(bad.to_numpy())[0]
         raise DataPrepError(f"{path}: row {i + 2}, column {names[j]!r}: {values.iat[i, j]!r}; expected 0, 1 or empty")
     return values.replace("", np.nan).to_numpy().astype(np.float32)
+
+
+KIND = SourceKind(
+    name="target", title="a hospital's DICOM films", options=TargetOptions, label_table=label_table,
+    read_labels=read_labels, key_parts=0,
+    table_help=f"your CSV naming each image by one column ({', '.join(NAMED_BY)}) with `findings` or 0/1 label "
+               "columns",
+    likely_cause="the label table's paths are relative to --images: check that folder and that every archive is "
+                 "extracted")
