@@ -3,8 +3,8 @@
 A data set's location comes from `--data NAME=LOCATION`, else the environment variable
 CXR_SWEEP_DATA_<NAME>, else the spec; a spec that names real data leaves it empty (""), so
 no path is ever hard-coded. A location is one of:
-- a prepared data set's path (checked against the spec's size, folds and CheXpert policy);
-- `KIND:FOLDER` (KIND: target, nih, chexpert): a raw source, built through data_prep with the
+- a prepared data set's path (checked against the spec's size, folds and uncertainty policy);
+- `KIND:FOLDER` (KIND: any of data_prep.sources.KINDS): a raw source, built through data_prep with the
   spec's [data] and [data.prepare.NAME] settings into HOME/prepared; content-addressed, so an
   unchanged source is reused (its images are still hashed to know that);
 - `phantom` / `phantom:KIND`: generated (once, cached under the sweep home) and built.
@@ -126,15 +126,16 @@ def raw_images(spec: SweepSpec, name: str, kind: str, location: str,
 
 
 def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:
-    """A prepared set must have the spec's size, CheXpert policy and (target) folds or holdout split."""
+    """A prepared set must have the spec's size, uncertainty policy and (target) folds or holdout split."""
     params = prepared.manifest["params"]
     if prepared.manifest["size"] != spec.data.size:
         raise SpecError(f"{where}: images are {prepared.manifest['size']} px but data.size is {spec.data.size}")
-    policy = params.get("source", {}).get("policy")
-    if params.get("source", {}).get("kind") == "chexpert" and policy != spec.data.chexpert_policy:
-        raise SpecError(f"{where}: CheXpert built with uncertainty policy {policy!r} but data.chexpert_policy is "
-                        f"{spec.data.chexpert_policy!r}; rebuild it with python -m data_prep.build ... "
-                        f"--policy {spec.data.chexpert_policy}, or change the spec")
+    source = params.get("source", {})  # its kind's options as built: a policy there iff the kind has one
+    if "policy" in source and source["policy"] != spec.data.chexpert_policy:
+        raise SpecError(f"{where}: {source['kind']} set built with uncertainty policy {source['policy']!r} but "
+                        f"data.chexpert_policy is {spec.data.chexpert_policy!r}; rebuild it with python -m "
+                        f"data_prep.build {source['kind']} ... --policy {spec.data.chexpert_policy}, or change the "
+                        "spec")
     if not is_target:
         return
     if prepared.split_name == "official" or spec.data.split == "official":
