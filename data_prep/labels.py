@@ -76,7 +76,7 @@ def add_arguments(parser: cli.Parser) -> None:
             raise cli.UsageError("name the label table once: --labels TABLE")
         if args.table is not None:
             cli.note("the label table as a positional argument is now --labels TABLE")
-            args.labels = args.table
+            args.labels, args.table = args.table, None
         args.options = options_from_args(args.kind, args, parser, seed=args.seed)
 
     parser.check(resolve)

@@ -351,8 +351,9 @@ def _argument(info) -> dict:
     origin, inner = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction if info.default is True else "store_true"}
-    if origin is typing.Literal:
-        return {"choices": inner, "type": type(inner[0]) if len({type(v) for v in inner}) == 1 else str}
+    if origin is typing.Literal:  # text choices need no type; 8|16 are read as numbers
+        kinds = {type(v) for v in inner}
+        return {"choices": inner, "type": None if kinds == {str} or len(kinds) > 1 else kinds.pop()}
     if origin is tuple and inner and Ellipsis not in inner:
         return {"nargs": len(inner), "type": inner[0] if len(set(inner)) == 1 else str}
     if origin in (list, tuple, set):
