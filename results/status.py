@@ -11,6 +11,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from results.load import SWEEPS, latest_sweep, read_frame, reading
+from results.query import QueryError
 from results.schema import TRIAL_SUMMARY
 from vocab import cli
 from vocab.names import cell_name
@@ -43,8 +44,6 @@ def status_tables(url: str, sweep: str | None) -> tuple[pd.DataFrame, str, pd.Da
         trials = read_frame(conn, select(TRIAL_SUMMARY.c.sweep, TRIAL_SUMMARY.c.backbone, TRIAL_SUMMARY.c.recipe,
                                          TRIAL_SUMMARY.c.variant, TRIAL_SUMMARY.c.fold, TRIAL_SUMMARY.c.status))
     if sweep not in set(sweeps["name"]):
-        from results.query import QueryError
-
         raise QueryError(f"no sweep named {sweep!r} in {url}; it holds {list(sweeps['name'])}")
     totals = _by_status(trials, ["sweep"]) if len(trials) else pd.DataFrame(columns=["trials", *STATUSES])
     for column in ("started_at", "finished_at"):  # to the minute: a table that fits a terminal

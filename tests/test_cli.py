@@ -219,3 +219,26 @@ def test_query_report_status_and_help_import_neither_torch_nor_ray(home):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _documented_lines() -> list[tuple[str, list[str]]]:
+    """Every `cxr-sweep ...` command in a ```sh block of the README and docs/*.md, continuations joined."""
+    import shlex
+
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```sh\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.split()[:1] and line.split()[0].endswith("/cxr-sweep"):
+                    found.append((f"{path.name}: {line.strip()}", shlex.split(line.split(" #")[0])[1:]))
+    return found
+
+
+def test_every_documented_cxr_sweep_command_parses():
+    lines = _documented_lines()
+    assert len(lines) >= 7  # the README's prepare, summary and run lines at least
+    for where, argv in lines:
+        assert argv and argv[0] in COMMANDS, where
+        module = importlib.import_module(COMMANDS[argv[0]])
+        if hasattr(module, "COMMAND"):  # a parser of its own (LEGACY) cannot be parsed without running it
+            cli.build_parser(module.COMMAND, module.add_arguments).parse_args(argv[1:])
