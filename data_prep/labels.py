@@ -1,8 +1,8 @@
-"""`python -m data_prep.labels KIND CSV --out labels.csv`: a prepared data set's labels.csv from a source's
-label table alone (no images), with keyed pseudonyms; raw IDs never leave data_prep."""
+"""`cxr-sweep labels KIND --labels TABLE --out labels.csv` (or `python -m data_prep.labels`): a prepared data
+set's labels.csv from a source's label table alone (no images), with keyed pseudonyms; raw IDs never leave
+data_prep."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -13,7 +13,17 @@ from data_prep.errors import DataPrepError
 from data_prep.labelset import LabelSet
 from data_prep.sources import KINDS, add_cli_options, kind_help, label_table, options_from_args, read_labels, table_help
 from data_prep.table_layout import METADATA, columns
-from vocab.errors import exits_on_error
+from vocab import cli
+
+COMMAND = cli.Command(
+    name="labels", module="data_prep.labels",
+    summary="Write a prepared data set's labels.csv from a source's label table alone (no images needed).",
+    description="The keys are keyed pseudonyms, as in a prepared data set; a target table without a patient column "
+                "takes its PatientIDs from the DICOM headers under --images. Folds for it: `cxr-sweep folds`.",
+    examples=("target --labels labels.csv --images DICOM_DIR --out labels.out.csv",
+              "nih --labels Data_Entry_2017.csv --preset seed003 --out nih.csv",
+              "chexpert --labels train.csv --policy u_ignore --out chexpert.csv",
+              "mimic --labels mimic-cxr-2.0.0-metadata.csv.gz --policy u_ignore --out mimic.csv"))
 
 
 def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
@@ -23,7 +33,7 @@ def prepared_labels(label_set: LabelSet, pseudonym) -> pd.DataFrame:
     if (frame["patient"] == "").any():
         row = frame["csv_row"][frame["patient"] == ""].iloc[0]
         raise DataPrepError(f"row {row}: no patient; add a 'patient' column or pass the DICOM folder "
-                            f"(--dicom-dir) so the PatientID can be read")
+                            f"(--images) so the PatientID can be read")
     out = pd.DataFrame({"image_key": [pseudonym("image", f) for f in frame["file"]],
                         "patient_key": [pseudonym("patient", p) for p in frame["patient"]],
                         **{column: frame[column] for column in METADATA}})
@@ -37,7 +47,7 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
 
     named_by = label_set.stats.get("images_named_by", "file")
     if named_by != "file":
-        raise DataPrepError(f"--dicom-dir reads PatientIDs from the paths in a 'file' column; this table names its "
+        raise DataPrepError(f"--images reads PatientIDs from the paths in a 'file' column; this table names its "
                             f"images by {named_by!r}: build it with python -m data_prep.build, which finds them by "
                             f"their headers")
 
@@ -50,31 +60,43 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
         label_set.frame.at[i, "patient"] = str(ds.get("PatientID", "")).strip()
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: cli.Parser) -> None:
+    parser.add_argument("kind", choices=KINDS, help=kind_help())
+    parser.add_argument("table", nargs="?", type=Path, default=None, metavar="LABELS", help="the older form of --labels")
+    cli.add_labels(parser, help=f"the source's label table, as prepare's --labels: {table_help()}")
+    cli.add_out(parser, "the labels.csv file to write", required=True)
+    cli.add_images(parser, help="target: read PatientIDs from the DICOM files under this folder")
+    parser.rename("--dicom-dir", "--images")
+    cli.add_seed(parser, "seed for sampling")
+    add_cli_options(parser)
+
+    def resolve(args) -> None:
+        if (args.table is None) == (args.labels is None):
+            raise cli.UsageError("name the label table once: --labels TABLE")
+        if args.table is not None:
+            cli.note("the label table as a positional argument is now --labels TABLE")
+            args.labels, args.table = args.table, None
+        args.options = options_from_args(args.kind, args, parser, seed=args.seed)
+
+    parser.check(resolve)
+
+
+def run(args) -> int:
     from data_prep.pseudonym import Pseudonymizer, load_or_create_key
 
-    parser = argparse.ArgumentParser(prog="python -m data_prep.labels",
-                                     description="Write a prepared data set's labels.csv from a source's label table "
-                                                 "(no images needed).")
-    parser.add_argument("kind", choices=KINDS, help=kind_help())
-    parser.add_argument("csv", type=Path,
-                        help=f"the source's label table, as data_prep.build's --labels: {table_help()}")
-    parser.add_argument("--out", type=Path, required=True, help="labels.csv to write")
-    parser.add_argument("--dicom-dir", type=Path, help="target: read PatientIDs from these DICOM files")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
-    add_cli_options(parser)
-    args = parser.parse_args(argv)
-    options = options_from_args(args.kind, args, parser, seed=args.seed)
-    table = label_table(args.csv, options)
-    label_set = read_labels(table, options)
-    if args.kind == "target" and args.dicom_dir:
-        _patients_from_dicom(label_set, args.dicom_dir)
+    table = label_table(args.labels, args.options)
+    label_set = read_labels(table, args.options)
+    if args.kind == "target" and args.images:
+        _patients_from_dicom(label_set, args.images)
     out = prepared_labels(label_set, Pseudonymizer(load_or_create_key()))
     out.to_csv(args.out, index=False, float_format="%g")  # masked (NaN) -> empty
     print(f"wrote {args.out} from {table}: {len(out)} images, {out['patient_key'].nunique()} patients, "
           f"labels {label_set.names}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from data_prep.errors import DataPrepError
+
 KEY_FILE_ENV = "CXR_SWEEP_PSEUDONYM_KEY_FILE"
 
 
@@ -20,16 +22,22 @@ def default_key_file() -> Path:
 
 
 def load_or_create_key(path: Path | None = None) -> bytes:
-    """Read the secret key, creating a random one (mode 0600) if it does not exist yet."""
+    """Read the secret key, creating a random one (mode 0600) if it does not exist yet. A key file that cannot be
+    made or read, or that is too short, is a DataPrepError naming it (never showing the key)."""
     path = Path(path) if path else default_key_file()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    key = path.read_text().strip()
+    expected = f"expected a text file of at least 32 characters (or set {KEY_FILE_ENV} to another file)"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DataPrepError(f"pseudonym key file {path}: cannot be created or read ({why}); {expected}") from None
     if len(key) < 32:
-        raise ValueError(f"pseudonym key file {path} holds {len(key)} characters; expected at least 32")
+        raise DataPrepError(f"pseudonym key file {path} holds {len(key)} characters; {expected}")
     return key.encode()
 
 

@@ -1,4 +1,5 @@
-"""`python -m data_prep.summary DIR [--out OUT]`: what a prepared data set holds, as Markdown and PNG.
+"""`cxr-sweep summary DIR [--out OUT]` (or `python -m data_prep.summary`): what a prepared data set holds, as
+Markdown and PNG.
 
 Label counts at every step of the label reader (as read, merged, filtered, undersampled: seed
 003's distributions before and after undersampling) and as built, label co-occurrence,
@@ -8,7 +9,6 @@ written, so a summary is as shareable as the data set's manifest.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,8 +23,15 @@ import pandas as pd  # noqa: E402
 
 from data_prep.dataset import PreparedDataset  # noqa: E402
 from data_prep.table_layout import SOURCE_SIZE, TEXT  # noqa: E402
-from vocab.errors import exits_on_error  # noqa: E402
+from vocab import cli  # noqa: E402
 
+COMMAND = cli.Command(
+    name="summary", module="data_prep.summary",
+    summary="Summarise a prepared data set: label counts, folds, rejected files, sizes and views.",
+    description="Label counts at every step of the label reader and as built, label co-occurrence, prevalence per "
+                "outer fold, rejected files by reason and the images' own sizes and views, as summary.md and figures/. "
+                "Keys are pseudonymous and no path is written, so a summary is as shareable as the data set's manifest.",
+    examples=("/data/prepared/target-1a2b", "/data/prepared/nih-3c4d --out nih-summary/"))
 TOP_SIZES = 10  # most common image sizes listed
 
 
@@ -202,19 +209,22 @@ def write_summary(root: Path | str, out: Path) -> tuple[DataSummary, str]:
     return summary, markdown
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.summary", description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", type=Path, metavar="DIR", help="a prepared data set (data_prep.build's output)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for summary.md and figures/ (default: ./summary-<data set>; the data set "
-                             "itself is never written to)")
-    args = parser.parse_args(argv)
+def add_arguments(parser: cli.Parser) -> None:
+    parser.add_argument("dataset", type=Path, metavar="DIR", help="a prepared data set (prepare's output)")
+    cli.add_out(parser, "folder for summary.md and figures/ (default: ./summary-<data set>; the data set itself is "
+                        "never written to)")
+
+
+def run(args) -> int:
     out = args.out or Path(f"summary-{args.dataset.resolve().name}")
     _, markdown = write_summary(args.dataset, out)
     print(markdown)
     print(f"[data_prep] summary written to {out}/summary.md and {out}/figures/", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

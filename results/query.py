@@ -1,4 +1,4 @@
-"""Read-only SQL against the results DB: `python -m results.query --db URL "SELECT ..."`.
+"""Read-only SQL against the results DB: `cxr-sweep query "SELECT ..."` (or `python -m results.query`).
 
 SQLite is opened read-only (mode=ro, query_only, an authorizer that denies writes, DDL,
 ATTACH and PRAGMA); PostgreSQL runs one statement in a read-only transaction of a session
@@ -8,16 +8,22 @@ SELECT rights only.)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from results.store import open_engine
-from vocab.errors import CxrSweepError, exits_on_error
+from vocab import cli
+from vocab.errors import CxrSweepError
 
-DEFAULT_DB = "sqlite:///.cxr-sweep/results.db"
+COMMAND = cli.Command(
+    name="query", module="results.query", summary="Run one read-only SQL statement against the results DB.",
+    description="Writes, DDL and a second statement are refused and leave the DB unchanged. The tables and views "
+                "(trial_summary, cell_summary, fold_metrics, oof_predictions, ...) are in docs/results.md.",
+    examples=("\"SELECT backbone, recipe, metric, mean FROM cell_summary WHERE split = 'test'\"",
+              "--csv \"SELECT * FROM trial_summary\" > trials.csv",
+              "--db postgresql+psycopg://user@host/cxr --json \"SELECT name, status FROM sweeps\""))
 
 
 class QueryError(CxrSweepError):
@@ -58,15 +64,13 @@ def run_query(url: str, sql: str) -> pd.DataFrame:
         engine.dispose()
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.query", description="Run one read-only SQL query.")
-    parser.add_argument("sql")
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true")
-    fmt.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+def add_arguments(parser: cli.Parser) -> None:
+    parser.add_argument("sql", metavar="SQL", help="one SELECT statement (quote it)")
+    cli.add_db(parser)
+    cli.add_format(parser)
+
+
+def run(args) -> int:
     frame = run_query(args.db, args.sql)
     if args.csv:
         frame.to_csv(sys.stdout, index=False)
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(frame.to_string(index=False) if len(frame) else f"(no rows; columns: {', '.join(frame.columns)})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """The papers' comparison reports from the results DB.
 
-`python -m results.report --db URL [--sweep NAME] [--out DIR]` prints report.md and, with
---out, writes report.md, report.html (one self-contained page), tables/*.csv and *.tex and
+`cxr-sweep report [--db URL] [--sweep NAME] [--out DIR]` (or `python -m results.report`) prints report.md
+and, with --out, writes report.md, report.html (one self-contained page), tables/*.csv and *.tex and
 figures/*.png. An unfinished sweep is reported as far as it goes, with missing cells and
 folds marked.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import tomllib
@@ -15,16 +14,23 @@ from dataclasses import replace
 from pathlib import Path
 
 from results.load import SweepData, load
-from results.query import DEFAULT_DB
 from results.render import Report, to_markdown, write
 from results.analysis import Analysis
 from results.clinical_tables import clinical_sections
 from results.external_tables import external_tables
 from results.subgroup_tables import MIN_NEGATIVES, MIN_POSITIVES, subgroup_tables
-from results.operating_points import RULES, RuleError, check_rule
+from results.operating_points import RULES, check_rule
 from results.tables import all_tables
-from vocab.errors import exits_on_error
+from vocab import cli
 from vocab.names import cell_name
+
+COMMAND = cli.Command(
+    name="report", module="results.report", summary="Write a sweep's comparison report from the results DB.",
+    description="Prints report.md; with --out also writes report.html (one self-contained page), tables/*.csv and "
+                "*.tex and figures/*.png there. An unfinished sweep is reported as far as it goes, with its missing "
+                "cells and folds marked.",
+    examples=("--out report/", "--db sqlite:///.cxr-sweep/results.db --sweep demo-20260101-120000 --bootstrap 0",
+              "--threshold youden --threshold sensitivity:0.95 --calibrate --out report/"))
 
 # Sections whose figures sit with the tables of the same heading; the rest follow.
 FIGURE_SECTIONS = {"Backbone model selection", "Calibration"}
@@ -119,25 +125,16 @@ def write_report(url: str, sweep: str, out: Path, n_boot: int = 1000,
     return markdown, write(built, out)
 
 
-def _rule(text: str) -> str:
-    try:
-        return check_rule(text)
-    except RuleError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description="Write the comparison report.")
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
-    parser.add_argument("--sweep", help="sweep name (default: the latest)")
-    parser.add_argument("--out", type=Path, help="write report.md, report.html, tables/ and figures/ here")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="bootstrap resamples for intervals and p-values (default 1000; 0: none)")
-    parser.add_argument("--operating-point", action="append", type=_rule, metavar="RULE", dest="rules",
-                        help=f"a threshold rule for the operating-point tables, fitted on inner validation: "
-                             f"prevalence, youden or sensitivity:S; repeat for several (default: {', '.join(RULES)})")
-    parser.add_argument("--subgroup-min", type=int, nargs=2, default=(MIN_POSITIVES, MIN_NEGATIVES),
+def add_arguments(parser: cli.Parser) -> None:
+    cli.add_db(parser)
+    cli.add_sweep(parser)
+    cli.add_out(parser, "folder to write report.md, report.html, tables/ and figures/ to (default: print only)")
+    cli.add_bootstrap(parser)
+    cli.add_threshold(parser, check_rule, repeat=True,
+                      help=f"a threshold rule for the operating-point tables, fitted on inner validation: prevalence, "
+                           f"youden or sensitivity:S; repeat for several (default: {', '.join(RULES)})")
+    parser.rename("--operating-point", "--threshold")
+    parser.add_argument("--subgroup-min", type=cli.at_least(1), nargs=2, default=(MIN_POSITIVES, MIN_NEGATIVES),
                         metavar=("POSITIVES", "NEGATIVES"),
                         help=f"a class counts in a subgroup only with this many positive and negative images there; "
                              f"a grouping's groups are compared on the classes that count in each group that has any "
@@ -145,16 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="add temperature-scaled probabilities (T fitted per fold on inner validation) beside "
                              "the raw ones in the calibration tables")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     built = build(args.db, args.sweep, n_boot=args.bootstrap, figures=args.out is not None,
-                  log=lambda line: print(line, file=sys.stderr), rules=args.rules or RULES, calibrate=args.calibrate,
-                  subgroup_min=tuple(args.subgroup_min))
+                  log=lambda line: print(line, file=sys.stderr), rules=args.thresholds or RULES,
+                  calibrate=args.calibrate, subgroup_min=tuple(args.subgroup_min))
     print(to_markdown(built, figure_dir="figures" if args.out else None))
     if args.out:
         written = write(built, args.out)
         print(f"[report] wrote {written['markdown']}, {written['html']}, {args.out / 'tables'}, "
               f"{args.out / 'figures'}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from sweeper.stages import artefact_rows, attach_stages, launch_stages, stage_fa
 from sweeper.spec import SweepSpec
 from sweeper.weights import preflight
 from trainables.tune_adapter import tune_fit
+from vocab.errors import CxrSweepError
 
 METRIC, MODE = "val_auc", "max"
 
@@ -80,6 +81,10 @@ def _searcher(spec: SweepSpec, plans, name: str, db_url: str) -> PerStudyOptunaS
     return PerStudyOptunaSearcher(plans, search_space(spec), METRIC, MODE, storage=db_url, prefix=f"{name}/")
 
 
+class ResumeError(CxrSweepError):
+    """--resume with nothing to continue: no earlier sweep of the spec, or no Ray experiment at its path."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Where and how one sweep runs (the command line, resolved)."""
@@ -107,7 +112,7 @@ def _tuner(spec: SweepSpec, plans, options: RunOptions, store: ResultsStore, swe
                                    study_prefix=f"{options.name}/")
         return _new_tuner(spec, plans, options.name, options.storage, callback, max_concurrent)
     if not tune.Tuner.can_restore(path):
-        raise FileNotFoundError(f"--resume: no Ray experiment to continue at {path}")
+        raise ResumeError(f"--resume: no Ray experiment to continue at {path}")
     damaged = []  # (file, why, where it was moved): every one of Ray's files that a full disk truncated
     while (found := damaged_experiment_state(path)) is not None:
         damaged.append((*found, set_aside(found[0])))

@@ -1,7 +1,8 @@
-"""`python -m sweeper.evaluate`: apply a finished sweep's models to test sets from elsewhere.
+"""`cxr-sweep evaluate` (or `python -m sweeper.evaluate`): apply a finished sweep's models to test sets from
+elsewhere.
 
-    python -m sweeper.evaluate --db URL [--sweep NAME] --external NAME=PREPARED_DIR [--labels NAME=MAPPING.toml]
-                               [--cell BACKBONE/RECIPE[/VARIANT] ...] [--tta hflip] [--device cuda]
+    cxr-sweep evaluate [--db URL] [--sweep NAME] --external NAME=PREPARED_DIR [--mapping NAME=MAPPING.toml]
+                       [--cell BACKBONE/RECIPE[/VARIANT] ...] [--tta hflip] [--device cuda]
 
 An external set is a data set prepared by data_prep (another hospital's films, NIH's official test
 list, CheXpert's validation set) that no trial trained, tuned or early-stopped on. Each cell's selected
@@ -11,13 +12,13 @@ through the trials' own evaluation path (trainables.predict); the predictions go
 internal with external AUC and AP. The set's labels are mapped onto the target's by a TOML like the
 target mapping (`[categories]` then `"cardiac hypertrophy" = ["Cardiomegaly"]`: the target's label, then
 the set's labels that mean it, positive when any is); without one, labels of the same name are paired.
-Target labels with no counterpart are left out, and said so. `python -m results.evaluate` is the same
+Target labels with no counterpart are left out, and said so (`--labels NAME=MAPPING`, this flag's former
+name, is still accepted). `python -m results.evaluate` is the same
 command (it hands over to this one: results itself imports nothing that runs a model, so that a report
 can be made from a copied DB without torch).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -27,27 +28,25 @@ from data_prep.dataset import PreparedDataset
 from data_prep.sources.target import load_mapping
 from results.choose import fold_models, selected_trials
 from results.load import latest_sweep, reading
-from results.query import DEFAULT_DB
 from results.store import ResultsStore
 from sweeper.predict import read_checkpoint
 from trainables.predict import TTA, TrainedModel
-from vocab.errors import CxrSweepError, exits_on_error
+from vocab import cli
+from vocab.errors import CxrSweepError
+
+COMMAND = cli.Command(
+    name="evaluate", module="sweeper.evaluate",
+    summary="Apply a finished sweep's models to external test sets and store their predictions in the DB.",
+    description="Each cell's selected trial of every outer fold, and their fold ensemble, are applied to a data set "
+                "prepared by data_prep that no trial saw; `cxr-sweep report` then compares internal with external "
+                "AUC and AP. The set's labels are paired with the target's by name, or by a label mapping (--mapping).",
+    examples=("--external elsewhere=/data/prepared/target-9f8e",
+              "--sweep paper-20260101-120000 --external nih=/data/prepared/nih-1a2b --mapping nih=nih_as_seed000_target",
+              "--external elsewhere=/data/prepared/target-9f8e --cell resnet50/imagenet --tta hflip --device cuda"))
 
 
 class ExternalError(CxrSweepError):
     """An external set or label mapping that cannot be used; the message says which and why."""
-
-
-def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    out = {}
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise ExternalError(f"{option} {value!r}: expected NAME=PATH")
-        if name in out:
-            raise ExternalError(f"{option}: {name!r} given twice")
-        out[name] = path
-    return out
 
 
 def _norm(name: str) -> str:
@@ -61,7 +60,7 @@ def label_mapping(targets: list[str], theirs: list[str], mapping_file: str | Non
         found = {t: [by_name[_norm(t)]] for t in targets if _norm(t) in by_name}
         if not found:
             raise ExternalError(f"external set {name}: none of its labels ({', '.join(theirs)}) is one of the "
-                                f"target's ({', '.join(targets)}); give a mapping with --labels {name}=MAPPING.toml")
+                                f"target's ({', '.join(targets)}); give a mapping with --mapping {name}=MAPPING.toml")
         return found
     mapping = load_mapping(mapping_file)
     unknown = [t for t in mapping.names if t not in targets]
@@ -145,33 +144,37 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     return 0
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m sweeper.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL of the sweep's results DB (default {DEFAULT_DB})")
-    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+def add_arguments(parser: cli.Parser) -> None:
+    cli.add_db(parser)
+    cli.add_sweep(parser)
     parser.add_argument("--external", action="append", required=True, metavar="NAME=PREPARED_DIR",
                         help="a data set prepared by data_prep that no trial saw; repeat for several")
-    parser.add_argument("--labels", action="append", metavar="NAME=MAPPING.toml",
+    parser.add_argument("--mapping", action="append", metavar="NAME=MAPPING",
                         help="how the external set NAME's labels map onto the target's: a .toml file or a shipped "
                              "mapping (nih_as_seed000_target); default: labels of the same name")
-    parser.add_argument("--cell", action="append", metavar="BACKBONE/RECIPE[/VARIANT]",
-                        help="evaluate only these cells (repeatable; default: every cell with a completed trial)")
-    parser.add_argument("--tta", choices=TTA, default="none",
-                        help="test-time augmentation: hflip averages each image with its mirror image (stored as "
-                             "rows of their own)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    return parser.parse_args(argv)
+    parser.rename("--labels", "--mapping")
+    cli.add_cell(parser, repeat=True,
+                 help="evaluate only these cells (repeatable; default: every cell with a completed trial)")
+    cli.add_tta(parser, TTA)
+    cli.add_device(parser)
+
+    def named(args) -> None:
+        args.external = cli.pairs(args.external, "--external", "NAME=PREPARED_DIR")
+        args.mapping = cli.pairs(args.mapping, "--mapping", "NAME=MAPPING")
+        stray = sorted(set(args.mapping) - set(args.external))
+        if stray:
+            raise ExternalError(f"--mapping names {stray}, which no --external names")
+
+    parser.check(named)
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    externals, labels = _pairs(args.external, "--external"), _pairs(args.labels, "--labels")
-    stray = sorted(set(labels) - set(externals))
-    if stray:
-        raise ExternalError(f"--labels names {stray}, which no --external names")
+def run(args) -> int:
     cells = [c.strip("/") for c in args.cell] if args.cell else None
-    return evaluate(args.db, args.sweep, externals, labels, cells, args.tta, args.device)
+    return evaluate(args.db, args.sweep, args.external, args.mapping, cells, args.tta, args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""`python -m sweeper.predict`: apply a sweep's trained model to new DICOM, PNG or JPG files.
+"""`cxr-sweep predict` (or `python -m sweeper.predict`): apply a sweep's trained model to new DICOM, PNG or
+JPG files.
 
-    python -m sweeper.predict --db URL [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
-                              [--ensemble] [--tta hflip] [--threshold RULE] [--out predictions.csv]
-                              [--explain DIR] [--layers DIR]
+    cxr-sweep predict [--db URL] [--sweep NAME] [--cell BACKBONE/RECIPE | --best] FILES_OR_FOLDERS...
+                      [--ensemble] [--tta hflip] [--threshold RULE] [--out predictions.csv]
+                      [--explain DIR] [--layers DIR]
 
 The model is a cell's trial best on inner validation (results.choose), rebuilt from its final
 checkpoint in Ray's storage; images are decoded as the data set it trained on was built
@@ -15,7 +16,6 @@ A label is predicted above its threshold: by default the trial's own (its traini
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -25,52 +25,50 @@ import pyarrow.fs
 from tqdm import tqdm
 
 from results.choose import ChosenTrial, cell_models, validation_predictions
-from results.operating_points import RuleError, check_rule, fit_threshold
+from results.operating_points import check_rule, fit_threshold
 from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
 from trainables.predict import TTA, PredictError, TrainedModel, image_files
 from trainables.tune_adapter import STATE_FILE
-from vocab.errors import exits_on_error
+from vocab import cli
 
+COMMAND = cli.Command(
+    name="predict", module="sweeper.predict",
+    summary="Apply a sweep's trained model to new DICOM, PNG or JPG files.",
+    description="The model is a cell's trial best on inner validation (or, with --ensemble, the mean of its selected "
+                "trial of every outer fold), rebuilt from its checkpoint in the sweep's Ray storage; files are decoded "
+                "as the data set it trained on was built. A file that cannot be decoded is listed with the reason.",
+    examples=("films/", "--cell resnet50/imagenet_nih --ensemble --tta hflip --out predictions.csv films/",
+              "--threshold sensitivity:0.9 --explain heatmaps/ film1.dcm film2.dcm"))
 PRINT_ALL_UP_TO = 20  # files whose every probability is printed; beyond, the predicted labels only
 
 
-def _rule(text: str) -> str:
-    try:
-        return check_rule(text)
-    except RuleError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m sweeper.predict", description=__doc__.split("\n")[0])
+def add_arguments(parser: cli.Parser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES_OR_FOLDERS",
                         help="image files, or folders searched for .dcm/.dicom/.png/.jpg files and files with no suffix")
-    parser.add_argument("--db", required=True, help="SQLAlchemy URL of the sweep's results DB")
-    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+    cli.add_db(parser)
+    cli.add_sweep(parser)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--cell", default=None, metavar="BACKBONE/RECIPE[/VARIANT]",
-                       help="the cell whose model to apply (its fold with the best inner-validation AUC)")
+    cli.add_cell(which, help="the cell whose model to apply (its fold with the best inner-validation AUC)")
     which.add_argument("--best", action="store_true",
                        help="the cell with the best mean inner-validation AUC (the default)")
     parser.add_argument("--ensemble", action="store_true",
                         help="average the probabilities of the cell's model of every outer fold (its fold "
                              "ensemble) instead of applying the one best on inner validation")
-    parser.add_argument("--tta", choices=TTA, default="none",
-                        help="test-time augmentation: hflip averages each image with its mirror image")
-    parser.add_argument("--threshold", type=_rule, default=None, metavar="RULE",
-                        help="call a label positive above the threshold RULE fits on the trial's inner-validation "
-                             "predictions: prevalence, youden, or sensitivity:S (e.g. sensitivity:0.9); default: the "
-                             "trial's own thresholds, its training prevalence")
-    parser.add_argument("--out", type=Path, default=None, help="write every file's probabilities to this CSV")
+    cli.add_tta(parser, TTA)
+    cli.add_threshold(parser, check_rule,
+                      help="call a label positive above the threshold RULE fits on the trial's inner-validation "
+                           "predictions: prevalence, youden, or sensitivity:S (e.g. sensitivity:0.9); default: the "
+                           "trial's own thresholds, its training prevalence")
+    cli.add_out(parser, "CSV file to write every file's probabilities to")
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
                         help="write a Grad-CAM heatmap over each file for each label it predicts (the most likely "
                              "one if none), one per branch of a mixed model, as PNG here")
     parser.add_argument("--layers", type=Path, default=None, metavar="DIR",
                         help="write the outputs of a few layers of each branch for each file, as image grids, here")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores but one)")
-    return parser.parse_args(argv)
+    cli.add_device(parser)
+    parser.add_argument("--batch-size", type=cli.at_least(1), default=64, metavar="N",
+                        help="images per forward pass (default 64)")
+    cli.add_workers(parser, default="all cores but one")
 
 
 def read_checkpoint(uri: str) -> bytes:
@@ -228,9 +226,8 @@ def run(args) -> int:
     return 0
 
 
-@exits_on_error
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""`python -m sweeper.rerun`: train one recorded trial again, outside Ray, and compare its predictions
-with the ones the DB holds.
+"""`cxr-sweep rerun` (or `python -m sweeper.rerun`): train one recorded trial again, outside Ray, and compare
+its predictions with the ones the DB holds.
 
-    python -m sweeper.rerun --db URL [--sweep NAME] (--trial TRIAL_KEY | --cell BACKBONE/RECIPE[/VARIANT] --fold N)
-                            [--data-dir PREPARED_DIR] [--tolerance 1e-6]
+    cxr-sweep rerun [--db URL] [--sweep NAME] (--trial TRIAL_KEY | --cell BACKBONE/RECIPE[/VARIANT] --fold N)
+                    [--data target=PREPARED_DIR] [--tolerance 1e-6]
 
 A trial is a seeded function of its FitConfig (`sweep_trials.fit_config`) and what its runtime record
 (`sweep_trials.runtime`) names: the prepared data set and the pretrained weights by content, the threads
@@ -15,7 +15,6 @@ is within --tolerance, 1 when not, saying which recorded condition differs).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -23,11 +22,20 @@ import pandas as pd
 import torch
 
 from data_prep.dataset import PreparedDataset
-from results.query import DEFAULT_DB
 from results.trial_record import TrialRecord, trial_record
 from trainables.config import fit_config
 from trainables.fit import fit
-from vocab.errors import CxrSweepError, exits_on_error
+from vocab import cli
+from vocab.errors import CxrSweepError
+
+COMMAND = cli.Command(
+    name="rerun", module="sweeper.rerun",
+    summary="Train one recorded trial again outside Ray and compare its predictions with the stored ones.",
+    description="The trial is repeated from the config and runtime the DB recorded (threads, precision, the data set "
+                "and pretrained weights by content). Exit 0 when every stored test and inner-validation probability "
+                "is within --tolerance, 1 when not, saying which recorded condition differs.",
+    examples=("--cell resnet50/imagenet --fold 0", "--sweep demo-20260101-120000 --trial 3f2a1_00004",
+              "--cell resnet18/scratch --fold 2 --data target=/data/prepared/target-1a2b --tolerance 1e-5"))
 
 DIFFERENT = 1  # the exit status when the re-run's predictions differ from the stored ones
 REPEATED_CONDITIONS = ("threads", "device", "precision", "torch", "torchvision", "numpy", "dataset_id",
@@ -38,23 +46,24 @@ class RerunError(CxrSweepError):
     """A recorded trial that cannot be re-run here; the message says what is missing."""
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m sweeper.rerun", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL of the results DB (default {DEFAULT_DB})")
-    parser.add_argument("--sweep", default=None, help="sweep name (default: the latest in the DB)")
+def add_arguments(parser: cli.Parser) -> None:
+    cli.add_db(parser)
+    cli.add_sweep(parser)
     parser.add_argument("--trial", default=None, metavar="TRIAL_KEY", help="the trial's key (trial_summary.trial_key)")
-    parser.add_argument("--cell", default=None, metavar="BACKBONE/RECIPE[/VARIANT]",
-                        help="with --fold: the cell's selected trial of that outer fold")
-    parser.add_argument("--fold", type=int, default=None, help="the outer fold, with --cell")
-    parser.add_argument("--data-dir", default=None, metavar="PREPARED_DIR",
-                        help="the prepared target set, where it is not at the recorded path (its data set id must "
-                             "match the record's)")
+    cli.add_cell(parser, help="with --fold: the cell's selected trial of that outer fold")
+    cli.add_fold(parser, help="the outer fold, with --cell")
+    cli.add_data(parser, names=("target",),
+                 help="target=PREPARED_DIR: the prepared target set, where it is not at the recorded path (its data "
+                      "set id must match the record's)")
+    parser.rename("--data-dir", "--data", value="target={}")
     parser.add_argument("--tolerance", type=float, default=1e-6,
                         help="largest absolute difference of a probability counted as the same (default 1e-6)")
-    args = parser.parse_args(argv)
-    if (args.trial is None) == (args.cell is None) or (args.cell is None) != (args.fold is None):
-        parser.error("name the trial: --trial TRIAL_KEY, or --cell CELL with --fold N")
-    return args
+
+    def one_trial(args) -> None:
+        if (args.trial is None) == (args.cell is None) or (args.cell is None) != (args.fold is None):
+            raise RerunError("name the trial: --trial TRIAL_KEY, or --cell CELL with --fold N")
+
+    parser.check(one_trial)
 
 
 def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[dict, dict]:
@@ -89,14 +98,12 @@ def differences(record: TrialRecord, predictions: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
     record = trial_record(args.db, args.sweep, args.trial, args.cell, args.fold)
     print(f"[rerun] trial {record.trial_key} of sweep {record.sweep!r}: {record.cell}, outer fold {record.fold}, "
           f"lr={record.fit_config['lr']:.3g} dropout={record.fit_config['dropout']:.3f} seed={record.fit_config['seed']}, "
           f"{record.runtime['threads']} thread(s) on {record.runtime['device']}")
-    predictions, runtime = repeat(record, args.data_dir, log=lambda line: print(line, file=sys.stderr))
+    predictions, runtime = repeat(record, args.data.get("target"), log=lambda line: print(line, file=sys.stderr))
     changed = [f"{k}: recorded {record.runtime.get(k)}, now {runtime.get(k)}" for k in REPEATED_CONDITIONS
                if record.runtime.get(k) != runtime.get(k)]
     found = differences(record, predictions)
@@ -110,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     print("[rerun] the predictions differ" + (f"; what differs from the record: {'; '.join(changed)}" if changed else
                                                "; every recorded condition is the same"))
     return DIFFERENT
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

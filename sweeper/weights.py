@@ -1,20 +1,30 @@
 """The ImageNet weights files a spec needs: fetched or checked before a sweep, and on a machine with
 internet whose cache is then copied to an offline cluster.
 
-    python -m sweeper.weights --spec paper           # download what is missing
-    python -m sweeper.weights --spec paper --check   # list, download nothing; exit 2 if any is missing
+    cxr-sweep weights --spec paper                  # download what is missing
+    cxr-sweep weights --spec paper --check          # list, download nothing; exit 2 if any is missing
+    cxr-sweep weights --backbone resnet50 densenet121
+
+(`python -m sweeper.weights` is the same command; `python -m trainables.weights fetch|where BACKBONE...`, its
+older form for named backbones, still works.)
 
 `python -m sweeper.run` calls `preflight` before Ray starts, so a spec whose weights are missing
 stops at once with the whole list, not dozens of trials later with the same error each.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from sweeper.spec import SweepSpec, load_spec
 from trainables.weights import OFFLINE_ENV, WeightsUnavailable, cache_dir, fetch, published, report, verify
-from vocab.errors import exits_on_error
+from vocab import cli
+
+COMMAND = cli.Command(
+    name="weights", module="sweeper.weights",
+    summary="Fetch or check the ImageNet weights files a spec (or named backbones) needs.",
+    description="Run it once on a machine with internet, then copy the cache (torch's hub cache, which follows "
+                "TORCH_HOME) to an offline cluster. A sweep checks the same files before Ray starts.",
+    examples=("--spec paper", "--spec paper --check", "--backbone resnet50 densenet121"))
 
 
 def imagenet_backbones(spec: SweepSpec) -> list[str]:
@@ -67,17 +77,27 @@ def cache_status(spec: SweepSpec) -> list[dict]:
             for b in imagenet_backbones(spec)]
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeper.weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", default="demo", help="built-in spec name or TOML path (default: demo)")
-    parser.add_argument("--check", action="store_true", help="only report which files are present")
-    args = parser.parse_args(argv)
-    backbones = imagenet_backbones(load_spec(args.spec)[0])
+def add_arguments(parser: cli.Parser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    cli.add_spec(which)
+    which.add_argument("--backbone", nargs="+", default=None, metavar="BACKBONE",
+                       help="these torchvision backbones instead of a spec's (e.g. resnet50 densenet121)")
+    parser.add_argument("--check", action="store_true",
+                        help="download nothing: list each file, present (with its SHA-256) or missing; exit 2 if any "
+                             "is missing")
+
+
+def run(args) -> int:
+    backbones = args.backbone or imagenet_backbones(load_spec(args.spec)[0])
     if not backbones:
         print(f"spec {args.spec!r} starts no backbone from ImageNet: nothing to fetch")
         return 0
     return report(backbones, download=not args.check, missing_is_error=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,11 +15,15 @@ import pandas as pd
 import pytest
 
 from data_prep import build as build_cli
+from data_prep import labels as labels_cli
 from data_prep.dataset import PreparedDataset
 from phantom.generate import IMAGE_ROOTS, make_phantom_set
 from results import query as query_cli
 from results.store import ResultsStore
+from sweeper import evaluate as evaluate_cli
+from sweeper import rerun as rerun_cli
 from sweeper import run as sweep_cli
+from sweeper import weights as weights_cli
 
 SPEC = """
 name = "bad"
@@ -161,6 +165,46 @@ def db_of_a_newer_schema(tmp_path):
     store.engine.dispose()
     main, argv, _ = _spec(tmp_path, SPEC)
     return main, argv + ["--db", url], [f"{tmp_path}/newer.db", "schema version 99"]
+
+
+def _labels(tmp_path: Path, key: bytes | None) -> tuple:
+    """data_prep.labels on a good target table, with the pseudonym key file holding `key` (None: a folder)."""
+    import os
+
+    key_file = Path(os.environ["CXR_SWEEP_PSEUDONYM_KEY_FILE"]).parent / f"{tmp_path.name}.key"
+    key_file.mkdir() if key is None else key_file.write_bytes(key)
+    os.environ["CXR_SWEEP_PSEUDONYM_KEY_FILE"] = str(key_file)  # the autouse fixture restores it after the test
+    (tmp_path / "labels.csv").write_text("file,findings,patient\na.dcm,scoliosis,p1\n")
+    return labels_cli.main, ["target", "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "o.csv")], [
+        f"pseudonym key file {key_file}"]
+
+
+@case
+def pseudonym_key_too_short(tmp_path):
+    main, argv, named = _labels(tmp_path, b"0123456789")
+    return main, argv, named + ["holds 10 characters; expected a text file of at least 32 characters"]
+
+
+@case
+def pseudonym_key_not_a_file(tmp_path):
+    main, argv, named = _labels(tmp_path, None)
+    return main, argv, named + ["cannot be created or read (Is a directory)"]
+
+
+@case
+def rerun_without_naming_the_trial(tmp_path):
+    return rerun_cli.main, ["--cell", "resnet50/imagenet"], ["name the trial: --trial TRIAL_KEY, or --cell CELL with --fold N"]
+
+
+@case
+def evaluate_a_mapping_for_no_external_set(tmp_path):
+    return evaluate_cli.main, ["--external", f"nih={tmp_path}", "--mapping", "chexpert=m.toml"], [
+        "--mapping names ['chexpert'], which no --external names"]
+
+
+@case
+def weights_of_an_unknown_backbone(tmp_path):
+    return weights_cli.main, ["--backbone", "resnet51", "--check"], ["Unknown model resnet51"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

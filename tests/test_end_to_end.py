@@ -275,7 +275,7 @@ def test_evaluate_applies_fold_models_and_their_ensemble_to_an_external_set_and_
     assert "| chexpert | fold ensemble + TTA hflip |" in report
     capsys.readouterr()
     assert evaluate_main(["--db", db, "--sweep", NAME, "--external", f"nih={nih}", "--cell", cell]) == 2
-    assert "give a mapping with --labels nih=MAPPING.toml" in capsys.readouterr().err
+    assert "give a mapping with --mapping nih=MAPPING.toml" in capsys.readouterr().err
     # predict --ensemble --tta hflip on raw files: the mean of each fold model's own flipped-and-averaged predict
     raw = next((home / "phantom").glob("target-*-seed0"))
     files = sorted(raw.rglob("*.dcm"))[:3]

@@ -86,7 +86,7 @@ INTERNAL_ERRORS = {"data_prep.errors.ImageRejected"}  # a per-file quarantine re
 
 
 def test_every_error_a_user_can_meet_derives_from_one_base_that_every_cli_turns_into_exit_2():
-    """vocab.errors.CxrSweepError: one `except` in each CLI (vocab.errors.exits_on_error), so a new error
+    """vocab.errors.CxrSweepError: one `except` for every CLI (vocab.errors.run_command), so a new error
     class cannot surface as a traceback from one of them."""
     import importlib
 
@@ -104,10 +104,23 @@ def test_every_error_a_user_can_meet_derives_from_one_base_that_every_cli_turns_
     assert len(found) >= 10
     strays = [name for name, cls in found if not issubclass(cls, CxrSweepError) and name not in INTERNAL_ERRORS]
     assert not strays, f"errors that are not CxrSweepError: {strays}"
-    for cli in ("data_prep/build.py", "data_prep/labels.py", "data_prep/folds.py", "data_prep/summary.py",
-                "sweeper/predict.py", "sweeper/weights.py", "results/query.py", "results/report.py", "sweeper/run.py"):
-        text = (REPO / cli).read_text()
-        assert "@exits_on_error\ndef main(" in text or "except (CxrSweepError" in text, cli
+
+
+def _cli_modules() -> list:
+    """Every module of `cxr-sweep`'s table, and the older `python -m` forms kept beside them."""
+    from sweeper.cli import COMMANDS
+
+    legacy = {"phantom.generate": "phantom/generate.py is the settings stream's to convert (issue 29)"}
+    return [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=legacy[m])) if m in legacy else m
+            for m in [*COMMANDS.values(), "trainables.weights"]]
+
+
+@pytest.mark.parametrize("module", _cli_modules())
+def test_every_command_goes_through_the_one_error_path(module):
+    """vocab.cli.main (a command on the protocol) or vocab.errors.exits_on_error (one not on it yet): both end
+    in vocab.errors.run_command, the one place a CxrSweepError becomes `error: ...` and exit 2."""
+    text = (REPO / (module.replace(".", "/") + ".py")).read_text()
+    assert "return cli.main(COMMAND, " in text or "@exits_on_error\ndef main(" in text, module
 
 
 def test_names_that_cross_packages_are_composed_and_parsed_in_vocab_names():

@@ -13,12 +13,13 @@ With internet a missing file is downloaded once (and its hash checked as it arri
 (no route, or CXR_SWEEP_OFFLINE=1) a missing file is one clear error naming the file, the cache
 and the command that fetches it elsewhere.
 
-    python -m trainables.weights fetch resnet50 densenet121   # on a machine with internet
-    python -m trainables.weights where resnet50               # which file, present or not
+    cxr-sweep weights --backbone resnet50 densenet121         # on a machine with internet
+    cxr-sweep weights --backbone resnet50 --check             # which file, present or not
+
+`python -m trainables.weights fetch|where BACKBONE...` is the older form of the same, kept.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
@@ -31,6 +32,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import get_model_weights
+from vocab import cli
 from vocab.errors import CxrSweepError
 
 OFFLINE_ENV = "CXR_SWEEP_OFFLINE"
@@ -180,12 +182,22 @@ def report(backbones: list[str], download: bool, missing_is_error: bool) -> int:
     return 2 if failed else 0
 
 
+COMMAND = cli.Command(
+    name="weights", module="trainables.weights",
+    summary="Fetch or locate named backbones' ImageNet weights (the older form of `cxr-sweep weights --backbone`).",
+    examples=("fetch resnet50 densenet121", "where resnet50"))
+
+
+def _add_arguments(parser: cli.Parser) -> None:
+    parser.add_argument("action", choices=("fetch", "where"), help="fetch: download what is missing; where: only say "
+                                                                    "where each file is and whether it is there")
+    parser.add_argument("backbones", nargs="+", metavar="BACKBONE")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainables.weights", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("fetch", "where"))
-    parser.add_argument("backbones", nargs="+")
-    args = parser.parse_args(argv)
-    return report(args.backbones, download=args.action == "fetch", missing_is_error=False)
+    return cli.main(COMMAND, _add_arguments, lambda args: report(args.backbones, download=args.action == "fetch",
+                                                                  missing_is_error=False), argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -156,7 +156,7 @@ def test_a_table_that_cannot_be_found_or_is_not_meant_stops_with_what_to_give(tm
     if case == "mimic metadata twice":
         pd.read_csv(given / META).to_csv(given / "mimic-cxr-2.0.0-metadata.csv", index=False)
     out = tmp_path / "out"
-    assert labels_cli.main([kind, str(given), "--out", str(out / "labels.csv")]) == 2
+    assert labels_cli.main([kind, "--labels", str(given), "--out", str(out / "labels.csv")]) == 2
     assert build_cli.main([kind, "--images", str(given if given.is_dir() else given.parent), "--labels", str(given),
                            "--out", str(out)]) == 2
     err = capsys.readouterr().err.splitlines()

@@ -123,9 +123,8 @@ def test_the_report_has_both_sections_and_the_cli_names_a_bad_rule(handmade, cap
     assert set(first.display["Threshold rule (fitted on inner validation)"]) == {"youden", "sensitivity:0.8"}
     assert {"Sensitivity", "Specificity", "PPV", "NPV"} <= set(first.display.columns)
     assert any(v.startswith("temperature-scaled (T per fold: ") for v in sections["Calibration"][0].display["Probabilities"])
-    with pytest.raises(SystemExit) as exit_:
-        report_main(["--db", url, "--operating-point", "sensitivity:2"])
-    assert exit_.value.code == 2 and "the sensitivity must be a share in (0, 1]" in capsys.readouterr().err
+    assert report_main(["--db", url, "--threshold", "sensitivity:2"]) == 2
+    assert "the sensitivity must be a share in (0, 1]" in capsys.readouterr().err
 
 
 def test_a_cell_with_a_fold_that_kept_no_validation_predictions_gets_no_operating_points(handmade):

@@ -60,7 +60,7 @@ def test_a_mapping_naming_labels_that_do_not_exist_is_refused_naming_them(chexpe
     bad.write_text('[categories]\n"big heart" = ["Cardiomegaly"]\n')
     with pytest.raises(ExternalError, match=r"\['big heart'\] are not labels of the sweep's target"):
         label_mapping(TARGET, data.label_names, str(bad), "chexpert")
-    with pytest.raises(ExternalError, match="give a mapping with --labels chexpert=MAPPING.toml"):
+    with pytest.raises(ExternalError, match="give a mapping with --mapping chexpert=MAPPING.toml"):
         label_mapping(TARGET, data.label_names, None, "chexpert")
 
 
@@ -69,6 +69,6 @@ def test_results_evaluate_is_sweeper_evaluate_without_importing_it(tmp_path):
     from tests.helpers import run_cli
 
     done = run_cli("results.evaluate", "--db", f"sqlite:///{tmp_path}/none.db", "--external", "x")
-    assert done.returncode == 2 and "--external 'x': expected NAME=PATH" in done.stderr
+    assert done.returncode == 2 and "--external 'x': expected NAME=PREPARED_DIR" in done.stderr
     shown = run_cli("results.evaluate", "--help")
     assert shown.returncode == 0 and "usage: python -m sweeper.evaluate" in shown.stdout
