@@ -25,6 +25,7 @@ import sys
 import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -373,7 +374,7 @@ def add_model_flags(parser: argparse.ArgumentParser, models, skip: Iterable[str]
     """One --flag per field of a pydantic model, or of several models by owner ({kind: Model}: a field that
     several share is one flag), with type, choices and help from the field. Every flag defaults to None,
     so that a flag left out leaves the model's own default (`model_values`)."""
-    owned = models if isinstance(models, dict) else {"": models}
+    owned = models if isinstance(models, Mapping) else {"": models}
     names = dict.fromkeys(n for m in owned.values() for n in m.model_fields if n not in set(skip))
     for name in names:
         owners = [o for o, m in owned.items() if name in m.model_fields]
@@ -386,7 +387,7 @@ def add_model_flags(parser: argparse.ArgumentParser, models, skip: Iterable[str]
 def model_values(args: argparse.Namespace, models, owner: str | None = None, skip: Iterable[str] = ()) -> dict:
     """The model flags given on the command line (not None), by field. With several models and `owner`, a
     flag of another owner's model is a UsageError naming it and the owner's own flags."""
-    owned = models if isinstance(models, dict) else {"": models}
+    owned = models if isinstance(models, Mapping) else {"": models}
     every = {n for m in owned.values() for n in m.model_fields} - set(skip)
     given = {name: value for name, value in vars(args).items() if name in every and value is not None}
     if owner is not None:
