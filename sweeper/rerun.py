@@ -28,10 +28,10 @@ from results.trial_record import TrialRecord, trial_record
 from trainables.config import fit_config
 from trainables.fit import fit
 from vocab.errors import CxrSweepError, exits_on_error
+from vocab.records import Runtime, TrialPredictions
 
 DIFFERENT = 1  # the exit status when the re-run's predictions differ from the stored ones
-REPEATED_CONDITIONS = ("threads", "device", "precision", "torch", "torchvision", "numpy", "dataset_id",
-                       "folds_sha256", "pretrained_sha256")
+REPEATED_CONDITIONS = tuple(Runtime.model_fields)  # what a runtime record names
 
 
 class RerunError(CxrSweepError):
@@ -57,8 +57,8 @@ def parse_args(argv):
     return args
 
 
-def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[dict, dict]:
-    """(the re-run's predictions by split, its runtime record) from the recorded config and runtime."""
+def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[TrialPredictions, dict]:
+    """(the re-run's predictions, its runtime record) from the recorded config and runtime."""
     config = {**record.fit_config, **({"data_dir": data_dir} if data_dir else {})}
     data = PreparedDataset(config["data_dir"])
     if data.dataset_id != record.runtime["dataset_id"]:
@@ -71,15 +71,16 @@ def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple
         fit(fit_config(config), report=lambda metrics, state: kept.update(state), log=log)
     finally:
         torch.set_num_threads(threads)
-    return kept["predictions"], kept["predictions"]["runtime"]
+    predictions = TrialPredictions.from_state(kept["predictions"])
+    return predictions, predictions.runtime.model_dump()
 
 
-def differences(record: TrialRecord, predictions: dict) -> pd.DataFrame:
+def differences(record: TrialRecord, predictions: TrialPredictions) -> pd.DataFrame:
     """Per split: images, the largest absolute difference between stored and re-run probabilities."""
     rows = []
     for split, stored in record.predictions.groupby("split"):
-        again = predictions[split]
-        table = pd.DataFrame(again["probs"].numpy(), index=again["image_keys"], columns=predictions["label_names"])
+        again = predictions.splits[split]
+        table = pd.DataFrame(again.probs, index=again.image_keys, columns=predictions.label_names)
         mine = table.stack().rename("again").rename_axis(["image_key", "class_name"]).reset_index()
         joined = stored.merge(mine, on=["image_key", "class_name"], how="outer", indicator=True)
         unmatched = int((joined["_merge"] != "both").sum())
