@@ -23,6 +23,7 @@ from phantom.generate import make_phantom_set  # noqa: E402
 from trainables.fit import FitConfig, fit  # noqa: E402
 from trainables.losses import LOSSES  # noqa: E402
 from trainables.models import BACKBONES  # noqa: E402
+from vocab.records import TrialResult  # noqa: E402
 
 
 def main() -> int:
@@ -44,12 +45,13 @@ def main() -> int:
         for loss in LOSSES:
             epochs = []
             started = time.perf_counter()
-            final = fit(FitConfig(data_dir=str(data), backbone=backbone, outer_fold=0, epochs=args.epochs,
-                                  batch_size=16, loss=loss, lr=3e-4, device=args.device),
-                        report=lambda m, s: epochs.append(m["epoch_seconds"]), log=lambda *_: None)
+            final = TrialResult.from_report(fit(
+                FitConfig(data_dir=str(data), backbone=backbone, outer_fold=0, epochs=args.epochs, batch_size=16,
+                          loss=loss, lr=3e-4, device=args.device),
+                report=lambda m, s: epochs.append(m["epoch_seconds"]), log=lambda *_: None))
             run = {"backbone": backbone, "loss": loss, "epoch_seconds": epochs,
-                   "total_seconds": time.perf_counter() - started, "val_auc": final["val_auc"],
-                   "test_auc": final["test_auc"], "finite": all(map(lambda v: v == v, [final["train_loss"]]))}
+                   "total_seconds": time.perf_counter() - started, "val_auc": final.val["auc"],
+                   "test_auc": final.splits["test"].macro["auc"], "finite": final.train_loss == final.train_loss}
             report["runs"].append(run)
             print(json.dumps(run), flush=True)
     args.out.write_text(json.dumps(report, indent=1))

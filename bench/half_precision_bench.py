@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import trainables.fit as fitting  # noqa: E402
 from data_prep.build import BuildParams, build  # noqa: E402
 from phantom.generate import make_phantom_set  # noqa: E402
+from vocab.records import TrialPredictions, TrialResult  # noqa: E402
 
 
 def final(data: Path, backbone: str, epochs: int) -> tuple[float, np.ndarray]:
@@ -27,7 +28,8 @@ def final(data: Path, backbone: str, epochs: int) -> tuple[float, np.ndarray]:
                             lr=1e-3, dropout=0.0, threads=os.cpu_count(), schedule="constant")
     fitting.fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)
     metrics, state = reports[-1]
-    return metrics["test_auc"], state["predictions"]["test"]["probs"].numpy()
+    result, kept = TrialResult.from_report(metrics), TrialPredictions.from_state(state["predictions"])
+    return result.splits["test"].macro["auc"], kept.splits["test"].probs
 
 
 def main() -> int:

@@ -21,12 +21,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from results.schema import (CURVE_METRICS, MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
+from results.schema import (MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
                             ExternalMetric, ExternalPrediction, ExternalSet, ImageGroup, LearningCurve, Prediction, PretrainArtefact,
                             SchemaMeta, Sweep, Trial, TrialMetric)
 from results.stats import point_estimate
 from vocab.errors import CxrSweepError
-from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
+from vocab.names import EPOCH_METRICS, FINAL_SPLITS, PER_CLASS_METRICS, PREDICTION_SPLITS, SPLIT_METRICS, metric_key
+from vocab.records import EpochReport, RecordError, SplitPredictions, TrialResult, parse_report
 
 BUSY_TIMEOUT_MS = 30_000
 # In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed process loses nothing and
@@ -296,31 +297,38 @@ class ResultsStore:
             conn.execute(Trial.__table__.update().where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key)
                          .values(optuna_number=number))
 
-    def epoch_reported(self, sweep_id: int, trial_key: str, result: dict) -> None:
+    def epoch_reported(self, sweep_id: int, trial_key: str, report: EpochReport | dict) -> None:
+        """An epoch's learning-curve row: every metric of the record has its column (or the write is refused)."""
+        report = _record(trial_key, report)
+        if report is None:
+            raise StoreError(f"trial {trial_key}: an epoch's report without an epoch")
+        row = _curve_row(trial_key, report)
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
-            row = {"trial_id": trial_id, "epoch": int(result["epoch"]), "seconds": _finite(result.get("epoch_seconds")),
-                   **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_auc", "val_ap", "lr",
-                                                          *CURVE_METRICS)}}
-            upsert(conn, LearningCurve.__table__, [row], ["trial_id", "epoch"])
+            upsert(conn, LearningCurve.__table__, [{"trial_id": trial_id, **row}], ["trial_id", "epoch"])
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
-                         .values(epochs_run=int(result["epoch"]), best_epoch=result.get("best_epoch")))
+                         .values(epochs_run=report.epoch, best_epoch=report.best_epoch))
 
-    def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: dict | None, error: str | None,
-                       label_names: list[str] = (), predictions: dict[str, dict] | None = None,
-                       checkpoint: str | None = None, runtime: dict | None = None) -> None:
-        """Final status, plus val/test metrics at the best epoch from the last result, the per-image
-        predictions by split (`{"test": ..., "val": ...}`, each `image_keys`, `patient_keys`, and `probs` and
-        `labels` as n x classes arrays), where the final checkpoint is kept (a path or URI in Ray's
-        storage), and the trial's runtime record (what a re-run needs beyond its FitConfig)."""
+    def trial_finished(self, sweep_id: int, trial_key: str, status: str, result: EpochReport | dict | None,
+                       error: str | None, label_names: list[str] = (),
+                       predictions: dict[str, SplitPredictions | dict] | None = None, checkpoint: str | None = None,
+                       runtime: dict | None = None) -> None:
+        """Final status, plus the metrics of its last record (a TrialResult's every metric; an epoch's, of a
+        pruned or failed trial, its best validation AUC), the per-image predictions by split (`{"test": ...,
+        "val": ...}`, SplitPredictions or dicts of `image_keys`, `patient_keys`, and `probs` and `labels` as
+        n x classes arrays), where the final checkpoint is kept (a path or URI in Ray's storage), and the
+        trial's runtime record (what a re-run needs beyond its FitConfig). A dict is read as the record it
+        reports (vocab.records.parse_report): a key it does not know, or a missing metric, is refused."""
+        record = _record(trial_key, result)
+        metrics = _metric_rows(trial_key, record, label_names) if record is not None else None
         rows = _prediction_rows(trial_key, predictions, label_names) if predictions is not None else None
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(status=status, error=error, finished_at=_now(), checkpoint=checkpoint,
                                  runtime=runtime))
-            if result and "best_val_auc" in result:
-                upsert(conn, TrialMetric.__table__, _metric_rows(trial_id, result, label_names),
+            if metrics is not None:
+                upsert(conn, TrialMetric.__table__, [{"trial_id": trial_id, **row} for row in metrics],
                        ["trial_id", "split", "metric", "class_name"])
             if rows is not None:
                 conn.execute(Prediction.__table__.delete().where(Prediction.trial_id == trial_id))  # a replay
@@ -420,34 +428,71 @@ def _prediction_rows(trial_key: str, by_split: dict[str, dict], label_names) -> 
                          f"{', '.join(PREDICTION_SPLITS)}")
     rows = []
     for split, p in by_split.items():
-        probs, labels = np.asarray(p["probs"], dtype=float), np.asarray(p["labels"], dtype=float)
-        if probs.shape != labels.shape or probs.shape != (len(p["image_keys"]), len(label_names)):
-            raise StoreError(f"trial {trial_key}: {split} predictions of shape {probs.shape} and labels of shape "
-                             f"{labels.shape} do not match {len(p['image_keys'])} images x {len(label_names)} labels")
+        p = _split_predictions(trial_key, split, p)
+        probs, labels = np.asarray(p.probs, dtype=float), np.asarray(p.labels, dtype=float)
+        if probs.shape != (len(p.image_keys), len(label_names)):
+            raise StoreError(f"trial {trial_key}: {split} predictions of shape {probs.shape} do not match "
+                             f"{len(p.image_keys)} images x {len(label_names)} labels")
         rows += [{"split": split, "image_key": image, "patient_key": patient, "class_name": name,
                   "prob": float(probs[i, j]), "target": None if np.isnan(labels[i, j]) else float(labels[i, j])}
-                 for i, (image, patient) in enumerate(zip(p["image_keys"], p["patient_keys"]))
+                 for i, (image, patient) in enumerate(zip(p.image_keys, p.patient_keys))
                  for j, name in enumerate(label_names)]
     return rows
 
 
-PER_CLASS_METRICS = ("auc", "ap", "prevalence", "hamming", "hamming_05", "binary_acc", "mae", "fnr")
-MACRO_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")
+def _split_predictions(trial_key: str, split: str, given: SplitPredictions | dict) -> SplitPredictions:
+    """A split's predictions as the record (a block of sweeper.evaluate's also names its model: left aside)."""
+    if isinstance(given, SplitPredictions):
+        return given
+    try:
+        return SplitPredictions(**{name: given[name] for name in SplitPredictions.model_fields})
+    except (KeyError, RecordError) as exc:
+        raise StoreError(f"trial {trial_key}: {split} predictions: {exc}") from None
 
 
-def _metric_rows(trial_id: int, result: dict, label_names) -> list[dict]:
-    rows = [{"trial_id": trial_id, "split": "val", "metric": "auc", "class_name": MACRO,
-             "value": _finite(result["best_val_auc"])}]
+def _record(trial_key: str, given: EpochReport | dict | None) -> EpochReport | None:
+    """The record a dict reports (Ray's keys left out; None if nothing else); one it does not make is refused,
+    naming the key."""
+    if given is None or isinstance(given, EpochReport):
+        return given
+    try:
+        return parse_report(given)
+    except RecordError as exc:
+        raise StoreError(f"trial {trial_key}: {exc}") from None
+
+
+def _curve_row(trial_key: str, report: EpochReport) -> dict:
+    """learning_curves' row of an epoch, one column per EPOCH_METRICS (`val_auc`, ...): a metric without its
+    column is refused, as a schema version must add it, not dropped."""
+    row = {"epoch": report.epoch, "seconds": _finite(report.epoch_seconds), "train_loss": _finite(report.train_loss),
+           "lr": _finite(report.lr), **{metric_key("val", m): _finite(report.val[m]) for m in EPOCH_METRICS}}
+    missing = [column for column in row if column not in LearningCurve.__table__.c]
+    if missing:
+        raise StoreError(f"trial {trial_key}: learning_curves has no column for {', '.join(missing)} (results/schema.py)")
+    return row
+
+
+def _metric_rows(trial_key: str, record: EpochReport, label_names) -> list[dict]:
+    """trial_metrics' rows (without trial_id): the validation AUC that selection ranks by, and of a TrialResult
+    every metric of each final split, macro and per class, and the fitted thresholds (stored under split 'test',
+    where they are applied). A per-class list that does not match the labels is refused, not cut to them. Not
+    stored, and not lost: `<metric>_classes` (the per-class rows that are not NULL) and Ray's copies of the
+    rest; `undefined` reasons and `stop_reason` have no column yet."""
+    rows = [{"split": "val", "metric": "auc", "class_name": MACRO, "value": _finite(record.best_val_auc)}]
+    if not isinstance(record, TrialResult):
+        return rows
     for split in FINAL_SPLITS:
-        for metric in MACRO_METRICS:
-            if metric_key(split, metric) in result:
-                rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": MACRO,
-                             "value": _finite(result[metric_key(split, metric)])})
+        metrics = record.splits[split]
+        rows += [{"split": split, "metric": m, "class_name": MACRO, "value": _finite(metrics.macro[m])}
+                 for m in SPLIT_METRICS]
         for metric in PER_CLASS_METRICS:
-            for label, value in zip(label_names, result.get(metric_key(split, f"{metric}_per_class"), [])):
-                rows.append({"trial_id": trial_id, "split": split, "metric": metric, "class_name": label,
-                             "value": _finite(value)})
-    for label, value in zip(label_names, result.get("thresholds", [])):
-        rows.append({"trial_id": trial_id, "split": "test", "metric": "threshold", "class_name": label,
-                     "value": _finite(value)})
-    return rows
+            rows += _per_class(trial_key, split, metric, metrics.per_class[metric], label_names)
+    return rows + _per_class(trial_key, "test", "threshold", record.thresholds, label_names)
+
+
+def _per_class(trial_key: str, split: str, metric: str, values: list[float], label_names) -> list[dict]:
+    if len(values) != len(label_names):
+        raise StoreError(f"trial {trial_key}: {len(values)} per-class values of {split} {metric} for "
+                         f"{len(label_names)} labels ({', '.join(label_names)})")
+    return [{"split": split, "metric": metric, "class_name": label, "value": _finite(value)}
+            for label, value in zip(label_names, values)]

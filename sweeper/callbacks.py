@@ -2,6 +2,7 @@
 
 Ray runs Callback hooks in the driver process, so this is the only writer. The object is
 pickled into Ray's experiment state; the DB connection is opened lazily and never pickled.
+Ray's results are read as the trainable's records (vocab.records), which refuse a key they do not know.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sweeper.db_failures import watched
 from trainables.config import fit_config, trial_metadata
 from trainables.tune_adapter import PREDICTIONS_FILE
 from vocab.names import PREDICTION_SPLITS
+from vocab.records import EpochReport, TrialPredictions, TrialResult, parse_report
 
 MAX_ERROR_CHARS = 8000
 
@@ -60,28 +62,28 @@ class ResultsCallback(Callback):
 
     @watched(lambda self: self.db_url)
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.store.epoch_reported(self.sweep_id, trial.trial_id, result)
+        self.store.epoch_reported(self.sweep_id, trial.trial_id, parse_report(result))
 
     @watched(lambda self: self.db_url)
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        status = "COMPLETE" if result.get("completed") else "PRUNED"  # the trainable ended it (not Ray's "done")
+        record = parse_report(trial.last_result)
+        status = "COMPLETE" if isinstance(record, TrialResult) else "PRUNED"  # the trainable ended it (not Ray's "done")
         predictions, runtime = read_predictions(trial.checkpoint) if status == "COMPLETE" else (None, None)
-        self.store.trial_finished(self.sweep_id, trial.trial_id, status, result, None, self.label_names, predictions,
+        self.store.trial_finished(self.sweep_id, trial.trial_id, status, record, None, self.label_names, predictions,
                                   checkpoint_uri(trial.checkpoint) if status == "COMPLETE" else None, runtime)
         if trial.trial_id in self.__dict__.get("reruns", set()):
             self._renumber_rerun(trial, status)
         if status == "PRUNED":  # nothing reads a pruned trial's weights: free their storage now
             delete_checkpoint(trial.checkpoint)
-        self._progress(trial, status, result)
+        self._progress(trial, status, record)
 
     @watched(lambda self: self.db_url)
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _error_text(trial)
         message = error[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
-        self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", trial.last_result or None, message,
-                                  self.label_names)
-        self._progress(trial, "ERROR", trial.last_result or {}, message.strip().splitlines()[-1:] or [""])
+        record = parse_report(trial.last_result)
+        self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", record, message, self.label_names)
+        self._progress(trial, "ERROR", record, message.strip().splitlines()[-1:] or [""])
 
     def _renumber_rerun(self, trial, status: str) -> None:
         """The searcher recorded a rerun's outcome as a new Optuna trial (its first attempt stays FAIL): point
@@ -96,22 +98,23 @@ class ResultsCallback(Callback):
         if same:
             self.store.set_optuna_number(self.sweep_id, trial.trial_id, max(same))
 
-    def _progress(self, trial, status: str, result: dict, error: list[str] | None = None) -> None:
+    def _progress(self, trial, status: str, record: EpochReport | None, error: list[str] | None = None) -> None:
         self.finished += 1
         fit, meta = fit_config(trial.config), trial_metadata(trial.config)
         line = (f"[sweeper] {self.finished}/{self.total_trials} {meta.study} #{meta.optuna_number} "
                 f"lr={fit.lr:.2g} dropout={fit.dropout:.2f}: {status}")
-        if "best_val_auc" in result:
-            line += (f" after {result['epoch']} epoch(s), best val AUC {result['best_val_auc']:.3f} at epoch "
-                     f"{result['best_epoch']} ({result.get('time_total_s', 0):.0f} s)")
+        if record is not None:
+            line += (f" after {record.epoch} epoch(s), best val AUC {record.best_val_auc:.3f} at epoch "
+                     f"{record.best_epoch} ({(trial.last_result or {}).get('time_total_s', 0):.0f} s)")
         print(line + (f" - {error[0]}" if error else ""))  # not stored: Ray may patch print, which then won't pickle
 
 
 def read_predictions(checkpoint) -> tuple[dict | None, dict | None]:
     """(The test and inner-validation predictions saved with a trial's final checkpoint ({split: arrays}),
-    its runtime record (trainables.fit `runtime`)), read from Ray's storage (a shared path or S3) without
-    fetching the weights; None, with a warning, if they are not there. A checkpoint written before
-    validation predictions were kept holds the test split's arrays at its top level, and no runtime."""
+    its runtime record), read from Ray's storage (a shared path or S3) without fetching the weights; None,
+    with a warning, if they are not there. The file is a TrialPredictions; one written before typed records
+    has no best epoch and is read as before: before validation predictions were kept, it holds the test
+    split's arrays at its top level, and no runtime."""
     if checkpoint is None:
         warnings.warn("a completed trial has no checkpoint; its predictions are not stored", stacklevel=2)
         return None, None
@@ -122,6 +125,9 @@ def read_predictions(checkpoint) -> tuple[dict | None, dict | None]:
     except (FileNotFoundError, OSError) as exc:
         warnings.warn(f"predictions not stored: cannot read {path}: {exc}", stacklevel=2)
         return None, None
+    if "best_epoch" in saved:
+        kept = TrialPredictions.from_state(saved)
+        return dict(kept.splits), kept.runtime.model_dump()
     by_split = {"test": saved} if "image_keys" in saved else {s: saved[s] for s in PREDICTION_SPLITS if s in saved}
     return {split: {"image_keys": p["image_keys"], "patient_keys": p["patient_keys"], "probs": p["probs"].numpy(),
                     "labels": p["labels"].numpy()} for split, p in by_split.items()}, saved.get("runtime")

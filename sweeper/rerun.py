@@ -27,6 +27,7 @@ from trainables.config import fit_config
 from trainables.fit import fit
 from vocab import cli
 from vocab.errors import CxrSweepError
+from vocab.records import Runtime, TrialPredictions
 
 COMMAND = cli.Command(
     name="rerun", module="sweeper.rerun",
@@ -38,8 +39,7 @@ COMMAND = cli.Command(
               "--cell resnet18/scratch --fold 2 --data target=/data/prepared/target-1a2b --tolerance 1e-5"))
 
 DIFFERENT = 1  # the exit status when the re-run's predictions differ from the stored ones
-REPEATED_CONDITIONS = ("threads", "device", "precision", "torch", "torchvision", "numpy", "dataset_id",
-                       "folds_sha256", "pretrained_sha256")
+REPEATED_CONDITIONS = tuple(Runtime.model_fields)  # what a runtime record names
 
 
 class RerunError(CxrSweepError):
@@ -66,13 +66,13 @@ def add_arguments(parser: cli.Parser) -> None:
     parser.check(one_trial)
 
 
-def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[dict, dict]:
-    """(the re-run's predictions by split, its runtime record) from the recorded config and runtime."""
+def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[TrialPredictions, dict]:
+    """(the re-run's predictions, its runtime record) from the recorded config and runtime."""
     config = {**record.fit_config, **({"data_dir": data_dir} if data_dir else {})}
     data = PreparedDataset(config["data_dir"])
     if data.dataset_id != record.runtime["dataset_id"]:
         raise RerunError(f"{data.root} is data set {data.dataset_id}, the trial trained on "
-                         f"{record.runtime['dataset_id']}; give the same prepared set with --data-dir")
+                         f"{record.runtime['dataset_id']}; give the same prepared set with --data target=DIR")
     threads = torch.get_num_threads()
     torch.set_num_threads(int(record.runtime["threads"]))  # a sum's order, and so its last bits, follow the threads
     kept: dict = {}
@@ -80,15 +80,16 @@ def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple
         fit(fit_config(config), report=lambda metrics, state: kept.update(state), log=log)
     finally:
         torch.set_num_threads(threads)
-    return kept["predictions"], kept["predictions"]["runtime"]
+    predictions = TrialPredictions.from_state(kept["predictions"])
+    return predictions, predictions.runtime.model_dump()
 
 
-def differences(record: TrialRecord, predictions: dict) -> pd.DataFrame:
+def differences(record: TrialRecord, predictions: TrialPredictions) -> pd.DataFrame:
     """Per split: images, the largest absolute difference between stored and re-run probabilities."""
     rows = []
     for split, stored in record.predictions.groupby("split"):
-        again = predictions[split]
-        table = pd.DataFrame(again["probs"].numpy(), index=again["image_keys"], columns=predictions["label_names"])
+        again = predictions.splits[split]
+        table = pd.DataFrame(again.probs, index=again.image_keys, columns=predictions.label_names)
         mine = table.stack().rename("again").rename_axis(["image_key", "class_name"]).reset_index()
         joined = stored.merge(mine, on=["image_key", "class_name"], how="outer", indicator=True)
         unmatched = int((joined["_merge"] != "both").sum())

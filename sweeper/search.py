@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from results.store import sqlite_connection
 from sweeper.db_failures import watched
 from trainables.pretrain import failure_marker
+from vocab.records import TrialResult, parse_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -44,13 +45,14 @@ class StudyPlan:
 
 def _outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
     """How a Ray trial's end reads in Optuna: FAIL (error, or no finite validation AUC), PRUNED (stopped by
-    the scheduler: Ray sets "done" either way, the trainable sets "completed") or COMPLETE with its value."""
-    best = (result or {}).get("best_val_auc")
-    if error or not _finite(best):
+    the scheduler after an epoch's report: Ray sets "done" either way) or COMPLETE with its value (a TrialResult:
+    the trainable ended it)."""
+    record = None if error else parse_report(result)
+    if record is None or not _finite(record.best_val_auc):
         return TrialState.FAIL, None
-    if not result.get("completed"):
+    if not isinstance(record, TrialResult):
         return TrialState.PRUNED, None
-    return TrialState.COMPLETE, float(best)
+    return TrialState.COMPLETE, record.best_val_auc
 
 
 def study_seed(key: str, base_seed: int) -> int:

@@ -2,11 +2,14 @@
 kept aside so that tests can compute them independently (numpy and scikit-learn, not results)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from results.store import ResultsStore
+from vocab.names import EPOCH_METRICS, FINAL_SPLITS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS, metric_key
+from vocab.records import EpochReport, SplitMetrics, TrialResult
 
 LABELS = ["Cardiomegaly", "Effusion", "Nodule"]
 FOLDS = (0, 1, 2)
@@ -45,18 +48,63 @@ def _images(rng):
     return images, patients, fold, truth
 
 
+NAN = float("nan")
+
+
+def epoch_report(**given) -> dict:
+    """An epoch's report as a trainable makes it (EpochReport.to_report()): the `given` values, NaN for the rest."""
+    epoch = given.get("epoch", 1)
+    base = EpochReport(epoch=epoch, train_loss=NAN, val={m: NAN for m in EPOCH_METRICS}, lr=NAN, best_epoch=epoch,
+                       best_val_auc=NAN, epoch_seconds=NAN, train_images_per_second=NAN, data_wait_seconds=NAN)
+    return _with(base.to_report(), given)
+
+
+def trial_result(n_labels: int, **given) -> dict:
+    """A completed trial's result as a trainable makes it (TrialResult.to_report()): the `given` values, NaN (an
+    undefined metric) for the rest, and each macro metric's `_classes` counted from its per-class values."""
+    undefined = SplitMetrics(macro={m: NAN for m in SPLIT_METRICS}, per_class={m: [NAN] * n_labels for m in PER_CLASS_METRICS},
+                             classes={m: 0 for m in MACRO_METRICS}, undefined=[])
+    last = EpochReport.from_report(epoch_report(epoch=given.get("epoch", 3)))
+    base = TrialResult(**dict(last), thresholds=[NAN] * n_labels, splits={s: undefined for s in FINAL_SPLITS},
+                       completed=True, stop_reason="epochs").to_report()
+    report = _with(base, given)
+    for split in FINAL_SPLITS:
+        for metric in MACRO_METRICS:
+            classes = metric_key(split, f"{metric}_classes")
+            if classes not in given:
+                report[classes] = sum(not math.isnan(v) for v in report[metric_key(split, f"{metric}_per_class")])
+    return report
+
+
+def _with(base: dict, given: dict) -> dict:
+    unknown = sorted(set(given) - set(base) - {"node_id"})
+    assert not unknown, f"not a key of the record: {unknown}"
+    return {**base, **given}
+
+
+def _completed(result: dict | None, n_labels: int, status: str) -> dict | None:
+    """A hand-written result as the trainable would have reported it: a completed trial's whole TrialResult,
+    else (a pruned or failed trial's last report) an EpochReport unless it has end-of-trial keys."""
+    if result is None:
+        return None
+    ended = status == "COMPLETE" or set(result) - set(EpochReport.layout())
+    return trial_result(n_labels, **result) if ended else epoch_report(**result)
+
+
 def write_trial(store, sweep: int, key: str, *, backbone: str = "resnet18", recipe: str = "scratch", variant: str = "",
                 fold: int = 0, study: str | None = None, optuna_number: int = 0, params: dict | None = None,
                 epochs: list[dict] = (), result: dict | None = None, labels: list[str] = (),
                 predictions: dict | None = None, status: str = "COMPLETE", checkpoint: str | None = None) -> None:
     """One trial as the driver's results callback writes it: started, its epochs reported, finished. The
-    tests' one hand-made trial writer."""
+    tests' one hand-made trial writer: `epochs` and `result` name only the values a test looks at, the rest
+    are undefined (NaN), as the store is given every metric of a record."""
     store.trial_started(sweep, key, {"backbone": backbone, "recipe": recipe, "variant": variant, "fold": fold,
                                      "study": study or f"{backbone}/{recipe}/fold{fold}",
                                      "optuna_number": optuna_number, "params": params or {}})
     for row in epochs:
-        store.epoch_reported(sweep, key, row)
-    store.trial_finished(sweep, key, status, result, None, list(labels), predictions, checkpoint)
+        store.epoch_reported(sweep, key, epoch_report(**row))
+    store.trial_finished(sweep, key, status, _completed(result, len(labels), status), None, list(labels), predictions,
+                         checkpoint)
 
 
 def _trial(store, sweep, key, backbone, recipe, fold, val_auc, result, predictions, status="COMPLETE"):

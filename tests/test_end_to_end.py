@@ -413,5 +413,5 @@ def test_a_selected_trial_rerun_from_what_the_db_records_gives_the_same_predicti
     other = next(d for d in (home / "prepared").iterdir()
                  if (d / "manifest.json").is_file() and d.name != Path(config["data_dir"]).name)
     refused = sweeps.cli("sweeper.rerun", "--db", db, "--sweep", NAME, "--cell", "resnet50/nih", "--fold", "1",
-                         "--data-dir", str(other))
-    assert refused.returncode == 2 and "give the same prepared set with --data-dir" in refused.stderr
+                         "--data", f"target={other}")
+    assert refused.returncode == 2 and "give the same prepared set with --data target=DIR" in refused.stderr

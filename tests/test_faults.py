@@ -26,19 +26,23 @@ from sqlalchemy import event
 from results.query import run_query
 from results.store import ResultsStore, StoreError
 from tests.conftest import REPO
-from tests.handmade_sweep import write_trial
+from tests.handmade_sweep import epoch_report, trial_result, write_trial
 from tests.helpers import finished_trials, fit_config, spec_text, sweep_env
 from trainables.engine import NonFiniteLoss
 from trainables.fit import fit
 from trainables.tune_adapter import STATE_FILE, load_state
+from vocab.names import FINAL_SPLITS, PER_CLASS_METRICS, SPLIT_METRICS
 
 SCALE = int(os.environ.get("CXR_SWEEP_CHAOS_SCALE", "1"))
 LABELS = [f"label{j}" for j in range(14)]
 IMAGES = 3000  # 42,000 prediction rows: the finishing transaction takes a good part of a second
+# a completed trial's: its validation AUC, every metric of each final split (macro and per class), its thresholds
+METRIC_ROWS = 1 + len(FINAL_SPLITS) * (len(SPLIT_METRICS) + len(PER_CLASS_METRICS) * len(LABELS)) + len(LABELS)
 
 WRITER = f"""
 import sys, numpy as np
 from results.store import ResultsStore
+from tests.handmade_sweep import epoch_report, trial_result
 labels = {LABELS!r}
 store = ResultsStore(sys.argv[1])
 sweep = store.start_sweep("chaos", "x", "", "test", [0], 1)
@@ -48,10 +52,10 @@ for i in range(start, start + 1000):
     key = f"t{{i}}"
     store.trial_started(sweep, key, {{"backbone": "resnet18", "recipe": "r", "fold": 0, "study": key,
                                       "optuna_number": i, "params": {{}}}})
-    store.epoch_reported(sweep, key, {{"epoch": 1, "val_auc": 0.7}})
+    store.epoch_reported(sweep, key, epoch_report(epoch=1, val_auc=0.7))
     probs = rng.random(({IMAGES}, len(labels)))
     print(f"finishing {{i}}", flush=True)
-    store.trial_finished(sweep, key, "COMPLETE", {{"best_val_auc": 0.7, "test_auc": 0.8}}, None, labels,
+    store.trial_finished(sweep, key, "COMPLETE", trial_result(len(labels), best_val_auc=0.7, test_auc=0.8), None, labels,
                          {{"test": {{"image_keys": [f"i{{n}}" for n in range({IMAGES})], "patient_keys": ["p"] * {IMAGES},
                                     "probs": probs, "labels": (probs > 0.5).astype(float)}}}})
     print(f"finished {{i}}", flush=True)
@@ -86,7 +90,7 @@ def test_a_writer_killed_inside_its_transaction_leaves_no_half_written_trial(tmp
                                   FROM sweep_trials t WHERE t.trial_key = 't{trial}'""")
         status, predictions, metrics = rows.iloc[0].tolist()
         # all of the trial's finishing transaction or none of it
-        assert (status, predictions, metrics) in {("COMPLETE", IMAGES * len(LABELS), 2), ("RUNNING", 0, 0)}
+        assert (status, predictions, metrics) in {("COMPLETE", IMAGES * len(LABELS), METRIC_ROWS), ("RUNNING", 0, 0)}
         torn += status == "RUNNING"
     totals = run_query(url, "SELECT status, COUNT(*) AS n FROM sweep_trials GROUP BY status")
     complete = run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0]
@@ -134,7 +138,8 @@ def test_a_full_db_is_a_clear_error_loses_nothing_and_writing_resumes_after_spac
     if failed is None:  # the disk filled while the trial was being started
         store.trial_started(sweep, f"t{written}", {"backbone": "b", "recipe": "r", "fold": 0, "study": "s",
                                                    "optuna_number": written, "params": {}})
-    store.trial_finished(sweep, f"t{written}", "COMPLETE", {"best_val_auc": 0.5}, None, LABELS, predictions)
+    store.trial_finished(sweep, f"t{written}", "COMPLETE", trial_result(len(LABELS), best_val_auc=0.5), None, LABELS,
+                         predictions)
     assert run_query(url, "SELECT COUNT(*) FROM test_predictions").iloc[0, 0] == (written + 1) * 300 * len(LABELS)
 
 
@@ -371,7 +376,7 @@ def test_a_full_db_met_by_the_searcher_or_the_callback_ends_the_sweep_with_the_s
     assert str(ended.value).startswith(f"DB {url} is full (database or disk is full)")
     assert "nothing committed is lost" in str(ended.value) and "--resume" in str(ended.value)
     callback_run = RayAroundIt(lambda epoch: callback.on_trial_result(
-        0, [], trial, {"epoch": epoch + 1, "val_auc": 0.5, "train_loss": 1.0, "pad": "x" * 4000}))
+        0, [], trial, epoch_report(epoch=epoch + 1, val_auc=0.5, train_loss=1.0)))
     with pytest.raises(StoreError, match="is full"):
         _fit(callback_run)
     assert isinstance(callback_run.raised, StoreError)

@@ -6,7 +6,9 @@ ever looks at validation. When training ends (last epoch or early stop), the wei
 were best on validation are evaluated on the outer training part and the outer test fold;
 that last report carries those metrics (`test_*`, `outer_train_*`) and the checkpoint
 carries the per-image probabilities (`predictions`), so a scheduler that stops the trial
-right after its last report loses nothing.
+right after its last report loses nothing. Reports are built as typed records
+(vocab.records: EpochReport, TrialResult, TrialPredictions) and handed on as their flat
+`to_report()` form, which Ray needs: a metric missing or misnamed stops the trial here.
 """
 from __future__ import annotations
 
@@ -26,14 +28,14 @@ from trainables.augment import AugmentConfig, BatchAugment
 from trainables.config import FitConfig
 from trainables.feed import ImageFeed
 from trainables.losses import make_loss
-from trainables.metrics import fitted_thresholds, flat_metrics, multilabel_metrics
+from trainables.metrics import fitted_thresholds, multilabel_metrics, split_metrics
 from trainables.pretrain import stage_path
 from trainables.recipe import build_recipe_model
 from trainables.schedule import EarlyStopping, make_scheduler
-from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS
+from vocab.names import EPOCH_METRICS, FINAL_SPLITS, PREDICTION_SPLITS
+from vocab.records import EpochReport, Runtime, SplitMetrics, TrialPredictions, TrialResult
 
-
-Report = Callable[[dict, dict], None]  # (metrics of this epoch, checkpoint state)
+Report = Callable[[dict, dict], None]  # (this epoch's EpochReport or the TrialResult, as its report; checkpoint state)
 
 
 def choose_device(name: str) -> torch.device:
@@ -110,16 +112,16 @@ class _Run:
     def epoch(self) -> int:
         return self.trainer.epoch
 
-    def runtime(self) -> dict:
+    def runtime(self) -> Runtime:
         """What a re-run of this trial needs beyond its FitConfig to give the same predictions
         (sweeper.rerun): the threads and precision it computed with, the library versions, and the data
         and pretrained weights it read, by content."""
         stage, cache = self.cfg.stage(), Path(self.cfg.pretrain_cache or Path(self.cfg.data_dir).parent / "pretrained")
-        return {"threads": torch.get_num_threads(), "device": str(self.precision.device),
-                "precision": str(self.precision.dtype or torch.float32).removeprefix("torch."),
-                "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "numpy": np.__version__,
-                "dataset_id": self.data.dataset_id, "folds_sha256": self.data.folds_sha256,
-                "pretrained_sha256": _sha256(stage_path(stage, cache)) if stage else None}
+        return Runtime(threads=torch.get_num_threads(), device=str(self.precision.device),
+                       precision=str(self.precision.dtype or torch.float32).removeprefix("torch."),
+                       torch=str(torch.__version__), torchvision=str(torchvision.__version__), numpy=np.__version__,
+                       dataset_id=self.data.dataset_id, folds_sha256=self.data.folds_sha256,
+                       pretrained_sha256=_sha256(stage_path(stage, cache)) if stage else None)
 
     def state(self) -> dict:
         return {**self.trainer.state(), "scheduler": self.scheduler.state_dict(), "stopper": self.stopper.state_dict(),
@@ -131,23 +133,21 @@ class _Run:
         self.stopper.load_state_dict(state["stopper"])
         self.best_model = state["best_model"]
 
-    def train_epoch(self) -> dict:
+    def train_epoch(self) -> EpochReport:
         started, waited = time.perf_counter(), self.feed.waited
         train_loss = self.trainer.train_epoch()
         trained = time.perf_counter() - started  # (with batch-norm recalibration)
-        val = self.score(self.split.val, self.trainer.predict(self.split.val))
+        val = self.score(self.split.val, self.trainer.predict(self.split.val)).macro
         if self.stopper.update(self.epoch, val["auc"]):
             self.best_model = _cpu_copy(self.trainer.model)
         self.scheduler.step(val["auc"])
-        return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
-                "val_ap": val["ap"], "val_hamming": val["hamming"], "val_binary_acc": val["binary_acc"],
-                "val_exact_match": val["exact_match"], "val_fnr": val["fnr"],
-                "lr": self.trainer.optimizer.param_groups[0]["lr"], "best_epoch": self.stopper.best_epoch,
-                "best_val_auc": self.stopper.best, "epoch_seconds": time.perf_counter() - started,
-                "train_images_per_second": len(self.split.train) / trained,
-                "data_wait_seconds": self.feed.waited - waited}
+        return EpochReport(epoch=self.epoch, train_loss=train_loss, val={m: val[m] for m in EPOCH_METRICS},
+                           lr=self.trainer.optimizer.param_groups[0]["lr"], best_epoch=self.stopper.best_epoch,
+                           best_val_auc=self.stopper.best, epoch_seconds=time.perf_counter() - started,
+                           train_images_per_second=len(self.split.train) / trained,
+                           data_wait_seconds=self.feed.waited - waited)
 
-    def score(self, indices: np.ndarray, probs: np.ndarray) -> dict:
+    def score(self, indices: np.ndarray, probs: np.ndarray) -> SplitMetrics:
         if not np.isfinite(probs).all():  # diverged weights: a finite last-epoch loss can still end here
             raise engine.NonFiniteLoss(f"the model's predictions are not finite after epoch {self.epoch} (its "
                                        f"weights diverged); lower the learning rate")
@@ -156,14 +156,14 @@ class _Run:
         logits = torch.as_tensor(probs, device=self.precision.device).logit(eps=1e-6)  # loss weights live there
         targets = engine.targets_and_mask(torch.as_tensor(truth, device=self.precision.device))
         metrics["loss"] = float(self.loss_fn(logits, *targets))
-        return metrics
+        return split_metrics(metrics)
 
-    def final_evaluation(self) -> tuple[dict, dict]:
-        """(`test_*` and `outer_train_*` metrics, predictions per split) of the best-on-validation weights
-        (docs/design.md §3.2), with the per-image probabilities, truth and pseudonymous keys the sweeper
-        stores: the test fold's for curves and the patient-clustered bootstrap, the inner validation
-        split's for operating points and calibration (fitted there, never on test). The outer training
-        part is inner-train plus inner-validation: everything the trial saw.
+    def final_evaluation(self, last: EpochReport, stop_reason: str) -> tuple[TrialResult, TrialPredictions]:
+        """The trial's result (`last`, the epoch it stopped after, with the FINAL_SPLITS' metrics) and predictions
+        of the best-on-validation weights (docs/design.md §3.2): per-image probabilities, truth and pseudonymous
+        keys that the sweeper stores: the test fold's for curves and the patient-clustered bootstrap, the inner
+        validation split's for operating points and calibration (fitted there, never on test). The outer
+        training part is inner-train plus inner-validation: everything the trial saw.
 
         `best_val_auc` becomes the validation AUC of exactly these (kept, half-precision) weights, so that
         the trial selected on it is judged on the predictions its thresholds are fitted on; the epoch's
@@ -172,26 +172,28 @@ class _Run:
         model.load_state_dict(self.best_model, strict=True)
         parts = {"outer_train": np.sort(np.concatenate([self.split.train, self.split.val])), "test": self.split.test,
                  "val": self.split.val}
-        metrics: dict = {"thresholds": [float(t) for t in self.thresholds]}
-        predictions: dict = {"label_names": list(self.data.label_names), "best_epoch": self.stopper.best_epoch,
-                             "runtime": self.runtime()}
+        splits, predicted, best_val_auc = {}, {}, last.best_val_auc
         for split in dict.fromkeys((*FINAL_SPLITS, *PREDICTION_SPLITS)):
             indices = parts[split]
             probs = self.trainer.predict(indices, model)
             if split in FINAL_SPLITS:
-                metrics.update(flat_metrics(split, self.score(indices, probs)))
+                splits[split] = self.score(indices, probs)
             if split == "val":  # what selection, Optuna and the stored validation predictions share
-                metrics["best_val_auc"] = self.score(indices, probs)["auc"]
+                best_val_auc = self.score(indices, probs).macro["auc"]
             if split in PREDICTION_SPLITS:
-                predictions[split] = {"image_keys": [str(k) for k in self.data.image_keys[indices]],
-                                      "patient_keys": [str(k) for k in self.data.patient_keys[indices]],
-                                      "labels": torch.from_numpy(self.data.labels[indices]),  # NaN: unknown
-                                      "probs": torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))}
-        return metrics, predictions
+                predicted[split] = {"image_keys": [str(k) for k in self.data.image_keys[indices]],
+                                    "patient_keys": [str(k) for k in self.data.patient_keys[indices]],
+                                    "labels": self.data.labels[indices],  # NaN: unknown
+                                    "probs": np.ascontiguousarray(probs, dtype=np.float32)}
+        result = TrialResult(**{**dict(last), "best_val_auc": best_val_auc}, splits=splits, completed=True,
+                             thresholds=[float(t) for t in self.thresholds], stop_reason=stop_reason)
+        return result, TrialPredictions(label_names=list(self.data.label_names), best_epoch=self.stopper.best_epoch,
+                                        runtime=self.runtime(), splits=predicted)
 
 
 def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = None, log=print) -> dict:
-    """Train; call `report(metrics, state)` after every epoch; return the last metrics.
+    """Train; call `report(metrics, state)` after every epoch; return the last metrics. `metrics` is the epoch's
+    EpochReport, or at the end the TrialResult, as its flat report (`to_report()`: what Ray is given).
 
     `report` must save `state` before returning: it holds the live model and optimiser tensors.
     `state` is a checkpoint dict from an earlier report: training resumes after its epoch.
@@ -203,25 +205,28 @@ def fit(cfg: FitConfig, report: Report = _print_report, state: dict | None = Non
     if state is not None and "final_metrics" in state:
         # restarted after its last report (a driver killed before Ray saved that the trial had ended):
         # nothing to train; report the end-of-trial result again so that it is not lost
-        report(state["final_metrics"], state)
-        return state["final_metrics"]
+        final = TrialResult.from_report(state["final_metrics"]).to_report()
+        report(final, state)
+        return final
     run = _Run(cfg, log)
     if state is not None:
         run.restore(state)
     metrics: dict = {}
     while run.epoch < cfg.epochs and not (run.epoch and run.stopper.should_stop):
-        metrics = run.train_epoch()
+        epoch = run.train_epoch()
         done = run.epoch >= cfg.epochs or run.stopper.should_stop
         if not done:
+            metrics = epoch.to_report()
             report(metrics, run.state())
             continue
         kept = half_precision(run.best_model)
         run.best_model = {k: v.to(run.best_model[k].dtype) for k, v in kept.items()}  # evaluated as it is kept
-        final, predictions = run.final_evaluation()
-        metrics.update(final, completed=True, stop_reason="early_stopping" if run.epoch < cfg.epochs else "epochs")
+        result, predictions = run.final_evaluation(epoch, "early_stopping" if run.epoch < cfg.epochs else "epochs")
+        metrics = result.to_report()
         # what is kept of a finished trial: only what predict and the report read (its best weights, the
         # predictions, and the manifest that sweeper.predict decodes new images with); not the optimiser's
         # moments and the last weights, three quarters of a training checkpoint
         report(metrics, {"config": cfg.as_dict(), "epoch": run.epoch, "best_model": kept,
-                         "predictions": predictions, "final_metrics": metrics, "manifest": run.data.manifest})
+                         "predictions": predictions.to_state(torch.from_numpy), "final_metrics": metrics,
+                         "manifest": run.data.manifest})
     return metrics

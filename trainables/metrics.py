@@ -15,11 +15,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vocab.names import metric_key
+from vocab.names import POOLED_METRICS
+from vocab.records import SplitMetrics
 
 HALF = 0.5
-MACRO = ("auc", "ap", "prevalence", "fnr")
-POOLED = ("hamming", "hamming_05", "binary_acc", "mae")
 
 
 def fitted_thresholds(train_labels: np.ndarray) -> np.ndarray:
@@ -93,13 +92,13 @@ def multilabel_metrics(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.nd
                                    undefined))
     out: dict = {"undefined": undefined}
     counts = (~np.isnan(y_true)).sum(axis=0)
-    for metric in MACRO + POOLED:
+    for metric in rows[0] if rows else ():  # what _class_metrics computes, under its names (checked by split_metrics)
         values = np.array([row[metric] for row in rows], dtype=np.float64)
         out[f"{metric}_per_class"] = values.tolist()
-        if metric in MACRO:
-            out[metric], out[f"{metric}_classes"] = _macro(values)
-        else:
+        if metric in POOLED_METRICS:
             out[metric] = _pooled(values, counts)
+        else:
+            out[metric], out[f"{metric}_classes"] = _macro(values)
     out["exact_match"] = _exact_match(y_true, y_prob)
     return out
 
@@ -112,12 +111,10 @@ def _exact_match(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float((~wrong[rows].any(axis=1)).mean()) if rows.any() else float("nan")
 
 
-SCALARS = (*MACRO, *POOLED, "exact_match", "loss")  # what multilabel_metrics and a fit's score give
-
-
-def flat_metrics(split: str, metrics: dict) -> dict:
-    """A split's metrics as the flat keys a trial reports (`test_auc`, `outer_train_auc_per_class`, ...)."""
-    out = {metric_key(split, name): metrics[name] for name in SCALARS}
-    out.update({metric_key(split, name): metrics[name] for name in metrics if name.endswith(("_per_class", "_classes"))})
-    out[metric_key(split, "undefined")] = list(metrics["undefined"])
-    return out
+def split_metrics(metrics: dict) -> SplitMetrics:
+    """A split's metrics (`multilabel_metrics`' and its `loss`) as the record a trial reports: a metric computed
+    under a name vocab.names does not know, or one not computed, stops the trial here, naming it."""
+    per_class = {name.removesuffix("_per_class"): v for name, v in metrics.items() if name.endswith("_per_class")}
+    classes = {name.removesuffix("_classes"): v for name, v in metrics.items() if name.endswith("_classes")}
+    macro = {name: v for name, v in metrics.items() if name != "undefined" and not name.endswith(("_per_class", "_classes"))}
+    return SplitMetrics(macro=macro, per_class=per_class, classes=classes, undefined=list(metrics["undefined"]))

@@ -48,6 +48,16 @@ class PredictError(CxrSweepError):
     """A model or input that cannot be used; the message says which and why."""
 
 
+def _thresholds(final_metrics: dict, n_labels: int, source: str) -> np.ndarray:
+    """The fitted thresholds of a final checkpoint's TrialResult, read alone: a model needs nothing else of it,
+    and checkpoints of earlier versions hold other metrics than today's record (`val_hamming`; before schema 7
+    no `val_fnr`), which would refuse them."""
+    thresholds = np.asarray(final_metrics.get("thresholds", ()), dtype=np.float64)
+    if thresholds.shape != (n_labels,):
+        raise PredictError(f"{source}: its result holds {thresholds.size} fitted thresholds for {n_labels} labels")
+    return thresholds
+
+
 class Prediction(NamedTuple):
     path: Path
     probs: np.ndarray | None  # one per label; None: the file was rejected
@@ -79,7 +89,7 @@ class TrainedModel:
         model.load_state_dict(state["best_model"], strict=True)
         chosen = choose_device(device)
         return cls(model=model.to(chosen).eval(), config=cfg, label_names=label_names,
-                   thresholds=np.asarray(state["final_metrics"]["thresholds"], dtype=np.float64),
+                   thresholds=_thresholds(state["final_metrics"], len(label_names), source),
                    size=int(manifest["size"]), bits=int(manifest["params"]["bits"]), device=chosen,
                    precision=engine.Precision.choose(cfg.precision, chosen))
 

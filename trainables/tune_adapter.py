@@ -14,11 +14,11 @@ from ray import tune
 
 from trainables.config import fit_config, trial_metadata
 from trainables.fit import fit
-from vocab.names import PREDICTION_SPLITS
+from vocab.records import TrialPredictions
 
 STATE_FILE = "state.pt"
-PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's test and validation predictions and its runtime record,
-# small, read by the driver
+PREDICTIONS_FILE = "predictions.pt"  # the final checkpoint's TrialPredictions (its test and validation predictions,
+# best epoch and runtime record), small, read by the driver
 
 
 def _reporter(checkpoint_every: int):
@@ -30,20 +30,24 @@ def _reporter(checkpoint_every: int):
     node = ray.get_runtime_context().get_node_id()  # which machine ran it: Ray's results name the IP only
 
     def report(metrics: dict, state: dict) -> None:
-        metrics = {**metrics, "node_id": node}
+        metrics = {**metrics, "node_id": node}  # EpochReport.node_id
         if not metrics.get("completed") and metrics["epoch"] % checkpoint_every:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / STATE_FILE)
-            if "predictions" in state:
-                predictions = state["predictions"]
-                torch.save({"label_names": predictions["label_names"], "runtime": predictions["runtime"],
-                            **{split: predictions[split] for split in PREDICTION_SPLITS if split in predictions}},
-                           Path(tmp) / PREDICTIONS_FILE)
+            save_checkpoint(state, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     return report
+
+
+def save_checkpoint(state: dict, directory: Path) -> None:
+    """The state, and beside a final one its TrialPredictions on their own: what the driver reads of a completed
+    trial (sweeper.callbacks.read_predictions) without fetching its weights."""
+    torch.save(state, directory / STATE_FILE)
+    if "predictions" in state:
+        kept = TrialPredictions.from_state(state["predictions"])
+        torch.save(kept.to_state(torch.from_numpy), directory / PREDICTIONS_FILE)
 
 
 def load_state(directory: Path) -> dict | None:

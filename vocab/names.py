@@ -10,6 +10,17 @@ FINAL_SPLITS = ("test", "outer_train")  # what a trial's end-of-trial evaluation
 PREDICTION_SPLITS = ("test", "val")
 FOLD_MARK = "/fold"
 
+# The metrics a split's evaluation reports, named once for the trainables that compute them, the records that carry
+# them (vocab.records) and the store that writes them. Per class, then macro: the mean over the classes where it is
+# defined, with how many those were (`<metric>_classes`)...
+MACRO_METRICS = ("auc", "ap", "prevalence", "fnr")
+# ... or pooled over every known (image, label) entry, as seed 000's formula and Keras' metrics define them
+POOLED_METRICS = ("hamming", "hamming_05", "binary_acc", "mae")
+PER_CLASS_METRICS = (*MACRO_METRICS, *POOLED_METRICS)
+SPLIT_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")  # one number each for the split
+# what every epoch reports of the inner validation split (`val_auc`, ...): the learning curves
+EPOCH_METRICS = ("loss", "auc", "ap", "binary_acc", "exact_match", "fnr")
+
 
 def cell_name(backbone: str, recipe: str, variant: str = "") -> str:
     """BACKBONE/RECIPE, or BACKBONE/RECIPE/VARIANT (the further axes, `loss=bce,lr=0.01`): how the DB,
@@ -36,5 +47,6 @@ def cell_of_study(key: str) -> str:
 
 
 def metric_key(split: str, metric: str) -> str:
-    """A metric's key in a trial's report: SPLIT_METRIC (`test_auc`, `outer_train_binary_acc`)."""
+    """A metric's key in a trial's report: SPLIT_METRIC (`test_auc`, `outer_train_binary_acc`,
+    `test_auc_per_class`)."""
     return f"{split}_{metric}"

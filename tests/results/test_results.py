@@ -10,9 +10,12 @@ from results.choose import choose_trial
 from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
-from tests.handmade_sweep import CELLS, FOLDS, build_sweep, write_trial
+from tests.handmade_sweep import CELLS, FOLDS, build_sweep, epoch_report, trial_result, write_trial
+from vocab.names import EPOCH_METRICS, FINAL_SPLITS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
+from vocab.records import EpochReport, SplitMetrics, TrialResult
 
 LABELS = ["a", "b"]
+METRIC_ROWS = 1 + len(FINAL_SPLITS) * (len(SPLIT_METRICS) + len(PER_CLASS_METRICS) * len(LABELS)) + len(LABELS)
 
 
 def _trial(store, sweep_id, key, backbone, recipe, fold, val_auc, test_auc, test_ap, status="COMPLETE"):
@@ -33,12 +36,13 @@ def test_replayed_writes_do_not_duplicate_rows(engine_url):
     sweep = store.start_sweep("s", "tiny", "", "test")
     for _ in range(2):  # Ray replays work after its last snapshot on resume
         _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
-        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, {"test": PREDICTIONS})
+        store.trial_finished(sweep, "k", "COMPLETE", trial_result(2, best_val_auc=0.8), None, LABELS,
+                             {"test": PREDICTIONS})
     assert store.start_sweep("s", "tiny", "", "test") == sweep
     counts = run_query(engine_url, "SELECT (SELECT COUNT(*) FROM sweep_trials) t, (SELECT COUNT(*) FROM cells) c, "
                                    "(SELECT COUNT(*) FROM learning_curves) l, (SELECT COUNT(*) FROM trial_metrics) m, "
                                    "(SELECT COUNT(*) FROM test_predictions) p")
-    assert counts.iloc[0].tolist() == [1, 1, 2, 5, 6]  # val auc, test auc/ap, per-class auc a/b; 3 images x 2
+    assert counts.iloc[0].tolist() == [1, 1, 2, METRIC_ROWS, 6]  # every metric once (val auc, ...); 3 images x 2
 
 
 PREDICTIONS = {"image_keys": ["i1", "i2", "i3"], "patient_keys": ["p1", "p1", "p2"],
@@ -50,8 +54,8 @@ def test_predictions_are_stored_per_image_and_class_with_unknown_labels_as_null(
     store = ResultsStore(engine_url)
     sweep = store.start_sweep("s", "tiny", "", "test")
     _trial(store, sweep, "k", "resnet18", "scratch", 0, 0.8, 0.7, 0.6)
-    store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8, "thresholds": [0.25, 0.5]}, None, LABELS,
-                         {"test": PREDICTIONS})
+    store.trial_finished(sweep, "k", "COMPLETE", trial_result(2, best_val_auc=0.8, thresholds=[0.25, 0.5]), None,
+                         LABELS, {"test": PREDICTIONS})
     rows = run_query(engine_url, "SELECT image_key, patient_key, class_name, prob, target FROM test_predictions "
                                  "ORDER BY image_key, class_name")
     assert rows["prob"].tolist() == pytest.approx([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
@@ -67,10 +71,80 @@ def test_predictions_of_the_wrong_shape_are_refused_naming_the_trial(engine_url)
     sweep = store.start_sweep("s", "tiny", "", "test")
     store.trial_started(sweep, "k", {"backbone": "resnet18", "recipe": "scratch", "fold": 0, "study": "x",
                                      "optuna_number": 0, "params": {}})
-    bad = {**PREDICTIONS, "probs": np.zeros((3, 3))}
-    with pytest.raises(StoreError, match=r"test predictions of shape \(3, 3\).*3 images x 2 labels"):
-        store.trial_finished(sweep, "k", "COMPLETE", {"best_val_auc": 0.8}, None, LABELS, {"test": bad})
+    for bad, said in (({**PREDICTIONS, "probs": np.zeros((3, 3))}, r"predictions: SplitPredictions: probs of shape \(3, 3\) and labels of shape \(3, 2\)"),
+                      ({**PREDICTIONS, "probs": np.zeros((3, 3)), "labels": np.zeros((3, 3))},
+                       r"predictions of shape \(3, 3\) do not match 3 images x 2 labels")):
+        with pytest.raises(StoreError, match=f"trial k: test {said}"):
+            store.trial_finished(sweep, "k", "COMPLETE", trial_result(2, best_val_auc=0.8), None, LABELS, {"test": bad})
     assert run_query(engine_url, "SELECT status FROM sweep_trials").iloc[0, 0] == "RUNNING"  # rolled back
+
+
+def _started(engine_url):
+    store = ResultsStore(engine_url)
+    sweep = store.start_sweep("s", "tiny", "", "test")
+    store.trial_started(sweep, "k", {"backbone": "resnet18", "recipe": "scratch", "fold": 0, "study": "x",
+                                     "optuna_number": 0, "params": {}})
+    return store, sweep
+
+
+def test_every_metric_of_a_trials_result_lands_in_its_row(engine_url):
+    """Typed records (issue 29): each number of a TrialResult, macro and per class for every final split, the
+    thresholds and the validation AUC, is one trial_metrics row; each of an epoch, a learning-curve column."""
+    store, sweep = _started(engine_url)
+    rng = np.random.default_rng(0)
+    draw = lambda: round(float(rng.uniform()), 6)  # noqa: E731
+    splits = {s: SplitMetrics(macro={m: draw() for m in SPLIT_METRICS}, classes={m: 2 for m in MACRO_METRICS},
+                              per_class={m: [draw(), draw()] for m in PER_CLASS_METRICS}, undefined=[])
+              for s in FINAL_SPLITS}
+    last = EpochReport.from_report(epoch_report(epoch=2, train_loss=0.5, lr=1e-3, best_val_auc=draw(),
+                                                **{f"val_{m}": draw() for m in EPOCH_METRICS}))
+    result = TrialResult(**dict(last), thresholds=[0.25, 0.5], splits=splits, completed=True, stop_reason="epochs")
+    store.epoch_reported(sweep, "k", last)
+    store.trial_finished(sweep, "k", "COMPLETE", result, None, LABELS)
+    stored = run_query(engine_url, "SELECT split, metric, class_name, value FROM trial_metrics")
+    got = {(r.split, r.metric, r.class_name): r.value for r in stored.itertuples()}
+    expected = {("val", "auc", "__macro__"): result.best_val_auc,
+                **{("test", "threshold", label): t for label, t in zip(LABELS, result.thresholds)}}
+    for split, metrics in splits.items():
+        expected.update({(split, m, "__macro__"): v for m, v in metrics.macro.items()})
+        expected.update({(split, m, label): v for m, values in metrics.per_class.items() for label, v in zip(LABELS, values)})
+    assert got == pytest.approx(expected) and len(stored) == METRIC_ROWS
+    curve = run_query(engine_url, "SELECT * FROM learning_curves").iloc[0]
+    assert [curve[f"val_{m}"] for m in EPOCH_METRICS] == pytest.approx([last.val[m] for m in EPOCH_METRICS])
+
+
+def test_a_metric_the_store_does_not_know_or_misses_is_refused_naming_it_not_dropped(engine_url):
+    """A renamed metric used to vanish from the DB without a word (issue 29); nothing is written of such a trial."""
+    store, sweep = _started(engine_url)
+    result = trial_result(2, best_val_auc=0.8, test_fnr=0.25)
+    renamed = {**{k: v for k, v in result.items() if k != "test_fnr"}, "test_miss_rate": 0.25}
+    with pytest.raises(StoreError, match="trial k: TrialResult report: unknown key.s. test_miss_rate; missing test_fnr"):
+        store.trial_finished(sweep, "k", "COMPLETE", renamed, None, LABELS)
+    with pytest.raises(StoreError, match="trial k: EpochReport report: unknown key.s. val_miss_rate"):
+        store.epoch_reported(sweep, "k", {**epoch_report(epoch=1), "val_miss_rate": 0.3})
+    with pytest.raises(StoreError, match="trial k: 2 per-class values of test auc for 3 labels"):
+        store.trial_finished(sweep, "k", "COMPLETE", result, None, [*LABELS, "c"])  # was cut to the labels
+    assert run_query(engine_url, "SELECT COUNT(*) FROM trial_metrics").iloc[0, 0] == 0
+    assert run_query(engine_url, "SELECT COUNT(*) FROM learning_curves").iloc[0, 0] == 0
+    assert run_query(engine_url, "SELECT status FROM sweep_trials").iloc[0, 0] == "RUNNING"
+    ray_keys = {"training_iteration": 3, "time_total_s": 9.5, "done": True, "trial_id": "k", "node_ip": "10.0.0.2",
+                "config": {"lr": 0.01}, "config/lr": 0.01, "node_id": "n1"}
+    store.trial_finished(sweep, "k", "COMPLETE", {**result, **ray_keys}, None, LABELS)  # Ray's own keys are not ours
+    assert run_query(engine_url, "SELECT COUNT(*) FROM trial_metrics").iloc[0, 0] == METRIC_ROWS
+
+
+def test_a_per_epoch_metric_without_its_learning_curve_column_is_refused(engine_url, monkeypatch):
+    """A metric added to EPOCH_METRICS needs a learning_curves column (a schema version): the store says so."""
+    import results.store
+    import vocab.records
+
+    store, sweep = _started(engine_url)
+    fields, metrics = dict(EpochReport.from_report(epoch_report(epoch=1))), (*EPOCH_METRICS, "hamming")
+    for module in (vocab.records, results.store):
+        monkeypatch.setattr(module, "EPOCH_METRICS", metrics)
+    report = EpochReport(**{**fields, "val": {m: 0.5 for m in metrics}})
+    with pytest.raises(StoreError, match="learning_curves has no column for val_hamming"):
+        store.epoch_reported(sweep, "k", report)
 
 
 def test_cells_and_pretraining_artefacts_are_recorded_with_their_plan(engine_url):

@@ -11,8 +11,15 @@ from ray.tune.schedulers import TrialScheduler
 
 from sweeper.scheduler import PerStudyASHA
 from sweeper.search import PerStudyOptunaSearcher, StudyPlan, study_seed
+from tests.handmade_sweep import epoch_report, trial_result
+from vocab.records import RecordError
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.5)}
+
+
+def _ended(best_val_auc: float) -> dict:
+    """A completed trial's result as Ray passes it to the searcher."""
+    return trial_result(2, best_val_auc=best_val_auc)
 
 
 def _searcher(n_studies=2, n_trials=2):
@@ -42,12 +49,20 @@ def test_completed_pruned_and_failed_trials_are_told_to_optuna():
         searcher.suggest(t)
     for epoch in (1, 2):
         searcher.on_trial_result("stopped", {"epoch": epoch, "val_auc": 0.6})
-    searcher.on_trial_complete("done", {"epoch": 4, "best_val_auc": 0.9, "val_auc": 0.85, "completed": True})
-    searcher.on_trial_complete("stopped", {"epoch": 2, "best_val_auc": 0.6, "val_auc": 0.6})
+    searcher.on_trial_complete("done", trial_result(2, epoch=4, best_val_auc=0.9, val_auc=0.85))
+    searcher.on_trial_complete("stopped", epoch_report(epoch=2, best_val_auc=0.6, val_auc=0.6))
     searcher.on_trial_complete("broken", None, error=True)
     trials = searcher.studies["cell0/fold0"].trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert trials[0].value == 0.9 and trials[1].intermediate_values == {1: 0.6, 2: 0.6}
+
+
+def test_a_trial_end_that_is_not_a_trainables_record_is_refused_naming_the_key():
+    """What used to be told COMPLETE as long as it had `best_val_auc` and `completed` (issue 29)."""
+    searcher = _searcher(n_studies=1, n_trials=1)
+    searcher.suggest("t0")
+    with pytest.raises(RecordError, match="TrialResult report: missing epoch, train_loss, val_loss"):
+        searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
 
 
 def test_searcher_state_survives_save_and_restore(tmp_path):
@@ -94,7 +109,7 @@ def test_studies_live_in_the_results_db_and_orphans_are_failed_on_restore(tmp_pa
     study = optuna.load_study(study_name="sweep1/cell0/fold0", storage=url)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL]  # t0 will be re-run by Ray; t1 is an orphan
-    restored.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
+    restored.on_trial_complete("t0", _ended(0.8))
     assert [t.state for t in optuna.load_study(study_name="sweep1/cell0/fold0", storage=url).get_trials()] == \
         [TrialState.COMPLETE, TrialState.FAIL]
 
@@ -144,12 +159,12 @@ def test_an_errored_trial_run_again_by_resume_is_recorded_as_a_new_optuna_trial_
     searcher = _searcher(n_studies=1, n_trials=1)
     config = searcher.suggest("t0")
     searcher.on_trial_complete("t0", error=True)
-    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})  # resume_errored ran it again
+    searcher.on_trial_complete("t0", _ended(0.8))  # resume_errored ran it again
     trials = searcher.studies["cell0/fold0"].trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].params == trials[0].params == {"lr": config["lr"], "dropout": config["dropout"]}
     assert trials[1].value == 0.8
-    searcher.on_trial_complete("t0", {"best_val_auc": 0.9, "completed": True})  # told once only
+    searcher.on_trial_complete("t0", _ended(0.9))  # told once only
     assert len(searcher.studies["cell0/fold0"].trials) == 2
 
 
@@ -169,7 +184,7 @@ def test_a_searcher_whose_saved_state_is_unreadable_rebuilds_its_counts_from_the
     # passes flattened (ray.tune.utils.flatten_dict: "config/study", ...)
     from ray.tune.utils import flatten_dict
 
-    restored.on_trial_complete("t0", flatten_dict({"best_val_auc": 0.7, "completed": True, "config": config}))
+    restored.on_trial_complete("t0", flatten_dict({**_ended(0.7), "config": config}))
     assert [t.state.name for t in restored.studies["cell0/fold0"].trials] == ["FAIL", "RUNNING", "COMPLETE"]
 
 
@@ -187,8 +202,8 @@ def test_a_trial_replayed_after_a_resume_is_not_told_twice():
     """Ray re-runs the work done after its last snapshot: a trial already COMPLETE in Optuna ends again."""
     searcher = _searcher(n_studies=1, n_trials=1)
     config = searcher.suggest("t0")
-    searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
-    replay = {"best_val_auc": 0.8, "completed": True, **{f"config/{k}": v for k, v in config.items()}}
+    searcher.on_trial_complete("t0", _ended(0.8))
+    replay = {**_ended(0.8), **{f"config/{k}": v for k, v in config.items()}}
     searcher.on_trial_complete("t0", replay)  # as Ray passes it: flattened
     assert [t.state.name for t in searcher.studies["cell0/fold0"].trials] == ["COMPLETE"]
 
@@ -203,7 +218,7 @@ def test_continuing_from_the_studies_alone_runs_what_is_missing_failed_parameter
 
     first = searcher()
     asked = {t: first.suggest(t) for t in ("done", "broken", "running")}
-    first.on_trial_complete("done", {"best_val_auc": 0.8, "completed": True})
+    first.on_trial_complete("done", _ended(0.8))
     first.on_trial_complete("broken", None, error=True)  # "running" was in progress when the record was lost
 
     again = searcher()
@@ -239,7 +254,8 @@ def test_an_orphan_whose_end_reached_the_results_db_is_told_that_end_not_fail(tm
                 "optuna_number": config["optuna_number"], "params": {}}
         store.trial_started(sweep, f"t{n}", info)
         if status:  # the results callback recorded its end; the driver died before the searcher heard of it
-            store.trial_finished(sweep, f"t{n}", status, {"epoch": 2, "best_val_auc": best}, None, [], None, None)
+            store.trial_finished(sweep, f"t{n}", status, epoch_report(epoch=2, best_val_auc=best), None, [], None,
+                                 None)
     restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)  # Ray restores without __init__
     restored.restore(str(snapshot))
     trials = optuna.load_study(study_name="sweep1/cell0/fold0", storage=url).get_trials()
@@ -257,10 +273,10 @@ def test_a_trial_that_ended_after_rays_last_snapshot_can_be_replayed_epoch_by_ep
     searcher.suggest("t0")
     snapshot = tmp_path / "searcher.pkl"
     searcher.save(str(snapshot))
-    searcher.on_trial_complete("t0", {"best_val_auc": 0.7, "completed": True})  # told, then the driver dies
+    searcher.on_trial_complete("t0", _ended(0.7))  # told, then the driver dies
     restored = PerStudyOptunaSearcher.__new__(PerStudyOptunaSearcher)
     restored.restore(str(snapshot))
     restored.on_trial_result("t0", {"val_auc": 0.6, "epoch": 1})  # the replay's first epoch
-    restored.on_trial_complete("t0", {"best_val_auc": 0.72, "completed": True})
+    restored.on_trial_complete("t0", _ended(0.72))
     (trial,) = optuna.load_study(study_name="s/cell0/fold0", storage=url).get_trials()
     assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.7)  # the first end stands

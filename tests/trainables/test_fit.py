@@ -3,6 +3,8 @@ evaluation of the best-on-validation weights, pretraining stages and a run that 
 from __future__ import annotations
 
 import shutil
+import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from trainables import engine
 from trainables.feed import ImageFeed
 from trainables.fit import fit
 from trainables.models import build_model
+from vocab.records import EpochReport, RecordError, TrialPredictions, TrialResult, parse_report
 
 AUGMENT = {"rotate_p": 0.5, "shift_p": 0.5, "zoom_p": 0.5, "noise_p": 0.5, "hflip_p": 0.2}
 
@@ -25,6 +28,8 @@ AUGMENT = {"rotate_p": 0.5, "shift_p": 0.5, "zoom_p": 0.5, "noise_p": 0.5, "hfli
 def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepared_dir):
     reports = fit_reports(fit_config(prepared_dir))
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert [type(parse_report(m)) for m, _ in reports] == [EpochReport, EpochReport, TrialResult]  # typed records
+    assert all("val_hamming" not in m for m, _ in reports)  # computed, never read: not reported (issue 29)
     assert all(np.isfinite(m[k]) for m, _ in reports for k in ("val_binary_acc", "val_exact_match", "val_fnr"))
     assert all("test_auc" not in m for m, _ in reports[:-1])  # the test fold is not looked at while training
     final, state = reports[-1]
@@ -55,6 +60,29 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     aucs = [roc_auc_score(truth[:, j], kept[:, j]) for j in range(truth.shape[1]) if 0 < truth[:, j].sum() < len(truth)]
     assert final["best_val_auc"] == pytest.approx(np.mean(aucs), abs=1e-12)
     assert predictions["best_epoch"] == final["best_epoch"]
+    assert TrialPredictions.from_state(predictions).splits["val"].image_keys == predictions["val"]["image_keys"]
+
+
+@pytest.mark.parametrize("metric, renamed", [("mae", "mean_abs_error"), ("fnr", "miss_rate")])
+def test_a_metric_renamed_where_it_is_computed_stops_the_trial_there_naming_it(prepared_dir, monkeypatch, metric,
+                                                                               renamed):
+    """Typed results (issue 29): a metric renamed in trainables/metrics.py, as an edit would. `mae` under its new
+    name used to reach Ray and the store, which dropped it without a word (`fnr` met a KeyError, as an epoch
+    reported it by name); now the trial's first evaluation refuses either, naming both names, before it reports."""
+    import trainables.fit as fitting
+    import trainables.metrics as metrics
+
+    source = Path(metrics.__file__).read_text()
+    assert f'"{metric}"' in source
+    edited = types.ModuleType(metrics.__name__)
+    exec(compile(source.replace(f'"{metric}"', f'"{renamed}"'), metrics.__file__, "exec"), edited.__dict__)
+    for name, value in list(vars(fitting).items()):  # what fit took from trainables.metrics
+        if callable(value) and getattr(metrics, name, None) is value:
+            monkeypatch.setattr(fitting, name, getattr(edited, name))
+    reports = []
+    with pytest.raises(RecordError, match=rf"SplitMetrics: macro: unknown metric\(s\) {renamed}; missing {metric} "):
+        fit(fit_config(prepared_dir, epochs=1), report=lambda m, s: reports.append(m), log=lambda *_: None)
+    assert reports == []
 
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(prepared_dir):
@@ -227,7 +255,12 @@ def test_a_failed_stage_is_recorded_beside_its_weights_and_not_trained_again(pre
         ensure_stage(stage, tmp_path / "cache", torch.device("cpu"), log=lambda *_: None)
 
 
-def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_read(prepared_dir):
+def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_read(prepared_dir, tmp_path):
+    from ray import tune
+
+    from sweeper.callbacks import read_predictions
+    from trainables.tune_adapter import PREDICTIONS_FILE, save_checkpoint
+
     reports = fit_reports(fit_config(prepared_dir, epochs=2))
     training, final = reports[0][1], reports[-1][1]
     assert {"model", "optimizer", "best_model"} <= set(training)  # enough to resume
@@ -235,6 +268,21 @@ def test_a_finished_trials_checkpoint_keeps_only_what_predict_and_the_report_rea
     size = (lambda state: sum(t.numel() * t.element_size() for t in state.values()))
     assert size(final["best_model"]) < 0.51 * size(training["model"])  # half precision
     assert all(t.dtype == torch.float16 for t in final["best_model"].values() if t.is_floating_point())
+    # the driver reads the predictions saved beside it as the trainable made them (a TrialPredictions), and a
+    # predictions file from before typed records (no best epoch) as before
+    save_checkpoint(final, tmp_path)
+    kept = final["predictions"]
+    old = {k: v for k, v in kept.items() if k != "best_epoch"}
+    for saved in (None, old):
+        if saved is not None:
+            torch.save(saved, tmp_path / PREDICTIONS_FILE)
+        splits, runtime = read_predictions(tune.Checkpoint.from_directory(tmp_path))
+        assert runtime == kept["runtime"] and set(splits) == {"test", "val"}
+        for split, predictions in splits.items():
+            predictions = dict(predictions) if isinstance(predictions, dict) else predictions.model_dump()
+            assert predictions["image_keys"] == kept[split]["image_keys"]
+            np.testing.assert_array_equal(predictions["probs"], kept[split]["probs"].numpy())
+            np.testing.assert_array_equal(predictions["labels"], kept[split]["labels"].numpy())
 
 
 def test_input_size_resizes_what_the_model_sees_and_predict_rebuilds_it_so(prepared_dir):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables.losses import batch_weighted_bce, bce, make_loss
-from trainables.metrics import fitted_thresholds, multilabel_metrics
+from trainables.metrics import fitted_thresholds, multilabel_metrics, split_metrics
 
 
 def _bce_terms(p, y):
@@ -98,6 +98,10 @@ def test_metrics_known_values():
     assert m["fnr_per_class"] == [0.0, 0.5] and m["fnr"] == pytest.approx(0.25)
     assert m["exact_match"] == pytest.approx(0.5)
     assert m["undefined"] == []
+    record = split_metrics({**m, "loss": 0.3})  # what a trial reports of a split: the same numbers, every one
+    assert record.macro == {k: m[k] for k in record.macro if k != "loss"} | {"loss": 0.3}
+    assert record.per_class == {k: m[f"{k}_per_class"] for k in record.per_class}
+    assert record.classes == {k: m[f"{k}_classes"] for k in record.classes} and record.undefined == []
 
 
 def test_seed_000_threshold_is_the_training_prevalence():

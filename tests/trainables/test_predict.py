@@ -43,13 +43,24 @@ def test_a_trained_model_predicts_files_exactly_as_its_trial_evaluated_them(stra
                                    atol=1e-5, err_msg=str(path))
 
 
-def test_a_checkpoint_that_is_not_a_final_one_is_refused_clearly(prepared_dir, tmp_path):
+def test_a_checkpoint_that_is_not_a_final_one_is_refused_clearly_and_an_older_final_one_still_loads(prepared_dir,
+                                                                                                   tmp_path):
     states = [state for _, state in fit_reports(fit_config(prepared_dir, epochs=2))]
     without_manifest = {k: v for k, v in states[-1].items() if k != "manifest"}  # the data set's size and bits
     for state in (states[0], without_manifest):
         torch.save(state, tmp_path / STATE_FILE)
         with pytest.raises(PredictError, match="not the final checkpoint of a completed trial"):
             TrainedModel.load(tmp_path)
+    # a final result as versions before typed records wrote it (val_hamming; before schema 7 no seed-003 curves)
+    final = states[-1]["final_metrics"]
+    older = {**{k: v for k, v in final.items() if k not in ("val_binary_acc", "val_exact_match", "val_fnr")},
+             "val_hamming": 0.2}
+    torch.save({**states[-1], "final_metrics": older}, tmp_path / STATE_FILE)
+    assert TrainedModel.load(tmp_path, "cpu").thresholds.tolist() == final["thresholds"]
+    torch.save({**states[-1], "final_metrics": {**final, "thresholds": final["thresholds"][:-1]}}, tmp_path / STATE_FILE)
+    with pytest.raises(PredictError, match=f"holds {len(final['thresholds']) - 1} fitted thresholds for "
+                                           f"{len(final['thresholds'])} labels"):
+        TrainedModel.load(tmp_path, "cpu")
     (tmp_path / STATE_FILE).write_bytes(b"truncated")
     with pytest.raises(PredictError, match="cannot read the checkpoint"):
         TrainedModel.load(tmp_path)
