@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, inspect, make_url, text
 from results.report import build
 from results.schema import MACRO, MIGRATIONS, SCHEMA_VERSION, VIEWS
 from results.store import ResultsStore, StoreError
+from tests.handmade_sweep import epoch_report, trial_result
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "db"
 
@@ -260,10 +261,10 @@ def test_a_migrated_db_takes_a_resumed_sweeps_writes(engine_url, stem):
     store.trial_started(sweep, "new", {"backbone": "resnet18", "recipe": "scratch", "variant": "", "fold": 1,
                                        "study": "resnet18/scratch/fold1", "optuna_number": 3, "params": {},
                                        "fit_config": {"lr": 0.1}})
-    store.epoch_reported(sweep, "new", {"epoch": 1, "val_auc": 0.7, "val_fnr": 0.25})
+    store.epoch_reported(sweep, "new", epoch_report(epoch=1, val_auc=0.7, val_fnr=0.25))
     test = {"image_keys": ["img001"], "patient_keys": ["p00"], "probs": [[0.5, 0.25]], "labels": [[1.0, 0.0]]}
     val = {**test, "image_keys": ["img002"], "patient_keys": ["p01"]}  # never a test film of the same trial
-    store.trial_finished(sweep, "new", "COMPLETE", {"best_val_auc": 0.95}, None, ["Cardiomegaly", "Effusion"],
+    store.trial_finished(sweep, "new", "COMPLETE", trial_result(2, best_val_auc=0.95), None, ["Cardiomegaly", "Effusion"],
                          {"test": test, "val": val}, checkpoint="/ray/new", runtime={"threads": 2})
     store.image_groups(sweep, [{"image_key": "img001", "sex": "F", "age_band": "80+", "view": "PA"}])
     external = store.external_set(sweep, "today", "set-1", 1, {"Cardiomegaly": ["CM"]}, ["Effusion"])
