@@ -6,6 +6,10 @@ times gives each of its images weight k. Every resample is then a weight vector,
 them are scored at once with numpy (scikit-learn would need a Python call per resample and
 class, seconds per cell); `weighted_auc_ap` is tested against scikit-learn's `sample_weight`.
 
+Which metrics there are, and how each but AUC and AP is computed, is vocab.metrics' registry: a metric's
+counts (numerator and denominator per image and class) at unit weights are what a trial reported, and
+weighted by a resample's draws they are that resample's value.
+
 Labels that are NaN are unknown and left out for their class only. A class is left out of a
 macro mean where it is undefined (AUC and AP: no positive or no negative; false-negative
 rate: no positive), in the point estimate and in each resample alike.
@@ -22,8 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METRICS = ("auc", "ap", "binary_acc", "exact_match", "fnr", "hamming")
-RANKING = ("auc", "ap")  # need scores only; the others need thresholds
+from vocab import metrics as registry
+from vocab.metrics import RANKING, macro_mean
+
+METRICS = registry.PREDICTED_METRICS  # every registered metric computed from predictions (a live view)
 BLOCK = 256  # resamples drawn per call to the generator: the draws depend on the seed, not on memory
 CELLS = 1 << 21  # (resample, image) entries scored at once, ~16 MB per float array
 
@@ -60,21 +66,16 @@ def _check(metric: str, truth, probs, thresholds) -> tuple[np.ndarray, np.ndarra
     truth, probs = np.asarray(truth, np.float64), np.asarray(probs, np.float64)
     if truth.ndim != 2 or truth.shape != probs.shape:
         raise ValueError(f"truth {truth.shape} and probs {probs.shape} must both be (images, classes)")
-    if metric in RANKING:
+    declared = registry.metric(metric)
+    if not declared.decides:
         return truth, probs, None
+    thresholds = registry.HALF if thresholds is None and declared.threshold == "half" else thresholds
     if thresholds is None:
-        raise ValueError(f"metric {metric!r} needs the per-image thresholds; without them only "
-                         f"{' and '.join(RANKING)} are available")
+        raise ValueError(f"metric {metric!r} decides at each fold model's fitted thresholds; pass them per image")
     return truth, probs, np.broadcast_to(np.asarray(thresholds, np.float64), probs.shape)
 
 
-def _macro(values: np.ndarray) -> np.ndarray:
-    """Mean over the defined (non-NaN) columns of each row; NaN where none is defined."""
-    defined = ~np.isnan(values)
-    count = defined.sum(axis=1)
-    total = np.where(defined, values, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
+_macro = macro_mean  # with_macro's and the resamples' mean over the defined classes (vocab.metrics)
 
 
 def point_estimate(metric: str, truth, probs, thresholds=None) -> float:
@@ -119,21 +120,6 @@ def weighted_auc_ap(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
     return np.where(undefined, np.nan, auc), np.where(undefined, np.nan, ap)
 
 
-def _decision_counts(metric: str, truth: np.ndarray, probs: np.ndarray,
-                     thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image numerators and denominators (images x columns) whose weighted sums give each
-    resample's rate: one column for the pooled metrics, one per class for the false-negative rate."""
-    known = ~np.isnan(truth) & ~np.isnan(thresholds)
-    said, positive = probs > thresholds, truth == 1
-    right = known & (said == positive)
-    if metric == "fnr":
-        return known & positive & ~said, known & positive
-    if metric == "exact_match":
-        labelled = known.any(axis=1)
-        return (labelled & (right == known).all(axis=1))[:, None], labelled[:, None]
-    return right.sum(axis=1)[:, None], known.sum(axis=1)[:, None]  # binary_acc, hamming
-
-
 def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.ndarray:
     """The metric for every row of `weights` (resamples x images: each row one resample's sample
     weights, e.g. bootstrap counts); NaN where it is undefined. Rows are scored in chunks to bound
@@ -143,8 +129,9 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
     if not len(truth) or not truth.shape[1]:  # no image or no class: undefined in every resample
         return np.full(len(weights) if weights.ndim > 1 else 1, np.nan)
     weights = weights.reshape(-1, len(truth))
+    declared = registry.metric(metric)
     if metric not in RANKING:
-        numerator, denominator = (c.astype(np.float64) for c in _decision_counts(metric, truth, probs, thresholds))
+        numerator, denominator = registry.pooled_columns(declared, *registry.counted(declared, truth, probs, thresholds))
     out = np.empty(len(weights))
     step = max(1, CELLS // max(1, len(truth)))
     for start in range(0, len(out), step):
@@ -152,11 +139,10 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
         if metric in RANKING:
             columns = np.stack([weighted_auc_ap(truth[:, k], probs[:, k], w)[RANKING.index(metric)]
                                 for k in range(truth.shape[1])], axis=1)
+            out[start:start + step] = _macro(columns)
         else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                columns = (w @ numerator) / (w @ denominator)
-        out[start:start + step] = _macro(columns)
-    return 1.0 - out if metric == "hamming" else out
+            out[start:start + step] = registry.weighted_values(declared, numerator, denominator, w)
+    return out
 
 
 _DRAWS: dict = {}  # (patients' count, n_boot, seed) -> the draws' blocks: a report asks for the same ones often

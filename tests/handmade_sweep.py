@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from results.store import ResultsStore
-from vocab.names import EPOCH_METRICS, FINAL_SPLITS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS, metric_key
+from vocab.metrics import EPOCH_METRICS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
+from vocab.names import FINAL_SPLITS, metric_key
 from vocab.records import EpochReport, SplitMetrics, TrialResult
 
 LABELS = ["Cardiomegaly", "Effusion", "Nodule"]

@@ -32,7 +32,8 @@ from trainables.metrics import fitted_thresholds, multilabel_metrics, split_metr
 from trainables.pretrain import stage_path
 from trainables.recipe import build_recipe_model
 from trainables.schedule import EarlyStopping, make_scheduler
-from vocab.names import EPOCH_METRICS, FINAL_SPLITS, PREDICTION_SPLITS
+from vocab.metrics import EPOCH_METRICS
+from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS
 from vocab.records import EpochReport, Runtime, SplitMetrics, TrialPredictions, TrialResult
 
 Report = Callable[[dict, dict], None]  # (this epoch's EpochReport or the TrialResult, as its report; checkpoint state)

@@ -1,24 +1,26 @@
-"""Multi-label metrics of both studies, per class and macro, with masked (NaN) truth left out.
+"""A split's multi-label metrics, per class and for the split: every metric of the registry (vocab.metrics),
+with masked (NaN) truth left out.
 
-Scores and curves come from scikit-learn. A class whose truth in a split has no positives
-(or no negatives) gets NaN for the metrics that need both, and a line in `undefined` saying
-why. AUC, AP, prevalence and false-negative rate are macro means over the defined classes
-(`<metric>_classes` says how many); Hamming loss, binary accuracy and MAE are pooled over
-every known (image, label) entry, as seed 000's formula and Keras' metrics define them.
+Each metric but the ranking scores is computed from its registered counts at unit weights
+(`vocab.metrics.split_value`): the same numerators and denominators the report resamples with bootstrap
+weights, so a metric is written once. AUC and AP come from scikit-learn. A class whose truth in a split has
+no positives (or no negatives) gets NaN for the metrics that need them, and a line in `undefined` saying why.
+Macro metrics are means over the defined classes (`<metric>_classes` says how many); pooled ones count every
+known (image, label) entry, as seed 000's formula and Keras' metrics define them.
 
-Thresholds: seed 000 predicts a label when p/(1-p) exceeds the class's positive-to-negative
-ratio in the training data, i.e. when p exceeds the training prevalence (`fitted_thresholds`);
-seed 003's binary accuracy, exact-match ("absolute") accuracy and false-negative rate use 0.5.
+Thresholds: seed 000 predicts a label when p/(1-p) exceeds the class's positive-to-negative ratio in the
+training data, i.e. when p exceeds the training prevalence (`fitted_thresholds`, a metric's `fitted`
+threshold); seed 003's binary accuracy, exact-match ("absolute") accuracy and false-negative rate use 0.5.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vocab.names import POOLED_METRICS
+from vocab.metrics import REGISTRY, Metric, counted, split_value, thresholds_for
 from vocab.records import SplitMetrics
 
-HALF = 0.5
+RANKING = {"auc": roc_auc_score, "ap": average_precision_score}  # vocab.metrics.RANKING, by scikit-learn
 
 
 def fitted_thresholds(train_labels: np.ndarray) -> np.ndarray:
@@ -28,92 +30,78 @@ def fitted_thresholds(train_labels: np.ndarray) -> np.ndarray:
         return np.nansum(train_labels, axis=0) / known
 
 
-def _ranking_scores(truth: np.ndarray, prob: np.ndarray, name: str, undefined: list[str]) -> tuple[float, float]:
-    positives = int(truth.sum())
-    if len(truth) == 0:
-        undefined.append(f"auc, ap [{name}]: no labelled images in this split")
-    elif positives == 0 or positives == len(truth):
-        kind = "positive" if positives == 0 else "negative"
-        undefined.append(f"auc, ap [{name}]: no {kind} images among {len(truth)} in this split")
-    else:
-        return roc_auc_score(truth, prob), average_precision_score(truth, prob)
-    return np.nan, np.nan
-
-
-def _class_metrics(truth: np.ndarray, prob: np.ndarray, threshold: float, name: str, undefined: list[str]) -> dict:
-    auc, ap = _ranking_scores(truth, prob, name, undefined)
-    said = (prob > HALF)
-    n, positives = len(truth), truth == 1
-    out = {"auc": auc, "ap": ap, "prevalence": positives.mean() if n else np.nan,
-           "hamming": (((prob > threshold) != positives).mean() if n and not np.isnan(threshold) else np.nan),
-           "hamming_05": (said != positives).mean() if n else np.nan,
-           "mae": np.abs(prob - truth).mean() if n else np.nan}
-    out["binary_acc"] = 1.0 - out["hamming_05"]
-    if positives.any():
-        out["fnr"] = (~said & positives).sum() / positives.sum()
-    else:
-        out["fnr"] = np.nan
-        if n:
-            undefined.append(f"fnr [{name}]: no positive images in this split")
-    return out
-
-
 def _macro(values: np.ndarray) -> tuple[float, int]:
     defined = ~np.isnan(values)
     return (float(values[defined].mean()) if defined.any() else float("nan")), int(defined.sum())
 
 
-def _pooled(values: np.ndarray, counts: np.ndarray) -> float:
-    """Mean over every known entry of the classes where the metric is defined."""
-    defined = ~np.isnan(values) & (counts > 0)
-    return float((values[defined] * counts[defined]).sum() / counts[defined].sum()) if defined.any() else float("nan")
+def _ranking(y_true: np.ndarray, y_prob: np.ndarray, names: list[str], undefined: list[str]) -> dict[str, np.ndarray]:
+    """Per class, every registered ranking score; NaN, with a reason, where a class lacks positives or negatives."""
+    scores = [m for m in REGISTRY if m in RANKING]
+    out = {m: np.full(y_true.shape[1], np.nan) for m in scores}
+    for k in range(y_true.shape[1]):
+        known = ~np.isnan(y_true[:, k])
+        truth, prob = y_true[known, k], y_prob[known, k].astype(np.float64)
+        positives = int(truth.sum())
+        if len(truth) == 0:
+            undefined.append(f"{', '.join(RANKING)} [{names[k]}]: no labelled images in this split")
+        elif positives == 0 or positives == len(truth):
+            kind = "positive" if positives == 0 else "negative"
+            undefined.append(f"{', '.join(RANKING)} [{names[k]}]: no {kind} images among {len(truth)} in this split")
+        else:
+            for m in scores:
+                out[m][k] = RANKING[m](truth, prob)
+    return out
+
+
+def _why_undefined(metric: Metric, y_true: np.ndarray, thresholds, denominator: np.ndarray, names: list[str]) -> list[str]:
+    """A line per class where `metric` is undefined though the class has labelled images."""
+    if metric.threshold == "fitted" and thresholds is None:
+        return [f"{metric.name}: no fitted thresholds were given"]
+    lines = []
+    labelled = (~np.isnan(y_true)).any(axis=0)
+    for k in np.flatnonzero(labelled & (denominator.sum(axis=0) == 0)):
+        if metric.threshold == "fitted" and np.isnan(thresholds[k]):
+            lines.append(f"{metric.name} [{names[k]}]: no fitted threshold (no labelled training images)")
+        elif metric.aggregate == "macro":
+            lines.append(f"{metric.name} [{names[k]}]: no {metric.denominator} in this split")
+    return lines
 
 
 def multilabel_metrics(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray | None = None,
                        label_names: list[str] | None = None) -> dict:
-    """Every metric per class (`<metric>_per_class`) and macro (`<metric>`), `exact_match`, `undefined`.
+    """Every registered metric computed from predictions: per class (`<metric>_per_class`) and for the split
+    (`<metric>`, with `<metric>_classes` for a macro metric), and `undefined`, the reasons for NaN.
 
-    `thresholds` are the fitted per-class thresholds (`fitted_thresholds` of the training labels);
-    without them the fitted-threshold Hamming loss is NaN.
+    `thresholds` are the fitted per-class thresholds (`fitted_thresholds` of the training labels); without them
+    the metrics that decide at them are NaN.
     """
-    n_classes = y_true.shape[1]
-    names = label_names or [f"class {k}" for k in range(n_classes)]
-    if thresholds is None:
-        undefined = ["hamming: no fitted thresholds were given"]
-        thresholds = np.full(n_classes, np.nan)
-    else:
-        thresholds = np.asarray(thresholds, float)
-        undefined = [f"hamming [{names[k]}]: no fitted threshold (no labelled training images)"
-                     for k in np.flatnonzero(np.isnan(thresholds))]
-    rows = []
-    for k in range(n_classes):
-        known = ~np.isnan(y_true[:, k])
-        rows.append(_class_metrics(y_true[known, k], y_prob[known, k].astype(np.float64), thresholds[k], names[k],
-                                   undefined))
+    names = label_names or [f"class {k}" for k in range(y_true.shape[1])]
+    fitted = None if thresholds is None else np.asarray(thresholds, float)
+    undefined: list[str] = []
+    ranking = _ranking(y_true, y_prob, names, undefined)
     out: dict = {"undefined": undefined}
-    counts = (~np.isnan(y_true)).sum(axis=0)
-    for metric in rows[0] if rows else ():  # what _class_metrics computes, under its names (checked by split_metrics)
-        values = np.array([row[metric] for row in rows], dtype=np.float64)
-        out[f"{metric}_per_class"] = values.tolist()
-        if metric in POOLED_METRICS:
-            out[metric] = _pooled(values, counts)
+    for metric in REGISTRY.values():
+        if metric.aggregate == "split":  # the loss: the trainable's own
+            continue
+        if metric.threshold == "ranking":
+            value, per_class = _macro(ranking[metric.name])[0], ranking[metric.name]
         else:
-            out[metric], out[f"{metric}_classes"] = _macro(values)
-    out["exact_match"] = _exact_match(y_true, y_prob)
+            at = thresholds_for(metric, np.full(y_true.shape[1], np.nan) if fitted is None else fitted)
+            numerator, denominator = counted(metric, y_true, y_prob, at)
+            value, per_class = split_value(metric, numerator, denominator)
+            undefined += _why_undefined(metric, y_true, fitted, denominator, names)
+        out[metric.name] = value
+        if per_class is not None:
+            out[f"{metric.name}_per_class"] = per_class.tolist()
+        if metric.aggregate == "macro":
+            out[f"{metric.name}_classes"] = _macro(per_class)[1]
     return out
-
-
-def _exact_match(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """Seed 003's "absolute accuracy": every known label of an image right at 0.5."""
-    known = ~np.isnan(y_true)
-    wrong = ((y_prob > HALF) != (y_true == 1)) & known
-    rows = known.any(axis=1)
-    return float((~wrong[rows].any(axis=1)).mean()) if rows.any() else float("nan")
 
 
 def split_metrics(metrics: dict) -> SplitMetrics:
     """A split's metrics (`multilabel_metrics`' and its `loss`) as the record a trial reports: a metric computed
-    under a name vocab.names does not know, or one not computed, stops the trial here, naming it."""
+    under a name the registry does not know, or one not computed, stops the trial here, naming it."""
     per_class = {name.removesuffix("_per_class"): v for name, v in metrics.items() if name.endswith("_per_class")}
     classes = {name.removesuffix("_classes"): v for name, v in metrics.items() if name.endswith("_classes")}
     macro = {name: v for name, v in metrics.items() if name != "undefined" and not name.endswith(("_per_class", "_classes"))}

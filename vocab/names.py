@@ -4,23 +4,15 @@ back into (split, metric); the sweeper names a study `resnet50/imagenet/fold0`, 
 the report take it apart. A change here changes every side at once."""
 from __future__ import annotations
 
+# The metric lists are the metric registry's (vocab.metrics defines them), importable from here too
+from vocab.metrics import (EPOCH_METRICS, IMAGE_METRICS, MACRO_METRICS, PER_CLASS_METRICS,  # noqa: F401
+                           POOLED_METRICS, SPLIT_METRICS)
+
 FINAL_SPLITS = ("test", "outer_train")  # what a trial's end-of-trial evaluation reports (docs/design.md §3.2)
 # whose per-image predictions a completed trial keeps: the outer test fold, and the inner validation split that
 # operating points and calibration are fitted on
 PREDICTION_SPLITS = ("test", "val")
 FOLD_MARK = "/fold"
-
-# The metrics a split's evaluation reports, named once for the trainables that compute them, the records that carry
-# them (vocab.records) and the store that writes them. Per class, then macro: the mean over the classes where it is
-# defined, with how many those were (`<metric>_classes`)...
-MACRO_METRICS = ("auc", "ap", "prevalence", "fnr")
-# ... or pooled over every known (image, label) entry, as seed 000's formula and Keras' metrics define them
-POOLED_METRICS = ("hamming", "hamming_05", "binary_acc", "mae")
-PER_CLASS_METRICS = (*MACRO_METRICS, *POOLED_METRICS)
-SPLIT_METRICS = (*PER_CLASS_METRICS, "exact_match", "loss")  # one number each for the split
-# what every epoch reports of the inner validation split (`val_auc`, ...): the learning curves
-EPOCH_METRICS = ("loss", "auc", "ap", "binary_acc", "exact_match", "fnr")
-
 
 def cell_name(backbone: str, recipe: str, variant: str = "") -> str:
     """BACKBONE/RECIPE, or BACKBONE/RECIPE/VARIANT (the further axes, `loss=bce,lr=0.01`): how the DB,

@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from vocab.errors import CxrSweepError
-from vocab.names import (EPOCH_METRICS, FINAL_SPLITS, MACRO_METRICS, PER_CLASS_METRICS, PREDICTION_SPLITS,
-                         SPLIT_METRICS, metric_key)
+from vocab.metrics import EPOCH_METRICS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
+from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 
 # What Ray Tune adds to a trial's result (ray.tune.result's AUTO_RESULT_KEYS and DEBUG_METRICS, `done`,
 # `should_checkpoint` and the experiment tag; tests/vocab/test_records.py holds this list to Ray's), and the trial's
@@ -38,13 +38,13 @@ class RecordError(CxrSweepError, ValueError):
     ValueError too: within an enclosing record's validation it is reported at its place, `splits.test`.)"""
 
 
-def _names_check(given, expected: tuple[str, ...], where: str = "") -> None:
+def _names_check(given, expected, where: str = "") -> None:
     """Exactly `expected`'s names, or a ValueError naming the unknown and missing ones."""
     unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
     if unknown or missing:
         said = [f"unknown metric(s) {', '.join(unknown)}"] * bool(unknown) + [f"missing {', '.join(missing)}"] * bool(missing)
         raise ValueError(f"{where}{': ' * bool(where)}{'; '.join(said)} (expected exactly {', '.join(expected)}: "
-                         f"vocab.names)")
+                         f"vocab.metrics)")
 
 
 def _explained(error: ValidationError) -> str:
@@ -65,7 +65,7 @@ class _Record(BaseModel):
 
 
 class SplitMetrics(_Record):
-    """One split's evaluation: every metric per class and for the split (macro or pooled, vocab.names), how many
+    """One split's evaluation: every metric per class and for the split (macro or pooled, vocab.metrics), how many
     classes each macro mean is over, and why a metric is undefined (NaN) where it is."""
 
     macro: dict[str, float]

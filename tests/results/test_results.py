@@ -122,7 +122,7 @@ def test_a_metric_the_store_does_not_know_or_misses_is_refused_naming_it_not_dro
         store.trial_finished(sweep, "k", "COMPLETE", renamed, None, LABELS)
     with pytest.raises(StoreError, match="trial k: EpochReport report: unknown key.s. val_miss_rate"):
         store.epoch_reported(sweep, "k", {**epoch_report(epoch=1), "val_miss_rate": 0.3})
-    with pytest.raises(StoreError, match="trial k: 2 per-class values of test auc for 3 labels"):
+    with pytest.raises(StoreError, match="trial k: 2 per-class values of test ap for 3 labels"):
         store.trial_finished(sweep, "k", "COMPLETE", result, None, [*LABELS, "c"])  # was cut to the labels
     assert run_query(engine_url, "SELECT COUNT(*) FROM trial_metrics").iloc[0, 0] == 0
     assert run_query(engine_url, "SELECT COUNT(*) FROM learning_curves").iloc[0, 0] == 0

@@ -126,12 +126,17 @@ def test_an_entry_without_a_threshold_is_left_out_of_threshold_metrics():
     assert stats.point_estimate("binary_acc", HAND_TRUTH, HAND_PROBS, thresholds) == pytest.approx(3 / 4)
 
 
-@pytest.mark.parametrize("metric", ["binary_acc", "exact_match", "fnr", "hamming"])
-def test_threshold_metrics_without_thresholds_raise_naming_the_metric(metric):
-    with pytest.raises(ValueError, match=metric):
-        stats.point_estimate(metric, HAND_TRUTH, HAND_PROBS)
-    with pytest.raises(ValueError, match=metric):
-        stats.cluster_bootstrap(metric, HAND_TRUTH, HAND_PROBS, np.array(["a", "b", "c"]))
+def test_fitted_threshold_metrics_without_thresholds_raise_naming_the_metric():
+    with pytest.raises(ValueError, match="hamming"):
+        stats.point_estimate("hamming", HAND_TRUTH, HAND_PROBS)
+    with pytest.raises(ValueError, match="hamming"):
+        stats.cluster_bootstrap("hamming", HAND_TRUTH, HAND_PROBS, np.array(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("metric", ["binary_acc", "exact_match", "fnr", "hamming_05"])
+def test_a_metric_declared_at_one_half_decides_at_one_half_unless_given_other_thresholds(metric):
+    at_half = stats.point_estimate(metric, HAND_TRUTH, HAND_PROBS, np.full_like(HAND_PROBS, 0.5))
+    assert stats.point_estimate(metric, HAND_TRUTH, HAND_PROBS) == at_half
 
 
 # --- undefined classes -----------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_an_unknown_or_missing_key_is_refused_naming_it():
         parse_report({**_epoch().to_report(), "completed": False})
     with pytest.raises(RecordError, match=r"EpochReport: val: unknown metric\(s\) hamming; missing fnr"):
         EpochReport(**{**dict(_epoch()), "val": {**{m: 0.5 for m in EPOCH_METRICS if m != "fnr"}, "hamming": 0.1}})
-    with pytest.raises(RecordError, match=r"TrialResult: splits.test: SplitMetrics: per_class: missing mae \(expected exactly auc, ap"):
+    with pytest.raises(RecordError, match=r"TrialResult: splits.test: SplitMetrics: per_class: missing mae \(expected exactly ap, auc"):
         TrialResult(**{**dict(_result()), "splits": {"outer_train": _split(), "test": {
             **_split().model_dump(), "per_class": {m: [0.5] * LABELS for m in PER_CLASS_METRICS if m != "mae"}}}})
     with pytest.raises(RecordError, match=r"2 thresholds, but per-class metrics of \{'test': 3, 'outer_train': 3\}"):

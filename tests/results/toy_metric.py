@@ -1,0 +1,22 @@
+"""A toy metric, declared as docs/design.md §5 ("A metric") says: specificity at 0.5, the share of negatives
+called negative, per class and macro. `toy_metric` registers it for one test and takes it out after."""
+from __future__ import annotations
+
+import pytest
+
+from vocab.metrics import REGISTRY, Entries, Metric, register
+
+
+def _negatives_called_negative(e: Entries):
+    return e.known & ~e.positive & ~e.said, e.known & ~e.positive
+
+
+SPECIFICITY = Metric("specificity", "specificity at 0.5", "macro", "half", _negatives_called_negative,
+                     "negative images", percent=True, curve=True, tables=("test",), figures=("epochs",))
+
+
+@pytest.fixture
+def toy_metric():
+    register(SPECIFICITY)
+    yield SPECIFICITY
+    REGISTRY.pop(SPECIFICITY.name)
