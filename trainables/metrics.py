@@ -20,7 +20,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from vocab.metrics import REGISTRY, Metric, counted, split_value, thresholds_for
 from vocab.records import SplitMetrics
 
-RANKING = {"auc": roc_auc_score, "ap": average_precision_score}  # vocab.metrics.RANKING, by scikit-learn
+# vocab.metrics' ranking scores by scikit-learn, reported under these names (the records refuse any other)
+RANKING = {"auc": roc_auc_score, "ap": average_precision_score}
 
 
 def fitted_thresholds(train_labels: np.ndarray) -> np.ndarray:
@@ -36,9 +37,8 @@ def _macro(values: np.ndarray) -> tuple[float, int]:
 
 
 def _ranking(y_true: np.ndarray, y_prob: np.ndarray, names: list[str], undefined: list[str]) -> dict[str, np.ndarray]:
-    """Per class, every registered ranking score; NaN, with a reason, where a class lacks positives or negatives."""
-    scores = [m for m in REGISTRY if m in RANKING]
-    out = {m: np.full(y_true.shape[1], np.nan) for m in scores}
+    """Per class, each ranking score (RANKING); NaN, with a reason, where a class lacks positives or negatives."""
+    out = {m: np.full(y_true.shape[1], np.nan) for m in RANKING}
     for k in range(y_true.shape[1]):
         known = ~np.isnan(y_true[:, k])
         truth, prob = y_true[known, k], y_prob[known, k].astype(np.float64)
@@ -49,8 +49,8 @@ def _ranking(y_true: np.ndarray, y_prob: np.ndarray, names: list[str], undefined
             kind = "positive" if positives == 0 else "negative"
             undefined.append(f"{', '.join(RANKING)} [{names[k]}]: no {kind} images among {len(truth)} in this split")
         else:
-            for m in scores:
-                out[m][k] = RANKING[m](truth, prob)
+            for m, score in RANKING.items():
+                out[m][k] = score(truth, prob)
     return out
 
 
@@ -79,19 +79,17 @@ def multilabel_metrics(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.nd
     names = label_names or [f"class {k}" for k in range(y_true.shape[1])]
     fitted = None if thresholds is None else np.asarray(thresholds, float)
     undefined: list[str] = []
-    ranking = _ranking(y_true, y_prob, names, undefined)
     out: dict = {"undefined": undefined}
+    for name, per_class in _ranking(y_true, y_prob, names, undefined).items():  # under RANKING's names
+        out[name], out[f"{name}_classes"] = _macro(per_class)
+        out[f"{name}_per_class"] = per_class.tolist()
     for metric in REGISTRY.values():
-        if metric.aggregate == "split":  # the loss: the trainable's own
+        if metric.aggregate == "split" or metric.threshold == "ranking":  # the loss is the trainable's own
             continue
-        if metric.threshold == "ranking":
-            value, per_class = _macro(ranking[metric.name])[0], ranking[metric.name]
-        else:
-            at = thresholds_for(metric, np.full(y_true.shape[1], np.nan) if fitted is None else fitted)
-            numerator, denominator = counted(metric, y_true, y_prob, at)
-            value, per_class = split_value(metric, numerator, denominator)
-            undefined += _why_undefined(metric, y_true, fitted, denominator, names)
-        out[metric.name] = value
+        at = thresholds_for(metric, np.full(y_true.shape[1], np.nan) if fitted is None else fitted)
+        numerator, denominator = counted(metric, y_true, y_prob, at)
+        out[metric.name], per_class = split_value(metric, numerator, denominator)
+        undefined += _why_undefined(metric, y_true, fitted, denominator, names)
         if per_class is not None:
             out[f"{metric.name}_per_class"] = per_class.tolist()
         if metric.aggregate == "macro":

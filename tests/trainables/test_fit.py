@@ -63,12 +63,14 @@ def test_fit_reports_every_epoch_and_evaluates_the_best_weights_at_the_end(prepa
     assert TrialPredictions.from_state(predictions).splits["val"].image_keys == predictions["val"]["image_keys"]
 
 
-@pytest.mark.parametrize("metric, renamed", [("mae", "mean_abs_error"), ("fnr", "miss_rate")])
+@pytest.mark.parametrize("metric, renamed", [("auc", "roc_auc"), ("ap", "average_precision")])
 def test_a_metric_renamed_where_it_is_computed_stops_the_trial_there_naming_it(prepared_dir, monkeypatch, metric,
                                                                                renamed):
-    """Typed results (issue 29): a metric renamed in trainables/metrics.py, as an edit would. `mae` under its new
-    name used to reach Ray and the store, which dropped it without a word (`fnr` met a KeyError, as an epoch
-    reported it by name); now the trial's first evaluation refuses either, naming both names, before it reports."""
+    """Typed results (issue 29): a metric renamed in trainables/metrics.py, as an edit would. A renamed metric
+    (`mae`, `fnr`) used to reach Ray and the store, which dropped it without a word, or meet a KeyError; now the
+    trial's first evaluation refuses it, naming both names, before it reports. Since the metric registry
+    (vocab.metrics) every other metric is computed under its registered name: the ranking scores are the names
+    left in trainables/metrics.py."""
     import trainables.fit as fitting
     import trainables.metrics as metrics
 
