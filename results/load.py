@@ -20,11 +20,15 @@ from sqlalchemy.exc import DBAPIError
 
 from results.query import QueryError
 from results.schema import (EXTERNAL_RESULTS, FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY,
-                            VAL_PREDICTIONS, Cell, ExternalMetric, ExternalSet, ImageGroup, LearningCurve, Sweep, TrialMetric)
+                            VAL_PREDICTIONS, Cell, CurveMetric, ExternalMetric, ExternalSet, ImageGroup, LearningCurve,
+                            Sweep, TrialMetric)
 from results.store import open_engine
+from vocab.metrics import EPOCH_METRICS
+from vocab.names import metric_key
 
 CELL = ["backbone", "recipe", "variant"]
 SWEEPS, CELLS, CURVES, METRICS = Sweep.__table__, Cell.__table__, LearningCurve.__table__, TrialMetric.__table__
+CURVE_ROWS = CurveMetric.__table__
 EXTERNAL_SETS, EXTERNAL_METRICS, IMAGE_GROUPS = ExternalSet.__table__, ExternalMetric.__table__, ImageGroup.__table__
 
 
@@ -72,7 +76,7 @@ class SweepData:
     external_metrics: pd.DataFrame  # the fold models' AUC and AP there (external_metrics)
     external_sets: pd.DataFrame  # external_sets: name, dataset, images, labels (mapping), left_out
     groups: pd.DataFrame  # image_groups: each target image's sex, age band and view ("" unknown)
-    curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, losses, val_auc
+    curves: pd.DataFrame  # learning curves of every trial: trial_id, epoch, train_loss, lr, val_<m> per curve metric
 
     def cell_keys(self) -> list[tuple]:
         return [tuple(row) for row in self.cells[CELL].itertuples(index=False, name=None)]
@@ -209,11 +213,19 @@ def _external(conn: Connection, name: str, sweep_id: int) -> tuple[pd.DataFrame,
 
 
 def _curves(conn: Connection, name: str) -> pd.DataFrame:
-    c, t = CURVES.alias("c"), TRIAL_SUMMARY.alias("t")
-    return read_frame(conn, select(c.c.trial_id, c.c.epoch, c.c.train_loss, c.c.val_loss, c.c.val_auc, c.c.lr,
-                                   c.c.val_binary_acc, c.c.val_exact_match, c.c.val_fnr)
-                      .select_from(c.join(t, t.c.trial_id == c.c.trial_id))
-                      .where(t.c.sweep == name).order_by(c.c.trial_id, c.c.epoch))
+    """Every trial's learning curves: learning_curves' columns and, as a `val_<metric>` column each, every other
+    curve metric of the registry (curve_metrics' rows; NaN where an epoch has none)."""
+    c, t, r = CURVES.alias("c"), TRIAL_SUMMARY.alias("t"), CURVE_ROWS.alias("r")
+    fixed = [column for column in c.c if column.name not in ("id", "seconds")]
+    curves = read_frame(conn, select(*fixed).select_from(c.join(t, t.c.trial_id == c.c.trial_id))
+                        .where(t.c.sweep == name).order_by(c.c.trial_id, c.c.epoch))
+    rows = read_frame(conn, select(r.c.trial_id, r.c.epoch, r.c.metric, r.c.value)
+                      .select_from(r.join(t, t.c.trial_id == r.c.trial_id)).where(t.c.sweep == name))
+    rows["value"] = pd.to_numeric(rows["value"], errors="coerce").astype(float)
+    extra = [metric_key("val", m) for m in EPOCH_METRICS if metric_key("val", m) not in curves]
+    wide = rows.assign(metric=[metric_key("val", m) for m in rows["metric"]]).pivot(
+        index=["trial_id", "epoch"], columns="metric", values="value")
+    return curves.join(wide.reindex(columns=extra), on=["trial_id", "epoch"])
 
 
 def load(url: str, name: str | None = None) -> SweepData:
@@ -227,8 +239,8 @@ def load(url: str, name: str | None = None) -> SweepData:
         groups = read_frame(conn, select(g.image_key, g.sex, g.age_band, g.view).where(g.sweep_id == int(sweep["id"])))
     # NULL (undefined) comes back as None in object columns
     for frame in (metrics, predictions, curves, validation, external, external_metrics):
-        for column in ("value", "prob", "target", "threshold", "train_loss", "val_loss", "val_auc", "lr",
-                       "val_binary_acc", "val_exact_match", "val_fnr"):
+        for column in ("value", "prob", "target", "threshold", "train_loss", "lr",
+                       *(metric_key("val", m) for m in EPOCH_METRICS)):
             if column in frame:
                 frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     folds = [int(f) for f in (_json(sweep.get("folds")) or [])]

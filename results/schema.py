@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, TableClause, Text,
+from sqlalchemy import (JSON, Connection, DateTime, Float, ForeignKey, Integer, MetaData, String, TableClause, Text,
                         UniqueConstraint, column, table)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 10
-CURVE_METRICS = ("val_binary_acc", "val_exact_match", "val_fnr")  # learning_curves' per-epoch seed-003 metrics
+SCHEMA_VERSION = 11
+# seed 003's per-epoch metrics, learning_curves' columns from version 7 to 10; rows of curve_metrics since 11
+SEED_003_CURVES = {"val_binary_acc": "binary_acc", "val_exact_match": "exact_match", "val_fnr": "fnr"}
 SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tables fit in the same DB, "
                      "and a variant column for grid axes beyond backbone and recipe",
                   3: "tables cells, test_predictions and pretrain_artefacts; sweep_trials refers to its cell "
@@ -32,17 +33,26 @@ SCHEMA_CHANGES = {2: "table trials renamed sweep_trials so that Optuna's own tab
                      "sex, age band and view for subgroup results",
                   10: "sweep_trials.fit_config and sweep_trials.runtime: the trial's whole training config and "
                       "what it ran with (threads, precision, library versions, the data set and pretrained "
-                      "weights by content), so that a selected trial can be re-run exactly (sweeper.rerun)"}
-# How an older DB is brought up to date, in place: {version: statements}. A version missing here
-# (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is refused with what to do.
+                      "weights by content), so that a selected trial can be re-run exactly (sweeper.rerun)",
+                  11: "table curve_metrics: each epoch's inner-validation metrics beyond learning_curves' loss, AUC and "
+                      "AP, a row each (vocab.metrics' curve metrics), so that a new one needs no schema version; "
+                      "learning_curves' val_binary_acc, val_exact_match and val_fnr moved there"}
+# How an older DB is brought up to date, in place: {version: statements}, each SQL text or a function of the
+# connection. A version missing here (1 to 3 changed tables, not only added to them) cannot be migrated; the DB is
+# refused with what to do.
 MIGRATIONS = {4: ["ALTER TABLE sweep_trials ADD COLUMN checkpoint VARCHAR(1000)"],
               5: ["ALTER TABLE cells ADD COLUMN weights_file VARCHAR(300)",
                   "ALTER TABLE cells ADD COLUMN weights_sha256 VARCHAR(64)"],
               6: ["ALTER TABLE sweeps ADD COLUMN split VARCHAR(20)", "ALTER TABLE sweeps ADD COLUMN folds_sha256 VARCHAR(64)"],
-              7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in CURVE_METRICS],
+              7: [f"ALTER TABLE learning_curves ADD COLUMN {column} FLOAT" for column in SEED_003_CURVES],
               8: ["ALTER TABLE test_predictions ADD COLUMN split VARCHAR(16) DEFAULT 'test' NOT NULL"],
               9: [],  # new tables only: create_all makes them
-              10: ["ALTER TABLE sweep_trials ADD COLUMN fit_config JSON", "ALTER TABLE sweep_trials ADD COLUMN runtime JSON"]}
+              10: ["ALTER TABLE sweep_trials ADD COLUMN fit_config JSON", "ALTER TABLE sweep_trials ADD COLUMN runtime JSON"],
+              11: [lambda conn: _create_curve_metrics(conn),
+                   *(f"INSERT INTO curve_metrics (trial_id, epoch, metric, value) SELECT trial_id, epoch, '{metric}', "
+                     f"{column} FROM learning_curves WHERE {column} IS NOT NULL ORDER BY id"
+                     for column, metric in SEED_003_CURVES.items()),
+                   *(f"ALTER TABLE learning_curves DROP COLUMN {column}" for column in SEED_003_CURVES)]}
 MACRO = "__macro__"  # class_name of a macro-averaged metric
 
 
@@ -132,11 +142,26 @@ class LearningCurve(Base):
     val_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_ap: Mapped[float | None] = mapped_column(Float, nullable=True)
     lr: Mapped[float | None] = mapped_column(Float, nullable=True)  # the optimiser's rate in that epoch
-    # seed 003's curves, on inner validation at a 0.5 threshold: binary accuracy, exact match, false-negative rate
-    val_binary_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_exact_match: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_fnr: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class CurveMetric(Base):
+    """An epoch's inner-validation value of a curve metric (vocab.metrics) that learning_curves has no column for:
+    seed 003's binary accuracy, exact match and false-negative rate at 0.5, and any metric registered since, with
+    no schema change. NULL value: undefined in that epoch."""
+
+    __tablename__ = "curve_metrics"
+    __table_args__ = (UniqueConstraint("trial_id", "epoch", "metric"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(40))  # binary_acc, exact_match, fnr, ...
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+def _create_curve_metrics(conn: Connection) -> None:
+    """Schema 11's migration makes the table before it copies seed 003's columns into it."""
+    CurveMetric.__table__.create(conn)
 
 
 class TrialMetric(Base):

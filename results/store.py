@@ -21,12 +21,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from results.schema import (MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell,
+from results.schema import (MACRO, MIGRATIONS, SCHEMA_CHANGES, SCHEMA_VERSION, VIEWS, Base, Cell, CurveMetric,
                             ExternalMetric, ExternalPrediction, ExternalSet, ImageGroup, LearningCurve, Prediction, PretrainArtefact,
                             SchemaMeta, Sweep, Trial, TrialMetric)
 from results.stats import point_estimate
 from vocab.errors import CxrSweepError
-from vocab.names import EPOCH_METRICS, FINAL_SPLITS, PER_CLASS_METRICS, PREDICTION_SPLITS, SPLIT_METRICS, metric_key
+from vocab.metrics import EPOCH_METRICS, PER_CLASS_METRICS, REGISTRY, SPLIT_METRICS
+from vocab.names import FINAL_SPLITS, PREDICTION_SPLITS, metric_key
 from vocab.records import EpochReport, RecordError, SplitPredictions, TrialResult, parse_report
 
 BUSY_TIMEOUT_MS = 30_000
@@ -198,7 +199,7 @@ class ResultsStore:
             conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version]:
-                conn.execute(text(statement))
+                statement(conn) if callable(statement) else conn.execute(text(statement))
 
     def start_sweep(self, name: str, spec_name: str, spec_text: str, code_version: str, folds=(),
                     trials_per_study: int = 0, split: str | None = None, folds_sha256: str | None = None) -> int:
@@ -298,14 +299,16 @@ class ResultsStore:
                          .values(optuna_number=number))
 
     def epoch_reported(self, sweep_id: int, trial_key: str, report: EpochReport | dict) -> None:
-        """An epoch's learning-curve row: every metric of the record has its column (or the write is refused)."""
+        """An epoch's learning-curve row, and a curve_metrics row for each curve metric it has no column for."""
         report = _record(trial_key, report)
         if report is None:
             raise StoreError(f"trial {trial_key}: an epoch's report without an epoch")
-        row = _curve_row(trial_key, report)
+        row, curves = _curve_rows(report)
         with self._transaction() as conn:
             trial_id = self._trial_id(conn, sweep_id, trial_key)
             upsert(conn, LearningCurve.__table__, [{"trial_id": trial_id, **row}], ["trial_id", "epoch"])
+            upsert(conn, CurveMetric.__table__, [{"trial_id": trial_id, **r} for r in curves],
+                   ["trial_id", "epoch", "metric"])
             conn.execute(Trial.__table__.update().where(Trial.id == trial_id)
                          .values(epochs_run=report.epoch, best_epoch=report.best_epoch))
 
@@ -406,13 +409,14 @@ def _json_value(value):
 
 
 def _fold_metrics(blocks: list[dict], label_names, tta: str) -> list[dict]:
-    """Each fold model's AUC and AP per class and macro (NaN, stored NULL, where undefined)."""
+    """Each fold model's external metrics (vocab.metrics: AUC and AP) per class and macro (NaN, stored NULL, where
+    undefined)."""
     rows = []
     for block in blocks:
         if block["model"] != "fold":
             continue
         truth, probs = np.asarray(block["labels"], float), np.asarray(block["probs"], float)
-        for metric in ("auc", "ap"):
+        for metric in (m.name for m in REGISTRY.values() if m.external):
             values = [point_estimate(metric, truth[:, [k]], probs[:, [k]]) for k in range(len(label_names))]
             values.append(point_estimate(metric, truth, probs))
             rows += [{"fold": int(block["fold"]), "tta": tta, "metric": metric, "class_name": name, "value": _finite(v)}
@@ -461,15 +465,20 @@ def _record(trial_key: str, given: EpochReport | dict | None) -> EpochReport | N
         raise StoreError(f"trial {trial_key}: {exc}") from None
 
 
-def _curve_row(trial_key: str, report: EpochReport) -> dict:
-    """learning_curves' row of an epoch, one column per EPOCH_METRICS (`val_auc`, ...): a metric without its
-    column is refused, as a schema version must add it, not dropped."""
+def _curve_rows(report: EpochReport) -> tuple[dict, list[dict]]:
+    """An epoch's learning_curves row (its losses, AUC, AP, rate and time: `val_auc`, ...) and, for every other
+    curve metric of the registry, its curve_metrics row (epoch, metric, value), so that a new one needs no
+    schema change."""
+    columns = LearningCurve.__table__.c
     row = {"epoch": report.epoch, "seconds": _finite(report.epoch_seconds), "train_loss": _finite(report.train_loss),
-           "lr": _finite(report.lr), **{metric_key("val", m): _finite(report.val[m]) for m in EPOCH_METRICS}}
-    missing = [column for column in row if column not in LearningCurve.__table__.c]
-    if missing:
-        raise StoreError(f"trial {trial_key}: learning_curves has no column for {', '.join(missing)} (results/schema.py)")
-    return row
+           "lr": _finite(report.lr)}
+    rows = []
+    for metric in EPOCH_METRICS:
+        if metric_key("val", metric) in columns:
+            row[metric_key("val", metric)] = _finite(report.val[metric])
+        else:
+            rows.append({"epoch": report.epoch, "metric": metric, "value": _finite(report.val[metric])})
+    return row, rows
 
 
 def _metric_rows(trial_key: str, record: EpochReport, label_names) -> list[dict]:

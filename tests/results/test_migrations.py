@@ -36,6 +36,9 @@ MIGRATABLE = [s for s in STEMS if _version(s) >= 3]
 OLDEST, RICHEST = MIGRATABLE[0], [s for s in MIGRATABLE if _version(s) < SCHEMA_VERSION][-1]
 # What a migration puts in an old row's new column: NULL, except the predictions' split (schema 8)
 FILLED = {("test_predictions", "split"): "test"}
+# Columns a migration moved into rows of another table: seed 003's curves became curve_metrics rows (schema 11)
+MOVED = {("learning_curves", "val_binary_acc"): "binary_acc", ("learning_curves", "val_exact_match"): "exact_match",
+         ("learning_curves", "val_fnr"): "fnr"}
 # Written at 9's first commit (fd9083b), before external_metrics joined schema 9 (aba19bb) without a new number
 BEFORE_EXTERNAL_METRICS = "schema-9"
 
@@ -133,9 +136,16 @@ def check_rows(stem: str, before: dict, after: dict) -> None:
     for table, (columns, old_rows) in before.items():
         if table == "schema_meta":
             continue
-        assert rows_of(after, table, columns) == old_rows, (stem, table)
+        kept = [c for c in columns if (table, c) not in MOVED]
+        assert rows_of(after, table, kept) == rows_of(before, table, kept), (stem, table)
         for column in set(after[table][0]) - set(columns):
             assert set(rows_of(after, table, [column])) <= {(FILLED.get((table, column)),)}, (stem, table, column)
+        for column in set(columns) - set(kept):  # each defined value is its own row now
+            assert column not in after[table][0], (stem, table, column)
+            values = sorted((*key, v) for *key, v in rows_of(before, table, ["trial_id", "epoch", column]) if v is not None)
+            assert sorted((t, e, v) for t, e, m, v in rows_of(after, "curve_metrics", ["trial_id", "epoch", "metric", "value"])
+                          if m == MOVED[table, column]) == values, (stem, table, column)
+            assert len(values) == (30 if _version(stem) >= 7 else 0)  # 10 ended trials x 3 epochs (the running: none)
     # the fixture holds a sweep: 11 trials, 8 of them completed with 12 test films x 2 classes
     assert (len(before["sweep_trials"][1]), len(records(before, "test_predictions")) >= 192) == (11, True)
 
@@ -277,8 +287,8 @@ def test_a_migrated_db_takes_a_resumed_sweeps_writes(engine_url, stem):
         # the new trial is its fold's best: its test predictions in oof_predictions, its validation ones not
         assert [query(f"SELECT COUNT(*) FROM {view} v JOIN sweep_trials t ON t.id = v.trial_id "
                       f"WHERE t.trial_key = 'new'") for view in ("oof_predictions", "val_predictions")] == [[(2,)]] * 2
-        assert query("SELECT val_fnr FROM learning_curves l JOIN sweep_trials t ON t.id = l.trial_id "
-                     "WHERE t.trial_key = 'new'") == [(0.25,)]
+        assert query("SELECT c.metric, c.value FROM curve_metrics c JOIN sweep_trials t ON t.id = c.trial_id "
+                     "WHERE t.trial_key = 'new' AND c.value IS NOT NULL") == [("fnr", 0.25)]
         assert query("SELECT COUNT(*) FROM external_results WHERE external = 'today'") == [(2,)]
         assert query("SELECT COUNT(*) FROM sweep_trials") == [(len(before["sweep_trials"][1]) + 1,)]
         written = query("SELECT fit_config, runtime FROM sweep_trials WHERE trial_key = 'new'")[0]

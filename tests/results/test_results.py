@@ -3,6 +3,7 @@ on SQLite and (where the engine_url fixture has a server) PostgreSQL."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import Engine, event
 
@@ -11,7 +12,9 @@ from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
 from tests.handmade_sweep import CELLS, FOLDS, build_sweep, epoch_report, trial_result, write_trial
-from vocab.names import EPOCH_METRICS, FINAL_SPLITS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
+from tests.results.toy_metric import toy_metric  # noqa: F401 (a fixture)
+from vocab.metrics import EPOCH_METRICS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
+from vocab.names import FINAL_SPLITS
 from vocab.records import EpochReport, SplitMetrics, TrialResult
 
 LABELS = ["a", "b"]
@@ -89,7 +92,8 @@ def _started(engine_url):
 
 def test_every_metric_of_a_trials_result_lands_in_its_row(engine_url):
     """Typed records (issue 29): each number of a TrialResult, macro and per class for every final split, the
-    thresholds and the validation AUC, is one trial_metrics row; each of an epoch, a learning-curve column."""
+    thresholds and the validation AUC, is one trial_metrics row; each of an epoch, a learning-curve column (loss,
+    AUC, AP) or a curve_metrics row (the others)."""
     store, sweep = _started(engine_url)
     rng = np.random.default_rng(0)
     draw = lambda: round(float(rng.uniform()), 6)  # noqa: E731
@@ -110,7 +114,11 @@ def test_every_metric_of_a_trials_result_lands_in_its_row(engine_url):
         expected.update({(split, m, label): v for m, values in metrics.per_class.items() for label, v in zip(LABELS, values)})
     assert got == pytest.approx(expected) and len(stored) == METRIC_ROWS
     curve = run_query(engine_url, "SELECT * FROM learning_curves").iloc[0]
-    assert [curve[f"val_{m}"] for m in EPOCH_METRICS] == pytest.approx([last.val[m] for m in EPOCH_METRICS])
+    rows = run_query(engine_url, "SELECT epoch, metric, value FROM curve_metrics")
+    assert {m: curve[f"val_{m}"] for m in ("loss", "auc", "ap")} == pytest.approx({m: last.val[m] for m in ("loss", "auc", "ap")})
+    assert dict(zip(rows.metric, rows.value)) == pytest.approx({m: last.val[m] for m in EPOCH_METRICS
+                                                                if m not in ("loss", "auc", "ap")})
+    assert set(rows.epoch) == {2} and len(rows) == len(EPOCH_METRICS) - 3
 
 
 def test_a_metric_the_store_does_not_know_or_misses_is_refused_naming_it_not_dropped(engine_url):
@@ -133,18 +141,16 @@ def test_a_metric_the_store_does_not_know_or_misses_is_refused_naming_it_not_dro
     assert run_query(engine_url, "SELECT COUNT(*) FROM trial_metrics").iloc[0, 0] == METRIC_ROWS
 
 
-def test_a_per_epoch_metric_without_its_learning_curve_column_is_refused(engine_url, monkeypatch):
-    """A metric added to EPOCH_METRICS needs a learning_curves column (a schema version): the store says so."""
-    import results.store
-    import vocab.records
-
+def test_a_curve_metric_registered_later_is_stored_every_epoch_with_no_schema_change(engine_url, toy_metric):
+    """A metric added to the registry with curve=True needs no learning_curves column (before schema 11 it needed
+    a schema version): its epochs are curve_metrics rows, read back as the curves' `val_<metric>` column."""
     store, sweep = _started(engine_url)
-    fields, metrics = dict(EpochReport.from_report(epoch_report(epoch=1))), (*EPOCH_METRICS, "hamming")
-    for module in (vocab.records, results.store):
-        monkeypatch.setattr(module, "EPOCH_METRICS", metrics)
-    report = EpochReport(**{**fields, "val": {m: 0.5 for m in metrics}})
-    with pytest.raises(StoreError, match="learning_curves has no column for val_hamming"):
-        store.epoch_reported(sweep, "k", report)
+    store.epoch_reported(sweep, "k", epoch_report(epoch=1, val_specificity=0.75))
+    store.epoch_reported(sweep, "k", epoch_report(epoch=2, val_specificity=float("nan")))  # undefined: NULL
+    rows = run_query(engine_url, "SELECT epoch, value FROM curve_metrics WHERE metric = 'specificity' ORDER BY epoch")
+    assert rows.epoch.tolist() == [1, 2] and rows.value.iloc[0] == 0.75 and pd.isna(rows.value.iloc[1])
+    curves = load(engine_url).curves
+    assert curves.val_specificity.iloc[0] == 0.75 and np.isnan(curves.val_specificity.iloc[1])
 
 
 def test_cells_and_pretraining_artefacts_are_recorded_with_their_plan(engine_url):
