@@ -17,14 +17,27 @@ import pandas as pd
 from results import stats
 from results.delong import macro_delong_test
 from results.load import SweepData
+from vocab import metrics as registry
+from vocab.metrics import REGISTRY, TABLE_SPLITS
 
-# The split and metric behind each column; thresholds as trainables.metrics applies them: 0.5 for binary
-# accuracy, exact match and the false-negative rate (seed 003), the fitted ones for Hamming loss (seed 000).
-COLUMNS = {"train_binary_acc": ("outer_train", "binary_acc"), "train_mae": ("outer_train", "mae"),
-           "ap": ("test", "ap"), "auc": ("test", "auc"), "hamming": ("test", "hamming"),
-           "binary_acc": ("test", "binary_acc"), "exact_match": ("test", "exact_match"), "fnr": ("test", "fnr")}
-HALF = {"binary_acc", "exact_match", "fnr"}
-PERCENT = {"train_binary_acc", "binary_acc", "exact_match", "fnr"}
+
+def column(split: str, metric: str) -> str:
+    """A cells-frame column's stem: the test split's metric by its name (`auc`), another split's prefixed
+    (`train_binary_acc`)."""
+    return metric if split == "test" else f"train_{metric}"
+
+
+def columns() -> dict[str, tuple[str, str]]:
+    """{stem: (split, metric)} of every metric the registry shows in tables (its `tables` splits), training
+    first, then test, each in the registry's order: the cells' `<stem>_mean` and `<stem>_sd` columns."""
+    return {column(split, m.name): (split, m.name) for split in TABLE_SPLITS for m in REGISTRY.values()
+            if split in m.tables}
+
+
+def percent(stem: str) -> bool:
+    """Whether a cells-frame column (`train_binary_acc`, `fnr`) is shown as a percentage."""
+    found = columns().get(stem)
+    return found is not None and REGISTRY[found[1]].percent
 
 
 def dataset_label(init: str, strategy: str, sources: list[str]) -> str:
@@ -100,15 +113,16 @@ class Analysis:
     seed: int = 0
     _pairs: dict = field(default_factory=dict)
     _resamples: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)  # what several report sections compute once (the clinical fits)
 
     @cached_property
     def pooled(self) -> dict[tuple, dict | None]:
         return {key: self.data.pooled(key) for key in self.data.cell_keys()}
 
     def _thresholds(self, metric: str, pooled: dict) -> np.ndarray | None:
-        if metric in HALF:
-            return np.full_like(pooled["probs"], 0.5)
-        return pooled["thresholds"] if metric == "hamming" else None
+        """What the metric decides at (vocab.metrics): 0.5, each image's fold model's fitted thresholds, or none."""
+        at = registry.thresholds_for(registry.metric(metric), pooled["thresholds"])
+        return np.full_like(pooled["probs"], at) if np.isscalar(at) else at
 
     def interval(self, key: tuple, metric: str):
         pooled = self.pooled[key]
@@ -189,18 +203,19 @@ class Analysis:
                    "strategy": cell.strategy, "method": method_label(cell.strategy),
                    "dataset": dataset_label(cell.init, cell.strategy, cell.sources),
                    "loss": cell.settings.get("loss", ""), "folds_done": 0, "folds_planned": len(d.folds)}
-            for column, (split, metric) in COLUMNS.items():
+            for stem, (split, metric) in columns().items():
                 part = d.macro(split, metric)
                 values = part[(part.backbone == key[0]) & (part.recipe == key[1]) & (part.variant == key[2])]
                 values = values["value"].dropna()
-                row[f"{column}_mean"] = values.mean() if len(values) else np.nan
-                row[f"{column}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
-                if column in ("auc", "ap"):
+                row[f"{stem}_mean"] = values.mean() if len(values) else np.nan
+                row[f"{stem}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
+                if stem in ("auc", "ap"):  # a fold is done once its trial reported its ranking
                     row["folds_done"] = max(row["folds_done"], len(values))
             pooled = self.pooled[key]
-            for metric in ("auc", "ap"):
+            for metric in (m.name for m in REGISTRY.values() if m.interval):
                 interval = self.interval(key, metric)
-                row[f"{metric}_pooled"] = (stats.point_estimate(metric, pooled["truth"], pooled["probs"])
+                row[f"{metric}_pooled"] = (stats.point_estimate(metric, pooled["truth"], pooled["probs"],
+                                                                self._thresholds(metric, pooled))
                                            if pooled is not None else np.nan)
                 row[f"{metric}_ci_low"] = interval.low if interval else np.nan
                 row[f"{metric}_ci_high"] = interval.high if interval else np.nan

@@ -169,6 +169,10 @@ def calibration_tables(clinical: Clinical) -> list[Table]:
                          "CSV.")
 
 
-def clinical_sections(analysis: Analysis, rules=RULES, calibrate: bool = False) -> list[tuple[str, list[Table]]]:
-    clinical = Clinical(analysis, rules, calibrate)
-    return [("Operating points", operating_point_tables(clinical)), ("Calibration", calibration_tables(clinical))]
+def clinical(analysis: Analysis, rules=RULES, calibrate: bool = False) -> Clinical:
+    """The analysis's Clinical for these rules, made once and shared by the operating-point and calibration
+    sections."""
+    key = ("clinical", tuple(rules), calibrate)
+    if key not in analysis.shared:
+        analysis.shared[key] = Clinical(analysis, rules, calibrate)
+    return analysis.shared[key]

@@ -25,11 +25,16 @@ from results import stats
 from results.analysis import Analysis
 from results.schema import MACRO
 from results.tables import Table
+from vocab.metrics import REGISTRY
+from vocab.live import Names
 from vocab.names import row_name
 
-METRICS = ("auc", "ap")
+METRICS = Names(lambda: (m.name for m in REGISTRY.values() if m.external))  # vocab.metrics: AP and AUC
 NOT_COMPUTED = "not computed (no TTA on the target)"
-QUANTITIES = [f"{side}_{m}" for m in METRICS for side in ("internal", "external")] + [f"{m}_drop" for m in METRICS]
+
+
+def quantities() -> list[str]:
+    return [f"{side}_{m}" for m in METRICS for side in ("internal", "external")] + [f"{m}_drop" for m in METRICS]
 FOLD_NOTE = ("Fold models, like for like: each model's macro on its own outer test fold (internal) and on the whole "
              "external set (external), over the same classes, and its drop (external - internal); mean +/- sd over "
              "the models (each model in the CSV). The sd is the models' spread, not a confidence interval: the "
@@ -100,13 +105,13 @@ def _fold_part(name: str, pooled: dict, folds: pd.DataFrame, classes: list[str],
     macro = models[models.class_name == MACRO]
     row = {"Recipe": name, "Models": f"{len(macro)} fold models" + ("" if tta == "none" else f" + TTA {tta}")}
     for metric in METRICS:
-        label = metric.upper()
+        label = REGISTRY[metric].label
         internal, drop = (_mean_sd(macro[f"internal_{metric}"]), _mean_sd(macro[f"{metric}_drop"], signed=True)) \
             if tta == "none" else (NOT_COMPUTED, NOT_COMPUTED)
         row[f"Internal {label} (own test fold), mean +/- sd over models"] = internal
         row[f"External {label}, mean +/- sd over models"] = _mean_sd(macro[f"external_{metric}"])
         row[f"Drop, {label} (each model's external - internal), mean +/- sd"] = drop
-    grouped = models.groupby("class_name", sort=False)[QUANTITIES]
+    grouped = models.groupby("class_name", sort=False)[quantities()]
     summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_sd")).join(grouped.size().rename("models"))
     summary = summary.reset_index().assign(model="fold models (mean)")
     return row, models.to_dict("records") + summary.to_dict("records")
@@ -127,7 +132,7 @@ def _ensemble_part(analysis: Analysis, name: str, ensemble: dict, classes: list[
             estimate, low, high = stats.point_estimate(metric, truth, probs), np.nan, np.nan
         macro.update({f"external_{metric}": estimate, f"external_{metric}_ci_low": low,
                       f"external_{metric}_ci_high": high})
-        row[f"External {metric.upper()} [95% CI]"] = "undefined" if np.isnan(estimate) else (
+        row[f"External {REGISTRY[metric].label} [95% CI]"] = "undefined" if np.isnan(estimate) else (
             f"{estimate:.3f}" + ("" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]"))
     per_class = [{"model": "ensemble", "class_name": c, **{f"external_{m}": stats.point_estimate(
         m, truth[:, [k]], probs[:, [k]]) for m in METRICS}} for k, c in enumerate(classes)]

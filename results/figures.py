@@ -15,7 +15,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from results.analysis import Analysis  # noqa: E402
 from results.calibration import BINS, reliability_bins  # noqa: E402
-from vocab.names import row_name  # noqa: E402
+from vocab.metrics import REGISTRY, Metric  # noqa: E402
+from vocab.names import metric_key, row_name  # noqa: E402
 
 
 @dataclass
@@ -34,15 +35,15 @@ def _png(fig) -> bytes:
 
 
 def backbone_bars(analysis: Analysis) -> list[Figure]:
-    """Seed 000's three "Backbone model selection" charts: test AP, AUC and Hamming loss per recipe
-    (grouped by strategy) and backbone, mean over folds with the sd as error bar."""
+    """Seed 000's "Backbone model selection" charts, one per metric drawn as `bars` (vocab.metrics: test AP, AUC
+    and Hamming loss) per recipe (grouped by strategy) and backbone, mean over folds with the sd as error bar."""
     cells = analysis.cells.sort_values(["strategy", "recipe", "variant"])
     if cells["auc_mean"].isna().all():
         return []
     recipes = list(dict.fromkeys(zip(cells.strategy, cells.recipe, cells.variant)))
     backbones = sorted(cells.backbone.unique())
     figures = []
-    for stem, title in (("ap", "Average precision"), ("auc", "AUC"), ("hamming", "Hamming loss")):
+    for stem, title in ((m.name, m.heading) for m in REGISTRY.values() if "bars" in m.figures):
         fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(recipes)), 3.2))
         width = 0.8 / len(backbones)
         for i, backbone in enumerate(backbones):
@@ -145,28 +146,31 @@ def learning_curves(analysis: Analysis) -> list[Figure]:
     return figures
 
 
-EPOCH_METRICS = {"val_binary_acc": "binary accuracy", "val_exact_match": "exact-match accuracy",
-                 "val_fnr": "false-negative rate"}
+def over_epochs() -> dict[str, Metric]:
+    """{curve column: metric} of the metrics drawn over epochs (vocab.metrics' `epochs`)."""
+    return {metric_key("val", m.name): m for m in REGISTRY.values() if "epochs" in m.figures}
 
 
 def accuracy_over_epochs(analysis: Analysis) -> list[Figure]:
     """Seed 003's figures, per backbone: inner-validation binary accuracy, exact-match ("absolute") accuracy
-    and false-negative rate at 0.5 by epoch, of each cell's selected trials (a line per fold)."""
+    and false-negative rate at 0.5 (and any other metric drawn over `epochs`) by epoch, of each cell's selected
+    trials (a line per fold)."""
     trials, curves = analysis.data.trials, analysis.data.curves
-    selected = trials[trials.selected == 1]
-    if selected.empty or curves.empty or curves[list(EPOCH_METRICS)].isna().all().all():
+    selected, shown = trials[trials.selected == 1], over_epochs()
+    if selected.empty or curves.empty or not shown or curves[list(shown)].isna().all().all():
         return []
     figures = []
     for backbone, part in selected.groupby("backbone", sort=True):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.4), squeeze=False)
+        axes = axes[0]
         for i, ((recipe, variant), cell) in enumerate(part.groupby(["recipe", "variant"], sort=True)):
             for j, trial_id in enumerate(cell.trial_id):
                 c = curves[curves.trial_id == trial_id]
-                for ax, column in zip(axes, EPOCH_METRICS):
+                for ax, column in zip(axes, shown):
                     ax.plot(c.epoch, c[column], color=f"C{i % 10}", lw=1,
                             label=row_name(recipe, variant) if j == 0 and ax is axes[0] else None)
-        for ax, (column, name) in zip(axes, EPOCH_METRICS.items()):
-            ax.set(xlabel="epoch", ylabel=f"validation {name}", title=f"{name.capitalize()}: {backbone}")
+        for ax, metric in zip(axes, shown.values()):
+            ax.set(xlabel="epoch", ylabel=f"validation {metric.label}", title=f"{metric.heading}: {backbone}")
         axes[0].legend(fontsize=6)
         figures.append(Figure(f"accuracy_over_epochs_{backbone}", f"Accuracy and false negatives over epochs: {backbone}",
                               _png(fig), "Inner validation at a 0.5 threshold, per epoch of the selected trial of "

@@ -10,17 +10,19 @@ from __future__ import annotations
 import sys
 import time
 import tomllib
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from results import tables as paper
 from results.load import SweepData, load
 from results.render import Report, to_markdown, write
 from results.analysis import Analysis
-from results.clinical_tables import clinical_sections
+from results.clinical_tables import calibration_tables, clinical, operating_point_tables
 from results.external_tables import external_tables
 from results.subgroup_tables import MIN_NEGATIVES, MIN_POSITIVES, subgroup_tables
 from results.operating_points import RULES, check_rule
-from results.tables import all_tables
+from results.tables import Table
 from vocab import cli
 from vocab.names import cell_name
 
@@ -34,6 +36,56 @@ COMMAND = cli.Command(
 
 # Sections whose figures sit with the tables of the same heading; the rest follow.
 FIGURE_SECTIONS = {"Backbone model selection", "Calibration"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a report is asked for beyond its sweep (the command line's choices); every section is given it."""
+
+    rules: tuple[str, ...] = tuple(RULES)  # operating points' threshold rules
+    calibrate: bool = False  # temperature-scaled probabilities beside the raw ones
+    subgroup_min: tuple[int, int] = (MIN_POSITIVES, MIN_NEGATIVES)  # a class counts in a subgroup from these
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading of the report and the function that makes its tables from the sweep's statistics (an empty
+    list where the sweep has nothing for it: the heading is then left out). Every table of the report is made
+    here: adding one is its function and its Section in SECTIONS (docs/design.md §5, "A report table")."""
+
+    heading: str
+    tables: Callable[[Analysis, Options], list[Table]]
+
+
+def _alone(tables: Callable[[Analysis], list[Table]]) -> Callable[[Analysis, Options], list[Table]]:
+    """A table function that needs no option."""
+    return lambda analysis, _options: tables(analysis)
+
+
+# The report's sections in order (each table note ends with the split its numbers come from)
+SECTIONS: list[Section] = [
+    Section("Backbone model selection", _alone(paper.backbone_selection)),
+    Section("Source data selection", _alone(paper.source_selection)),
+    Section("Combination method selection", _alone(paper.combination_selection)),
+    Section("Transfer effect", _alone(paper.transfer_effect)),
+    Section("Conclusion", _alone(paper.conclusion)),
+    Section("Loss comparison", _alone(paper.loss_comparison)),
+    Section("Per-class results", _alone(paper.per_class)),
+    Section("Operating points", lambda a, o: operating_point_tables(clinical(a, o.rules, o.calibrate))),
+    Section("Calibration", lambda a, o: calibration_tables(clinical(a, o.rules, o.calibrate))),
+    Section("Subgroups", lambda a, o: subgroup_tables(a, o.subgroup_min)),
+    Section("External validation", _alone(external_tables)),
+    Section("All metrics", _alone(paper.all_metrics)),
+]
+
+
+def register_section(section: Section, before: str | None = None) -> Section:
+    """Add a section to every report, last or before the section headed `before`; one heading, one section."""
+    if any(s.heading == section.heading for s in SECTIONS):
+        raise ValueError(f"the report already has a section {section.heading!r}")
+    at = [s.heading for s in SECTIONS].index(before) if before is not None else len(SECTIONS)
+    SECTIONS.insert(at, section)
+    return section
 
 
 def _summary(data: SweepData, analysis: Analysis) -> list[str]:
@@ -98,11 +150,10 @@ def build(url: str, sweep: str | None = None, n_boot: int = 1000, figures: bool 
     started = time.perf_counter()
     data = load(url, sweep)
     analysis = Analysis(data, n_boot=n_boot)
+    options = Options(tuple(rules), calibrate, tuple(subgroup_min))
     split = split_text(data.sweep)  # every table says which split its numbers come from
-    sections = [(heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in tables], [])
-                for heading, tables in [*all_tables(analysis), *clinical_sections(analysis, rules, calibrate),
-                                        ("Subgroups", subgroup_tables(analysis, subgroup_min)),
-                                        ("External validation", external_tables(analysis))]]
+    sections = [(s.heading, [replace(t, note=f"{t.note} {split}.".strip()) for t in s.tables(analysis, options)], [])
+                for s in SECTIONS]
     if figures:
         from results.figures import all_figures  # matplotlib only when figures are drawn
 

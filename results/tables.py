@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from results.analysis import PERCENT, Analysis, at_floor, fmt, fmt_p, format_p, p_relation, p_text
+from results.analysis import Analysis, at_floor, column, columns, fmt, fmt_p, format_p, p_relation, p_text, percent
 from results.load import CELL
 from results.stats import holm
+from vocab.metrics import REGISTRY, SPLIT_LABELS
 from vocab.names import row_name
 
 
@@ -41,7 +42,8 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     The order is by the pooled out-of-fold `by`, the quantity the paired test compares, so that a
     row's sign always agrees with its place; cells without stored predictions follow by their mean
     over folds, and cells with no fold at all come last."""
-    part = part.assign(_rank=part[f"{by}_pooled"].fillna(part[f"{by}_mean"] - 10.0))
+    sign = 1.0 if REGISTRY[by].higher_is_better is not False else -1.0  # best first
+    part = part.assign(_rank=sign * part[f"{by}_pooled"].fillna(part[f"{by}_mean"] - 10.0 * sign))
     part = part.sort_values(["_rank", "recipe"], ascending=[False, True], na_position="last").drop(columns="_rank")
     best = _key(part.iloc[0]) if len(part) else None
     compared = [analysis.compare(_key(row), best, by) if i and best else None
@@ -66,12 +68,13 @@ def ranked(analysis: Analysis, part: pd.DataFrame, by: str = "auc") -> pd.DataFr
     return part
 
 
-def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by: str = "auc") -> pd.DataFrame:
-    """Display strings: `columns` maps a label to a cells-frame column stem or a plain column."""
+def _texts(part: pd.DataFrame, columns: dict[str, str]) -> dict[str, list[str]]:
+    """Display strings: `columns` maps a label to a cells-frame column stem (mean +/- sd over folds, and the pooled
+    value with its interval where the cells have one) or a plain column; and the folds done."""
     out = {}
     for label, stem in columns.items():
         if f"{stem}_mean" in part:
-            text = [fmt(r[f"{stem}_mean"], r[f"{stem}_sd"], stem in PERCENT) for _, r in part.iterrows()]
+            text = [fmt(r[f"{stem}_mean"], r[f"{stem}_sd"], percent(stem)) for _, r in part.iterrows()]
             if f"{stem}_ci_low" in part:
                 text = [t + ("" if pd.isna(r[f"{stem}_ci_low"]) else f"; pooled {r[f'{stem}_pooled']:.3f} "
                              f"[{r[f'{stem}_ci_low']:.3f}, {r[f'{stem}_ci_high']:.3f}]")
@@ -80,12 +83,18 @@ def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by
         else:
             out[label] = [str(v) for v in part[stem]]
     out["Folds"] = [f"{r.folds_done}/{r.folds_planned}" for r in part.itertuples()]
+    if "Variant" in out and not any(out["Variant"]):
+        del out["Variant"]  # a backbone x recipe grid has no further axes
+    return out
+
+
+def _display(part: pd.DataFrame, columns: dict[str, str], analysis: Analysis, by: str = "auc") -> pd.DataFrame:
+    """A ranked table's display strings (`_texts`), with each row's comparison to the first."""
+    out = _texts(part, columns)
     out[f"vs first: pooled {by.upper()} diff (bootstrap p, unadjusted)"] = part["vs_best_text"].tolist()
     out[HOLM_COLUMN] = part["vs_best_holm_text"].tolist()  # over the ranking's own tests: the rows with a p
     if "vs_best_delong_text" in part:
         out[DELONG_COLUMN] = part["vs_best_delong_text"].tolist()
-    if "Variant" in out and not any(out["Variant"]):
-        del out["Variant"]  # a backbone x recipe grid has no further axes
     return pd.DataFrame(out)
 
 
@@ -104,8 +113,22 @@ def ranking_note(family: str) -> str:
     return (f"Rows ranked by pooled test AUC; each row below the first is compared with the first on the test images "
             f"both share: paired patient bootstrap p and DeLong's patient-clustered p, each with Holm's adjustment "
             f"over {family}. {P_NOTE}")
-PAPER_COLUMNS = {"Training binary accuracy": "train_binary_acc", "Training MAE": "train_mae",
-                 "Test AP; pooled [95% CI]": "ap", "Test AUC; pooled [95% CI]": "auc"}
+
+
+def header(split: str, metric: str) -> str:
+    """A metric's column header: `Training binary accuracy`, `Test AUC; pooled [95% CI]` (where the cells carry
+    its pooled value and interval)."""
+    pooled = "; pooled [95% CI]" if split == "test" and REGISTRY[metric].interval else ""
+    return f"{SPLIT_LABELS[split]} {REGISTRY[metric].label}{pooled}"
+
+
+def metric_columns(pairs) -> dict[str, str]:
+    """{header: cells-frame stem} of (split, metric) pairs."""
+    return {header(split, metric): column(split, metric) for split, metric in pairs}
+
+
+# Seed 000's source and combination selection tables: training binary accuracy and MAE, test AP and AUC
+SELECTION_METRICS = (("outer_train", "binary_acc"), ("outer_train", "mae"), ("test", "ap"), ("test", "auc"))
 
 
 def _numbers(part: pd.DataFrame) -> pd.DataFrame:
@@ -122,7 +145,8 @@ def source_selection(analysis: Analysis) -> list[Table]:
     for backbone, part in cells[(cells.strategy == "regular") & (cells.dataset.str.count(r" \+ ") == 0)].groupby(
             "backbone", sort=True):
         part = ranked(analysis, part)
-        columns = {"Recipe": "recipe", "Variant": "variant", "Dataset": "dataset", **PAPER_COLUMNS}
+        columns = {"Recipe": "recipe", "Variant": "variant", "Dataset": "dataset",
+                   **metric_columns(SELECTION_METRICS)}
         tables.append(Table(f"source_selection_{backbone}", f"Source data selection: {backbone}", _numbers(part),
                             _display(part, columns, analysis), ranking_note(THIS_TABLE)))
     return tables
@@ -136,7 +160,7 @@ def combination_selection(analysis: Analysis) -> list[Table]:
     for backbone, part in combined.groupby("backbone", sort=True):
         part = ranked(analysis, part)
         columns = {"Method": "method", "Recipe": "recipe", "Variant": "variant", "Dataset": "dataset",
-                   **PAPER_COLUMNS}
+                   **metric_columns(SELECTION_METRICS)}
         tables.append(Table(f"combination_selection_{backbone}", f"Combination method selection: {backbone}",
                             _numbers(part), _display(part, columns, analysis), ranking_note(THIS_TABLE)))
     return tables
@@ -185,15 +209,16 @@ def transfer_effect(analysis: Analysis) -> list[Table]:
 
 
 def backbone_selection(analysis: Analysis) -> list[Table]:
-    """Seed 000 "Backbone model selection": per recipe, the backbones side by side (AP, AUC, Hamming)."""
+    """Seed 000 "Backbone model selection": per recipe, the backbones side by side on the metrics of its bar
+    charts (vocab.metrics' `bars`: AP, AUC, Hamming loss)."""
     cells = analysis.cells
+    shown = metric_columns(("test", m.name) for m in REGISTRY.values() if "bars" in m.figures)
     numbers, display = [], []
     for (recipe, variant), part in cells.groupby(["recipe", "variant"], sort=True):
         part = ranked(analysis, part)
         numbers.append(_numbers(part))
         display.append(_display(part, {"Method": "method", "Recipe": "recipe", "Variant": "variant",
-                                       "Backbone": "backbone", "Test AP; pooled [95% CI]": "ap",
-                                       "Test AUC; pooled [95% CI]": "auc", "Test Hamming loss": "hamming"}, analysis))
+                                       "Backbone": "backbone", **shown}, analysis))
     if not numbers:
         return []
     return [Table("backbone_selection", "Backbone model selection", pd.concat(numbers, ignore_index=True),
@@ -229,8 +254,9 @@ def conclusion(analysis: Analysis) -> list[Table]:
 
 
 def loss_comparison(analysis: Analysis) -> list[Table]:
-    """Seed 003: BCE versus weighted BCE on binary accuracy, exact match and false negatives, where the
-    sweep has cells that differ only in their loss. The first loss of each group is the reference."""
+    """Seed 003: BCE versus weighted BCE on the test metrics decided at 0.5 (vocab.metrics: binary accuracy,
+    exact match, false negatives) and AUC, where the sweep has cells that differ only in their loss. The first
+    loss of each group is the reference."""
     cells = analysis.cells.copy()
     if cells["loss"].nunique() < 2:
         return []
@@ -246,11 +272,11 @@ def loss_comparison(analysis: Analysis) -> list[Table]:
             texts = {"Backbone": row["backbone"], "Recipe": row["recipe"], "Loss": row["loss"]}
             if cells["others"].any():  # the further axes (seed 003's learning rate) tell the groups apart
                 texts["Other settings"] = row["others"]
-            for label, stem in {"Binary accuracy": "binary_acc", "Exact-match accuracy": "exact_match",
-                                "False-negative rate": "fnr", "Test AUC": "auc"}.items():
+            for label, stem in {**{m.heading: m.name for m in REGISTRY.values()
+                                   if m.threshold == "half" and "test" in m.tables}, "Test AUC": "auc"}.items():
                 compared = analysis.compare(_key(row), reference, stem) if _key(row) != reference else None
-                versus = fmt_p(compared, stem in PERCENT)
-                texts[label] = fmt(row[f"{stem}_mean"], row[f"{stem}_sd"], stem in PERCENT) + (
+                versus = fmt_p(compared, percent(stem))
+                texts[label] = fmt(row[f"{stem}_mean"], row[f"{stem}_sd"], percent(stem)) + (
                     f"; vs {part.iloc[0]['loss']}: {versus}" if versus else "")
             row_texts.append(texts)
         numbers.append(_numbers(part))
@@ -284,12 +310,15 @@ def per_class(analysis: Analysis) -> list[Table]:
     return tables
 
 
-def all_tables(analysis: Analysis) -> list[tuple[str, list[Table]]]:
-    """The report's sections in order."""
-    return [("Backbone model selection", backbone_selection(analysis)),
-            ("Source data selection", source_selection(analysis)),
-            ("Combination method selection", combination_selection(analysis)),
-            ("Transfer effect", transfer_effect(analysis)),
-            ("Conclusion", conclusion(analysis)),
-            ("Loss comparison", loss_comparison(analysis)),
-            ("Per-class results", per_class(analysis))]
+def all_metrics(analysis: Analysis) -> list[Table]:
+    """Per backbone, each cell with every metric the registry shows in tables (vocab.metrics' `tables`: training,
+    then test), mean +/- sd over folds and, where the cells carry it, pooled with its interval: where a metric
+    registered since the papers' tables were laid out is shown, with no table of its own."""
+    shown = metric_columns(columns().values())
+    tables = []
+    for backbone, part in analysis.cells.groupby("backbone", sort=True):
+        texts = _texts(part, {"Recipe": "recipe", "Variant": "variant", "Dataset": "dataset", **shown})
+        tables.append(Table(f"all_metrics_{backbone}", f"All metrics: {backbone}", _numbers(part),
+                            pd.DataFrame(texts), "Mean +/- sd over outer folds of the selected trials; 'pooled': on "
+                            "all of a cell's out-of-fold test predictions, with a patient-clustered bootstrap 95% CI."))
+    return tables

@@ -83,7 +83,7 @@ def test_the_fold_ensemble_has_its_external_numbers_and_no_drop(handmade):
                 known = ~np.isnan(found["truth"][:, k])
                 assert numbers.loc[(recipe, tta, label), "external_auc"] == pytest.approx(
                     roc_auc_score(found["truth"][known, k], ensemble[known, k]))
-    assert list(table.display.columns) == ["Recipe", "Model", "External AUC [95% CI]", "External AP [95% CI]"]
+    assert list(table.display.columns) == ["Recipe", "Model", "External AP [95% CI]", "External AUC [95% CI]"]
     assert not any("drop" in c or "internal" in c for c in table.numbers.columns)
     assert "Its drop is not computed: the target has no internal ensemble" in table.note
     models = table.display["Model"].tolist()

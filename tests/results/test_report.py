@@ -400,3 +400,38 @@ def test_seed_003s_curves_over_epochs_are_stored_per_epoch_and_drawn(handmade):
     built = build(url, "handmade", n_boot=20)
     keys = [f.key for _, _, figures in built.sections for f in figures]
     assert "accuracy_over_epochs_resnet50" in keys and "accuracy_over_epochs_densenet121" in keys
+
+
+def test_a_table_registered_as_a_section_is_in_the_report_and_its_files(tmp_path):
+    """docs/design.md §5, "A report table": a function of the sweep's statistics and one Section is all a table
+    takes; it is placed where it is registered, with the split note every table gets, and written as CSV and
+    LaTeX. About 2 s (the handmade sweep on SQLite, a report without bootstrap or figures)."""
+    from results.report import SECTIONS, Options, Section, register_section
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    build_sweep(url)
+
+    def trials_per_cell(analysis: Analysis, options: Options) -> list[Table]:
+        assert options.subgroup_min == (7, 8)  # what the command line asked for reaches every section
+        counts = analysis.data.trials.groupby(["backbone", "recipe"]).size().rename("trials").reset_index()
+        return [Table("trials_per_cell", "Trials per cell", counts, counts.astype(str), "Every trial, any status.")]
+
+    section = register_section(Section("Trials", trials_per_cell), before="Conclusion")
+    try:
+        with pytest.raises(ValueError, match="already has a section 'Trials'"):
+            register_section(Section("Trials", trials_per_cell))
+        built = build(url, "handmade", n_boot=0, figures=False, subgroup_min=(7, 8))
+    finally:
+        SECTIONS.remove(section)
+    headings = [heading for heading, _, _ in built.sections]
+    assert headings.index("Trials") == headings.index("Conclusion") - 1
+    (table,) = built.sections[headings.index("Trials")][1]
+    counts = table.numbers.set_index(["backbone", "recipe"])["trials"]
+    assert counts[("resnet50", "imagenet")] == 2 * len(FOLDS) + 1 and counts[("densenet121", "nih")] == 2 * len(FOLDS)
+    assert table.note.startswith("Every trial, any status. Split: random")
+    write(built, tmp_path / "report")
+    assert "## Trials\n\n### Trials per cell" in (tmp_path / "report" / "report.md").read_text()
+    ran = sum(len(recipes) for recipes in CELLS.values())  # cells with trials: 2 a fold, and one failed trial
+    assert pd.read_csv(tmp_path / "report" / "tables" / "trials_per_cell.csv")["trials"].sum() == ran * 2 * len(FOLDS) + 1
+    assert (tmp_path / "report" / "tables" / "trials_per_cell.tex").is_file()
+    assert "Trials" not in [s.heading for s in SECTIONS]
