@@ -17,15 +17,23 @@ momentum of 0.01, they lag so far that eval-mode predictions come out constant.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torchvision
 from torch import nn
 
 from trainables.alexnet_style import alexnet_style_dense, alexnet_style_features
 from trainables.weights import imagenet_model
+from vocab.live import Names
 
 GREY_NORM = ((0.5,), (0.25,))
 INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
+# The backbones (docs/design.md §5, "A backbone"): a torchvision model is one line here, the part of it that
+# makes the feature map (torchvision builds it, and publishes its ImageNet weights); a network of our own is one
+# function under @own_backbone. Everything else (the spec's grid, the model builder, Grad-CAM, the benchmarks)
+# reads BACKBONES.
 TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision model
     "resnet18": lambda m: nn.Sequential(*list(m.children())[:-2]),
     "resnet50": lambda m: nn.Sequential(*list(m.children())[:-2]),
@@ -35,7 +43,37 @@ TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision 
     "mobilenet_v3_large": lambda m: m.features,
     "alexnet": lambda m: m.features,
 }
-BACKBONES = (*TORCHVISION_TRUNKS, "alexnet_style")
+
+
+@dataclass(frozen=True)
+class OwnBackbone:
+    """A network built here, not by torchvision (so it starts from scratch): its trunk for one grey channel, and
+    what pools the trunk's feature map to one feature vector per image."""
+
+    name: str
+    about: str  # what it is, for messages: "seed 003's network"
+    build: Callable[[], tuple[nn.Module, nn.Module]]  # () -> (trunk, pool)
+
+
+OWN_BACKBONES: dict[str, OwnBackbone] = {}
+
+
+def own_backbone(name: str, about: str):
+    """Register the decorated function, `() -> (trunk, pool)`, as backbone `name`; a name taken is a bug."""
+    def register(build: Callable[[], tuple[nn.Module, nn.Module]]):
+        if name in TORCHVISION_TRUNKS or (name in OWN_BACKBONES and OWN_BACKBONES[name].build is not build):
+            raise ValueError(f"backbone {name!r} is declared twice")
+        OWN_BACKBONES[name] = OwnBackbone(name, about, build)
+        return build
+    return register
+
+
+@own_backbone("alexnet_style", "seed 003's network")
+def _alexnet_style() -> tuple[nn.Module, nn.Module]:
+    return alexnet_style_features(1), alexnet_style_dense()
+
+
+BACKBONES = Names(lambda: (*TORCHVISION_TRUNKS, *OWN_BACKBONES))  # every backbone, a live view
 
 
 def check_backbone(name: str) -> None:
@@ -83,8 +121,8 @@ def build_branch(backbone: str, init: str = "scratch", weights: bool = True) -> 
     for a checkpoint's to be loaded into."""
     check_backbone(backbone)
     check_init(backbone, init)
-    if backbone == "alexnet_style":
-        branch = Branch(alexnet_style_features(1), alexnet_style_dense(), *GREY_NORM)
+    if backbone in OWN_BACKBONES:
+        branch = Branch(*OWN_BACKBONES[backbone].build(), *GREY_NORM)
     else:
         loaded = init == "imagenet" and weights
         model = imagenet_model(backbone) if loaded else torchvision.models.get_model(backbone, weights=None)
