@@ -214,7 +214,7 @@ def backbone_selection(analysis: Analysis) -> list[Table]:
     cells = analysis.cells
     shown = metric_columns(("test", m.name) for m in REGISTRY.values() if "bars" in m.figures)
     numbers, display = [], []
-    for (recipe, variant), part in cells.groupby(["recipe", "variant"], sort=True):
+    for _, part in cells.groupby(["recipe", "variant"], sort=True):
         part = ranked(analysis, part)
         numbers.append(_numbers(part))
         display.append(_display(part, {"Method": "method", "Recipe": "recipe", "Variant": "variant",

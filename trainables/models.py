@@ -32,8 +32,8 @@ GREY_NORM = ((0.5,), (0.25,))
 INITS = ("scratch", "imagenet")  # a pretraining stage builds on one of these
 # The backbones (docs/design.md §5, "A backbone"): a torchvision model is one line here, the part of it that
 # makes the feature map (torchvision builds it, and publishes its ImageNet weights); a network of our own is one
-# function under @own_backbone. Everything else (the spec's grid, the model builder, Grad-CAM, the benchmarks)
-# reads BACKBONES.
+# function under @own_backbone. Everything else (the spec's grid, the model builder, the benchmarks) reads
+# BACKBONES.
 TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision model
     "resnet18": lambda m: nn.Sequential(*list(m.children())[:-2]),
     "resnet50": lambda m: nn.Sequential(*list(m.children())[:-2]),

@@ -1,7 +1,7 @@
 """docs/design.md §5, "A metric": a toy metric declared in a test (specificity at 0.5, tests/results/toy_metric.py)
 and registered flows from a real fit to the results DB, the report's tables, its CSV and the pooled statistics, with
-no other edit, and equals scikit-learn's on the trial's own predictions. About 3 s: one 2-epoch resnet18 fit on the
-conftest's prepared set (24 patients at 32 px) and a report without figures."""
+no other edit, and equals scikit-learn's on the trial's own predictions. About 4 s: one 2-epoch resnet18 fit on the
+conftest's prepared set (24 patients at 32 px), a report without figures and the figure over epochs."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,13 +10,14 @@ import pytest
 from sklearn.metrics import recall_score
 
 from results import stats
-from results.figures import over_epochs
+from results.analysis import Analysis
+from results.figures import accuracy_over_epochs, over_epochs
+from results.load import load
 from results.query import run_query
 from results.render import write
 from results.report import build
 from results.store import ResultsStore
 from tests.helpers import fit_config, fit_reports
-from tests.results.toy_metric import toy_metric  # noqa: F401 (a fixture)
 from vocab.records import TrialPredictions
 
 
@@ -80,7 +81,10 @@ def test_a_registered_metric_flows_from_a_fit_to_the_db_the_report_and_its_csv(f
     write(built, tmp_path / "report")
     csv = pd.read_csv(tmp_path / "report" / "tables" / "source_selection_resnet18.csv")  # every ranked table's CSV
     assert csv["specificity_mean"].iloc[0] == pytest.approx(macro)
-    assert "val_specificity" in over_epochs()  # drawn over epochs, from the curves the report loads
+    assert list(over_epochs()) == ["val_binary_acc", "val_exact_match", "val_fnr", "val_specificity"]
+    analysis = Analysis(load(url), n_boot=0)
+    assert analysis.data.curves.val_specificity.tolist() == pytest.approx([m["val_specificity"] for m in epochs])
+    assert [f.key for f in accuracy_over_epochs(analysis)] == ["accuracy_over_epochs_resnet18"]  # a panel each
 
     # the report's pooled statistics compute it from the same counts, with bootstrap weights
     assert stats.point_estimate("specificity", test.labels, test.probs) == pytest.approx(np.nanmean(expected))

@@ -109,7 +109,7 @@ def test_resampled_rates_and_brier_are_scikit_learns_with_the_same_patient_weigh
         sens = [recall_score(truth[keep, k], probs[keep, k] > 0.45, sample_weight=w[keep]) for w in weights]
         spec = [recall_score(1 - truth[keep, k], probs[keep, k] <= 0.45, sample_weight=w[keep]) for w in weights]
         brier = [brier_score_loss(truth[keep, k], probs[keep, k], sample_weight=w[keep]) for w in weights]
-        for (estimate, low, high), values in ((got["sensitivity"], sens), (got["specificity"], spec),
+        for (_, low, high), values in ((got["sensitivity"], sens), (got["specificity"], spec),
                                               (brier_got["brier"], brier)):
             assert (low[k], high[k]) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
         assert got["sensitivity"][0][k] == pytest.approx(recall_score(truth[keep, k], probs[keep, k] > 0.45))

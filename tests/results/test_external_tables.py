@@ -94,7 +94,7 @@ def test_ensemble_rows_are_the_mean_of_the_fold_rows_and_the_view_keeps_them_apa
     url, _ = handmade
     rows = run_query(url, "SELECT recipe, model, fold, tta, image_key, class_name, prob FROM external_results "
                           "WHERE backbone = 'resnet50'")
-    for (recipe, tta), part in rows.groupby(["recipe", "tta"]):
+    for _, part in rows.groupby(["recipe", "tta"]):
         folds = part[part.model == "fold"].groupby(["image_key", "class_name"])["prob"].mean()
         ensemble = part[part.model == "ensemble"].set_index(["image_key", "class_name"])["prob"]
         assert part[part.model == "ensemble"]["fold"].isna().all()

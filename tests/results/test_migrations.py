@@ -133,7 +133,7 @@ def check_rows(stem: str, before: dict, after: dict) -> None:
     assert records(before, "schema_meta") == [{"key": "schema_version", "value": str(_version(stem))}]
     assert records(after, "schema_meta") == [{"key": "schema_version", "value": str(SCHEMA_VERSION)}]
     assert set(before) <= set(after)
-    for table, (columns, old_rows) in before.items():
+    for table, (columns, _) in before.items():
         if table == "schema_meta":
             continue
         kept = [c for c in columns if (table, c) not in MOVED]

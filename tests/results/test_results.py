@@ -12,7 +12,6 @@ from results.load import load
 from results.query import QueryError, run_query
 from results.store import ResultsStore, StoreError
 from tests.handmade_sweep import CELLS, FOLDS, build_sweep, epoch_report, trial_result, write_trial
-from tests.results.toy_metric import toy_metric  # noqa: F401 (a fixture)
 from vocab.metrics import EPOCH_METRICS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
 from vocab.names import FINAL_SPLITS
 from vocab.records import EpochReport, SplitMetrics, TrialResult

@@ -1,8 +1,10 @@
 """A toy metric, declared as docs/design.md §5 ("A metric") says: specificity at 0.5, the share of negatives
-called negative, per class and macro. `toy_metric` registers it for one test and takes it out after."""
+called negative, per class and macro. `registered()` makes it known for a while (tests/results/conftest.py's
+`toy_metric` fixture for one test) and takes it out after."""
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vocab.metrics import REGISTRY, Entries, Metric, register
 
@@ -15,8 +17,10 @@ SPECIFICITY = Metric("specificity", "specificity at 0.5", "macro", "half", _nega
                      "negative images", percent=True, curve=True, tables=("test",), figures=("epochs",))
 
 
-@pytest.fixture
-def toy_metric():
+@contextmanager
+def registered() -> Iterator[Metric]:
     register(SPECIFICITY)
-    yield SPECIFICITY
-    REGISTRY.pop(SPECIFICITY.name)
+    try:
+        yield SPECIFICITY
+    finally:
+        REGISTRY.pop(SPECIFICITY.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.results.toy_metric import SPECIFICITY, toy_metric  # noqa: F401 (a fixture)
+from tests.results.toy_metric import SPECIFICITY, registered
 from vocab import names
 from vocab.metrics import (EPOCH_METRICS, MACRO_METRICS, REGISTRY, SPLIT_METRICS, Metric, counted, pooled_columns,
                            register, split_value, thresholds_for, weighted_values)
@@ -37,18 +37,19 @@ def test_a_resamples_weights_give_the_metric_of_the_images_drawn_that_often(metr
     assert resampled[0] == pytest.approx(expected, rel=1e-12)
 
 
-def test_the_metric_lists_are_live_views_of_the_registry(toy_metric):
+def test_the_metric_lists_are_live_views_of_the_registry():
     """A metric registered after the lists were imported is in them wherever they were, and the records ask for it."""
+    with registered():
+        _registered_toy_is_everywhere()
+    assert "specificity" not in MACRO_METRICS and "specificity" not in EPOCH_METRICS
+
+
+def _registered_toy_is_everywhere():
     assert "specificity" in MACRO_METRICS and "specificity" in EPOCH_METRICS and "specificity" in names.SPLIT_METRICS
     assert SPLIT_METRICS[:len(MACRO_METRICS)] == tuple(MACRO_METRICS) and MACRO_METRICS[-1] == "specificity"
     macro = {m: 0.5 for m in SPLIT_METRICS if m != "specificity"}
     with pytest.raises(ValueError, match="missing specificity"):
         SplitMetrics(macro=macro, per_class={}, classes={}, undefined=[])
-    REGISTRY.pop("specificity")
-    try:
-        assert "specificity" not in MACRO_METRICS and "specificity" not in EPOCH_METRICS
-    finally:
-        register(SPECIFICITY)
 
 
 @pytest.mark.parametrize("changes, said", [
@@ -66,7 +67,8 @@ def test_a_malformed_declaration_is_refused_saying_what_to_write(changes, said):
         Metric(**fields)
 
 
-def test_a_second_declaration_of_a_name_is_refused(toy_metric):
-    register(SPECIFICITY)  # the same one again: nothing happens
-    with pytest.raises(ValueError, match="metric 'specificity' is declared twice"):
-        register(Metric(**{**SPECIFICITY.__dict__, "percent": False}))
+def test_a_second_declaration_of_a_name_is_refused():
+    with registered():
+        register(SPECIFICITY)  # the same one again: nothing happens
+        with pytest.raises(ValueError, match="metric 'specificity' is declared twice"):
+            register(Metric(**{**SPECIFICITY.__dict__, "percent": False}))
