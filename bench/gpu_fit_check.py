@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data_prep.build import BuildParams, build  # noqa: E402
+from data_prep.build import build  # noqa: E402
+from data_prep.settings import BuildSettings  # noqa: E402
 from phantom.generate import make_phantom_set  # noqa: E402
 from trainables.fit import FitConfig, fit  # noqa: E402
 from trainables.losses import LOSSES  # noqa: E402
@@ -36,8 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     raw = work / "raw"
-    make_phantom_set(raw, n_patients=args.patients, size=256, prevalence=0.3, seed=0)
-    data = build(raw, raw / "labels.csv", work / "prep", BuildParams(size=args.size, folds=5), key=b"k" * 32)
+    make_phantom_set(raw, n_patients=args.patients, image_px=256, prevalence=0.3, seed=0)
+    data = build(raw, raw / "labels.csv", work / "prep", BuildSettings(size=args.size, folds=5), key=b"k" * 32)
     report = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "size": args.size, "epochs": args.epochs, "runs": []}

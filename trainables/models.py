@@ -35,7 +35,15 @@ TORCHVISION_TRUNKS = {  # backbone -> the convolutional part of the torchvision 
     "mobilenet_v3_large": lambda m: m.features,
     "alexnet": lambda m: m.features,
 }
-BACKBONES = (*TORCHVISION_TRUNKS, "alexnet_style")
+OWN_BACKBONES = {"alexnet_style": "seed 003's network"}  # built here, not by torchvision
+BACKBONES = (*TORCHVISION_TRUNKS, *OWN_BACKBONES)
+IMAGENET_BACKBONES = tuple(TORCHVISION_TRUNKS)  # torchvision publishes ImageNet weights for each of these, and only these
+
+
+def no_imagenet_weights(backbone: str) -> str:
+    """Why `backbone` cannot start from ImageNet (for a backbone not in IMAGENET_BACKBONES): one message for the
+    spec's check, the weights command and the model builder."""
+    return f"{backbone} ({OWN_BACKBONES.get(backbone, 'not a torchvision model')}) has no ImageNet weights"
 
 
 def check_backbone(name: str) -> None:
@@ -46,8 +54,8 @@ def check_backbone(name: str) -> None:
 def check_init(backbone: str, init: str) -> None:
     if init not in INITS:
         raise ValueError(f"unknown initialisation {init!r}; expected one of {INITS}")
-    if backbone == "alexnet_style" and init == "imagenet":
-        raise ValueError("alexnet_style (seed 003's network) has no ImageNet weights; use init = \"scratch\"")
+    if init == "imagenet" and backbone not in IMAGENET_BACKBONES:
+        raise ValueError(f"{no_imagenet_weights(backbone)}; use init = \"scratch\"")
 
 
 class Branch(nn.Module):
