@@ -16,7 +16,7 @@ from data_prep import folds as folds_cli
 from data_prep import labels as labels_cli
 from data_prep.folds import holdout_split, patient_folds
 from data_prep.labelset import file_sha256
-from data_prep.sources import MimicOptions, read_labels, source_options
+from data_prep.sources import read_labels, source_options
 from tests.data_prep.test_layouts import _chexpert, _nih, nih_rows  # noqa: F401 - nih_rows is a fixture
 from tests.data_prep.test_mimic import write_mimic
 
