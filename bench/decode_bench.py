@@ -101,7 +101,7 @@ def encode(name: str, natives: list[Path], directory: Path) -> tuple[list[Path],
                 ratio = {} if uid.endswith(".90") else {"j2k_cr": [10]}
                 ds.compress(uid, encoding_plugin="pylibjpeg", **ratio)  # pylibjpeg-openjpeg's encoder
                 ds.save_as(dst, enforce_file_format=True)
-        except Exception as exc:  # missing plugin, unsupported options
+        except Exception as exc:  # noqa: BLE001 - missing plugin, unsupported options
             return [], f"pydicom could not encode ({type(exc).__name__}: {exc})"
         return outs, None
     if shutil.which(encoder[0]) is None:
@@ -309,7 +309,7 @@ def measure(name: str, natives: list[Path], tmp: Path, args, chunk: int, cores: 
     paths += copies(paths, directory, n)
     os.sync()  # no write-back competing with the timed reads
     row["n"] = n
-    row["ours"] = {w: quietly(lambda: ours(paths, args.size, w, cores), args) for w in args.workers}
+    row["ours"] = {w: quietly(lambda w=w: ours(paths, args.size, w, cores), args) for w in args.workers}
     if name in args.in_process:
         row["in_process"] = quietly(lambda: ours(paths, args.size, 1, cores, in_process=True), args)
     with tempfile.TemporaryDirectory() as scratch:

@@ -202,7 +202,7 @@ def summarize(out: Path) -> dict:
     env = _read_json(out / "env.json") or {}
     report = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "meta": _read_json(out / "meta.json") or {}, "environment": env, "steps": steps}
-    for name, step in steps.items():
+    for step in steps.values():
         if step["status"] not in ("ok",) and not step["status"].startswith("skipped") and step.get("log"):
             step["log_tail"] = _tail(out / step["log"])
     if "cuda_tests" in steps and (out / "cuda_tests.xml").exists():

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data_prep.build import BuildParams, build  # noqa: E402
+from data_prep.build import build  # noqa: E402
+from data_prep.settings import BuildSettings  # noqa: E402
 from phantom.generate import make_phantom_set  # noqa: E402
 from trainables.fit import FitConfig, fit  # noqa: E402
 from trainables.losses import LOSSES  # noqa: E402
@@ -36,8 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     raw = work / "raw"
-    make_phantom_set(raw, n_patients=args.patients, size=256, prevalence=0.3, seed=0)
-    data = build(raw, raw / "labels.csv", work / "prep", BuildParams(size=args.size, folds=5), key=b"k" * 32)
+    make_phantom_set(raw, n_patients=args.patients, image_px=256, prevalence=0.3, seed=0)
+    data = build(raw, raw / "labels.csv", work / "prep", BuildSettings(size=args.size, folds=5), key=b"k" * 32)
     report = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "size": args.size, "epochs": args.epochs, "runs": []}
@@ -48,7 +49,7 @@ def main() -> int:
             final = TrialResult.from_report(fit(
                 FitConfig(data_dir=str(data), backbone=backbone, outer_fold=0, epochs=args.epochs, batch_size=16,
                           loss=loss, lr=3e-4, device=args.device),
-                report=lambda m, s: epochs.append(m["epoch_seconds"]), log=lambda *_: None))
+                report=lambda m, s: epochs.append(m["epoch_seconds"]), log=lambda *_: None))  # noqa: B023 - called now
             run = {"backbone": backbone, "loss": loss, "epoch_seconds": epochs,
                    "total_seconds": time.perf_counter() - started, "val_auc": final.val["auc"],
                    "test_auc": final.splits["test"].macro["auc"], "finite": final.train_loss == final.train_loss}

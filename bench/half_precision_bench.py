@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import trainables.fit as fitting  # noqa: E402
-from data_prep.build import BuildParams, build  # noqa: E402
+from data_prep.build import build  # noqa: E402
+from data_prep.settings import BuildSettings  # noqa: E402
 from phantom.generate import make_phantom_set  # noqa: E402
 from vocab.records import TrialPredictions, TrialResult  # noqa: E402
 
@@ -40,9 +41,9 @@ def main() -> int:
     key = os.urandom(32)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
-        make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11,
+        make_phantom_set(raw, kind="target", n_patients=120, image_px=128, prevalence=0.4, seed=11,
                          images_per_patient=(1, 1))
-        data = build(raw, raw / "labels.csv", Path(tmp) / "prepared", BuildParams(size=64, folds=3, workers=1),
+        data = build(raw, raw / "labels.csv", Path(tmp) / "prepared", BuildSettings(size=64, folds=3, workers=1),
                      key=key, log=lambda *_: None)
         rounded = {b: final(data, b, args.epochs) for b in args.backbones}
         fitting.half_precision = dict  # the same fit, evaluated (and kept) in full precision

@@ -16,7 +16,6 @@ Keys are keyed pseudonyms; no file name or DICOM header value is written.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,52 +33,20 @@ from data_prep.decode import DTYPES, decoded
 from data_prep.duplicates import THUMB, near_duplicates, thumbnail
 from data_prep.errors import DataPrepError
 from data_prep.folds import holdout_split, patient_folds
-from data_prep.sources import (KINDS, SPLITS, SourceOptions, TargetOptions, add_cli_options, kind_help,
-                               label_table, official_help, options_from_args, read_labels, read_official, table_help)
+from data_prep.settings import BuildSettings
+from data_prep.sources import (KINDS, SPLITS, SourceOptions, add_cli_options, kind_help, label_table, official_help,
+                               options_from_args, read_labels, read_official, table_help)
 from data_prep.table_layout import METADATA, columns
 from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
-from vocab.errors import exits_on_error
+from vocab import cli
 
 FORMAT_VERSION = 3  # 2: labels.csv carries sex and age; folds balance image-level prevalence; 3: lossy films
 # a few units beyond BitsStored are clipped, not rejected (a set built before would keep them in rejected.csv)
 JOURNAL = "progress.jsonl"  # what an interrupted build had finished
 JOURNAL_EVERY = 256  # images between journal writes
 DUPLICATE_COLUMNS = ["csv_row", "image_key", "duplicate_of", "kind", "similarity", "same_patient", "same_labels"]
-
-
-@dataclass(frozen=True)
-class BuildParams:
-    size: int = 512
-    folds: int = 5
-    seed: int = 0
-    source: SourceOptions = TargetOptions()
-    bits: int = 8  # 8 or 16 bits per output pixel
-    near_duplicates: float | None = 0.9  # detail correlation that makes two films one; None: keep them all
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1, compare=False)  # not in the hash
-    holdout: tuple[float, float, float] | None = None  # seed 003's train/val/test fractions instead of folds
-    allow_missing: bool = field(default=False, compare=False)  # build even when >1% of listed images are missing
-    split: str = "random"  # "official": the source's own test set is the one outer fold's test part
-
-
-def _hashed(params: BuildParams) -> dict:
-    """Parameters that change the output (the worker count does not)."""
-    if params.bits not in DTYPES:
-        raise DataPrepError(f"bits={params.bits}; expected 8 or 16")
-    if params.near_duplicates is not None and not 0 < params.near_duplicates <= 1:
-        raise DataPrepError(f"near_duplicates={params.near_duplicates}; expected a correlation in (0, 1], or None (--near-duplicates off) to keep every film")
-    hashed = {"size": params.size, "folds": params.folds, "seed": params.seed, "bits": params.bits,
-              "source": params.source.hashed(), "near_duplicates": params.near_duplicates}
-    if params.holdout is not None:  # only when set, so folds-only data sets keep their ids
-        hashed.update(folds=1, holdout=[float(f) for f in params.holdout])
-    if params.split not in SPLITS:
-        raise DataPrepError(f"split={params.split!r}; expected one of {list(SPLITS)}")
-    if params.split == "official":
-        if params.holdout is not None:
-            raise DataPrepError("split='official' and a holdout split exclude each other; choose one")
-        hashed.update(folds=1, split="official")
-    return hashed
 
 
 def input_hashes(files: list[str], paths: list[Path | None], labels_csv: Path) -> dict[str, str]:
@@ -103,7 +70,7 @@ def locate_listed(image_dir: Path, labels_csv: Path, source: SourceOptions, allo
     return label_set, located
 
 
-def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams,
+def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildSettings,
           name: str = "target", key: bytes | None = None, log=print) -> Path:
     """Build (or reuse) the prepared data set; return its directory."""
     image_dir, out_root = Path(image_dir), Path(out_root)
@@ -119,7 +86,7 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildParams
     pseudonym = Pseudonymizer(key if key is not None else load_or_create_key())
     manifest = {
         "format_version": FORMAT_VERSION, "name": name, "label_names": names, "size": params.size,
-        "params": {**_hashed(params), "label_names": names, "key_id": pseudonym.key_id},
+        "params": {**params.hashed(), "label_names": names, "key_id": pseudonym.key_id},
         "label_stats": label_set.stats,  # for a target: the mapping table used
         "inputs": input_hashes(files, located.paths, labels_csv),
     }
@@ -196,7 +163,7 @@ def _scratch(work: Path, name: str, resume: bool, dtype, shape) -> np.memmap:
     return np.load(path, mmap_mode="r+") if resume else np.lib.format.open_memmap(path, "w+", dtype, shape)
 
 
-def _write(work: Path, image_dir: Path, paths: list[Path], table, names, params: BuildParams, pseudonym, log) -> dict:
+def _write(work: Path, image_dir: Path, paths: list[Path], table, names, params: BuildSettings, pseudonym, log) -> dict:
     progress = _journal(work)
     resume = progress.done > 0
     images = _scratch(work, "images", resume, DTYPES[params.bits], (len(table), params.size, params.size))
@@ -211,7 +178,8 @@ def _write(work: Path, image_dir: Path, paths: list[Path], table, names, params:
                             f"{rejected[0]['csv_row']}: {rejected[0]['reason']}; reasons: "
                             + "; ".join(f"{n} x {why[:120]}" for why, n in reasons.head(3).items()))
     n = len(progress.kept)
-    dropped = _near_duplicates(progress, images[:n], thumbs[:n], params.near_duplicates, log)
+    threshold = None if params.near_duplicates == "off" else params.near_duplicates
+    dropped = _near_duplicates(progress, images[:n], thumbs[:n], threshold, log)
     keep = np.setdiff1d(np.arange(n), dropped)
     _copy_rows(images, keep, work / "images.npy")
     del images, thumbs
@@ -293,7 +261,7 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 25
     out.flush()
 
 
-def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildParams) -> dict:
+def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, params: BuildSettings) -> dict:
     labels = pd.DataFrame(kept, columns=columns(names))
     labels.to_csv(work / "labels.csv", index=False, float_format="%g")  # masked (NaN) -> empty
     label_values = labels[names].to_numpy(np.float32)
@@ -304,7 +272,7 @@ def _write_tables(work: Path, kept: list[dict], progress: _Progress, names, para
         folds = patient_folds(labels["patient_key"], label_values, params.folds, params.seed)
         pd.DataFrame({"image_key": labels["image_key"], "fold": folds}).to_csv(work / "folds.csv", index=False)
     else:  # one "fold": its test part is the held-out test split, its training part train + val
-        split = holdout_split(labels["patient_key"], label_values, params.holdout, params.seed)
+        split = holdout_split(labels["patient_key"], label_values, params.holdout_fractions, params.seed)
         pd.DataFrame({"image_key": labels["image_key"], "fold": np.where(split == "test", 0, -1), "split": split}
                      ).to_csv(work / "folds.csv", index=False)
     pd.DataFrame(progress.rejected, columns=["csv_row", "image_key", "reason"]).to_csv(work / "rejected.csv",
@@ -335,57 +303,53 @@ def _duplicates_table(progress: _Progress, names) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
 
 
-def _threshold(text: str) -> float | None:
-    """'off' or a number; the range is checked with the other parameters (`_hashed`)."""
-    return None if text == "off" else float(text)
+COMMAND = cli.Command(
+    name="prepare", module="data_prep.build",
+    summary="Build a prepared data set from a source's images and label table.",
+    description="The prepared set is a folder under --out named KIND-<hash> (or NAME-<hash>): the hash covers the "
+                "inputs and every setting, so the same inputs and settings give the same folder and a rebuild does "
+                "no work; an interrupted build resumes. The settings' flags are those of a spec's [data] and "
+                "[data.prepare.NAME] tables (data_prep/settings.py), with the same defaults.",
+    examples=("target --images DICOM_DIR --labels labels.csv --out /data/prepared",
+              "nih --images NIH --labels NIH/Data_Entry_2017_v2020.csv --preset seed003 --holdout 60/20/20 "
+              "--size 256 --out /data/prepared",
+              "chexpert --images CHEXPERT --labels CHEXPERT/CheXpert-v1.0/train.csv --policy u_ignore "
+              "--out /data/prepared",
+              "mimic --images MIMIC --labels MIMIC --split official --out /data/prepared"))
+SETTINGS_SKIPS = ("source",)  # the source kind's options have flags of their own (data_prep.sources)
+HAND_MADE = ("split",)  # its help names each kind's official test set, from the registry as the parser is made
 
 
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(v) / 100 for v in text.split("/"))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three percentages like 60/20/20")
-    return parts
-
-
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n")[0])
+def add_arguments(parser: cli.Parser) -> None:
     parser.add_argument("kind", choices=KINDS, help=kind_help())
-    parser.add_argument("--images", "--dicom-dir", dest="images", type=Path, required=True,
-                        help="the folder you downloaded or unpacked: listed images are found in any of the "
-                             "source's published layouts under it")
-    parser.add_argument("--labels", type=Path, required=True,
-                        help=f"label table: {table_help()}")
-    parser.add_argument("--out", type=Path, required=True, help="folder that holds prepared data sets")
+    cli.add_images(parser, required=True, help="the folder you downloaded or unpacked: listed images are found in "
+                                               "any of the source's published layouts under it")
+    parser.rename("--dicom-dir", "--images")
+    cli.add_labels(parser, required=True, help=f"label table: {table_help()}")
+    cli.add_out(parser, "the folder that holds prepared data sets (this one is written into a folder of its own "
+                        "inside it)", required=True)
     parser.add_argument("--name", default=None, help="name prefix of the output directory (default: the kind)")
-    parser.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
-    parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
-    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per output pixel (default 8)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
-    parser.add_argument("--near-duplicates", type=_threshold, default=0.9, metavar="CORR|off",
-                        help="fine-detail correlation at which two films count as one exposure filed twice "
-                             "(default 0.9; 'off' keeps them all)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="build even when more than 1%% of the listed images are not found (the count goes "
-                             "into the manifest and the data-set summary)")
-    parser.add_argument("--split", choices=SPLITS, default="random",
-                        help=f"random: patient-grouped --folds of the whole set (default); official: the source's "
-                             f"own test set ({official_help()}) as the test part of one fold, the rest for training "
-                             "and inner validation")
-    parser.add_argument("--holdout", type=_fractions, default=None, metavar="TRAIN/VAL/TEST",
-                        help="one patient-grouped train/val/test split instead of --folds, e.g. 60/20/20 (seed 003)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of any sampling (default 0)")
+    cli.add_model_flags(parser, BuildSettings, skip=SETTINGS_SKIPS + HAND_MADE)
+    split = BuildSettings.model_fields["split"]
+    parser.add_argument("--split", choices=SPLITS, default=None, help=f"{split.description}; the official test sets: "
+                                                                      f"{official_help()} (default {split.default})")
     add_cli_options(parser)
-    args = parser.parse_args(argv)
-    source = options_from_args(args.kind, args, parser, seed=args.seed)
-    params = BuildParams(args.size, args.folds, args.seed, source, args.bits, args.near_duplicates, args.workers,
-                         args.holdout, args.allow_missing, args.split)
-    out = build(args.images, args.labels, args.out, params, args.name or args.kind)
-    print(out)
+
+    def resolve(args) -> None:
+        settings = cli.model_from_flags(BuildSettings, args, skip=SETTINGS_SKIPS)
+        source = options_from_args(args.kind, args, parser, seed=settings.seed)  # --seed seeds NIH's sampling too
+        args.settings = settings.model_copy(update={"source": source})
+
+    parser.check(resolve)
+
+
+def run(args) -> int:
+    print(build(args.images, args.labels, args.out, args.settings, args.name or args.kind))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from data_prep.errors import DataPrepError
+from data_prep.settings import BuildSettings
 from data_prep.labelset import read_csv
 from data_prep.table_layout import KEYS, NOT_LABELS, label_columns
-from vocab.errors import exits_on_error
+from vocab import cli
 
 
 def _patient_table(patient_keys, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,7 +85,8 @@ def _balanced_groups(patient_keys, labels: np.ndarray, fractions, seed: int) -> 
 def patient_folds(patient_keys, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold number (0..k-1) for each image; all images of a patient share a fold. Each fold holds
     about 1/k of the images, of the patients and, per label, of the positive films and of the patients
-    with one (image- and patient-level prevalence both stratified)."""
+    with one (image- and patient-level prevalence both stratified). `k` is a BuildSettings' `folds`, whose
+    range (at least 2) is checked there."""
     n_patients = len(np.unique(np.asarray(patient_keys).astype(str)))
     if n_patients < k:
         raise DataPrepError(f"{n_patients} patients cannot fill {k} folds; use fewer folds or more data")
@@ -103,12 +105,10 @@ def inner_split(patient_keys, labels: np.ndarray, train_idx: np.ndarray, val_fra
     return train_idx[~is_val], train_idx[is_val]
 
 
-def holdout_split(patient_keys, labels: np.ndarray, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarray:
+def holdout_split(patient_keys, labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
     """Seed 003's train/val/test split ('train', 'val', 'test' per image), patient-grouped and
     stratified like `patient_folds` (images, patients and per label image- and patient-level
-    positives in proportion to the fractions)."""
-    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise DataPrepError(f"split fractions {fractions}; expected three positive numbers summing to 1 (e.g. 60/20/20)")
+    positives in proportion to the fractions: a BuildSettings' `holdout_fractions`, checked there)."""
     n_patients = len(np.unique(np.asarray(patient_keys).astype(str)))
     if n_patients < 3:
         raise DataPrepError(f"{n_patients} patient(s) cannot fill a train/val/test split")
@@ -133,31 +133,44 @@ def read_label_matrix(path) -> tuple[pd.DataFrame, np.ndarray]:
     return table, values.to_numpy(np.float32)
 
 
-@exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+COMMAND = cli.Command(
+    name="folds", module="data_prep.folds",
+    summary="Patient-grouped outer folds (or one holdout split) for a prepared labels.csv.",
+    description="Every column but the keys, view, sex, age and the source size is a label (data_prep/table_layout.py); "
+                "the folds are the ones `cxr-sweep prepare` makes with the same --folds (or --holdout) and --seed.",
+    examples=("--labels nih.csv --folds 5 --out folds.csv",
+              "--labels nih.csv --holdout 60/20/20 --seed 3 --out split.csv"))
+FLAGS = ("folds", "holdout", "seed")  # the build settings this command takes
 
-    parser = argparse.ArgumentParser(prog="python -m data_prep.folds",
-                                     description="Patient-grouped multi-label stratified folds for a labels.csv.")
-    parser.add_argument("labels_csv")
-    parser.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--holdout", metavar="TRAIN/VAL/TEST",
-                        help="instead of folds, one split in percent, e.g. 60/20/20 (seed 003)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="CSV to write: image_key, fold (or split)")
-    args = parser.parse_args(argv)
-    table, labels = read_label_matrix(args.labels_csv)
-    if args.holdout:
-        try:
-            fractions = tuple(float(v) / 100 for v in args.holdout.split("/"))
-        except ValueError as exc:
-            raise DataPrepError(f"--holdout {args.holdout!r}; expected three percentages like 60/20/20") from exc
-        column = ("split", holdout_split(table["patient_key"], labels, fractions, args.seed))
+
+def add_arguments(parser: cli.Parser) -> None:
+    cli.add_labels(parser, help="a prepared labels.csv (`cxr-sweep labels`, or a prepared data set's)",
+                   positional="labels.csv")
+    cli.add_out(parser, "the CSV file to write: image_key, fold (or split)", required=True)
+    skip = [name for name in BuildSettings.model_fields if name not in FLAGS]
+    cli.add_model_flags(parser, BuildSettings, skip=skip)
+    parser.rename("--k", "--folds")
+
+    def resolve(args) -> None:
+        args.settings = cli.model_from_flags(BuildSettings, args, skip=skip)
+
+    parser.check(resolve)
+
+
+def run(args) -> int:
+    table, labels = read_label_matrix(args.labels)
+    settings = args.settings
+    if settings.holdout is not None:
+        column = ("split", holdout_split(table["patient_key"], labels, settings.holdout_fractions, settings.seed))
     else:
-        column = ("fold", patient_folds(table["patient_key"], labels, args.k, args.seed))
+        column = ("fold", patient_folds(table["patient_key"], labels, settings.folds, settings.seed))
     pd.DataFrame({"image_key": table["image_key"], column[0]: column[1]}).to_csv(args.out, index=False)
     print(f"wrote {args.out}: {len(table)} images, {table['patient_key'].nunique()} patients")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def _patients_from_dicom(label_set: LabelSet, dicom_dir: Path) -> None:
 
 def add_arguments(parser: cli.Parser) -> None:
     parser.add_argument("kind", choices=KINDS, help=kind_help())
-    parser.add_argument("table", nargs="?", type=Path, default=None, metavar="LABELS", help="the older form of --labels")
-    cli.add_labels(parser, help=f"the source's label table, as prepare's --labels: {table_help()}")
+    cli.add_labels(parser, help=f"the source's label table, as prepare's --labels: {table_help()}",
+                   positional="label table")
     cli.add_out(parser, "the labels.csv file to write", required=True)
     cli.add_images(parser, help="target: read PatientIDs from the DICOM files under this folder")
     parser.rename("--dicom-dir", "--images")
@@ -71,11 +71,6 @@ def add_arguments(parser: cli.Parser) -> None:
     add_cli_options(parser)
 
     def resolve(args) -> None:
-        if (args.table is None) == (args.labels is None):
-            raise cli.UsageError("name the label table once: --labels TABLE")
-        if args.table is not None:
-            cli.note("the label table as a positional argument is now --labels TABLE")
-            args.labels, args.table = args.table, None
         args.options = options_from_args(args.kind, args, parser, seed=args.seed)
 
     parser.check(resolve)

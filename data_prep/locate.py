@@ -118,7 +118,7 @@ def dicomdir_files(path: Path) -> dict[tuple[str, ...], Path]:
             warnings.simplefilter("ignore")
             records = pydicom.dcmread(path, stop_before_pixels=True).DirectoryRecordSequence
             ids = [_file_id(record) for record in records]
-    except Exception as exc:  # pydicom raises many types; its message may quote a File ID
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; its message may quote a File ID
         raise DataPrepError(f"{path}: not a readable DICOMDIR ({type(exc).__name__}); the label table's paths "
                             "that are not files under --images are looked up in it: repair or remove it") from None
     on_disk: dict[tuple[str, ...], Path] | None = None

@@ -23,10 +23,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from data_prep.sources.chexpert import ALL_LABELS as CHEXPERT_COLUMNS
 from phantom.anatomy import film, film_pose, patient_anatomy
 from phantom.findings import PHANTOM_SETS, UNCERTAIN, paint_findings
+from phantom.settings import PhantomSettings
+from vocab import cli
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 # Film sizes at full scale (rows, cols ranges): seed 000's table for the target, NIH's
-# 1024 x 1024 PNGs, CheXpert's portrait films. `size` scales the largest side.
+# 1024 x 1024 PNGs, CheXpert's portrait films. `image_px` scales the largest side.
 SIZES = {"target": ((1824, 2688), (1536, 2680)), "nih": ((1024, 1024), (1024, 1024)),
          "chexpert": ((2320, 2320), (1860, 2320))}
 DEFAULT_SIZE = {"target": 2688, "nih": 1024, "chexpert": 512}
@@ -66,51 +68,36 @@ def _write_dicom(path: Path, density: np.ndarray, patient: dict, rng: np.random.
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class PhantomOptions:
-    """What a phantom set looks like; the defaults follow the real source."""
-
-    n_patients: int = 60
-    size: int | None = None  # largest film side in pixels; None: the source's real sizes
-    prevalence: float | None = None  # share of films positive for every label; None: the real shares
-    images_per_patient: tuple[int, int] = (1, 3)  # drawn uniformly, both ends included
-    persist: float = 0.9  # chance that a patient's finding shows on each of their films
-    label_noise: float = 0.0  # share of positive labels written negative (and as many negatives positive)
-    uncertain: float | None = None  # chexpert: share of each label written -1; None: the real shares
-    blank: float = 0.8  # chexpert: share of negative labels left blank (unmentioned)
-    near_duplicates: float = 0.0  # share of films filed twice, the copy re-exported (other size and gamma)
-    seed: int = 0
-
-
-def make_phantom_set(out_dir: Path, kind: str = "target", n_patients: int = 60, size: int | None = None,
-                     prevalence: float | None = None, seed: int = 0, **options) -> Path:
-    """Write a phantom source in its real format; return its label table (see `PhantomOptions`)."""
+def make_phantom_set(out_dir: Path, kind: str = "target", settings: PhantomSettings | None = None,
+                     **values) -> Path:
+    """Write a phantom source in its real format; return its label table. `settings` (default PhantomSettings())
+    with `values` (its fields, checked by it) say what it looks like."""
     if kind not in PHANTOM_SETS:
         raise ValueError(f"unknown phantom set {kind!r}; expected one of {sorted(PHANTOM_SETS)}")
-    opts = PhantomOptions(n_patients=n_patients, size=size, prevalence=prevalence, seed=seed, **options)
+    opts = PhantomSettings(**{**(settings or PhantomSettings()).model_dump(), **values})
     signs = {name: sign for name, (sign, _) in PHANTOM_SETS[kind].items()}
     names = list(signs)
-    share = np.array([opts.prevalence if opts.prevalence is not None else p for _, p in PHANTOM_SETS[kind].values()])
-    rng = np.random.default_rng(seed)
+    share = np.array([p if opts.prevalence == "real" else opts.prevalence for _, p in PHANTOM_SETS[kind].values()])
+    rng = np.random.default_rng(opts.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for p, patient in _patients(opts.n_patients, seed, rng):
+    for p, patient in _patients(opts.n_patients, opts.seed, rng):
         body = patient_anatomy(rng)
         has = rng.random(len(names)) < np.minimum(1.0, share / opts.persist)
         for i in range(int(rng.integers(opts.images_per_patient[0], opts.images_per_patient[1] + 1))):
             truth = has & (rng.random(len(names)) < opts.persist)
             written = _written_labels(kind, names, truth, share, opts, rng)  # may change truth (CheXpert -1)
             film_body = dataclasses.replace(body, extra=dict(body.extra))
-            rngs = {n: np.random.default_rng([seed, p, j]) for j, n in enumerate(names)}  # signs stay put
+            rngs = {n: np.random.default_rng([opts.seed, p, j]) for j, n in enumerate(names)}  # signs stay put
             paint = paint_findings([n for n, t in zip(names, truth) if t], signs, film_body, rngs)
-            density = film(_film_shape(kind, opts.size, rng), film_body, film_pose(rng), paint, rng)
+            density = film(_film_shape(kind, opts.image_px, rng), film_body, film_pose(rng), paint, rng)
             rows.append(_WRITERS[kind](out_dir, p, i, patient, written, density, rng))
-            if rng.random() < opts.near_duplicates:
+            if rng.random() < opts.refiled:
                 rows.append(_WRITERS[kind](out_dir, p, i + 100, patient, written, _re_exported(density, rng), rng))
     return _write_table(out_dir, kind, rows)
 
 
-def _written_labels(kind, names, truth, share, opts: PhantomOptions, rng) -> dict[str, str]:
+def _written_labels(kind, names, truth, share, opts: PhantomSettings, rng) -> dict[str, str]:
     """The label table's values: truth with label noise, and for CheXpert -1 and blanks."""
     flip_up = np.clip(opts.label_noise * share / np.maximum(1 - share, 1e-6), 0, 1)  # keeps prevalence
     draw = rng.random(len(names))
@@ -118,16 +105,16 @@ def _written_labels(kind, names, truth, share, opts: PhantomOptions, rng) -> dic
     values = {n: "1.0" if pos else "0.0" for n, pos in zip(names, positive)}
     if kind == "chexpert":
         for j, n in enumerate(names):
-            if rng.random() < (opts.uncertain if opts.uncertain is not None else UNCERTAIN[n]):
+            if rng.random() < (UNCERTAIN[n] if opts.uncertain == "real" else opts.uncertain):
                 values[n], truth[j] = "-1.0", rng.random() < 0.5  # the report was unsure; the film decides
-            elif values[n] == "0.0" and rng.random() < opts.blank:
+            elif values[n] == "0.0" and rng.random() < opts.blank_share:
                 values[n] = ""
     return values
 
 
-def _film_shape(kind: str, size: int | None, rng) -> tuple[int, int]:
+def _film_shape(kind: str, image_px: int | str, rng) -> tuple[int, int]:
     (r0, r1), (c0, c1) = SIZES[kind]
-    scale = (size or DEFAULT_SIZE[kind]) / max(r1, c1)
+    scale = (DEFAULT_SIZE[kind] if image_px == "real" else image_px) / max(r1, c1)
     return max(8, round(rng.uniform(r0, r1) * scale)), max(8, round(rng.uniform(c0, c1) * scale))
 
 
@@ -197,33 +184,40 @@ def _write_table(out_dir: Path, kind: str, rows: list[dict]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+COMMAND = cli.Command(
+    name="phantom", module="phantom",
+    summary="Write a phantom source set (target DICOM, NIH-like PNGs or CheXpert-like JPGs) in its real format.",
+    description="Synthetic films of generated patients, every label a visible change, with the real source's "
+                "label table (docs/data-sets.md: Phantom sources). The settings' flags are those of a spec's "
+                "[data.phantom] table (phantom/settings.py), with the same defaults; the same seed writes the "
+                "same bytes.",
+    examples=("target --n-patients 24 --image-px 64 --seed 3 --out phantom-target",
+              "nih --n-patients 300 --out phantom-nih",
+              "chexpert --image-px real --prevalence real --label-noise 0.1 --out phantom-chexpert"))
+CLI_SKIPS = ("source_patients",)  # a spec's: how many patients its phantom sources have; one set is n_patients
 
-    parser = argparse.ArgumentParser(prog="python -m phantom",
-                                     description="Write a phantom source set in its real format.")
-    parser.add_argument("kind", choices=sorted(PHANTOM_SETS))
-    parser.add_argument("--n", type=int, default=60, help="patients (default 60)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="largest film side in pixels (default: the real sizes; target 1536-2688 px)")
-    parser.add_argument("--prevalence", type=float, default=None,
-                        help="share of films positive for every label (default: the real source's shares)")
-    parser.add_argument("--images-per-patient", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"))
-    parser.add_argument("--label-noise", type=float, default=0.0,
-                        help="share of positive labels written negative, with as many negatives flipped (default 0)")
-    parser.add_argument("--uncertain", type=float, default=None,
-                        help="chexpert: share of each label written -1 (default: CheXpert's real shares)")
-    parser.add_argument("--blank", type=float, default=0.8, help="chexpert: share of negatives left blank")
-    parser.add_argument("--near-duplicates", type=float, default=0.0,
-                        help="share of films filed a second time, re-exported (default 0)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    table = make_phantom_set(args.out, args.kind, args.n, args.size, args.prevalence, args.seed,
-                             images_per_patient=tuple(args.images_per_patient), label_noise=args.label_noise,
-                             uncertain=args.uncertain, blank=args.blank, near_duplicates=args.near_duplicates)
-    print(f"wrote {table}")
+
+def add_arguments(parser: cli.Parser) -> None:
+    parser.add_argument("kind", choices=sorted(PHANTOM_SETS), help="the real source whose format the set takes")
+    cli.add_out(parser, "the folder to write the set into (its label table and images)", required=True)
+    cli.add_model_flags(parser, PhantomSettings, skip=CLI_SKIPS)
+    for old, new in (("--n", "--n-patients"), ("--size", "--image-px"), ("--blank", "--blank-share"),
+                     ("--near-duplicates", "--refiled")):
+        parser.rename(old, new)
+
+    def resolve(args) -> None:
+        args.settings = cli.model_from_flags(PhantomSettings, args, skip=CLI_SKIPS)
+
+    parser.check(resolve)
+
+
+def run(args) -> int:
+    print(f"wrote {make_phantom_set(args.out, args.kind, args.settings)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(COMMAND, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A data set's location comes from `--data NAME=LOCATION`, else the environment variable
 CXR_SWEEP_DATA_<NAME>, else the spec; a spec that names real data leaves it empty (""), so
 no path is ever hard-coded. A location is one of:
-- a prepared data set's path (checked against the spec's size, folds and uncertainty policy);
+- a prepared data set's path (checked against the spec's size, uncertainty policy and, for the target, its
+  folds or split and seed);
 - `KIND:FOLDER` (KIND: any of data_prep.sources.KINDS): a raw source, built through data_prep with the
   spec's [data] and [data.prepare.NAME] settings into HOME/prepared; content-addressed, so an
   unchanged source is reused (its images are still hashed to know that);
@@ -18,42 +19,52 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from data_prep.build import BuildParams, build, locate_listed
+from data_prep.build import build, locate_listed
 from data_prep.locate import locate
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
+from data_prep.settings import BuildSettings
 from data_prep.sources import KINDS, SourceOptions, label_table
 from phantom.generate import IMAGE_ROOTS, PHANTOM_SETS, PSEUDONYM_KEY, TABLES, make_phantom_set
+from phantom.settings import PhantomSettings
 from sweeper.spec import PHANTOM, Prepare, SpecError, SweepSpec
 
 
-def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildParams:
+def _params(spec: SweepSpec, name: str, kind: str, is_target: bool) -> BuildSettings:
     """How data set `name` of kind `kind` is built: [data] and [data.prepare.NAME]."""
     how = spec.data.prepare.get(name, Prepare())
-    source = how.source(kind, spec.data.chexpert_policy, f"data.prepare.{name}")
-    return BuildParams(size=spec.data.size, folds=spec.data.folds, seed=spec.train.seed, source=source,
-                       bits=how.bits, near_duplicates=None if how.near_duplicates == "off" else how.near_duplicates,
-                       holdout=spec.data.holdout_fractions if is_target else None, allow_missing=how.allow_missing,
-                       split=spec.data.split if is_target else "random")
+    return spec.data.settings(how, how.source(kind, spec.data, f"data.prepare.{name}"), is_target)
+
+
+# A phantom set's folder under HOME/phantom is named by the settings it is generated with: these always (as every
+# folder was named before the other settings existed), any other setting where it is not its default. A setting
+# added to PhantomSettings is in the name as soon as a spec changes it, so a set generated otherwise is never reused.
+NAMED = {"n_patients": "n", "image_px": "px", "prevalence": "p", "seed": "seed"}
+SHORT = {"label_noise": "noise"}  # the other settings go by their field names
+
+
+def phantom_folder(kind: str, settings: PhantomSettings) -> str:
+    """`settings` of one set (PhantomSettings.of_set) as its cache folder's name, e.g. target-n120-px128-p0.3-seed0."""
+    values, defaults = settings.model_dump(), PhantomSettings().model_dump()
+    shown = lambda value: "-".join(map(str, value)) if isinstance(value, tuple) else str(value)  # noqa: E731
+    named = [f"{short}{shown(values[field])}" for field, short in NAMED.items()]
+    named += [f"{SHORT.get(field, field)}{shown(value)}" for field, value in values.items()
+              if field not in NAMED and value != defaults[field]]
+    return "-".join([kind, *named])
 
 
 def _phantom(kind: str, name: str, spec: SweepSpec, home: Path, seed_offset: int, log, is_target: bool) -> Path:
     if kind not in PHANTOM_SETS:
         raise SpecError(f"phantom set {kind!r} does not exist; expected one of {sorted(PHANTOM_SETS)}")
-    p = spec.data.phantom
-    # the target's patient count for the target and an external set of its kind; source_patients for a source
-    n_patients = p.n_patients if kind == "target" or p.source_patients is None else p.source_patients
-    raw = home / "phantom" / (f"{kind}-n{n_patients}-px{p.image_px}-p{p.prevalence}-seed{p.seed + seed_offset}"
-                              + (f"-noise{p.label_noise}" if p.label_noise else ""))
+    settings = spec.data.phantom.of_set(kind, seed_offset)
+    raw = home / "phantom" / phantom_folder(kind, settings)
     with FileLock(raw.with_name(f".{raw.name}.lock")):  # two drivers sharing a home: one generates, the other waits
         if not (raw / TABLES[kind]).is_file():
-            log(f"[sweeper] generating phantom {kind} set ({n_patients} patients) in {raw}")
+            log(f"[sweeper] generating phantom {kind} set ({settings.n_patients} patients) in {raw}")
             work = raw.with_name(f".{raw.name}.partial")
             for stale in (work, raw):  # left by a generation that was killed
                 shutil.rmtree(stale, ignore_errors=True)
-            make_phantom_set(work, kind=kind, n_patients=n_patients, size=None if p.image_px == "real" else p.image_px,
-                             seed=p.seed + seed_offset, prevalence=None if p.prevalence == "real" else p.prevalence,
-                             label_noise=p.label_noise)
+            make_phantom_set(work, kind, settings)
             os.replace(work, raw)  # atomic: a half-written set is never seen (its table paths are relative)
     return build(raw / IMAGE_ROOTS[kind], raw / TABLES[kind], home / "prepared", _params(spec, name, kind, is_target),
                  name=f"phantom_{kind}", key=PSEUDONYM_KEY, log=log)
@@ -126,7 +137,8 @@ def raw_images(spec: SweepSpec, name: str, kind: str, location: str,
 
 
 def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: bool, spec: SweepSpec) -> None:
-    """A prepared set must have the spec's size, uncertainty policy and (target) folds or holdout split."""
+    """A prepared set must have the spec's size, uncertainty policy and (target) folds or holdout split and the
+    seed they were drawn with."""
     params = prepared.manifest["params"]
     if prepared.manifest["size"] != spec.data.size:
         raise SpecError(f"{where}: images are {prepared.manifest['size']} px but data.size is {spec.data.size}")
@@ -144,13 +156,17 @@ def _check_built_as_specified(prepared: PreparedDataset, where: str, is_target: 
                             f"{spec.data.split!r}; build it with python -m data_prep.build ... --split {spec.data.split}")
         return
     if spec.data.holdout:
-        if params.get("holdout") != list(spec.data.holdout_fractions):
+        if params.get("holdout") != list(spec.data.settings().holdout_fractions):
             built = f"holdout {params['holdout']}" if params.get("holdout") else f"{prepared.num_folds} folds"
             wanted = "/".join(f"{v:g}" for v in spec.data.holdout)
-            raise SpecError(f"{where}: built with {built} but data.holdout is {spec.data.holdout}; build it with "
+            raise SpecError(f"{where}: built with {built} but data.holdout is {wanted}; build it with "
                             f"python -m data_prep.build ... --holdout {wanted}")
     elif prepared.num_folds != spec.data.folds or prepared.is_holdout:
         raise SpecError(f"{where}: built with {prepared.num_folds} folds but data.folds is {spec.data.folds}")
+    if params.get("seed") != spec.data.seed:  # the same folds, or the same holdout split, need the same seed
+        raise SpecError(f"{where}: its {'holdout split' if spec.data.holdout else 'folds'} were drawn with seed "
+                        f"{params.get('seed')} but data.seed is {spec.data.seed}; set data.seed = {params.get('seed')}, "
+                        f"or build it with python -m data_prep.build ... --seed {spec.data.seed}")
 
 
 def data_key(name: str, spec: SweepSpec | None = None) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 from data_prep.dataset import read_manifest
 from data_prep.sources import KINDS
 from data_prep.locate import MISSING_TOLERANCE
-from phantom.generate import PhantomOptions
 from sweeper import estimate
 from sweeper.datasets import located, raw_images
 from sweeper.plan import study_plans
@@ -31,11 +30,8 @@ def image_count(spec: SweepSpec, name: str, location: str) -> tuple[int | None, 
     the files under a raw source's folder."""
     scheme, colon, rest = location.partition(":")
     if location == PHANTOM or scheme == PHANTOM:
-        low, high = PhantomOptions.images_per_patient
-        phantom = spec.data.phantom
-        source = (rest or "target") != "target" and phantom.source_patients is not None  # as sweeper.datasets makes it
-        patients = phantom.source_patients if source else phantom.n_patients
-        return round(patients * (low + high) / 2), "phantom settings (expected)"
+        phantom = spec.data.phantom  # as sweeper.datasets generates it
+        return round(phantom.patients(rest or "target") * phantom.films_per_patient), "phantom settings (expected)"
     if colon and scheme in KINDS:
         found, listed, table = raw_images(spec, name, scheme, rest)
         stops = listed - found > MISSING_TOLERANCE * listed
@@ -78,7 +74,7 @@ def dry_run(spec: SweepSpec, given: dict[str, str] | None = None, tflops: float 
     plans = study_plans(spec, {name: Path(name) for name in locations}, pretrain_cache=Path("pretrained"))
     cells, stages = {}, {}
     parts = None if counts["target"] is None else estimate.Parts.of(
-        counts["target"], spec.data.folds, spec.data.holdout_fractions, spec.train.val_fraction)
+        counts["target"], spec.data.folds, spec.data.settings().holdout_fractions, spec.train.val_fraction)
     fine_tune_flops = None if parts is None else 0.0
     for plan in plans:
         config = fit_config(plan.config)

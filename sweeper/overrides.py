@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import copy
 import tomllib
+
+from data_prep.settings import BuildSettings
+from phantom.settings import PhantomSettings
 from vocab.errors import CxrSweepError
 
+
+def _fields(model, table: tuple[str, ...], **values) -> dict:
+    """{(*table, field): value} for fields of `model` (a field renamed there fails here, at import, not in a
+    smoke run that would stop on an unknown key)."""
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        raise AssertionError(f"SMOKE names {unknown}, not fields of {model.__name__}")
+    return {(*table, field): value for field, value in values.items()}
+
+
 SMOKE = {  # key path -> value; a spec's own [resources] are for the real cluster, not this machine
-    ("data", "size"): 32, ("data", "folds"): 2, ("search", "trials"): 2, ("train", "epochs"): 2,
+    **_fields(BuildSettings, ("data",), size=32, folds=2),
+    ("search", "trials"): 2, ("train", "epochs"): 2,
     ("train", "batch_size"): 8, ("train", "checkpoint_every"): 2, ("asha", "grace_period"): 1,
     ("resources", "cpus_per_trial"): 1, ("resources", "gpus_per_trial"): 0, ("resources", "cpus_per_stage"): 1,
     ("resources", "gpus_per_stage"): 0,
-    ("data", "phantom", "n_patients"): 60, ("data", "phantom", "source_patients"): 60,
-    ("data", "phantom", "image_px"): 64,
-    ("data", "phantom", "prevalence"): 0.3,  # at 60 patients the real shares leave labels without positives
+    # at 60 patients the real shares leave labels without positives: 0.3 each
+    **_fields(PhantomSettings, ("data", "phantom"), n_patients=60, source_patients=60, image_px=64, prevalence=0.3),
 }
 PHANTOM_KINDS = ("nih", "chexpert")  # the phantom sources data_prep can generate
 

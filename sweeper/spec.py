@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from data_prep.errors import DataPrepError
+from data_prep.settings import BuildSettings, fields
+from data_prep.sources import KINDS, OPTIONS, ChexpertOptions, option_names, policy_kinds, source_options
+from data_prep.sources.options import Policy
+from phantom.settings import PhantomSettings
 from sweeper.overrides import OverrideError, apply, as_text
-from data_prep.sources import KINDS, OPTIONS, SPLITS, official_help, option_names, policy_kinds, source_options
 from trainables.config import RecipeSettings, Strict, TrainSettings, TrialMetadata
-from trainables.models import BACKBONES
+from trainables.models import BACKBONES, IMAGENET_BACKBONES, no_imagenet_weights
 from trainables.recipe import check_recipe
 from vocab import names
 from vocab.errors import CxrSweepError
@@ -73,72 +77,39 @@ class Recipe(RecipeSettings):
         return self
 
 
-class Phantom(Strict):
-    n_patients: int = Field(120, ge=4)
-    source_patients: int | None = Field(None, ge=4, description="patients of each phantom source (NIH, CheXpert); "
-                                                                "default n_patients. Real sources are far larger "
-                                                                "than a hospital's set, and transfer needs that")
-    image_px: int | Literal["real"] = Field(128, description="largest side of the generated films, or 'real' for "
-                                                             "the real sources' sizes (seed 000: 1,536-2,688 px)")
-    prevalence: float | Literal["real"] = Field(
-        0.3, description="share of films positive for each label, or 'real' for the real sources' shares "
-                         "(seed 000's table, NIH's and CheXpert's; rare labels then need many patients)")
-    label_noise: float = Field(0.0, ge=0, lt=0.5, description="share of positive labels written negative (and as "
-                                                               "many negatives positive): noisier sources")
-    seed: int = 0
-
-    @field_validator("image_px")
-    @classmethod
-    def _side(cls, value):
-        if value != "real" and value < 16:
-            raise ValueError("must be at least 16 pixels, or 'real'")
-        return value
-
-    @field_validator("prevalence")
-    @classmethod
-    def _share(cls, value):
-        if value != "real" and not 0 < value < 1:
-            raise ValueError("must be between 0 and 1 (exclusive), or 'real'")
-        return value
+# A table that sets build settings takes them from data_prep.settings.BuildSettings (type, default, range, check and
+# description written once): [data] the target's split and the seed of every built set, [data.prepare.NAME] how
+# one set's files become pixels. A sweep cannot set the build's worker count (every core).
+DATA_SETTINGS = ("size", "folds", "split", "holdout", "seed")
+PREPARE_SETTINGS = ("bits", "near_duplicates", "allow_missing")
+SOURCE_SETTINGS = {"policy": "data.chexpert_policy", "seed": "data.seed"}  # source options [data] sets for every set
 
 
-class Prepare(BaseModel):
+class Prepare(create_model("PrepareSettings", __config__=ConfigDict(extra="allow", frozen=True),
+                           **fields(*PREPARE_SETTINGS))):
     """How a raw location (`KIND:FOLDER`) of one data set is built. The build's own settings are fields
     here; every other key is an option of the data set's source kind, defined once in data_prep.sources
     (the same options, defaults and checks as `python -m data_prep.build KIND`): checked at once against
-    the options any kind has, and fully once the location says which kind it is. Size, folds, holdout
-    and the uncertainty policy (of the kinds that have one) come from [data] itself."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    bits: Literal[8, 16] = 8
-    near_duplicates: float | Literal["off"] = Field(0.9, description="detail correlation of one exposure, or 'off'")
-    allow_missing: bool = Field(False, description="build even when more than 1% of the listed images are not "
-                                                   "found (the count goes into the manifest)")
-
-    @field_validator("near_duplicates")
-    @classmethod
-    def _correlation(cls, value):
-        if value != "off" and not 0 < value <= 1:
-            raise ValueError("expected a correlation in (0, 1], or 'off'")
-        return value
+    the options any kind has, and fully once the location says which kind it is. Size, folds, holdout,
+    the seed and the uncertainty policy (of the kinds that have one) come from [data] itself."""
 
     @model_validator(mode="after")
     def _source_options_exist(self):
-        known = sorted({n for kind in KINDS for n in option_names(kind)} - {"policy"})
+        known = sorted({n for kind in KINDS for n in option_names(kind)} - set(SOURCE_SETTINGS))
         for key in self.model_extra or {}:
-            if key == "policy":
-                raise ValueError(f"policy: set data.chexpert_policy, which every {' and '.join(policy_kinds())} set "
-                                 "follows")
+            if key in SOURCE_SETTINGS:
+                raise ValueError(f"{key}: set {SOURCE_SETTINGS[key]}, which every data set the sweep builds follows")
             if key not in known:
-                raise ValueError(f"{key}: unknown option; expected bits, near_duplicates, allow_missing or an "
-                                 f"option of a source kind: {known}")
+                raise ValueError(f"{key}: unknown option; expected {', '.join(PREPARE_SETTINGS)} or an option of a "
+                                 f"source kind: {known}")
         return self
 
-    def source(self, kind: str, policy: str, where: str):
-        """The kind's options (data_prep.sources) from this table and the data's CheXpert policy."""
+    def source(self, kind: str, data: "Data", where: str):
+        """The kind's options (data_prep.sources) from this table and [data]'s policy and seed."""
         values = dict(self.model_extra or {})
-        if kind in OPTIONS and "policy" in OPTIONS[kind].model_fields:
-            values["policy"] = policy
+        if kind in OPTIONS:
+            given = {"policy": data.chexpert_policy, "seed": data.seed}
+            values.update({k: v for k, v in given.items() if k in OPTIONS[kind].model_fields})
         return source_options(kind, values, where)
 
 
@@ -154,23 +125,16 @@ class External(Strict):
                                                 description="test-time augmentations to evaluate, each rows of its own")
 
 
-class Data(Strict):
+class Data(create_model("DataSettings", __base__=Strict, **fields(*DATA_SETTINGS))):
     target: str = Field(PHANTOM, description="'phantom', a prepared data set's path, KIND:FOLDER of a raw source, "
                                              "or '' (given with --data)")
     sources: dict[str, str] = Field({}, description="source name -> 'phantom:nih', a prepared data set's path, "
                                                     "or '' (given with --data NAME=PATH or CXR_SWEEP_DATA_NAME)")
-    size: int = Field(64, ge=16)
-    folds: int = Field(5, ge=2)
-    split: Literal[SPLITS] = Field(  # type: ignore[valid-type]
-        "random", description="random: patient-grouped data.folds of the whole target; official: the target "
-                              f"source's own test set ({official_help()}) as the test part of one fold")
-    holdout: list[float] | None = Field(
-        None, description="train/val/test percentages, e.g. [60, 20, 20]: one fixed split of the target instead of "
-                          "folds (seed 003); the validation part is what tuning sees")
-    chexpert_policy: Literal["u_ignore", "u_zeros", "u_ones", "u_mixed"] = Field(
-        "u_ones", description=f"uncertain labels of every {' and '.join(policy_kinds())} set: sets the sweep builds "
-                              "are built with it, prepared ones must have been")
-    phantom: Phantom = Phantom()
+    chexpert_policy: Policy = Field(
+        ChexpertOptions.model_fields["policy"].default,
+        description=f"uncertain labels of every {' and '.join(policy_kinds())} set: sets the sweep builds are built "
+                    "with it, prepared ones must have been")
+    phantom: PhantomSettings = PhantomSettings()
     external: dict[str, External] = Field({}, description="external test set name -> where it is and how its "
                                                            "labels map onto the target's")
     prepare: dict[str, Prepare] = Field({}, description="data set name -> how its raw location is built")
@@ -196,28 +160,28 @@ class Data(Strict):
             kind = location.partition(":")[2] if location.startswith(f"{PHANTOM}:") else location.partition(":")[0]
             if ":" in location and kind in OPTIONS:
                 try:
-                    how.source(kind, self.chexpert_policy, f"prepare.{name}")
+                    how.source(kind, self, f"prepare.{name}")
                 except DataPrepError as exc:
                     raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")
-    def _one_kind_of_split(self):
-        if self.split == "official" and self.holdout:
-            raise ValueError("split = 'official' and holdout exclude each other: the official split's test set is "
-                             "the source's own; leave holdout out")
+    def _builds(self):
+        """What BuildSettings checks across fields (an official split and a holdout exclude each other)."""
+        try:
+            self.settings()
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
         return self
 
-    @field_validator("holdout")
-    @classmethod
-    def _percentages(cls, value):
-        if value is not None and (len(value) != 3 or min(value) <= 0 or abs(sum(value) - 100) > 1e-6):
-            raise ValueError("expected three positive percentages that sum to 100, e.g. [60, 20, 20]")
-        return value
-
-    @property
-    def holdout_fractions(self) -> tuple[float, float, float] | None:
-        return tuple(v / 100 for v in self.holdout) if self.holdout else None
+    def settings(self, how: Prepare | None = None, source=None, is_target: bool = True) -> BuildSettings:
+        """How a data set is built: [data]'s settings (a source's, an external set's: folds of the whole set), the
+        set's [data.prepare.NAME] ones and its kind's options."""
+        values = {**self.model_dump(include=set(DATA_SETTINGS)), **(how or Prepare()).model_dump(
+            include=set(PREPARE_SETTINGS))}
+        if not is_target:
+            values.update(holdout=None, split="random")
+        return BuildSettings(**values, **({} if source is None else {"source": source}))
 
 
 SEARCHED = ("lr", "dropout")  # a grid axis over one of these fixes it instead of searching it
@@ -342,10 +306,10 @@ class SweepSpec(Strict):
         problems = []
         for cell in cells:
             recipe = self.recipes[cell["recipe"]]
-            if cell["backbone"] == "alexnet_style" and "imagenet" in (recipe.init, recipe.pretrain_init):
-                problems.append(f"grid: cell {cell_name(cell)} needs ImageNet weights, which alexnet_style has not; "
-                                f"leave it out with grid.exclude = [{{ backbone = \"alexnet_style\", "
-                                f"recipe = \"{cell['recipe']}\" }}]")
+            if cell["backbone"] not in IMAGENET_BACKBONES and "imagenet" in (recipe.init, recipe.pretrain_init):
+                problems.append(f"grid: cell {cell_name(cell)} needs ImageNet weights: "
+                                f"{no_imagenet_weights(cell['backbone'])}; leave it out with grid.exclude = "
+                                f"[{{ backbone = \"{cell['backbone']}\", recipe = \"{cell['recipe']}\" }}]")
         if all(p in self.grid.axes for p in SEARCHED) and self.search.trials > 1:
             problems.append(f"grid fixes both lr and dropout, so the {self.search.trials} trials per cell would be "
                             f"identical; set search.trials = 1")
@@ -399,8 +363,22 @@ def parse_spec(text: str, origin: str = "<spec>") -> SweepSpec:
 
 def _message(error: dict) -> str:
     if error["type"] == "extra_forbidden":
-        return "unknown key"
+        known = _keys_of_table(error["loc"][:-1])
+        return "unknown key" + (f"; expected any of {', '.join(known)}" if known else "")
     return error["msg"].removeprefix("Value error, ")
+
+
+def _keys_of_table(loc: tuple) -> list[str]:
+    """The keys a spec's table at `loc` takes (e.g. ("data",) -> Data's fields), following tables and named
+    tables ({NAME: table}); [] where the location is not a table of keys."""
+    model, parts = SweepSpec, list(loc)
+    while parts:
+        field = model.model_fields.get(parts.pop(0)) if isinstance(model, type) else None
+        model = None if field is None else field.annotation
+        if typing.get_origin(model) is dict and parts:  # a named table: its name, then the table
+            parts.pop(0)
+            model = typing.get_args(model)[1]
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def load_spec(name_or_path: str, overrides: list[str] = (), smoke: bool = False) -> tuple[SweepSpec, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from sweeper.spec import SweepSpec, load_spec
+from trainables.models import BACKBONES, IMAGENET_BACKBONES, no_imagenet_weights
 from trainables.weights import OFFLINE_ENV, WeightsUnavailable, cache_dir, fetch, published, report, verify
 from vocab import cli
 
@@ -88,6 +89,10 @@ def add_arguments(parser: cli.Parser) -> None:
 
 
 def run(args) -> int:
+    without = [b for b in args.backbone or [] if b in BACKBONES and b not in IMAGENET_BACKBONES]
+    if without:
+        raise cli.UsageError(f"--backbone {without[0]}: {no_imagenet_weights(without[0])}; of the project's "
+                             f"backbones, torchvision publishes them for {', '.join(IMAGENET_BACKBONES)}")
     backbones = args.backbone or imagenet_backbones(load_spec(args.spec)[0])
     if not backbones:
         print(f"spec {args.spec!r} starts no backbone from ImageNet: nothing to fetch")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from phantom.generate import make_phantom_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +38,14 @@ def private_key_file(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
-    make_phantom_set(out, kind="target", n_patients=24, size=64, prevalence=0.3, seed=3)
+    make_phantom_set(out, kind="target", n_patients=24, image_px=64, prevalence=0.3, seed=3)
     return out
 
 
 @pytest.fixture(scope="session")
 def prepared_dir(phantom_dir, tmp_path_factory) -> Path:
     return build(phantom_dir, phantom_dir / "labels.csv", tmp_path_factory.mktemp("prepared"),
-                 BuildParams(size=32, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
+                 BuildSettings(size=32, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +54,9 @@ def chexpert_prepared_dir(tmp_path_factory) -> Path:
     from data_prep.sources import ChexpertOptions
 
     raw = tmp_path_factory.mktemp("chexpert_raw")
-    make_phantom_set(raw, kind="chexpert", n_patients=16, size=48, prevalence=0.3, seed=5)
+    make_phantom_set(raw, kind="chexpert", n_patients=16, image_px=48, prevalence=0.3, seed=5)
     return build(raw, raw / "train.csv", tmp_path_factory.mktemp("chexpert_prepared"),
-                 BuildParams(size=32, folds=3, seed=0, source=ChexpertOptions(policy="u_ignore")),
+                 BuildSettings(size=32, folds=3, seed=0, source=ChexpertOptions(policy="u_ignore")),
                  key=TEST_KEY, name="chexpert_phantom", log=lambda *_: None)
 
 
@@ -69,9 +70,9 @@ def learned_run(tmp_path_factory) -> tuple[Path, dict, dict]:
     from trainables.fit import fit
 
     raw = tmp_path_factory.mktemp("learnable")
-    make_phantom_set(raw, kind="target", n_patients=120, size=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
+    make_phantom_set(raw, kind="target", n_patients=120, image_px=128, prevalence=0.4, seed=11, images_per_patient=(1, 1))
     data = build(raw, raw / "labels.csv", tmp_path_factory.mktemp("learnable_prepared"),
-                 BuildParams(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
+                 BuildSettings(size=64, folds=3, seed=0), key=TEST_KEY, log=lambda *_: None)
     reports = []
     cfg = fit_config(data, epochs=10, batch_size=16, dropout=0.0, schedule="constant")
     fit(cfg, report=lambda m, s: reports.append((m, copy.deepcopy(s))), log=lambda *_: None)

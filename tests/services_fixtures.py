@@ -48,7 +48,7 @@ def _postgres_admin():
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # a stale env file: say so instead of failing every test obscurely
+    except Exception as exc:  # noqa: BLE001 - a stale env file: say so instead of failing every test obscurely
         engine.dispose()
         pytest.fail(f"PostgreSQL at {url} unreachable ({type(exc).__name__}); rerun `{START}`", pytrace=False)
     yield engine

@@ -230,7 +230,7 @@ def _corrupt(path: Path, how: str) -> None:
 def test_a_bad_image_is_quarantined_with_its_row_and_reason_and_the_rest_is_built(kind, how, tmp_path, capsys):
     """Corrupt DICOM (target), PNG (NIH) and JPG (CheXpert), and a listed file that is not there."""
     raw = tmp_path / "raw"
-    table = make_phantom_set(raw, kind=kind, n_patients=8, size=48, prevalence=0.3, seed=4)
+    table = make_phantom_set(raw, kind=kind, n_patients=8, image_px=48, prevalence=0.3, seed=4)
     rows = pd.read_csv(table)
     column = rows.columns[0]  # the image path column of each format
     victim = raw / IMAGE_ROOTS[kind] / rows[column].iloc[3]

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -19,15 +17,6 @@ import pytest
 from sweeper.cli import COMMANDS, main
 from tests.conftest import REPO
 from vocab import cli
-
-LEGACY = {"prepare", "folds", "phantom"}  # parsers of their own until issue 29's settings stream moves them
-NOT_YET = pytest.mark.xfail(strict=True, reason="data_prep.build, data_prep.folds and phantom keep their own "
-                                                "parsers until the settings stream moves them onto vocab.cli")
-
-
-def _every(names=COMMANDS):
-    return [pytest.param(n, marks=NOT_YET) if n in LEGACY else n for n in names]
-
 
 def _call(capsys, *argv) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -50,7 +39,7 @@ def test_cxr_sweep_help_lists_every_subcommand_with_its_summary(capsys):
         assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
 
 
-@pytest.mark.parametrize("name", _every())
+@pytest.mark.parametrize("name", COMMANDS)
 def test_each_subcommands_help_shows_its_examples(name, capsys):
     code, out, _ = _call(capsys, name, "--help")
     assert code == 0 and out.startswith(f"usage: cxr-sweep {name} ")
@@ -58,7 +47,7 @@ def test_each_subcommands_help_shows_its_examples(name, capsys):
     assert examples and all(e.startswith(f"  cxr-sweep {name}") for e in examples), out
 
 
-@pytest.mark.parametrize("name", _every())
+@pytest.mark.parametrize("name", COMMANDS)
 def test_a_bad_flag_is_one_line_and_exit_2(name, capsys):
     code, out, err = _call(capsys, name, "--no-such-flag")
     assert code == 2 and not out
@@ -85,14 +74,9 @@ def _table(heading: str) -> dict[str, set[str]]:
 def _flags(name: str) -> tuple[set[str], set[str]]:
     """(the flags a subcommand takes, the renamed ones it still reads)."""
     module = importlib.import_module(COMMANDS[name])
-    if hasattr(module, "COMMAND"):
-        parser = cli.build_parser(module.COMMAND, module.add_arguments)
-        flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
-        return flags, set(parser.renamed)
-    shown = io.StringIO()  # a parser of its own: the flags its --help shows, renamed ones included
-    with redirect_stdout(shown), pytest.raises(SystemExit):
-        module.main(["--help"])
-    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", shown.getvalue())) - {"--help"}, set()
+    parser = cli.build_parser(module.COMMAND, module.add_arguments)
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+    return flags, set(parser.renamed)
 
 
 def test_every_subcommands_flags_are_the_ones_docs_cli_md_lists():
@@ -102,10 +86,7 @@ def test_every_subcommands_flags_are_the_ones_docs_cli_md_lists():
         documented = {f for f, names in flags.items() if name in names}
         old = {f for f, names in renamed.items() if name in names}
         taken, kept = _flags(name)
-        if name in LEGACY:
-            assert taken == documented | old, (name, taken ^ (documented | old))
-        else:
-            assert (taken, kept) == (documented, old), (name, taken ^ documented, kept ^ old)
+        assert (taken, kept) == (documented, old), (name, taken ^ documented, kept ^ old)
 
 
 RENAMED = [  # (subcommand, the old form, the new form): both parse to the same values
@@ -116,6 +97,11 @@ RENAMED = [  # (subcommand, the old form, the new form): both parse to the same 
     ("rerun", ["--cell", "a/b", "--fold", "1", "--data-dir", "/p"], ["--cell", "a/b", "--fold", "1", "--data", "target=/p"]),
     ("labels", ["target", "t.csv", "--dicom-dir", "/d", "--out", "o.csv"],
      ["target", "--labels", "t.csv", "--images", "/d", "--out", "o.csv"]),
+    ("prepare", ["nih", "--dicom-dir", "/d", "--labels", "t.csv", "--out", "/p"],
+     ["nih", "--images", "/d", "--labels", "t.csv", "--out", "/p"]),
+    ("folds", ["labels.csv", "--k", "3", "--out", "f.csv"], ["--labels", "labels.csv", "--folds", "3", "--out", "f.csv"]),
+    ("phantom", ["nih", "--n", "6", "--size", "48", "--blank", "0.5", "--near-duplicates", "0.1", "--out", "/r"],
+     ["nih", "--n-patients", "6", "--image-px", "48", "--blank-share", "0.5", "--refiled", "0.1", "--out", "/r"]),
 ]
 
 
@@ -190,7 +176,7 @@ def test_run_dry_run_and_weights_of_a_spec(capsys):
 
 def test_phantom_prepare_labels_folds_and_summary_on_a_small_nih_set(tmp_path, prepared_dir, capsys):
     raw = tmp_path / "raw"
-    assert _call(capsys, "phantom", "nih", "--n", "6", "--size", "48", "--out", str(raw))[0] == 0
+    assert _call(capsys, "phantom", "nih", "--n-patients", "6", "--image-px", "48", "--out", str(raw))[0] == 0
     code, out, err = _call(capsys, "prepare", "nih", "--images", str(raw / "images"), "--labels",
                            str(raw / "Data_Entry_2017.csv"), "--out", str(tmp_path / "prep"), "--size", "32",
                            "--folds", "2", "--workers", "1")
@@ -201,7 +187,8 @@ def test_phantom_prepare_labels_folds_and_summary_on_a_small_nih_set(tmp_path, p
     assert code == 0, err
     labels = pd.read_csv(tmp_path / "labels.csv")
     assert sorted(labels["image_key"]) == sorted(prepared["image_key"])  # the same pseudonyms, without images
-    code, _, err = _call(capsys, "folds", str(tmp_path / "labels.csv"), "--k", "2", "--out", str(tmp_path / "f.csv"))
+    code, _, err = _call(capsys, "folds", "--labels", str(tmp_path / "labels.csv"), "--folds", "2", "--out",
+                         str(tmp_path / "f.csv"))
     assert code == 0 and set(pd.read_csv(tmp_path / "f.csv")["fold"]) == {0, 1}, err
     code, out, err = _call(capsys, "summary", str(prepared_dir), "--out", str(tmp_path / "summary"))
     assert code == 0 and out.strip() == (tmp_path / "summary" / "summary.md").read_text().strip(), err
@@ -240,5 +227,4 @@ def test_every_documented_cxr_sweep_command_parses():
     for where, argv in lines:
         assert argv and argv[0] in COMMANDS, where
         module = importlib.import_module(COMMANDS[argv[0]])
-        if hasattr(module, "COMMAND"):  # a parser of its own (LEGACY) cannot be parsed without running it
-            cli.build_parser(module.COMMAND, module.add_arguments).parse_args(argv[1:])
+        cli.build_parser(module.COMMAND, module.add_arguments).parse_args(argv[1:])

@@ -110,9 +110,7 @@ def _cli_modules() -> list:
     """Every module of `cxr-sweep`'s table, and the older `python -m` forms kept beside them."""
     from sweeper.cli import COMMANDS
 
-    legacy = {"phantom.generate": "phantom/generate.py is the settings stream's to convert (issue 29)"}
-    return [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=legacy[m])) if m in legacy else m
-            for m in [*COMMANDS.values(), "trainables.weights"]]
+    return [*COMMANDS.values(), "trainables.weights"]
 
 
 @pytest.mark.parametrize("module", _cli_modules())

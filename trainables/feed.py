@@ -137,5 +137,5 @@ class ImageFeed:
                     copied[slot] = torch.cuda.Event()
                     copied[slot].record(stream)
                 ready.put((batch, copied[slot]))
-        except BaseException as exc:  # surfaced in the training thread, not lost in this one
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the training thread, not lost in this one
             ready.put(exc)

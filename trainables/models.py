@@ -74,6 +74,14 @@ def _alexnet_style() -> tuple[nn.Module, nn.Module]:
 
 
 BACKBONES = Names(lambda: (*TORCHVISION_TRUNKS, *OWN_BACKBONES))  # every backbone, a live view
+IMAGENET_BACKBONES = tuple(TORCHVISION_TRUNKS)  # torchvision publishes ImageNet weights for each of these, and only these
+
+
+def no_imagenet_weights(backbone: str) -> str:
+    """Why `backbone` cannot start from ImageNet (for a backbone not in IMAGENET_BACKBONES): one message for the
+    spec's check, the weights command and the model builder."""
+    about = OWN_BACKBONES[backbone].about if backbone in OWN_BACKBONES else "not a torchvision model"
+    return f"{backbone} ({about}) has no ImageNet weights"
 
 
 def check_backbone(name: str) -> None:
@@ -84,8 +92,8 @@ def check_backbone(name: str) -> None:
 def check_init(backbone: str, init: str) -> None:
     if init not in INITS:
         raise ValueError(f"unknown initialisation {init!r}; expected one of {INITS}")
-    if backbone == "alexnet_style" and init == "imagenet":
-        raise ValueError("alexnet_style (seed 003's network) has no ImageNet weights; use init = \"scratch\"")
+    if init == "imagenet" and backbone not in IMAGENET_BACKBONES:
+        raise ValueError(f"{no_imagenet_weights(backbone)}; use init = \"scratch\"")
 
 
 class Branch(nn.Module):

@@ -86,6 +86,8 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args, extra = super().parse_known_args(self._new_names(sys.argv[1:] if args is None else list(args)), namespace)
+        if extra:  # an unknown flag is the mistake to report, not what a check makes of the rest
+            return args, extra
         for function in self.checks:
             try:
                 function(args)
@@ -263,8 +265,24 @@ def add_images(parser: Parser, help: str, required: bool = False) -> None:
     parser.add_argument("--images", type=Path, default=None, required=required, metavar="DIR", help=help)
 
 
-def add_labels(parser: Parser, help: str, required: bool = False) -> None:
-    parser.add_argument("--labels", type=Path, default=None, required=required, metavar="PATH", help=help)
+def add_labels(parser: Parser, help: str, required: bool = False, positional: str = "") -> None:
+    """--labels PATH; with `positional` (what it is, e.g. "label table"), the older form that gave it as a
+    positional argument is still read, as --labels with a note (--labels is then required all the same)."""
+    parser.add_argument("--labels", type=Path, default=None, required=required and not positional, metavar="PATH",
+                        help=help)
+    if not positional:
+        return
+    parser.add_argument("older_labels", nargs="?", type=Path, default=None, metavar="LABELS",
+                        help="the older form of --labels")
+
+    def resolve(args: argparse.Namespace) -> None:
+        if (args.older_labels is None) == (args.labels is None):
+            raise UsageError(f"name the {positional} once: --labels PATH")
+        if args.older_labels is not None:
+            note(f"the {positional} as a positional argument is now --labels PATH")
+            args.labels, args.older_labels = args.older_labels, None
+
+    parser.check(resolve)
 
 
 def add_workers(parser: Parser, default: str) -> None:
@@ -372,7 +390,8 @@ def _default_text(info) -> str:
 
 def add_model_flags(parser: argparse.ArgumentParser, models, skip: Iterable[str] = ()) -> None:
     """One --flag per field of a pydantic model, or of several models by owner ({kind: Model}: a field that
-    several share is one flag), with type, choices and help from the field. Every flag defaults to None,
+    several share is one flag), with type, choices and help from the field (and its metavar from the field's
+    json_schema_extra={"metavar": ...}, where it has one). Every flag defaults to None,
     so that a flag left out leaves the model's own default (`model_values`)."""
     owned = models if isinstance(models, Mapping) else {"": models}
     names = dict.fromkeys(n for m in owned.values() for n in m.model_fields if n not in set(skip))
@@ -380,8 +399,10 @@ def add_model_flags(parser: argparse.ArgumentParser, models, skip: Iterable[str]
         owners = [o for o, m in owned.items() if name in m.model_fields]
         info = owned[owners[0]].model_fields[name]
         text = f"{info.description or name} (default {_default_text(info)})".replace("%", "%%")
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        shown = {"metavar": extra["metavar"]} if "metavar" in extra else {}  # Field(..., json_schema_extra=...)
         parser.add_argument(flag_name(name), dest=name, default=None, help=f"{', '.join(owners)}: {text}"
-                            if owners != [""] else text, **_argument(info))
+                            if owners != [""] else text, **_argument(info), **shown)
 
 
 def model_values(args: argparse.Namespace, models, owner: str | None = None, skip: Iterable[str] = ()) -> dict:
@@ -407,5 +428,5 @@ def model_from_flags(model, args: argparse.Namespace, skip: Iterable[str] = (), 
     try:
         return model(**{**model_values(args, model, skip=skip), **fixed})
     except ValidationError as exc:
-        raise UsageError("; ".join(f"{flag_name(str(e['loc'][0])) if e['loc'] else model.__name__}: {e['msg']}"
-                                   for e in exc.errors())) from None
+        raise UsageError("; ".join(f"{flag_name(str(e['loc'][0])) if e['loc'] else model.__name__}: "
+                                   f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None

@@ -46,12 +46,16 @@ class ChexpertOptions(Options):
         return ALL_LABELS[1:] if self.all_labels else COMPETITION
 
 
+UNCERTAIN_AS = {  # policy -> what an uncertain (-1) label becomes, by label: one entry per options.Policy
+    "u_ignore": lambda label: np.nan,  # masked: left out of loss and metrics
+    "u_zeros": lambda label: 0.0,
+    "u_ones": lambda label: 1.0,
+    "u_mixed": lambda label: 1.0 if label in U_ONES_IN_MIXED else 0.0,
+}
+
+
 def _uncertain_value(policy: str, label: str) -> float:
-    if policy == "u_ignore":
-        return np.nan
-    if policy == "u_mixed":
-        return 1.0 if label in U_ONES_IN_MIXED else 0.0
-    return 1.0 if policy == "u_ones" else 0.0
+    return UNCERTAIN_AS[policy](label)
 
 
 def label_values(path: Path, table: pd.DataFrame, label: str, policy: str, blank: str) -> np.ndarray:

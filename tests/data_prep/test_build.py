@@ -9,7 +9,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
 from tests.conftest import TEST_KEY
@@ -40,9 +41,9 @@ def test_layout_matches_the_contract(prepared_dir, phantom_dir):
 
 
 def test_same_inputs_and_parameters_reuse_the_same_directory(prepared_dir, phantom_dir):
-    again = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildParams(size=32, folds=3), **QUIET)
+    again = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildSettings(size=32, folds=3), **QUIET)
     assert again == prepared_dir
-    other = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildParams(size=24, folds=3), **QUIET)
+    other = build(phantom_dir, phantom_dir / "labels.csv", prepared_dir.parent, BuildSettings(size=24, folds=3), **QUIET)
     assert other != prepared_dir and PreparedDataset(other).images.shape[1:] == (24, 24)
 
 
@@ -58,7 +59,7 @@ def test_a_corrupt_file_is_quarantined_and_the_build_goes_on(phantom_dir, tmp_pa
     ds = pydicom.dcmread(victim)
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(victim)
-    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=3), **QUIET)
+    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildSettings(size=32, folds=3), **QUIET)
     rejected = pd.read_csv(out / "rejected.csv")
     assert dropped >= 1
     assert rejected["csv_row"].tolist() == [dropped + 5] and "PixelData holds 100 bytes" in rejected["reason"][0]
@@ -102,10 +103,10 @@ def test_parallel_decoding_gives_the_same_data_set_as_serial(tmp_path):
     from phantom.generate import make_phantom_set
 
     raw = tmp_path / "raw"
-    make_phantom_set(raw, n_patients=40, size=48, prevalence=0.3, seed=5)
+    make_phantom_set(raw, n_patients=40, image_px=48, prevalence=0.3, seed=5)
     assert len(pd.read_csv(raw / "labels.csv")) >= PARALLEL_MIN_IMAGES  # so the process pool is used
-    serial = build(raw, raw / "labels.csv", tmp_path / "a", BuildParams(size=32, folds=3, workers=1), **QUIET)
-    parallel = build(raw, raw / "labels.csv", tmp_path / "b", BuildParams(size=32, folds=3, workers=2), **QUIET)
+    serial = build(raw, raw / "labels.csv", tmp_path / "a", BuildSettings(size=32, folds=3, workers=1), **QUIET)
+    parallel = build(raw, raw / "labels.csv", tmp_path / "b", BuildSettings(size=32, folds=3, workers=2), **QUIET)
     assert serial.name == parallel.name  # the worker count is not part of the content address
     for name in ("images.npy", "labels.csv", "folds.csv", "rejected.csv"):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
@@ -115,7 +116,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
     import data_prep.build as builder
     import data_prep.decode as decoding
 
-    clean = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "clean", BuildParams(size=32, folds=3), **QUIET)
+    clean = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "clean", BuildSettings(size=32, folds=3), **QUIET)
     real, calls = decoding.decode_and_resize, []
 
     def interrupted_at_20(path, *args):
@@ -126,7 +127,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(phantom_dir, tmp_path, mo
 
     monkeypatch.setattr(builder, "JOURNAL_EVERY", 8)
     monkeypatch.setattr(decoding, "decode_and_resize", interrupted_at_20)
-    params = BuildParams(size=32, folds=3, workers=1)
+    params = BuildSettings(size=32, folds=3, workers=1)
     with pytest.raises(KeyboardInterrupt):
         build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "out", params, **QUIET)
     assert not (tmp_path / "out" / clean.name).exists()  # nothing half-built is visible
@@ -149,7 +150,7 @@ def test_exact_pixel_duplicates_are_removed_and_listed(phantom_dir, tmp_path):
     shutil.copy(copy / table["file"][0], copy / "images" / "copy_of_first.dcm")  # the same file filed twice
     extra = pd.DataFrame({"file": ["images/copy_of_first.dcm"], "findings": [table["findings"][0]]})
     pd.concat([table, extra]).to_csv(copy / "labels.csv", index=False)
-    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildParams(size=32, folds=3), **QUIET)
+    out = build(copy, copy / "labels.csv", tmp_path / "prep", BuildSettings(size=32, folds=3), **QUIET)
     duplicates = pd.read_csv(out / "duplicates.csv")
     labels = pd.read_csv(out / "labels.csv")
     assert duplicates["csv_row"].tolist() == [len(table) + 2] and duplicates["kind"].tolist() == ["exact"]
@@ -160,9 +161,9 @@ def test_exact_pixel_duplicates_are_removed_and_listed(phantom_dir, tmp_path):
 def test_16_bit_output_keeps_the_8_bit_image_and_trains(phantom_dir, tmp_path):
     from trainables.fit import fit
 
-    eight = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path, BuildParams(size=32, folds=3), **QUIET))
+    eight = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path, BuildSettings(size=32, folds=3), **QUIET))
     sixteen = PreparedDataset(build(phantom_dir, phantom_dir / "labels.csv", tmp_path,
-                                    BuildParams(size=32, folds=3, bits=16), **QUIET))
+                                    BuildSettings(size=32, folds=3, bits=16), **QUIET))
     assert sixteen.images.dtype == np.uint16 and sixteen.root != eight.root
     assert np.abs(sixteen.images / 65535.0 - eight.images / 255.0).max() <= 0.5 / 255 + 1e-6
     import torch
@@ -181,8 +182,8 @@ def _nih_with_copies(tmp_path):
     from phantom.generate import make_phantom_set
 
     raw = tmp_path / "raw"
-    table = pd.read_csv(make_phantom_set(raw, "nih", n_patients=40, size=128, prevalence=0.3, seed=4,
-                                         images_per_patient=(1, 4), near_duplicates=0.3))
+    table = pd.read_csv(make_phantom_set(raw, "nih", n_patients=40, image_px=128, prevalence=0.3, seed=4,
+                                         images_per_patient=(1, 4), refiled=0.3))
     return raw, table, NihOptions()
 
 
@@ -191,7 +192,7 @@ def test_near_duplicate_films_are_removed_and_listed_and_follow_up_films_are_kep
     copies = table[table["Follow-up #"] >= 100]
     assert len(copies) >= 5 and (table.groupby("Patient ID").size() > 2).sum() >= 5  # many follow-ups too
     out = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep",
-                BuildParams(size=64, folds=3, source=source), **QUIET)
+                BuildSettings(size=64, folds=3, source=source), **QUIET)
     duplicates = pd.read_csv(out / "duplicates.csv")
     assert sorted(duplicates["csv_row"]) == sorted(copies.index + 2)  # exactly the re-exports, no follow-up
     assert (duplicates["kind"] == "near").all() and (duplicates["similarity"] >= 0.9).all()
@@ -200,7 +201,7 @@ def test_near_duplicate_films_are_removed_and_listed_and_follow_up_films_are_kep
     assert len(labels) == len(table) - len(copies) == len(np.load(out / "images.npy", mmap_mode="r"))
     assert set(duplicates["duplicate_of"]) <= set(labels["image_key"])
     kept_all = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep",
-                     BuildParams(size=64, folds=3, source=source, near_duplicates=None), **QUIET)
+                     BuildSettings(size=64, folds=3, source=source, near_duplicates="off"), **QUIET)
     assert len(pd.read_csv(kept_all / "labels.csv")) == len(table)
 
 
@@ -213,7 +214,7 @@ def test_a_film_filed_again_under_another_patient_is_flagged(tmp_path):
     first.resize((100, 100), Image.LANCZOS).save(raw / "images" / "refiled.png")  # another matrix size
     extra = table.iloc[[0]].assign(**{"Image Index": "refiled.png", "Patient ID": 999, "Finding Labels": "Hernia"})
     pd.concat([table, extra]).to_csv(raw / "Data_Entry_2017.csv", index=False)
-    out = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep", BuildParams(size=64, folds=3, source=source),
+    out = build(raw / "images", raw / "Data_Entry_2017.csv", tmp_path / "prep", BuildSettings(size=64, folds=3, source=source),
                 **QUIET)
     duplicates = pd.read_csv(out / "duplicates.csv")
     assert duplicates["csv_row"].tolist() == [len(table) + 2]
@@ -223,7 +224,7 @@ def test_a_film_filed_again_under_another_patient_is_flagged(tmp_path):
 
 def test_a_holdout_build_has_one_patient_grouped_60_20_20_split(phantom_dir, prepared_dir, tmp_path):
     out = build(phantom_dir, phantom_dir / "labels.csv", tmp_path,
-                BuildParams(size=32, folds=3, seed=0, holdout=(0.6, 0.2, 0.2), workers=1), key=TEST_KEY, log=lambda *_: None)
+                BuildSettings(size=32, folds=3, seed=0, holdout="60/20/20", workers=1), key=TEST_KEY, log=lambda *_: None)
     data = PreparedDataset(out)
     assert data.is_holdout and data.num_folds == 1 and data.dataset_id != PreparedDataset(prepared_dir).dataset_id
     split = data.split(0, val_fraction=0.5)  # val_fraction does not apply: the split is the data set's

@@ -146,7 +146,8 @@ def test_a_malformed_file_does_not_stop_a_build(phantom_dir, tmp_path):
 
     import pandas as pd
 
-    from data_prep.build import BuildParams, build
+    from data_prep.build import build
+    from data_prep.settings import BuildSettings
     from tests.conftest import TEST_KEY
 
     raw = tmp_path / "raw"
@@ -155,7 +156,7 @@ def test_a_malformed_file_does_not_stop_a_build(phantom_dir, tmp_path):
     ds = quiet_read(first, stop_before_pixels=False)
     _raw(ds, "WindowWidth", "DS", b"wide")
     ds.save_as(first)
-    out = build(raw, raw / "labels.csv", tmp_path / "prepared", BuildParams(size=32, folds=3, seed=0), key=TEST_KEY,
+    out = build(raw, raw / "labels.csv", tmp_path / "prepared", BuildSettings(size=32, folds=3, seed=0), key=TEST_KEY,
                 log=lambda *_: None)
     rejected = pd.read_csv(out / "rejected.csv")
     assert rejected["reason"].str.contains("WindowWidth 'wide'; expected a number").sum() == 1

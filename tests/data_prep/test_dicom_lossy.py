@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from data_prep.dicom import read_dicom, read_film
 from data_prep.dicom_header import read_header
 from data_prep.dicom_lut import grey_table
@@ -226,7 +227,7 @@ def test_a_build_keeps_lossy_films_and_counts_the_clipped_ones_in_its_manifest_a
         (tmp_path / "dicom" / name).write_bytes(path.read_bytes())
     pd.DataFrame({"file": list(films), "effusion": [1, 0, 1], "nodule": [0, 1, 0]}).to_csv(tmp_path / "labels.csv",
                                                                                           index=False)
-    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, source=TargetOptions(mapping="none"))
+    params = BuildSettings(size=16, folds=2, near_duplicates="off", workers=1, source=TargetOptions(mapping="none"))
     out = build(tmp_path / "dicom", tmp_path / "labels.csv", tmp_path / "out", params, key=TEST_KEY,
                 log=lambda *_: None)
     counts = json.loads((out / "manifest.json").read_text())["counts"]

@@ -24,7 +24,8 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from data_prep import locate as locating
-from data_prep.build import BuildParams, build, main as build_main
+from data_prep.build import build, main as build_main
+from data_prep.settings import BuildSettings
 from data_prep.decode import decode_and_resize
 from data_prep.dicom_header import film_facts
 from data_prep.errors import DataPrepError
@@ -39,11 +40,11 @@ PATIENT_FOLDERS = ["77654033", "98892001", "98892003"]
 # Real films placed deeper, as a PACS export names them: patient / study date / series / instance, no suffix
 FILMS = {"RG1_UNCR.dcm": "export/9RG1/20040826/SE1/IM1", "RG3_UNCR.dcm": "export/11RG3/20040826/SE1/IM1",
          "CT_small.dcm": "export/1CT1/20040119/SE2/IM7", "MR_small.dcm": "export/4MR1/20040826/SE3/IM1"}
-SMALL = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, source=TargetOptions(mapping="none"))
+SMALL = BuildSettings(size=16, folds=2, near_duplicates="off", workers=1, source=TargetOptions(mapping="none"))
 PSEUDONYM = Pseudonymizer(TEST_KEY)
 
 
-def _build(root: Path, table: Path, out: Path, params: BuildParams = SMALL, logs: list | None = None) -> Path:
+def _build(root: Path, table: Path, out: Path, params: BuildSettings = SMALL, logs: list | None = None) -> Path:
     return build(root, table, out, params, key=TEST_KEY, log=(logs.append if logs is not None else lambda *_: None))
 
 
@@ -226,7 +227,7 @@ def test_a_study_not_found_stops_the_build_naming_its_row_not_its_number(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "1 of 4 images listed" in err and "the images of label-table rows 3" in err
     assert "AccessionNumber in their headers" in err and "ACC-NOT-THERE-7" not in err
-    params = BuildParams(**{**SMALL.__dict__, "allow_missing": True})
+    params = SMALL.model_copy(update={"allow_missing": True})
     out = _build(root, table, tmp_path / "prep", params)
     rejected = pd.read_csv(out / "rejected.csv")
     assert rejected["csv_row"].tolist() == [3] and rejected["image_key"][0] == PSEUDONYM("image", "ACC-NOT-THERE-7")
@@ -303,7 +304,7 @@ def test_no_uid_accession_number_id_name_or_date_reaches_an_output(tmp_path, nam
     planted |= set(values)
     if named_by == "file":
         planted |= {Path(rel).parts[1] for rel in images if rel.startswith("export")} | set(PATIENT_FOLDERS)
-    params = BuildParams(**{**SMALL.__dict__, "allow_missing": True})
+    params = SMALL.model_copy(update={"allow_missing": True})
     logs = []
     out = _build(root, _table(tmp_path / "labels.csv", named_by, values), tmp_path / "prep", params, logs)
     counts = _counts(out)

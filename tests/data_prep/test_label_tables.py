@@ -16,7 +16,7 @@ from data_prep import folds as folds_cli
 from data_prep import labels as labels_cli
 from data_prep.folds import holdout_split, patient_folds
 from data_prep.labelset import file_sha256
-from data_prep.sources import MimicOptions, read_labels, source_options
+from data_prep.sources import read_labels, source_options
 from tests.data_prep.test_layouts import _chexpert, _nih, nih_rows  # noqa: F401 - nih_rows is a fixture
 from tests.data_prep.test_mimic import write_mimic
 
@@ -77,7 +77,7 @@ def test_labels_then_folds_on_every_source_kind_however_the_table_is_named(tmp_p
     flags = [str(phantom_dir) if f == "DICOM_DIR" else f for f in flags]
     labels_csv, folds_csv = tmp_path / "labels.csv", tmp_path / "folds.csv"
     assert labels_cli.main([kind, str(downloads / named), "--out", str(labels_csv), *flags]) == 0
-    assert folds_cli.main([str(labels_csv), "--k", "3", "--seed", "0", "--out", str(folds_csv)]) == 0, \
+    assert folds_cli.main(["--labels", str(labels_csv), "--folds", "3", "--seed", "0", "--out", str(folds_csv)]) == 0, \
         capsys.readouterr().err
     table = pd.read_csv(labels_csv, dtype={c: str for c in LAYOUT}, keep_default_na=False, na_values={})
     names = read_labels(downloads / read, _options(kind, flags)).names  # as read from the table meant
@@ -94,17 +94,17 @@ def test_labels_then_folds_on_every_source_kind_however_the_table_is_named(tmp_p
 def test_the_holdout_split_on_a_table_with_sex_and_age(tmp_path, downloads):
     labels_csv, split_csv = tmp_path / "labels.csv", tmp_path / "split.csv"
     assert labels_cli.main(["chexpert", str(downloads / "chexpert"), "--out", str(labels_csv)]) == 0
-    assert folds_cli.main([str(labels_csv), "--holdout", "60/20/20", "--out", str(split_csv)]) == 0
+    assert folds_cli.main(["--labels", str(labels_csv), "--holdout", "60/20/20", "--out", str(split_csv)]) == 0
     table = pd.read_csv(labels_csv, dtype={c: str for c in LAYOUT})
     assert {"F", "M"} <= set(table["sex"])
-    expected = holdout_split(table["patient_key"], table[table.columns[len(LAYOUT):]].to_numpy(np.float32))
+    expected = holdout_split(table["patient_key"], table[table.columns[len(LAYOUT):]].to_numpy(np.float32), (0.6, 0.2, 0.2), 0)
     assert pd.read_csv(split_csv)["split"].tolist() == expected.tolist()
 
 
 def test_a_label_column_that_is_not_a_number_is_named(tmp_path, capsys):
     path = tmp_path / "labels.csv"
     path.write_text("image_key,patient_key,view,sex,age,Edema,notes\na,p,PA,M,90+,1,\nb,q,AP,F,41,0,seen twice\n")
-    assert folds_cli.main([str(path), "--k", "2", "--out", str(tmp_path / "folds.csv")]) == 2
+    assert folds_cli.main(["--labels", str(path), "--folds", "2", "--out", str(tmp_path / "folds.csv")]) == 2
     assert capsys.readouterr().err == (f"error: {path}: row 3, column 'notes': 'seen twice'; expected 1, 0 or empty "
                                        f"(every column but ['image_key', 'patient_key', 'view', 'sex', 'age', "
                                        f"'source_height', 'source_width'] is a label)\n")

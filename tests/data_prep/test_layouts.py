@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.build import BuildParams, build, main as build_main
+from data_prep.build import build, main as build_main
+from data_prep.settings import BuildSettings
 from data_prep.dataset import PreparedDataset
 from data_prep.errors import DataPrepError
 from data_prep.sources import ChexpertOptions, NihOptions
@@ -59,7 +60,7 @@ def _nih(root: Path, rows: pd.DataFrame, layout: str) -> Path:
     return table
 
 
-NIH_ALL = BuildParams(size=16, folds=3, near_duplicates=None, workers=1,
+NIH_ALL = BuildSettings(size=16, folds=3, near_duplicates="off", workers=1,
                       source=NihOptions())
 
 
@@ -92,7 +93,7 @@ def test_one_of_nih_kaggles_folders_stops_with_what_was_searched_and_the_likely_
 def test_allow_missing_builds_the_images_found_and_records_how_many_were_not(tmp_path, nih_rows):
     root = tmp_path / "download"
     table = _nih(root, nih_rows, "kaggle")
-    params = BuildParams(**{**NIH_ALL.__dict__, "allow_missing": True})
+    params = NIH_ALL.model_copy(update={"allow_missing": True})
     out = build(root / "images_001" / "images", table, tmp_path / "prepared", params, name="nih", key=TEST_KEY,
                 log=lambda *_: None)
     counts = json.loads((out / "manifest.json").read_text())["counts"]
@@ -159,7 +160,7 @@ def _chexpert(root: Path, layout: str) -> Path:
     return table
 
 
-CHEXPERT = BuildParams(size=16, folds=3, near_duplicates=None, workers=1, source=ChexpertOptions())
+CHEXPERT = BuildSettings(size=16, folds=3, near_duplicates="off", workers=1, source=ChexpertOptions())
 
 
 @pytest.mark.parametrize("layout", ["small", "full", "kaggle", "aimi"])
@@ -252,7 +253,7 @@ def test_nih_sex_age_and_view_reach_labels_csv_and_ages_above_89_are_90_plus(tmp
 def test_chexperts_official_split_tests_on_its_valid_csv(tmp_path, layout):
     root = tmp_path / "download"
     table = _chexpert(root, layout)
-    params = BuildParams(**{**CHEXPERT.__dict__, "split": "official"})
+    params = CHEXPERT.model_copy(update={"split": "official"})
     out = build(root, table, tmp_path / "prepared", params, name="chexpert", key=TEST_KEY, log=lambda *_: None)
     data = PreparedDataset(out)
     valid = pd.read_csv(next(root.rglob("valid.csv")))
@@ -267,7 +268,7 @@ def test_chexperts_official_split_tests_on_its_valid_csv(tmp_path, layout):
 def test_nihs_official_split_tests_on_test_list_and_counts_patients_on_both_sides(tmp_path, nih_rows):
     root = tmp_path / "download"
     table = _nih(root, nih_rows, "kaggle")
-    params = BuildParams(**{**NIH_ALL.__dict__, "split": "official"})
+    params = NIH_ALL.model_copy(update={"split": "official"})
     data = PreparedDataset(build(root, table, tmp_path / "prepared", params, name="nih", key=TEST_KEY,
                                  log=lambda *_: None))
     assert (data.folds == 0).sum() == 60 and (data.folds == -1).sum() == 240  # test_list.txt: the last 60 rows
@@ -279,7 +280,7 @@ def test_nihs_official_split_tests_on_test_list_and_counts_patients_on_both_side
 
 
 def test_a_target_has_no_official_split(tmp_path, phantom_dir):
-    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, split="official")
+    params = BuildSettings(size=16, folds=2, near_duplicates="off", workers=1, split="official")
     with pytest.raises(DataPrepError, match="target sources have no official split"):
         build(phantom_dir, phantom_dir / "labels.csv", tmp_path, params, key=TEST_KEY, log=lambda *_: None)
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from data_prep.errors import DataPrepError
 from data_prep.sources import MimicOptions
 from data_prep.sources.chexpert import ALL_LABELS
@@ -102,7 +103,7 @@ def test_a_missing_labeler_table_is_named(mimic, tmp_path):
 
 
 def test_mimic_builds_from_the_downloaded_folder(mimic, tmp_path):
-    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, source=MimicOptions())
+    params = BuildSettings(size=16, folds=2, near_duplicates="off", workers=1, source=MimicOptions())
     out = build(mimic.parent, mimic, tmp_path, params, name="mimic", key=TEST_KEY, log=lambda *_: None)
     manifest = json.loads((out / "manifest.json").read_text())
     meta = pd.read_csv(mimic, dtype=str)
@@ -159,7 +160,7 @@ def test_mimic_is_a_sweep_source_and_co_trains_beside_chexpert(mimic, prepared_d
 def test_mimics_official_split_tests_on_its_split_files_test_images(mimic, tmp_path):
     from data_prep.dataset import PreparedDataset
 
-    params = BuildParams(size=16, folds=2, near_duplicates=None, workers=1, source=MimicOptions(), split="official")
+    params = BuildSettings(size=16, folds=2, near_duplicates="off", workers=1, source=MimicOptions(), split="official")
     data = PreparedDataset(build(mimic.parent, mimic, tmp_path, params, name="mimic", key=TEST_KEY, log=lambda *_: None))
     split = pd.read_csv(mimic.parent / "mimic-cxr-2.0.0-split.csv.gz")
     assert data.split_name == "official" and (data.folds == 0).sum() == (split["split"] == "test").sum()

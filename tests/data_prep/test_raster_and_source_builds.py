@@ -51,7 +51,7 @@ def test_truncated_and_non_image_files_are_rejected(tmp_path):
 ])
 def test_phantom_sources_build_from_their_real_formats(tmp_path, kind, extra, expected_labels):
     raw = tmp_path / "raw"
-    table = make_phantom_set(raw, kind=kind, n_patients=12, size=64, prevalence=0.3, seed=2, uncertain=0.3)
+    table = make_phantom_set(raw, kind=kind, n_patients=12, image_px=64, prevalence=0.3, seed=2, uncertain=0.3)
     assert table.name == TABLES[kind]
     proc = subprocess.run([sys.executable, "-m", "data_prep.build", kind, "--images", str(raw / IMAGE_ROOTS[kind]),
                            "--labels", str(table), "--out", str(tmp_path / "prep"), "--size", "32", "--folds", "3",

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from data_prep import summary as summary_cli
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from data_prep.sources import NihOptions
 from data_prep.sources.nih import SEED003
 from data_prep.sources.nih import read_with_recipe as read_nih_labels
@@ -21,13 +22,13 @@ from tests.conftest import TEST_KEY
 def nih_set(tmp_path_factory):
     """A phantom NIH source built with seed 003's merges and filters, one of its PNGs corrupt."""
     raw = tmp_path_factory.mktemp("nih_raw")
-    table = make_phantom_set(raw, kind="nih", n_patients=30, size=64, seed=1)
+    table = make_phantom_set(raw, kind="nih", n_patients=30, image_px=64, prevalence="real", seed=1)
     rows = pd.read_csv(table)
     kept = rows[rows["View Position"].isin(["AP", "PA"]) & (rows["Finding Labels"] != "No Finding")]
     victim = raw / "images" / kept["Image Index"].iloc[2]
     victim.write_bytes(victim.read_bytes()[:200])
     built = build(raw / "images", table, tmp_path_factory.mktemp("nih_prep"),
-                  BuildParams(size=32, folds=2, source=NihOptions(preset="seed003")),
+                  BuildSettings(size=32, folds=2, source=NihOptions(preset="seed003")),
                   key=TEST_KEY, name="nih_phantom", log=lambda *_: None)
     return raw, table, built
 
@@ -63,7 +64,7 @@ def test_the_summary_counts_equal_the_data_sets_own_tables(nih_set):
 
 
 def test_undersampling_is_a_step_whose_counts_are_the_labels_kept(tmp_path):
-    table = make_phantom_set(tmp_path, kind="nih", n_patients=40, size=32, seed=4)
+    table = make_phantom_set(tmp_path, kind="nih", n_patients=40, image_px=32, prevalence="real", seed=4)
     options = replace(SEED003, undersample_top=2, undersample_to=3)
     read = read_nih_labels(table, options)
     steps = {s["step"]: s for s in read.stats["steps"]}

@@ -70,7 +70,7 @@ def _shares(table: pd.DataFrame, column: str, names: list[str], none: str) -> di
 
 @pytest.mark.parametrize("kind,column,none", [("target", "findings", "normal"), ("nih", "Finding Labels", "No Finding")])
 def test_default_label_shares_are_the_seed_table_and_the_real_nih_table(tmp_path, kind, column, none):
-    table = pd.read_csv(make_phantom_set(tmp_path, kind, n_patients=700, size=16, seed=1))
+    table = pd.read_csv(make_phantom_set(tmp_path, kind, n_patients=700, image_px=16, prevalence="real", seed=1))
     names = list(PHANTOM_SETS[kind])
     shares = _shares(table, column, names, none)
     for name, (_, expected) in PHANTOM_SETS[kind].items():
@@ -79,8 +79,8 @@ def test_default_label_shares_are_the_seed_table_and_the_real_nih_table(tmp_path
 
 
 def test_label_noise_changes_the_written_labels_not_the_films(tmp_path):
-    clean = pd.read_csv(make_phantom_set(tmp_path / "a", "nih", n_patients=300, size=16, prevalence=0.3, seed=3))
-    noisy = pd.read_csv(make_phantom_set(tmp_path / "b", "nih", n_patients=300, size=16, prevalence=0.3, seed=3,
+    clean = pd.read_csv(make_phantom_set(tmp_path / "a", "nih", n_patients=300, image_px=16, prevalence=0.3, seed=3))
+    noisy = pd.read_csv(make_phantom_set(tmp_path / "b", "nih", n_patients=300, image_px=16, prevalence=0.3, seed=3,
                                          label_noise=0.25))
     for name in clean["Image Index"][:20]:
         assert (tmp_path / "a/images" / name).read_bytes() == (tmp_path / "b/images" / name).read_bytes()
@@ -92,23 +92,23 @@ def test_label_noise_changes_the_written_labels_not_the_films(tmp_path):
 
 
 def test_films_per_patient_follow_the_option(tmp_path):
-    table = pd.read_csv(make_phantom_set(tmp_path, "nih", n_patients=40, size=16, images_per_patient=(2, 4)))
+    table = pd.read_csv(make_phantom_set(tmp_path, "nih", n_patients=40, image_px=16, images_per_patient=(2, 4)))
     counts = table.groupby("Patient ID").size()
     assert counts.between(2, 4).all() and counts.nunique() == 3
 
 
 def test_the_same_seed_writes_the_same_files(tmp_path):
-    first = make_phantom_set(tmp_path / "a", "target", n_patients=4, size=48, seed=7)
-    second = make_phantom_set(tmp_path / "b", "target", n_patients=4, size=48, seed=7)
+    first = make_phantom_set(tmp_path / "a", "target", n_patients=4, image_px=48, seed=7)
+    second = make_phantom_set(tmp_path / "b", "target", n_patients=4, image_px=48, seed=7)
     assert first.read_bytes() == second.read_bytes()
     for path in sorted((tmp_path / "a/images").glob("*.dcm")):
         assert path.read_bytes() == (tmp_path / "b/images" / path.name).read_bytes(), path.name
-    other = make_phantom_set(tmp_path / "c", "target", n_patients=4, size=48, seed=8)
+    other = make_phantom_set(tmp_path / "c", "target", n_patients=4, image_px=48, seed=8)
     assert other.read_bytes() != first.read_bytes()
 
 
 def test_target_films_have_the_seed_study_header_traits_and_sizes(tmp_path):
-    make_phantom_set(tmp_path, "target", n_patients=3, seed=0)  # full size
+    make_phantom_set(tmp_path, "target", n_patients=3, image_px="real", seed=0)  # full size
     shapes = set()
     for path in (tmp_path / "images").glob("*.dcm"):
         ds = pydicom.dcmread(path)
@@ -120,7 +120,7 @@ def test_target_films_have_the_seed_study_header_traits_and_sizes(tmp_path):
 
 
 def test_chexpert_tables_have_uncertain_and_blank_values_at_the_real_shares(tmp_path):
-    table = pd.read_csv(make_phantom_set(tmp_path, "chexpert", n_patients=400, size=16, seed=2),
+    table = pd.read_csv(make_phantom_set(tmp_path, "chexpert", n_patients=400, image_px=16, prevalence="real", seed=2),
                         keep_default_na=False)
     atelectasis = table["Atelectasis"].value_counts(normalize=True)
     assert 0.09 < atelectasis["-1.0"] < 0.17  # CheXpert: 13% of Atelectasis labels are uncertain
@@ -128,7 +128,7 @@ def test_chexpert_tables_have_uncertain_and_blank_values_at_the_real_shares(tmp_
 
 
 def test_near_duplicates_are_planted_on_request(tmp_path):
-    table = pd.read_csv(make_phantom_set(tmp_path, "nih", n_patients=50, size=32, seed=0, near_duplicates=0.5))
+    table = pd.read_csv(make_phantom_set(tmp_path, "nih", n_patients=50, image_px=32, seed=0, refiled=0.5))
     copies = table[table["Follow-up #"] >= 100]
     assert 0.3 < len(copies) / (len(table) - len(copies)) < 0.7
     originals = table.set_index(["Patient ID", "Follow-up #"])
@@ -141,3 +141,18 @@ def test_phantom_cli_writes_a_set(tmp_path):
                            "--label-noise", "0.1", "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "train.csv")) >= 3
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--n", "0"], "--n-patients: Input should be greater than or equal to 1"),  # the older name, with a note
+    (["--images-per-patient", "3", "1"], "--images-per-patient: 3 1: expected MIN MAX with 1 <= MIN <= MAX"),
+    (["--prevalence", "1.5"], "--prevalence: must be between 0 and 1 (exclusive), or 'real'"),
+    (["--image-px", "8"], "--image-px: must be at least 16 pixels, or 'real'"),
+    (["--refiled", "2"], "--refiled: Input should be less than or equal to 1"),
+])
+def test_phantom_cli_mistakes_are_one_error_line_and_write_nothing(argv, expected, tmp_path, capsys):
+    from phantom.generate import main
+
+    assert main(["nih", "--out", str(tmp_path / "out"), *argv]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]
+    assert errors == [f"error: {expected} (see python -m phantom --help)"] and not (tmp_path / "out").exists()

@@ -228,7 +228,7 @@ def test_the_zhou2020_grid_is_its_networks_losses_and_learning_rates_on_one_hold
 
     spec, _ = load_spec("zhou2020")
     plans = study_plans(spec, {"target": Path("/nih")}, Path("/p"))
-    assert len(plans) == 2 * 2 * 4 and spec.folds == [0] and spec.data.holdout == [60, 20, 20]
+    assert len(plans) == 2 * 2 * 4 and spec.folds == [0] and spec.data.holdout == (60, 20, 20)
     pairs = {(p.config["backbone"], p.config["init"]) for p in plans}
     assert pairs == {("alexnet_style", "scratch"), ("mobilenet_v2", "imagenet")}
     assert {p.config["loss"] for p in plans} == {"bce", "weighted_bce"}
@@ -282,10 +282,10 @@ def test_smoke_keeps_every_cell_and_stage_and_shrinks_the_rest(name):
 def test_smoke_of_a_spec_with_the_official_split_and_no_size_runs_on_the_phantom(tmp_path):
     path = tmp_path / "official.toml"
     path.write_text('name = "o"\n[data]\ntarget = ""\nsplit = "official"\n[grid]\nbackbone = ["resnet18"]\n'
-                    'recipe = ["s"]\ninput_size = [64]\n[recipes.s]\n')
+                    'recipe = ["s"]\ninput_size = [448]\n[recipes.s]\n')
     spec, _ = load_spec(str(path), smoke=True)
     assert spec.data.target == "phantom" and spec.data.split == "random"
-    assert spec.grid.cells()[0]["input_size"] == 32  # the default data.size (64) shrinks to 32, and so does 64
+    assert spec.grid.cells()[0]["input_size"] == 28  # the default data.size (512) shrinks to 32, 448 to 28
 
 
 def test_the_demo_covers_seed_000s_three_perspectives_offline_with_sources_bigger_than_its_target():
@@ -335,3 +335,134 @@ def test_every_train_and_recipe_setting_reaches_fit_config_and_an_unknown_key_is
     trial = {**plan.config, "new_setting": 1}  # the trial config (and a checkpoint's, which predict reads)
     with pytest.raises(ValueError, match=r"new_setting: neither a FitConfig field"):
         fit_config(trial)
+
+
+def test_build_and_phantom_settings_are_each_defined_once_and_an_unknown_key_is_refused_at_each_layer(tmp_path,
+                                                                                                    capsys):
+    """data_prep's BuildSettings and phantom's PhantomSettings are the one contract of the build and phantom
+    settings: the command lines' flags, the spec's [data], [data.prepare.NAME] and [data.phantom] tables and the
+    models have the same fields and defaults, and each layer refuses a key it does not know, naming it."""
+    from pydantic import ValidationError
+
+    from data_prep import build as prepare
+    from data_prep import folds
+    from data_prep.settings import BuildSettings
+    from data_prep.sources import NihOptions
+    from phantom import generate as phantom
+    from phantom.generate import make_phantom_set
+    from phantom.settings import PhantomSettings
+    from sweeper.spec import DATA_SETTINGS, PREPARE_SETTINGS, Data, Prepare
+    from vocab import cli
+
+    # one field, so one default, range, check and description, wherever a setting is set
+    assert {*DATA_SETTINGS, *PREPARE_SETTINGS} == set(BuildSettings.model_fields) - {"workers", "source"}
+    for table, names in ((Data, DATA_SETTINGS), (Prepare, PREPARE_SETTINGS)):
+        for name in names:
+            ours, model = table.model_fields[name], BuildSettings.model_fields[name]
+            assert (ours.annotation, ours.default, ours.metadata, ours.description) == (
+                model.annotation, model.default, model.metadata, model.description), name
+    assert Data.model_fields["phantom"].annotation is PhantomSettings
+    spec = parse_spec(GOOD)
+    assert spec.data.settings() == BuildSettings() and spec.data.size == 512 and spec.data.phantom == PhantomSettings()
+    parsed = {module: cli.build_parser(module.COMMAND, module.add_arguments) for module in (prepare, folds, phantom)}
+    assert parsed[prepare].parse_args(["nih", "--images", "i", "--labels", "l", "--out", "o"]).settings == \
+        BuildSettings(source=NihOptions())  # no flag given: the model's defaults
+    assert parsed[folds].parse_args(["--labels", "l", "--out", "o"]).settings == BuildSettings()
+    assert parsed[phantom].parse_args(["nih", "--out", "o"]).settings == PhantomSettings()
+    flags = {module: {o for a in parser._actions for o in a.option_strings} for module, parser in parsed.items()}
+    assert {cli.flag_name(n) for n in BuildSettings.model_fields if n != "source"} <= flags[prepare]
+    assert {cli.flag_name(n) for n in PhantomSettings.model_fields if n != "source_patients"} <= flags[phantom]
+
+    # an unknown key: the command line (its --help lists the flags above), the spec's three tables, the models
+    for module, argv in ((prepare, ["nih", "--images", "i", "--labels", "l", "--out", "o", "--bitz", "16"]),
+                         (folds, ["--labels", "l", "--out", "o", "--fold", "3"]),
+                         (phantom, ["nih", "--out", "o", "--n-patient", "3"])):
+        assert module.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: unrecognized arguments: {argv[-2]} ") and len(err.splitlines()) == 1, err
+    for table, expected in (("[data]\nsizes = 32\n", "data.sizes: unknown key; expected any of size, folds, split, "
+                                                      "holdout, seed, target"),
+                            ("[data.prepare.target]\nsizes = 32\n", "data.prepare.target: sizes: unknown option; "
+                                                                    "expected bits, near_duplicates, allow_missing"),
+                            ("[data.phantom]\nsize = 64\n", "data.phantom: size: unknown setting; expected any of "
+                                                            "n_patients, source_patients, image_px")):
+        with pytest.raises(SpecError, match=re.escape(expected)):
+            parse_spec(GOOD + table)
+    with pytest.raises(ValidationError, match="sizes: unknown setting; expected any of size, folds, split"):
+        BuildSettings(sizes=32)
+    with pytest.raises(ValidationError, match="size: unknown setting; expected any of n_patients"):
+        make_phantom_set(tmp_path, "nih", size=64)  # the generator's old name of image_px
+
+
+BUILT_BEFORE = {  # what each set of the built-in specs hashed into its prepared id before the settings were one model
+    ("tiny", "target", "target", ()): '{"bits": 8, "folds": 2, "near_duplicates": 0.9, "seed": 0, "size": 32, "source": '
+                                      '{"discarded_only": "drop", "kind": "target", "mapping": "seed000_target"}}',
+    ("demo", "phantom_nih", "nih", ()): '{"bits": 8, "folds": 3, "near_duplicates": 0.9, "seed": 0, "size": 64, '
+                                        '"source": {"kind": "nih", "preset": "none", "seed": 0}}',
+    ("zhou2020", "target", "nih", ()): '{"bits": 8, "folds": 1, "holdout": [0.6, 0.2, 0.2], "near_duplicates": 0.9, '
+                                       '"seed": 0, "size": 256, "source": {"kind": "nih", "preset": "none", "seed": 0}}',
+    ("paper", "target", "chexpert", ('data.split="official"',)): (
+        '{"bits": 8, "folds": 1, "near_duplicates": 0.9, "seed": 0, "size": 512, "source": {"all_labels": false, '
+        '"blank": "negative", "frontal_only": false, "kind": "chexpert", "policy": "u_ones"}, "split": "official"}'),
+}
+
+
+@pytest.mark.parametrize("name, data_set, kind, overrides", BUILT_BEFORE, ids=[k[0] for k in BUILT_BEFORE])
+def test_the_built_in_specs_build_their_sets_with_the_settings_and_phantom_folders_they_had(name, data_set, kind,
+                                                                                            overrides):
+    """Same settings, same prepared ids and same phantom cache folders: a built-in spec's data are not rebuilt."""
+    import json
+
+    from sweeper.datasets import _params, phantom_folder
+
+    spec, _ = load_spec(name, list(overrides))
+    settings = _params(spec, data_set, kind, data_set == "target")
+    assert json.dumps(settings.hashed(), sort_keys=True) == BUILT_BEFORE[(name, data_set, kind, overrides)]
+    demo = load_spec("demo")[0].data.phantom  # its target, sources (seed offsets 1, 2) and external set (100)
+    assert [phantom_folder(k, demo.of_set(k, offset)) for k, offset in (("target", 0), ("chexpert", 1),
+                                                                         ("nih", 2), ("target", 100))] == [
+        "target-n120-px128-p0.3-seed0", "chexpert-n300-px128-p0.3-seed1", "nih-n300-px128-p0.3-seed2",
+        "target-n120-px128-p0.3-seed100"]
+    noisy = demo.model_copy(update={"label_noise": 0.1, "refiled": 0.05})  # a setting off its default is named
+    assert phantom_folder("nih", noisy.of_set("nih", 2)) == "nih-n300-px128-p0.3-seed2-noise0.1-refiled0.05"
+
+
+SEEDED = GOOD + '[data]\nsize = 32\nfolds = 3\nphantom = { n_patients = 12, image_px = 48, seed = 4 }\n'
+
+
+def test_data_seed_draws_the_folds_and_train_seed_does_not(tmp_path):
+    """A seed replicate (train.seed) trains on the same outer folds; data.seed draws other ones, and a prepared
+    target drawn with another seed than the spec's is refused."""
+    from data_prep.dataset import PreparedDataset
+    from sweeper.datasets import ensure_datasets
+
+    path = tmp_path / "seeded.toml"
+    path.write_text(SEEDED)
+    home = tmp_path / "home"
+    target = lambda *sets: ensure_datasets(load_spec(str(path), list(sets))[0], home, log=lambda *_: None)["target"]  # noqa: E731
+    first = target()
+    assert target("train.seed=1") == first  # the same set: same id, same folds
+    other = target("data.seed=1")
+    assert other != first and PreparedDataset(other).manifest["params"]["seed"] == 1
+    assert (PreparedDataset(other).folds != PreparedDataset(first).folds).any()
+    with pytest.raises(SpecError, match="its folds were drawn with seed 0 but data.seed is 1; set data.seed = 0"):
+        ensure_datasets(load_spec(str(path), ["data.seed=1"])[0], home, given={"target": str(first)})
+
+
+def test_one_list_of_uncertainty_policies_and_one_declaration_of_imagenet_weights(capsys):
+    import typing
+
+    from data_prep.sources.chexpert import UNCERTAIN_AS
+    from data_prep.sources.options import Policy
+    from sweeper.spec import Data
+    from sweeper.weights import main as weights
+    from trainables.models import no_imagenet_weights
+
+    assert Data.model_fields["chexpert_policy"].annotation is Policy and set(UNCERTAIN_AS) == set(typing.get_args(Policy))
+    assert weights(["--backbone", "resnet18", "alexnet_style", "--check"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"error: --backbone alexnet_style: {no_imagenet_weights('alexnet_style')}; ") and \
+        len(said.splitlines()) == 1
+    with pytest.raises(SpecError, match=re.escape(f"needs ImageNet weights: {no_imagenet_weights('alexnet_style')}")):
+        parse_spec(GOOD.replace('["resnet18"]', '["alexnet_style"]').replace("[recipes.scratch]",
+                                                                               '[recipes.scratch]\ninit = "imagenet"'))

@@ -33,7 +33,7 @@ sources = ["nih"]
 def raw_nih(tmp_path_factory):
     """NIH's layout: Data_Entry_2017.csv beside an images/ folder."""
     out = tmp_path_factory.mktemp("nih_raw")
-    make_phantom_set(out, kind="nih", n_patients=12, size=48, prevalence=0.3, seed=2)
+    make_phantom_set(out, kind="nih", n_patients=12, image_px=48, prevalence=0.3, seed=2)
     return out
 
 
@@ -64,7 +64,7 @@ def test_nih_keeps_every_label_by_default_and_the_table_can_be_named_directly(ph
 def test_chexperts_own_layout_is_found(tmp_path):
     """train.csv inside CheXpert-v1.0-small/, its paths starting with that folder."""
     raw = tmp_path / "download"
-    make_phantom_set(raw, kind="chexpert", n_patients=6, size=48, prevalence=0.3, seed=4)
+    make_phantom_set(raw, kind="chexpert", n_patients=6, image_px=48, prevalence=0.3, seed=4)
     shutil.move(raw / "train.csv", raw / "CheXpert-v1.0-small" / "train.csv")
     spec = parse_spec(SPEC.replace('recipe = ["nih"]', 'recipe = ["chexpert"]').replace(
         "[recipes.nih]\nsources = [\"nih\"]", "[recipes.chexpert]\nsources = [\"chexpert\"]").replace(

@@ -12,7 +12,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data_prep.build import BuildParams, build
+from data_prep.build import build
+from data_prep.settings import BuildSettings
 from data_prep.dataset import PreparedDataset
 from tests.conftest import TEST_KEY
 from tests.helpers import fit_config, fit_reports
@@ -246,7 +247,7 @@ def test_a_tiny_run_learns_a_phantom_label(learned_run):
 def test_a_failed_stage_is_recorded_beside_its_weights_and_not_trained_again(prepared_dir, phantom_dir, tmp_path):
     from trainables.pretrain import Stage, StageFailed, ensure_stage, failure_marker, stage_path
 
-    small = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "small", BuildParams(size=16, folds=3, seed=0,
+    small = build(phantom_dir, phantom_dir / "labels.csv", tmp_path / "small", BuildSettings(size=16, folds=3, seed=0,
                   workers=1), key=TEST_KEY, log=lambda *_: None)
     stage = Stage("resnet18", "scratch", "co_trained", (str(prepared_dir), str(small)), 1, 1e-3, 8, "bce", 0)
     with pytest.raises(ValueError, match="co-trained sources must share one image size"):
