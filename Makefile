@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test chaos install clean
+.PHONY: demo test lint chaos install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 # CXR_SWEEP_REQUIRE_SERVICES=1 (CI).
 # The quick tests first, spread over the cores (pytest-xdist); then the `slow` ones (sweeps on real Ray
 # clusters, each using every core) one after another. Both always run; either failing fails make test.
-test: $(STAMP)
+# ruff (pinned; rules in pyproject.toml): a lint error fails make test before any test runs.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
 	bash tests/services/start.sh
 	. ./.cxr-sweep/services/env && rc=0 \
 		&& { $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 || rc=$$?; } \
