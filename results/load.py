@@ -9,6 +9,7 @@ predictions, learning curves, and every trial's hyperparameters (for the learnin
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from sqlalchemy.exc import DBAPIError
 from results.query import QueryError
 from results.schema import (EXTERNAL_RESULTS, FOLD_METRICS, MACRO, OOF_PREDICTIONS, SELECTED_TRIALS, TRIAL_SUMMARY,
                             VAL_PREDICTIONS, Cell, CurveMetric, ExternalMetric, ExternalSet, ImageGroup, LearningCurve,
-                            Sweep, TrialMetric)
-from results.store import open_engine
+                            SCHEMA_VERSION, SchemaMeta, Sweep, TrialMetric)
+from results.store import ResultsStore, open_engine
 from vocab.metrics import EPOCH_METRICS
 from vocab.names import metric_key
 
@@ -35,7 +36,9 @@ EXTERNAL_SETS, EXTERNAL_METRICS, IMAGE_GROUPS = ExternalSet.__table__, ExternalM
 @contextmanager
 def reading(url: str) -> Iterator[Connection]:
     """One read-only engine and one read-only transaction for all of a load's selects; the engine is
-    disposed after. A DB error becomes a QueryError, as it does in results.query."""
+    disposed after. A DB error becomes a QueryError, as it does in results.query. A DB of an older schema
+    is first brought up to date in place, as a sweep opening it would (`up_to_date`)."""
+    up_to_date(url)
     engine = open_engine(url, readonly=True)
     try:
         with engine.begin() as conn:
@@ -44,6 +47,24 @@ def reading(url: str) -> Iterator[Connection]:
         raise QueryError(str(exc.orig).strip()) from exc
     finally:
         engine.dispose()
+
+
+def up_to_date(url: str) -> None:
+    """Migrate a DB written by an older version in place (ResultsStore's migrations: every row kept), saying so
+    on stderr, so that a report or prediction reads what this code's tables hold; a newer or unmigratable DB is
+    the store's error. Nothing is written to a DB already of this version."""
+    engine = open_engine(url, readonly=True)
+    try:
+        with engine.connect() as conn:
+            found = conn.scalar(select(SchemaMeta.value).where(SchemaMeta.key == "schema_version"))
+    except DBAPIError:
+        return  # not a results DB (or not reachable): the reads that follow say so
+    finally:
+        engine.dispose()
+    if found is not None and int(found) < SCHEMA_VERSION:
+        print(f"note: {url} has schema version {found}; migrating it in place to {SCHEMA_VERSION} (every row kept)",
+              file=sys.stderr)
+        ResultsStore(url).engine.dispose()
 
 
 def read_frame(conn: Connection, query: Select) -> pd.DataFrame:

@@ -302,3 +302,21 @@ def test_a_db_older_than_version_3_is_refused_with_what_to_do_and_left_as_it_was
                                          r"test_predictions.*\); there is no migration from it: use a new --db"):
         ResultsStore(engine_url)
     assert snapshot(engine_url) == before
+
+
+def test_a_report_on_a_db_of_the_previous_version_migrates_it_first_and_says_so(tmp_path, capsys):
+    """`cxr-sweep report` on a DB copied from an older installation: its reads need this version's tables, so
+    the DB is migrated in place (a note says so) and the report is made, not a traceback about a missing
+    table (schema 11 moved seed 003's curves to curve_metrics)."""
+    from sweeper.cli import main
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    restore(RICHEST, url)
+    assert main(["report", "--db", url, "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr()
+    assert f"has schema version {_version(RICHEST)}; migrating it in place to {SCHEMA_VERSION}" in printed.err
+    assert "## Source data selection" in printed.out or "Source data selection" in printed.out
+    with connected(url) as query:
+        assert query("SELECT value FROM schema_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert main(["report", "--db", url, "--bootstrap", "0"]) == 0
+    assert "migrating" not in capsys.readouterr().err  # nothing more to do
