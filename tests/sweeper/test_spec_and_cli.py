@@ -308,7 +308,8 @@ def test_the_demo_covers_seed_000s_three_perspectives_offline_with_sources_bigge
     assert {c["recipe"] for c in cells if c["backbone"] == "resnet18"} == {
         c["recipe"] for c in cells if c["backbone"] != "resnet18"}  # backbone: every recipe on both
     data = plan["data"]
-    assert min(data[s]["images"] for s in ("phantom_nih", "phantom_chexpert")) >= 2 * data["target"]["images"]
+    # sources bigger than the target, as real ones are (300 patients against 160)
+    assert min(data[s]["images"] for s in ("phantom_nih", "phantom_chexpert")) >= 1.5 * data["target"]["images"]
 
 
 def test_every_train_and_recipe_setting_reaches_fit_config_and_an_unknown_key_is_refused_at_each_layer(tmp_path):
@@ -397,7 +398,8 @@ def test_build_and_phantom_settings_are_each_defined_once_and_an_unknown_key_is_
 BUILT_BEFORE = {  # what each set of the built-in specs hashed into its prepared id before the settings were one model
     ("tiny", "target", "target", ()): '{"bits": 8, "folds": 2, "near_duplicates": 0.9, "seed": 0, "size": 32, "source": '
                                       '{"discarded_only": "drop", "kind": "target", "mapping": "seed000_target"}}',
-    ("demo", "phantom_nih", "nih", ()): '{"bits": 8, "folds": 3, "near_duplicates": 0.9, "seed": 0, "size": 64, '
+    # the demo's: 2 folds since it was sized for a first run within minutes (issue 29), otherwise as before
+    ("demo", "phantom_nih", "nih", ()): '{"bits": 8, "folds": 2, "near_duplicates": 0.9, "seed": 0, "size": 64, '
                                         '"source": {"kind": "nih", "preset": "none", "seed": 0}}',
     ("zhou2020", "target", "nih", ()): '{"bits": 8, "folds": 1, "holdout": [0.6, 0.2, 0.2], "near_duplicates": 0.9, '
                                        '"seed": 0, "size": 256, "source": {"kind": "nih", "preset": "none", "seed": 0}}',
@@ -421,8 +423,8 @@ def test_the_built_in_specs_build_their_sets_with_the_settings_and_phantom_folde
     demo = load_spec("demo")[0].data.phantom  # its target, sources (seed offsets 1, 2) and external set (100)
     assert [phantom_folder(k, demo.of_set(k, offset)) for k, offset in (("target", 0), ("chexpert", 1),
                                                                          ("nih", 2), ("target", 100))] == [
-        "target-n120-px128-p0.3-seed0", "chexpert-n300-px128-p0.3-seed1", "nih-n300-px128-p0.3-seed2",
-        "target-n120-px128-p0.3-seed100"]
+        "target-n160-px128-p0.3-seed0", "chexpert-n300-px128-p0.3-seed1", "nih-n300-px128-p0.3-seed2",
+        "target-n160-px128-p0.3-seed100"]
     noisy = demo.model_copy(update={"label_noise": 0.1, "refiled": 0.05})  # a setting off its default is named
     assert phantom_folder("nih", noisy.of_set("nih", 2)) == "nih-n300-px128-p0.3-seed2-noise0.1-refiled0.05"
 
