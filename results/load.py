@@ -37,10 +37,20 @@ EXTERNAL_SETS, EXTERNAL_METRICS, IMAGE_GROUPS = ExternalSet.__table__, ExternalM
 def reading(url: str) -> Iterator[Connection]:
     """One read-only engine and one read-only transaction for all of a load's selects; the engine is
     disposed after. A DB error becomes a QueryError, as it does in results.query. A DB of an older schema
-    is first brought up to date in place, as a sweep opening it would (`up_to_date`)."""
-    up_to_date(url)
+    is first brought up to date in place, as a sweep opening it would (`ResultsStore`'s migrations, every
+    row kept), and read after; nothing is written to a DB already of this version."""
     engine = open_engine(url, readonly=True)
     try:
+        with engine.begin() as conn:
+            found = older_schema(conn, url)
+            if found is None:
+                yield conn
+                return
+        engine.dispose()
+        print(f"note: {url} has schema version {found}; migrating it in place to {SCHEMA_VERSION} (every row kept)",
+              file=sys.stderr)
+        ResultsStore(url).engine.dispose()  # a newer or unmigratable DB is the store's error
+        engine = open_engine(url, readonly=True)
         with engine.begin() as conn:
             yield conn
     except DBAPIError as exc:
@@ -49,22 +59,15 @@ def reading(url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def up_to_date(url: str) -> None:
-    """Migrate a DB written by an older version in place (ResultsStore's migrations: every row kept), saying so
-    on stderr, so that a report or prediction reads what this code's tables hold; a newer or unmigratable DB is
-    the store's error. Nothing is written to a DB already of this version."""
-    engine = open_engine(url, readonly=True)
+def older_schema(conn: Connection, url: str) -> int | None:
+    """The schema version of a results DB older than this code's, else None (this version, or a newer one:
+    the store's error); a DB that is no results DB at all is a QueryError saying so."""
     try:
-        with engine.connect() as conn:
-            found = conn.scalar(select(SchemaMeta.value).where(SchemaMeta.key == "schema_version"))
-    except DBAPIError:
-        return  # not a results DB (or not reachable): the reads that follow say so
-    finally:
-        engine.dispose()
-    if found is not None and int(found) < SCHEMA_VERSION:
-        print(f"note: {url} has schema version {found}; migrating it in place to {SCHEMA_VERSION} (every row kept)",
-              file=sys.stderr)
-        ResultsStore(url).engine.dispose()
+        found = conn.scalar(select(SchemaMeta.value).where(SchemaMeta.key == "schema_version"))
+    except DBAPIError as exc:
+        raise QueryError(f"{url} holds no cxr-sweep results ({str(exc.orig).strip()}); "
+                         f"pass the DB a sweep wrote (--db)") from exc
+    return int(found) if found is not None and int(found) < SCHEMA_VERSION else None
 
 
 def read_frame(conn: Connection, query: Select) -> pd.DataFrame:

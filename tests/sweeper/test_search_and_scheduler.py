@@ -61,7 +61,7 @@ def test_a_trial_end_that_is_not_a_trainables_record_is_refused_naming_the_key()
     """What used to be told COMPLETE as long as it had `best_val_auc` and `completed` (issue 29)."""
     searcher = _searcher(n_studies=1, n_trials=1)
     searcher.suggest("t0")
-    with pytest.raises(RecordError, match="TrialResult report: missing epoch, train_loss, val_loss"):
+    with pytest.raises(RecordError, match="TrialResult report: missing epoch, train_loss, val_ap, "):
         searcher.on_trial_complete("t0", {"best_val_auc": 0.8, "completed": True})
 
 
