@@ -7,6 +7,7 @@ setup commands) is untested: docs/clusters.md#autoscaling-tested-on-this-machine
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -135,10 +136,12 @@ class Nodes:
         self._thread.join()
 
 
-def _wait(condition, what: str, limit: float) -> None:
+def _wait(condition, what: str, limit: float, driver: subprocess.Popen | None = None, log: Path | None = None):
+    """Wait for `condition`, at most `limit` seconds, and no longer than the sweep's `driver` runs."""
     deadline = time.monotonic() + limit
     while not condition():
         assert time.monotonic() < deadline, what
+        assert driver is None or driver.poll() is None, f"{what}; the sweep ended:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
 
 
@@ -186,12 +189,20 @@ def _all_training(workers: set[str], storage: Path) -> bool:
     return len(workers) == MAX_WORKERS and all(_running_on(storage, node, EPOCHS - 4) for node in workers)
 
 
+def _resumed_elsewhere(trial_dir: Path, lost: set[str]) -> bool:
+    """Did the trial go on from its checkpoint on another node (not from its first epoch again)?"""
+    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    after = [r["epoch"] for r in reports if r["node_id"] not in lost]
+    return bool(after) and after[0] > 1
+
+
 @pytest.mark.slow
 def test_the_autoscaler_starts_workers_for_waiting_trials_loses_no_trial_to_a_terminated_one_and_stops_idle_ones(
         tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     (tmp_path / "user").mkdir()  # HOME: no token of the real user's turns this cluster's authentication on
-    env = sweep_env(tmp_path, drop=("RAY_",), HOME=str(tmp_path / "user"), RAY_TMPDIR=str(ray_tmp))
+    env = sweep_env(tmp_path, drop=("RAY_",), HOME=str(tmp_path / "user"), RAY_TMPDIR=str(ray_tmp),
+                    PYTHONUNBUFFERED="1")  # the driver's lines in its log as it prints them
     config = fake_cluster_config(f"127.0.0.1:{dead_port()}")
     spec = tmp_path / "cluster.toml"
     spec.write_text(spec_text("cluster", **{**CLUSTER, "asha": {"grace_period": EPOCHS},  # no pruning
@@ -201,9 +212,10 @@ def test_the_autoscaler_starts_workers_for_waiting_trials_loses_no_trial_to_a_te
              "--address", config["provider"]["gcs_address"], "--max-concurrent", str(MAX_WORKERS + 1),
              "--bootstrap", "0", "--no-report-images"]
     with fake_cluster(tmp_path, env, config) as (config_file, nodes), log.open("w") as out:
-        assert not nodes.alive()  # from zero: nothing waits, nothing starts
         driver = subprocess.Popen(sweep, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)  # not a pipe
-        _wait(lambda: _all_training(nodes.alive(), home / "ray" / "auto"), "no trial on each worker", 150)
+        _wait(lambda: "trial(s) queued" in log.read_text(), "the driver did not start", 120, driver, log)
+        assert not any(alive for alive, _ in nodes.seen)  # from zero: up to the driver's first trial, no worker
+        _wait(lambda: _all_training(nodes.alive(), home / "ray" / "auto"), "no trial on each worker", 150, driver, log)
         busy = nodes.alive()
         _write(config_file, _one_worker_less(config))
         _wait(lambda: nodes.dead() & busy, "no busy worker terminated", 60)
@@ -213,9 +225,11 @@ def test_the_autoscaler_starts_workers_for_waiting_trials_loses_no_trial_to_a_te
     assert f"{MAX_WORKERS + 1} trial(s) queued" in log.read_text() and nodes.most_at_once() == MAX_WORKERS
     monitor = "\n".join(p.read_text() for p in ray_tmp.glob("ray/session_*/logs/monitor.log"))
     assert len(terminated) == 1 and _terminated(monitor, *terminated, "max_workers_per_type")
-    assert all(_terminated(monitor, node, "idle") for node in nodes.dead() - terminated)
+    idle = nodes.dead() - terminated
+    assert idle and all(_terminated(monitor, node, "idle") for node in idle)
     _assert_every_trial_recorded_once(home, "auto", per_study=2, epochs=EPOCHS)
     reported = _reported_nodes(home / "ray" / "auto")
     assert set().union(*reported.values()) <= nodes.dead()  # on the workers only, never on the head
-    assert [trial for trial, seen in reported.items() if terminated < seen], reported  # moved, and finished
+    moved = [trial for trial, seen in reported.items() if terminated < seen]
+    assert moved and all(_resumed_elsewhere(home / "ray" / "auto" / trial, terminated) for trial in moved), reported
     subprocess.run(["rm", "-rf", str(ray_tmp)])
