@@ -37,33 +37,6 @@ def _reported_nodes(storage: Path) -> dict[str, set[str]]:
             for f in storage.glob("*/result.json")}
 
 
-def test_a_sweep_on_two_gpu_worker_nodes_uses_both_and_records_every_trial_once(tmp_path):
-    from ray.cluster_utils import Cluster
-
-    spec = tmp_path / "cluster.toml"
-    spec.write_text(CLUSTER_SPEC)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head trains nothing
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    try:
-        proc = subprocess.run(_sweep_args(str(spec), tmp_path / "home", "c1", "--address", cluster.address),
-                              capture_output=True, text=True, cwd=REPO, timeout=600, env=sweep_env(tmp_path))
-    finally:
-        cluster.shutdown()
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    db = f"sqlite:///{tmp_path}/home/results.db"
-    rows = run_query(db, "SELECT trial_key, study, optuna_number, status FROM sweep_trials")
-    assert len(rows) == 2 * 2 and rows["trial_key"].is_unique
-    assert not rows.duplicated(["study", "optuna_number"]).any() and set(rows["status"]) == {"COMPLETE"}
-    nodes = _reported_nodes(tmp_path / "home" / "ray" / "c1")
-    assert set(nodes) == set(rows["trial_key"]) and all(len(n) == 1 for n in nodes.values())
-    assert set().union(*nodes.values()) == {w.node_id for w in workers}  # both workers, never the head
-    for trial in rows["trial_key"]:  # two reports each, one checkpoint (the last epoch's)
-        trial_dir = tmp_path / "home" / "ray" / "c1" / trial
-        assert len((trial_dir / "result.json").read_text().splitlines()) == 2
-        assert len(list(trial_dir.glob("checkpoint_*"))) == 1
-
-
 KILL_SPEC = spec_text("kill", data={"phantom": {"n_patients": 24, "seed": 0}}, search={"trials": 4},
                       asha={"grace_period": 1}, train={"epochs": 2})
 KILL_TRIALS = 2 * 4  # folds x trials
@@ -191,6 +164,9 @@ def _running_on(storage: Path, node_id: str, last_epoch: int) -> bool:
 
 
 def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished(tmp_path):
+    """A sweep on two GPU worker nodes and a head that trains nothing: both workers train, every trial is
+    recorded once, and the one cut short by its node's removal finishes on the other (the autoscaler's
+    view of the same: tests/sweeper/test_autoscaler_fake_multinode.py)."""
     from ray.cluster_utils import Cluster
 
     spec = tmp_path / "cluster.toml"
@@ -215,7 +191,10 @@ def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished
     db = f"sqlite:///{tmp_path}/home/results.db"
     rows = run_query(db, "SELECT trial_key, study, optuna_number, status FROM sweep_trials")
     assert len(rows) == 2 * 2 and rows["trial_key"].is_unique and set(rows["status"]) <= {"COMPLETE", "PRUNED"}
+    assert not rows.duplicated(["study", "optuna_number"]).any()
     nodes = _reported_nodes(storage)
+    assert set(nodes) == set(rows["trial_key"])
+    assert set().union(*nodes.values()) == {w.node_id for w in workers}  # both GPU workers, never the head
     moved = [trial for trial, seen in nodes.items() if seen == {doomed.node_id, workers[1].node_id}]
     assert moved, nodes  # a trial began on the removed node and finished on the other
     print(f"[chaos] node removed mid-sweep: {len(moved)} trial(s) rescheduled, {len(rows)} recorded once each")
