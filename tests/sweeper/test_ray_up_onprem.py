@@ -128,7 +128,8 @@ def _reported_node_ips(storage: Path) -> dict[str, set[str]]:
 def _cluster_file(machines: Machines, tmp_path: Path) -> tuple[Path, dict, Path]:
     """The user's side: the cluster file with its marked values filled, the environment `ray` runs in (its own
     home and temp folder), and the shared file system, emptied, with the sweep's spec on it."""
-    shared = machines.nodes / "shared"  # outside the cluster user's home
+    # outside the cluster user's home, and where that user can reach it (a checkout under /root is not)
+    shared = Path("/var/tmp/cxr-sweep-onprem-shared")
     shutil.rmtree(shared, ignore_errors=True)
     shared.mkdir()
     (shared / "spec.toml").write_text(spec_text("onprem"))  # 2 folds, one trial each, 1 epoch at 32 px
