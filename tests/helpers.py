@@ -58,6 +58,23 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: int = 600
                           env=env, timeout=timeout)
 
 
+RAY_CLI = str(Path(sys.executable).with_name("ray"))  # this venv's `ray` command
+# What Ray 2.60 says to a node (`ray start --address`) that does not hold the cluster's token
+TOKEN_REFUSED = "Authentication token is missing or incorrect"
+
+
+def run_command(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
+    """A command from the repository, as a user runs it; output captured as text."""
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+def join_cluster(address: str, env: dict, *more: str) -> subprocess.CompletedProcess:
+    """`ray start --address=ADDRESS` as a new node; one that is refused gives up after 3 tries (Ray's
+    default: 20)."""
+    return run_command([RAY_CLI, "start", f"--address={address}", *more],
+                       {**env, "RAY_gcs_server_port_wait_time_s": "3"})
+
+
 def sweep_args(spec: Path | str, home: Path, name: str, *more: str) -> list[str]:
     """sweeper.run's arguments for a sweep with its own home and SQLite DB in it."""
     return ["--spec", str(spec), "--home", str(home), "--db", f"sqlite:///{home}/results.db", "--name", name, *more]

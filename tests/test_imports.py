@@ -138,3 +138,33 @@ def test_names_that_cross_packages_are_composed_and_parsed_in_vocab_names():
         for path in (REPO / package).rglob("*.py"):
             if path.parts[-2:] != ("vocab", "names.py"):
                 assert not hand_made.search(path.read_text()), f"{path} composes a name by hand"
+
+
+def _ray_train_uses(source: str) -> list[str]:
+    """Each `ray.train` / `ray.air` import or attribute in Python source, as written."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(("ray.train", "ray.air"))]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(("ray.train", "ray.air")):
+                found.append(node.module)
+            elif node.module == "ray":
+                found += [f"ray.{a.name}" for a in node.names if a.name in ("train", "air")]
+        elif (isinstance(node, ast.Attribute) and node.attr in ("train", "air") and isinstance(node.value, ast.Name)
+              and node.value.id == "ray"):
+            found.append(f"ray.{node.attr}")
+    return found
+
+
+def test_no_module_uses_ray_train_in_what_runs_in_trials():
+    """Under Ray Train V2 (already the default of the pinned Ray 2.60: RAY_TRAIN_V2_ENABLED defaults to 1; Ray
+    3.0 removes V1) a `ray.train.*` or `ray.air` call inside a Tune trainable is an error. Trials report and
+    checkpoint with `ray.tune` only (tune.report, tune.get_checkpoint, tune.Checkpoint); a logger's name
+    ("ray.train._internal.storage") is no use."""
+    assert sorted(_ray_train_uses("import ray\nfrom ray import train\nray.train.report({})\nfrom ray.air import session\n"
+                                  "import ray.train.torch\nlogging.getLogger('ray.train._internal.storage')\n")) == [
+        "ray.air", "ray.train", "ray.train", "ray.train.torch"]  # the check itself finds each form
+    uses = {path.relative_to(REPO).as_posix(): _ray_train_uses(path.read_text())
+            for package in ALLOWED for path in (REPO / package).rglob("*.py")}
+    assert not {path: found for path, found in uses.items() if found}

@@ -209,9 +209,97 @@ CONF
     say "slurm $(slurmd -V | awk '{ print $2 }') up: slurmctld and slurmd on 127.0.0.1 ($(secs "$t0"))"
 }
 
+# Two "machines" for `ray up docs/cluster-onprem.yaml` (tests/sweeper/test_ray_up_onprem.py): an OpenSSH
+# server on 127.0.0.1:22 (the head) and one on 127.0.0.2:22 (a worker), loopback only, for one unprivileged
+# user with a throwaway key made here. Port 22 because Ray's cluster launcher has no SSH port setting. Each
+# server runs in its own PID and mount namespace with its own /tmp ($SSH/<ip>/tmp), as on separate machines:
+# a node's `ray stop` sees only its own processes (never the other node's, nor another test's Ray), and
+# each node's Ray keeps its session, /tmp/ray/ray_current_cluster and the launcher's state to itself. The
+# nodes share the user's home (one ~/cxr-sweep/.venv), which separate machines would not.
+SSH=$DIR/ssh
+SSH_USER=cxrnode
+SSH_HOSTS="127.0.0.1 127.0.0.2"
+ssh_login() {   # ssh_login IP: our key logs in to our server there (its host key in $SSH/known_hosts)
+    ssh -q -i "$SSH/id_ed25519" -o BatchMode=yes -o ConnectTimeout=5 -o UserKnownHostsFile="$SSH/known_hosts" \
+        -o StrictHostKeyChecking=yes "$SSH_USER@$1" true </dev/null 2>/dev/null
+}
+sshd_config() {  # sshd_config IP: the server for one node
+    cat <<CONF
+ListenAddress $1:22
+HostKey $SSH/ssh_host_ed25519_key
+PidFile none
+AllowUsers $SSH_USER
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UsePAM no
+X11Forwarding no
+PrintMotd no
+MaxSessions 50
+MaxStartups 50:30:100
+Subsystem sftp internal-sftp
+CONF
+}
+start_sshd() {
+    local t0 ip
+    t0=$(now)
+    if ! [ -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then
+        # rsync: how `ray up` copies the file's file_mounts to the nodes
+        apt_install openssh-server rsync || { missing "openssh-server not installed ($(why_not_installed))" "ray up (SSH)"; return 0; }
+        say "openssh-server and rsync installed with apt ($(secs "$t0"))"
+        t0=$(now)
+    fi
+    if [ "$(id -u)" != 0 ]; then missing "an SSH server for another user on port 22 needs root here" "ray up (SSH)"; return 0; fi
+    if ! id "$SSH_USER" >/dev/null 2>&1; then
+        # '*': no password, but not locked ('!' would make sshd refuse the key without PAM)
+        useradd -m -s /bin/bash -p '*' "$SSH_USER" || { missing "useradd $SSH_USER failed" "ray up (SSH)"; return 0; }
+    fi
+    local home
+    home=$(getent passwd "$SSH_USER" | cut -d: -f6)
+    mkdir -p "$SSH" /run/sshd
+    [ -s "$SSH/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C "cxr-sweep test" -f "$SSH/id_ed25519"
+    [ -s "$SSH/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -C "cxr-sweep test host" -f "$SSH/ssh_host_ed25519_key"
+    install -d -m 700 -o "$SSH_USER" -g "$SSH_USER" "$home/.ssh"
+    install -m 600 -o "$SSH_USER" -g "$SSH_USER" "$SSH/id_ed25519.pub" "$home/.ssh/authorized_keys"
+    echo "127.0.0.1,127.0.0.2 $(cut -d' ' -f1,2 "$SSH/ssh_host_ed25519_key.pub")" >"$SSH/known_hosts"
+    for ip in $SSH_HOSTS; do
+        ssh_login "$ip" && continue
+        if (exec 3<>"/dev/tcp/$ip/22") 2>/dev/null; then
+            missing "port 22 on $ip answers, but not as this test's SSH server (another sshd?)" "ray up (SSH)"; return 0
+        fi
+        # a namespace left from an earlier run whose server died: its unshare, and with it the namespace, ends
+        [ -s "$SSH/$ip.pid" ] && kill -KILL "$(cat "$SSH/$ip.pid")" 2>/dev/null || true
+        sshd_config "$ip" >"$SSH/$ip.conf"
+        install -d -m 1777 "$SSH/$ip/tmp"
+        # --kill-child: stopping the unshare (stop.sh) ends sshd, the namespace's PID 1, and everything in it
+        setsid unshare --pid --mount --fork --kill-child --mount-proc sh -c \
+            'mount --bind "$1" /tmp && exec /usr/sbin/sshd -D -e -f "$2"' sh "$SSH/$ip/tmp" "$SSH/$ip.conf" \
+            >>"$SSH/$ip.log" 2>&1 </dev/null 9>&- &
+        echo $! >"$SSH/$ip.pid"
+    done
+    local i
+    for i in $(seq 1 20); do
+        ssh_login 127.0.0.1 && ssh_login 127.0.0.2 && break
+        sleep 0.5
+    done
+    for ip in $SSH_HOSTS; do
+        ssh_login "$ip" || { missing "sshd on $ip:22 did not let the test key in (see $SSH/$ip.log)" "ray up (SSH)"; return 0; }
+    done
+    {
+        echo "export CXR_SWEEP_TEST_SSH_USER=$SSH_USER"
+        echo "export CXR_SWEEP_TEST_SSH_KEY=$SSH/id_ed25519"
+        echo "export CXR_SWEEP_TEST_SSH_KNOWN_HOSTS=$SSH/known_hosts"
+        echo "export CXR_SWEEP_TEST_SSH_NODES=$SSH"   # <ip>/tmp: each node's /tmp, seen from here
+    } >>"$ENV_FILE.tmp"
+    say "sshd for $SSH_USER on $SSH_HOSTS (port 22), one PID and mount namespace each ($(secs "$t0"))"
+}
+
 : >"$ENV_FILE.tmp"
 start_postgres
 start_slurm
+start_sshd
 setup_chromium
 # dcmtk renders DICOM through the PS3.4 grey pipeline and re-encodes it (JPEG, JPEG-LS, RLE);
 # OpenJPH encodes and decodes HTJ2K: tests/data_prep/test_dicom_dcmtk.py compares data_prep.dicom with them.

@@ -10,6 +10,15 @@ PGDATA=$(readlink -f "$DIR/pg")   # may be a symlink to where postgres can reach
 pkill -x slurmctld 2>/dev/null && echo "[services] slurmctld stopped" || true
 pkill -x slurmd 2>/dev/null && echo "[services] slurmd stopped" || true
 
+# The SSH servers for `ray up` (start.sh): killing a server's unshare ends its namespace, and with it every
+# process still running there (a test's Ray). Its key, home and the user stay for the next start.sh.
+for pid in "$DIR"/ssh/*.pid; do
+    [ -s "$pid" ] || continue
+    kill -KILL "$(cat "$pid")" 2>/dev/null && echo "[services] sshd on $(basename "$pid" .pid) stopped" || true
+    rm -f "$pid"
+done
+sed -i '/CXR_SWEEP_TEST_SSH_/d' "$DIR/env" 2>/dev/null || true
+
 bin=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 | xargs -r dirname || true)
 if [ -z "$bin" ] || [ ! -f "$PGDATA/postmaster.pid" ]; then
     echo "[services] postgresql not running"

@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from results.query import run_query
-from tests.conftest import REPO
-from tests.helpers import dead_port, spec_text, stop_cluster, sweep_env
+from tests.helpers import (RAY_CLI, TOKEN_REFUSED, dead_port, join_cluster, run_command, spec_text, stop_cluster,
+                           sweep_env)
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _run(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
 def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_sweep_with_it(tmp_path):
@@ -35,27 +30,27 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
     (tmp_path / "spec.toml").write_text(spec_text("local"))
     plain = sweep_env(tmp_path, drop=("RAY_",), HOME=str(user), RAY_TMPDIR=str(ray_tmp))
     owner = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    plain["RAY_gcs_server_port_wait_time_s"] = "3"  # a refused process gives up after 3 tries, not Ray's 20
+    plain["RAY_gcs_server_port_wait_time_s"] = "3"  # a refused driver gives up after 3 tries, not Ray's 20
     port = dead_port()
     address = f"127.0.0.1:{port}"
     sweep = [sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"),
              "--address", address, "--name", "token", "--report-bootstrap", "0", "--no-report-images"]
     outputs = []
     try:
-        head = _run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
+        head = run_command([RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
                      "--include-dashboard=false"], owner)
         assert head.returncode == 0, head.stderr[-2000:]
-        another = {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong), "RAY_gcs_server_port_wait_time_s": "3"}
+        another = {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong)}
         for stranger in (plain, another):  # no token; another token
-            node = _run([RAY, "start", f"--address={address}", "--num-cpus=2"], stranger)
-            assert node.returncode != 0 and "Authentication token is missing or incorrect" in node.stdout + node.stderr
+            node = join_cluster(address, stranger, "--num-cpus=2")
+            assert node.returncode != 0 and TOKEN_REFUSED in node.stdout + node.stderr
             outputs.append(node)
-        worker = _run([RAY, "start", f"--address={address}", "--num-cpus=2"], owner)
+        worker = run_command([RAY_CLI, "start", f"--address={address}", "--num-cpus=2"], owner)
         assert worker.returncode == 0, worker.stderr[-2000:]
-        refused = _run(sweep, plain)
+        refused = run_command(sweep, plain)
         assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
         assert "refused this driver" in refused.stderr and "RAY_AUTH_TOKEN_PATH" in refused.stderr
-        ran = _run(sweep, owner, timeout=600)
+        ran = run_command(sweep, owner, timeout=600)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
         outputs += [head, worker, refused, ran]
     finally:
