@@ -63,9 +63,9 @@ RAY_CLI = str(Path(sys.executable).with_name("ray"))  # this venv's `ray` comman
 TOKEN_REFUSED = "Authentication token is missing or incorrect"
 
 
-def run_command(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    """A command from the repository, as a user runs it; output captured as text."""
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+def run_command(args: list[str], env: dict, timeout: int = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """A command from the repository (or another checkout `cwd`), as a user runs it; output captured as text."""
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def join_cluster(address: str, env: dict, *more: str) -> subprocess.CompletedProcess:
