@@ -25,17 +25,6 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs the slow tests on two pytest-xdist workers, as two streams (`--dist loadgroup`): the
-    tests that read the session's smoke sweeps (tests/smoke_sweeps.py: run once, on one worker) and the
-    sweeps of their own (clusters, Slurm, faults). Much of a cluster test is waiting on Ray's processes,
-    which the smoke sweeps' training fills."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            stream = "smoke-sweeps" if "smoke_sweeps" in item.fixturenames else "own-sweeps"
-            item.add_marker(pytest.mark.xdist_group(stream))
-
-
 @pytest.fixture(autouse=True)
 def private_key_file(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.config key from a test."""
