@@ -3,6 +3,7 @@ running a command as a user would, a fit config and its reports, and a test clus
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import sqlite3
@@ -73,6 +74,13 @@ def join_cluster(address: str, env: dict, *more: str) -> subprocess.CompletedPro
     default: 20)."""
     return run_command([RAY_CLI, "start", f"--address={address}", *more],
                        {**env, "RAY_gcs_server_port_wait_time_s": "3"})
+
+
+def reported_nodes(storage: Path, field: str = "node_id") -> dict[str, set[str]]:
+    """{trial id: the Ray nodes (`node_id`, or `node_ip`) its reports came from}, from Ray's own result files
+    in a Tune experiment's folder."""
+    return {f.parent.name: {json.loads(line)[field] for line in f.read_text().splitlines()}
+            for f in storage.glob("*/result.json")}
 
 
 def sweep_args(spec: Path | str, home: Path, name: str, *more: str) -> list[str]:

@@ -22,11 +22,10 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import dead_port, spec_text, stop_cluster, sweep_env
-from tests.sweeper.test_cluster_and_resume import (CLUSTER, _assert_every_trial_recorded_once, _reported_nodes,
+from tests.helpers import RAY_CLI, dead_port, reported_nodes, spec_text, stop_cluster, sweep_env
+from tests.sweeper.test_cluster_and_resume import (CLUSTER, _assert_every_trial_recorded_once,
                                                    _running_on)
 
-RAY = str(Path(sys.executable).with_name("ray"))
 # The fake provider names the head it did not launch so (Ray's FAKE_HEAD_NODE_TYPE); cluster.yaml's head
 # type is renamed to it, nothing else of it changes.
 FAKE_HEAD = "ray.head.default"
@@ -156,7 +155,7 @@ def fake_cluster(tmp_path: Path, env: dict, config: dict) -> Iterator[tuple[Path
     port = config["provider"]["gcs_address"].rsplit(":", 1)[1]
     nodes = None
     try:
-        head = subprocess.run([RAY, "start", "--head", f"--port={port}", *head_start_args(config),
+        head = subprocess.run([RAY_CLI, "start", "--head", f"--port={port}", *head_start_args(config),
                                "--include-dashboard=false", f"--autoscaling-config={config_file}"],
                               env={**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
                               capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -228,7 +227,7 @@ def test_the_autoscaler_starts_workers_for_waiting_trials_loses_no_trial_to_a_te
     idle = nodes.dead() - terminated
     assert idle and all(_terminated(monitor, node, "idle") for node in idle)
     _assert_every_trial_recorded_once(home, "auto", per_study=2, epochs=EPOCHS)
-    reported = _reported_nodes(home / "ray" / "auto")
+    reported = reported_nodes(home / "ray" / "auto")
     assert set().union(*reported.values()) <= nodes.dead()  # on the workers only, never on the head
     moved = [trial for trial, seen in reported.items() if terminated < seen]
     assert moved and all(_resumed_elsewhere(home / "ray" / "auto" / trial, terminated) for trial in moved), reported

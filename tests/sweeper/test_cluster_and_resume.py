@@ -16,7 +16,7 @@ import pytest
 
 from results.query import run_query
 from tests.conftest import REPO
-from tests.helpers import finished_trials, spec_text, sweep_args, sweep_env
+from tests.helpers import finished_trials, reported_nodes, spec_text, sweep_args, sweep_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,6 @@ CLUSTER_SPEC = spec_text("cluster", **CLUSTER)
 
 def _sweep_args(spec: str, home: Path, name: str, *more: str) -> list[str]:
     return [sys.executable, "-m", "sweeper.run", *sweep_args(spec, home, name, *more)]
-
-
-def _reported_nodes(storage: Path) -> dict[str, set[str]]:
-    """{trial id: Ray node ids its reports came from}, from Ray's own result files."""
-    return {f.parent.name: {json.loads(line)["node_id"] for line in f.read_text().splitlines()}
-            for f in storage.glob("*/result.json")}
 
 
 KILL_SPEC = spec_text("kill", data={"phantom": {"n_patients": 24, "seed": 0}}, search={"trials": 4},
@@ -192,7 +186,7 @@ def test_a_worker_node_removed_mid_sweep_has_its_trials_rescheduled_and_finished
     rows = run_query(db, "SELECT trial_key, study, optuna_number, status FROM sweep_trials")
     assert len(rows) == 2 * 2 and rows["trial_key"].is_unique and set(rows["status"]) <= {"COMPLETE", "PRUNED"}
     assert not rows.duplicated(["study", "optuna_number"]).any()
-    nodes = _reported_nodes(storage)
+    nodes = reported_nodes(storage)
     assert set(nodes) == set(rows["trial_key"])
     assert set().union(*nodes.values()) == {w.node_id for w in workers}  # both GPU workers, never the head
     moved = [trial for trial, seen in nodes.items() if seen == {doomed.node_id, workers[1].node_id}]

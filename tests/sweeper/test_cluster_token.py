@@ -38,7 +38,7 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
     outputs = []
     try:
         head = run_command([RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
-                     "--include-dashboard=false"], owner)
+                            "--include-dashboard=false"], owner)
         assert head.returncode == 0, head.stderr[-2000:]
         another = {**owner, "RAY_AUTH_TOKEN_PATH": str(wrong)}
         for stranger in (plain, another):  # no token; another token

@@ -18,7 +18,6 @@ later runs find it installed, as a user's second `ray up` does."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pwd
 import shutil
@@ -31,7 +30,7 @@ import pytest
 
 from results.query import run_query
 from tests.conftest import REPO
-from tests.helpers import (RAY_CLI, TOKEN_REFUSED, join_cluster, run_command, spec_text, stop_cluster,
+from tests.helpers import (RAY_CLI, TOKEN_REFUSED, join_cluster, reported_nodes, run_command, spec_text, stop_cluster,
                            sweep_env)
 from tests.services_fixtures import _service
 
@@ -117,12 +116,6 @@ def _stat(path: Path) -> tuple[float, int]:
 def _files_holding(secret: bytes, *roots: Path) -> list[Path]:
     return [p for root in roots for p in root.rglob("*")
             if p.is_file() and not p.is_symlink() and secret in p.read_bytes()]
-
-
-def _reported_node_ips(storage: Path) -> dict[str, set[str]]:
-    """{trial: the node IPs its reports came from}, from Ray's own result files."""
-    return {f.parent.name: {json.loads(line)["node_ip"] for line in f.read_text().splitlines()}
-            for f in storage.glob("*/*/result.json")}
 
 
 def _cluster_file(machines: Machines, tmp_path: Path) -> tuple[Path, dict, Path]:
@@ -220,7 +213,7 @@ def _fresh_checkout(into: Path) -> Path:
 def _assert_the_sweep_ran_on_the_worker(shared: Path) -> None:
     trials = run_query(f"sqlite:///{shared}/cxr-sweep/results.db", "SELECT status FROM sweep_trials")
     assert trials["status"].tolist() == ["COMPLETE", "COMPLETE"]  # one trial per fold
-    ips = _reported_node_ips(shared / "cxr-sweep" / "ray")
+    ips = reported_nodes(shared / "cxr-sweep" / "ray" / "onprem", "node_ip")
     assert len(ips) == 2 and all(reported == {WORKER} for reported in ips.values()), ips  # none on the head
 
 
