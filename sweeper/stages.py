@@ -17,6 +17,7 @@ import torch
 from sweeper.search import StudyPlan
 from trainables.pretrain import Stage, ensure_stage, failure_marker, stage_path
 from trainables.config import fit_config
+from trainables.memory import release_freed_memory
 
 
 def attach_stages(plans: list[StudyPlan], cache_dir: Path) -> dict[Path, Stage]:
@@ -34,7 +35,10 @@ def attach_stages(plans: list[StudyPlan], cache_dir: Path) -> dict[Path, Stage]:
 @ray.remote
 def _train_stage(stage: Stage, cache_dir: str, device: str, threads: int) -> str:
     torch.set_num_threads(max(1, threads))
-    return str(ensure_stage(stage, Path(cache_dir), torch.device(device)))
+    try:
+        return str(ensure_stage(stage, Path(cache_dir), torch.device(device)))
+    finally:
+        release_freed_memory()  # Ray reuses this worker for the next task (trainables/memory.py)
 
 
 def launch_stages(stages: dict[Path, Stage], cache_dir: Path, cpus: float, gpus: float, device: str,

@@ -14,6 +14,7 @@ from ray import tune
 
 from trainables.config import fit_config, trial_metadata
 from trainables.fit import fit
+from trainables.memory import release_freed_memory
 from vocab.records import TrialPredictions
 
 STATE_FILE = "state.pt"
@@ -69,9 +70,14 @@ def load_state(directory: Path) -> dict | None:
 
 def tune_fit(config: dict) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
+    release_freed_memory()  # what the trial before freed, also when ASHA stopped it mid-report (trainables/memory.py)
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_state(Path(directory))
-    fit(fit_config(config), report=_reporter(trial_metadata(config).checkpoint_every), state=state)
+    try:
+        fit(fit_config(config), report=_reporter(trial_metadata(config).checkpoint_every), state=state)
+    finally:
+        del state
+        release_freed_memory()
