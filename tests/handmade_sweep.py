@@ -2,10 +2,19 @@
 kept aside so that tests can compute them independently (numpy and scikit-learn, not results)."""
 from __future__ import annotations
 
+import atexit
+import copy
 import math
+import os
+import shutil
+import sqlite3
+import tempfile
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy.pool import NullPool
 
 from results.store import ResultsStore
 from vocab.metrics import EPOCH_METRICS, MACRO_METRICS, PER_CLASS_METRICS, SPLIT_METRICS
@@ -149,7 +158,72 @@ def _external(store, sweep: int, rng) -> dict:
 
 
 def build_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:
-    """2 backbones x 4 recipes x 3 folds x 2 trials, plus (if asked) a planned cell with no trial."""
+    """2 backbones x 4 recipes x 3 folds x 2 trials, plus (if asked) a planned cell with no trial.
+
+    Written once per test process and backend through ResultsStore (`write_sweep`), then copied into
+    each test's empty database (SQLite's backup API, PostgreSQL's CREATE DATABASE ... TEMPLATE): the same
+    rows at a fiftieth of the cost. Into a database that already holds something it is written anew."""
+    if not _empty(url):
+        return write_sweep(url, name, seed, missing_cell)
+    backend = make_url(url).get_backend_name()
+    key = (backend, name, seed, missing_cell)
+    if key not in _TEMPLATES:
+        template = _new_template(url, len(_TEMPLATES))
+        _TEMPLATES[key] = (template, write_sweep(template, name, seed, missing_cell))
+    template, expected = _TEMPLATES[key]
+    _copy_database(template, url)
+    return copy.deepcopy(expected)
+
+
+_TEMPLATES: dict[tuple, tuple[str, Expected]] = {}  # (backend, name, seed, missing_cell) -> (URL, its numbers)
+
+
+def _empty(url: str) -> bool:
+    engine = create_engine(url)
+    try:
+        return not inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def _new_template(url: str, number: int) -> str:
+    """A URL for a template database beside `url`'s, removed when this process exits."""
+    if make_url(url).get_backend_name() == "sqlite":
+        folder = tempfile.mkdtemp(prefix="cxr-handmade-")
+        atexit.register(shutil.rmtree, folder, True)
+        return f"sqlite:///{folder}/template.db"
+    name = f"cxr_handmade_{os.getpid()}_{number}"
+    with _admin(url) as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    atexit.register(_drop_database, url, name)
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _admin(url: str):
+    """An AUTOCOMMIT connection to the server's maintenance database (CREATE/DROP DATABASE)."""
+    engine = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    return engine.connect()
+
+
+def _drop_database(url: str, name: str) -> None:
+    with _admin(url) as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _copy_database(template: str, url: str) -> None:
+    """Make `url`'s (empty) database a copy of `template`'s."""
+    source, target = make_url(template), make_url(url)
+    if source.get_backend_name() == "sqlite":
+        with closing(sqlite3.connect(source.database)) as src, closing(sqlite3.connect(target.database)) as dst:
+            src.backup(dst)
+        return
+    with _admin(url) as conn:
+        conn.execute(text(f'DROP DATABASE "{target.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{target.database}" TEMPLATE "{source.database}"'))
+
+
+def write_sweep(url: str, name: str = "handmade", seed: int = 0, missing_cell: bool = True) -> Expected:
+    """The handmade sweep written into `url` through ResultsStore; the numbers it holds."""
     rng = np.random.default_rng(seed)
     store = ResultsStore(url)
     sweep = store.start_sweep(name, "handmade", "name = 'handmade'", "test", FOLDS, 2, split="random",
