@@ -19,8 +19,10 @@ demo: $(STAMP)
 # Real PostgreSQL and headless Chromium for the tests (tests/services/start.sh); the env file
 # tells the tests where they are. A missing service skips its tests, or fails them under
 # CXR_SWEEP_REQUIRE_SERVICES=1 (CI).
-# The quick tests first, spread over the cores (pytest-xdist); then the `slow` ones (sweeps on real Ray
-# clusters, each using every core) one after another. Both always run; either failing fails make test.
+# The quick tests first, spread over the cores (pytest-xdist; tests sharing a trained fixture on one
+# worker); then the `slow` ones (sweeps on real Ray clusters) in two streams on two workers: the tests of
+# the session's shared smoke sweeps, and those with sweeps of their own (tests/conftest.py groups them;
+# pytest is pinned where pytest-xdist can). Both always run; either failing fails make test.
 # ruff (pinned; rules in pyproject.toml): a lint error fails make test before any test runs.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,8 +30,8 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	bash tests/services/start.sh
 	. ./.cxr-sweep/services/env && rc=0 \
-		&& { $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 || rc=$$?; } \
-		&& { $(PY) -m pytest -m slow || rc=$$?; } && exit $$rc
+		&& { $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadgroup || rc=$$?; } \
+		&& { $(PY) -m pytest -m slow -n 2 --dist loadgroup || rc=$$?; } && exit $$rc
 
 # The fault-injection tests at a larger scale (50 writer kills, a trial's worker killed after each
 # epoch), with the cluster tests (a node removed, the driver killed and resumed).

@@ -25,6 +25,38 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+# Session fixtures that train (seconds each): under pytest-xdist every worker would make its own, so the
+# quick tests that use one run on one worker (`--dist loadgroup`).
+SHARED_TRAINING = ("learned_run",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the slow tests on two pytest-xdist workers, as two streams (`--dist loadgroup`): the
+    tests that read the session's smoke sweeps (tests/smoke_sweeps.py: run once, on one worker) and the
+    sweeps of their own (clusters, Slurm, faults). Much of a cluster test is waiting on Ray's processes,
+    which the smoke sweeps' training fills. Quick tests that share a trained fixture share a worker."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            stream = "smoke-sweeps" if "smoke_sweeps" in item.fixturenames else "own-sweeps"
+            item.add_marker(pytest.mark.xdist_group(stream))
+            continue
+        shared = [name for name in SHARED_TRAINING if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures (the smoke sweeps) are made
+def pytest_runtest_setup(item):
+    """A group pytest-xdist did not take fails the test, instead of slowing it silently: with pytest 9.2 and
+    pytest-xdist 3.8 (pytest-xdist#1386) every worker ran the smoke sweeps itself, and two filled the memory.
+    pytest-xdist marks a grouped test by appending `@GROUP` to its id."""
+    grouped = getattr(item.config.option, "loadgroup", False) and os.environ.get("PYTEST_XDIST_WORKER")
+    if grouped and item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rpartition("]")[2]:
+        pytest.fail("--dist loadgroup did not group this test: this pytest-xdist cannot group on this pytest "
+                    "(pytest-xdist#1386); install the pins of constraints.txt", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def private_key_file(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.config key from a test."""

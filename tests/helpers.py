@@ -85,7 +85,7 @@ def reported_nodes(storage: Path, field: str = "node_id") -> dict[str, set[str]]
 
 def sweep_args(spec: Path | str, home: Path, name: str, *more: str) -> list[str]:
     """sweeper.run's arguments for a sweep with its own home and SQLite DB in it."""
-    return ["--spec", str(spec), "--home", str(home), "--db", f"sqlite:///{home}/results.db", "--name", name, *more]
+    return ["--spec", str(spec), "--home", str(home), "--db", f"sqlite:///{home}/results.db", "--sweep", name, *more]
 
 
 def fit_config(data_dir, **overrides):

@@ -171,7 +171,7 @@ def _labels(tmp_path: Path, key: bytes | None) -> tuple:
     """data_prep.labels on a good target table, with the pseudonym key file holding `key` (None: a folder)."""
     import os
 
-    key_file = Path(os.environ["CXR_SWEEP_PSEUDONYM_KEY_FILE"]).parent / f"{tmp_path.name}.key"
+    key_file = tmp_path / "pseudonym.key"  # the test's own: a freed tmp_path's name is given out again
     key_file.mkdir() if key is None else key_file.write_bytes(key)
     os.environ["CXR_SWEEP_PSEUDONYM_KEY_FILE"] = str(key_file)  # the autouse fixture restores it after the test
     (tmp_path / "labels.csv").write_text("file,findings,patient\na.dcm,scoliosis,p1\n")

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 RECIPES = ("imagenet", "chexpert", "nih", "imagenet_chexpert", "imagenet_nih", "imagenet_chexpert_mixed",
            "imagenet_nih_mixed", "chexpert_nih_cotrained")
 CELLS = {(b, r) for b in ("resnet50", "densenet121") for r in RECIPES}  # the paper spec's grid
-NAME = "paper-smoke"  # 2 folds, 2 trials, 2 epochs at 32 px (sweeper/overrides.py SMOKE)
+NAME = "paper-smoke"  # 2 folds, 2 epochs at 32 px (sweeper/overrides.py SMOKE), 1 trial (tests/smoke_sweeps.py)
 MINE = f"sweep_id = (SELECT id FROM sweeps WHERE name = '{NAME}')"  # the DB holds zhou2020's smoke sweep too
+ZHOU = "zhou2020-smoke"  # 16 studies (variants x the holdout) of 2 trials each: a second trial, and ASHA's pruning
 
 
 @pytest.fixture
@@ -39,14 +40,17 @@ def paper_sweep(smoke_sweeps):
 
 def test_db_holds_exactly_one_result_per_cell_fold_and_trial(paper_sweep):
     _, db, _ = paper_sweep
-    rows = run_query(db, "SELECT backbone, recipe, fold, optuna_number, status, COUNT(*) AS n FROM trial_summary "
-                         f"WHERE sweep = '{NAME}' GROUP BY backbone, recipe, fold, optuna_number, status")
-    assert len(rows) == len(CELLS) * 2 * 2 and (rows["n"] == 1).all()
-    assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
-    per_study = rows.groupby(["backbone", "recipe", "fold"])["optuna_number"].apply(sorted)
-    assert all(numbers == [0, 1] for numbers in per_study)
-    selected = run_query(db, f"SELECT backbone, recipe, fold FROM selected_trials WHERE {MINE}")
-    assert len(selected) == len(CELLS) * 2
+    for sweep, studies, trials in ((NAME, len(CELLS) * 2, 1), (ZHOU, 16, 2)):
+        rows = run_query(db, "SELECT backbone, recipe, variant, fold, optuna_number, status, COUNT(*) AS n FROM "
+                             f"trial_summary WHERE sweep = '{sweep}' GROUP BY backbone, recipe, variant, fold, "
+                             "optuna_number, status")
+        assert len(rows) == studies * trials and (rows["n"] == 1).all(), sweep
+        assert set(rows["status"]) <= {"COMPLETE", "PRUNED"}
+        per_study = rows.groupby(["backbone", "recipe", "variant", "fold"])["optuna_number"].apply(sorted)
+        assert len(per_study) == studies and all(numbers == list(range(trials)) for numbers in per_study), sweep
+        selected = run_query(db, "SELECT COUNT(*) AS n FROM selected_trials WHERE sweep_id = (SELECT id FROM sweeps "
+                                 f"WHERE name = '{sweep}')")
+        assert selected.n[0] == studies, sweep
 
 
 def test_complete_trials_ran_to_their_end_and_carry_the_end_of_trial_evaluation(paper_sweep):
@@ -124,9 +128,10 @@ def test_learning_curves_hold_seed_003s_metrics_for_every_epoch(paper_sweep):
 
 def test_storage_keeps_one_slim_checkpoint_per_completed_trial_and_none_of_a_pruned_one(paper_sweep):
     home, db, _ = paper_sweep
-    trials = run_query(db, f"SELECT trial_key, status, checkpoint FROM sweep_trials WHERE {MINE}")
+    trials = run_query(db, "SELECT s.name AS sweep, t.trial_key, t.status, t.checkpoint FROM sweep_trials t JOIN "
+                           f"sweeps s ON s.id = t.sweep_id WHERE s.name IN ('{NAME}', '{ZHOU}')")
     for trial in trials.itertuples():
-        kept = sorted((home / "ray" / NAME).glob(f"{trial.trial_key}/checkpoint_*"))
+        kept = sorted((home / "ray" / trial.sweep).glob(f"{trial.trial_key}/checkpoint_*"))
         if trial.status == "COMPLETE":
             assert [str(k) for k in kept] == [trial.checkpoint]
             state = torch.load(kept[0] / "state.pt", weights_only=True)
@@ -141,7 +146,7 @@ def test_query_cli_prints_rows(paper_sweep):
     proc = paper_sweep[2].cli("results.query", "--db", db,
                               f"SELECT COUNT(*) AS n FROM sweep_trials t JOIN sweeps s ON s.id = t.sweep_id "
                               f"WHERE s.name = '{NAME}'")
-    assert proc.returncode == 0 and proc.stdout.split() == ["n", str(len(CELLS) * 2 * 2)]
+    assert proc.returncode == 0 and proc.stdout.split() == ["n", str(len(CELLS) * 2)]
 
 
 def test_predict_applies_a_cells_chosen_model_to_files_as_its_trial_evaluated_them(paper_sweep, tmp_path):
@@ -333,10 +338,9 @@ def test_no_planted_identifier_reaches_any_output(paper_sweep):
 def test_resuming_a_finished_sweep_adds_nothing(paper_sweep):
     home, db, sweeps = paper_sweep
     before = run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0]
-    proc = sweeps.cli("sweeper.run", "--spec", "paper", "--smoke", "--home", str(home), "--num-cpus", "2",
-                      "--name", NAME, "--resume", "--report-bootstrap", "0", "--no-report-images")
+    proc = sweeps.cli("sweeper.run", *sweeps.run_args("paper"), "--resume", "--bootstrap", "0", "--no-report-images")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0] == before == len(CELLS) * 4
+    assert run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0] == before == len(CELLS) * 2
 
 
 # Two ways to fail: a damaged ImageNet file (the imagenet cells) and a diverging learning rate (lr 1e30);
@@ -358,7 +362,7 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"damaged")
     env = sweep_env(tmp_path, CXR_SWEEP_OFFLINE="1", TORCH_HOME=str(torch_home), CXR_SWEEP_UNVERIFIED_WEIGHTS="1")
     proc = run_cli("sweeper.run", "--spec", spec, "--home", tmp_path / "home", "--db", db, "--num-cpus", "2",
-                   "--name", "failing", "--report-bootstrap", "50", "--no-report-images", env=env, timeout=900)
+                   "--sweep", "failing", "--bootstrap", "50", "--no-report-images", env=env, timeout=900)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
     assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 2 + ["ERROR"] * 2 + ["COMPLETE"] * 2

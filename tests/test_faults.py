@@ -277,7 +277,7 @@ def test_a_full_checkpoint_disk_fails_trials_clearly_and_the_sweep_resumes_after
     spec.write_text(FULL_DISK_SPEC)
     db = f"sqlite:///{tmp_path}/results.db"
     args = [sys.executable, "-m", "sweeper.run", "--spec", str(spec), "--home", str(tmp_path / "home"), "--db", db,
-            "--num-cpus", "2", "--name", "full", "--storage", str(small_disk / "ray"), "--report-bootstrap", "50"]
+            "--num-cpus", "2", "--sweep", "full", "--storage", str(small_disk / "ray"), "--bootstrap", "50"]
     env = sweep_env(tmp_path)
     first = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
@@ -312,7 +312,7 @@ def test_a_db_disk_filling_up_mid_sweep_stops_it_clearly_and_resume_finishes_it(
     db_path = small_disk / "results.db"
     env = sweep_env(tmp_path)
     args = [sys.executable, "-m", "sweeper.run", "--spec", "tiny", "--home", str(tmp_path / "home"),
-            "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--name", "dbfull", "--report-bootstrap", "50"]
+            "--db", f"sqlite:///{db_path}", "--num-cpus", "2", "--sweep", "dbfull", "--bootstrap", "50"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 300
     while finished_trials(db_path) < 2:

@@ -220,7 +220,7 @@ def test_the_toy_kind_flows_through_a_sweep_into_the_results_db_and_the_report(t
     spec = write_spec(tmp_path / "toy.toml", "toy", data={"target": ""})
     home = tmp_path / "home"
     done = run_cli("sweeper.run", *sweep_args(spec, home, "toy", "--data", f"target={prepared}", "--num-cpus", "2",
-                                              "--report-bootstrap", "50", "--no-report-images"),
+                                              "--bootstrap", "50", "--no-report-images"),
                    env=sweep_env(tmp_path), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with sqlite3.connect(home / "results.db") as db:

@@ -41,7 +41,7 @@ def _kill_driver_mid_sweep(home: Path, name: str) -> tuple[list[str], dict]:
     env = sweep_env(home.parent)
     (home.parent / "kill.toml").write_text(KILL_SPEC)
     args = _sweep_args(str(home.parent / "kill.toml"), home, name, "--num-cpus", "2", "--no-report-images",
-                       "--report-bootstrap", "50")
+                       "--bootstrap", "50")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env,
                               start_new_session=True)  # its own process group: the driver and its local Ray
     deadline = time.monotonic() + 400

@@ -34,7 +34,7 @@ def test_a_token_cluster_refuses_nodes_and_drivers_without_its_token_and_runs_a_
     port = dead_port()
     address = f"127.0.0.1:{port}"
     sweep = [sys.executable, "-m", "sweeper.run", "--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"),
-             "--address", address, "--name", "token", "--report-bootstrap", "0", "--no-report-images"]
+             "--address", address, "--sweep", "token", "--bootstrap", "0", "--no-report-images"]
     outputs = []
     try:
         head = run_command([RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",

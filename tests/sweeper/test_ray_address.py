@@ -22,7 +22,7 @@ def _run(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedPr
     (tmp_path / "spec.toml").write_text(MICRO)
     start = time.monotonic()
     proc = run_cli("sweeper.run", "--spec", tmp_path / "spec.toml", "--home", tmp_path / "home", "--num-cpus", "2",
-                   "--name", "local", "--report-bootstrap", "0", "--no-report-images", *args,
+                   "--sweep", "local", "--bootstrap", "0", "--no-report-images", *args,
                    env=sweep_env(tmp_path, drop=("RAY_ADDRESS",), **env))
     return proc, time.monotonic() - start
 

@@ -35,8 +35,8 @@ def test_the_sbatch_script_runs_a_sweep_on_a_token_authenticated_ray_inside_the_
     (tmp_path / "spec.toml").write_text(spec_text("local"))
     env = sweep_env(tmp_path, drop=("RAY_", "SLURM_"), HOME=str(user), RAY_TMPDIR=str(ray_tmp),
                     CXR_SWEEP_RAY_PORT=str(dead_port()))
-    args = ("--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"), "--name", "slurm",
-            "--report-bootstrap", "0", "--no-report-images")
+    args = ("--spec", str(tmp_path / "spec.toml"), "--home", str(tmp_path / "home"), "--sweep", "slurm",
+            "--bootstrap", "0", "--no-report-images")
     try:
         no_token, said = _sbatch(conf, tmp_path, env, *args)  # ~/.ray/auth_token does not exist yet
         assert no_token.returncode == 2 and "no Ray token at" in said, said[-2000:]
