@@ -371,6 +371,18 @@ class ResultsStore:
                                                   "evaluated_at": _now()}], ["sweep_id", "name"])
             return conn.scalar(select(ExternalSet.id).where(ExternalSet.sweep_id == sweep_id, ExternalSet.name == name))
 
+    def external_trial_keys(self, sweep_id: int, external_id: int, cell: dict, tta: str) -> set[str]:
+        """The trials whose fold-model predictions on the external set are stored for the cell and `tta`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Trial.trial_key).distinct()
+                                .join(ExternalPrediction, ExternalPrediction.trial_id == Trial.id)
+                                .join(Cell, Cell.id == ExternalPrediction.cell_id)
+                                .where(Cell.sweep_id == sweep_id, Cell.backbone == cell["backbone"],
+                                       Cell.recipe == cell["recipe"], Cell.variant == cell.get("variant", ""),
+                                       ExternalPrediction.external_id == external_id, ExternalPrediction.tta == tta,
+                                       ExternalPrediction.model == "fold"))
+            return {row.trial_key for row in rows}
+
     def external_predictions(self, sweep_id: int, external_id: int, cell: dict, tta: str, blocks: list[dict],
                              label_names: list[str]) -> None:
         """A cell's predictions on an external set with one test-time augmentation, replacing earlier ones:

@@ -260,7 +260,8 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
 
 def _evaluate_external(spec: SweepSpec, options: RunOptions, external: dict[str, Path]) -> None:
     """Apply every cell's fold models and fold ensemble to the spec's external test sets (sweeper.evaluate),
-    here in the driver, after the sweep. A failure is reported with the command that does it again; the
+    here in the driver, after the sweep; a cell evaluated already from the same trials (a resumed sweep) keeps
+    its predictions. A failure is reported with the command that does it again; the
     results are in the DB either way."""
     for name, path in external.items():
         how = spec.data.external[name]
@@ -268,7 +269,7 @@ def _evaluate_external(spec: SweepSpec, options: RunOptions, external: dict[str,
         for tta in how.tta:
             try:
                 evaluate(options.db_url, options.name, {name: str(path)}, labels, None, tta,
-                         spec.resources.device, log=print)
+                         spec.resources.device, log=print, keep_stored=True)
             except Exception as exc:  # noqa: BLE001 - the sweep's results stay; say how to do it again
                 print(f"[sweeper] external set {name} (tta {tta}) could not be evaluated ({type(exc).__name__}: "
                       f"{exc}); again with python -m sweeper.evaluate --db {options.db_url} --sweep {options.name} "

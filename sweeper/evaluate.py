@@ -95,7 +95,11 @@ def _macro_auc(truth: np.ndarray, probs: np.ndarray) -> float:
 
 
 def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict[str, str], cells: list[str] | None,
-             tta: str, device: str, log=print) -> int:
+             tta: str, device: str, log=print, keep_stored: bool = False) -> int:
+    """Apply each cell's fold models and their ensemble to each external set and store the predictions.
+    `keep_stored` (the sweep driver at the end of every run, a resume included): a cell whose stored
+    predictions on the same prepared set, label mapping and augmentation come from exactly its selected
+    trials keeps them instead of predicting again."""
     with reading(db) as conn:
         sweep = sweep or latest_sweep(conn, db)
         selected = selected_trials(conn, sweep)
@@ -115,6 +119,11 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
         external_id, mapped, truth = None, None, None
         for cell in names:
             members = fold_models(selected, db, sweep, cell)  # the selected trials read above
+            first = members[0]
+            where = {"backbone": first.backbone, "recipe": first.recipe, "variant": first.variant}
+            if keep_stored and external_id is not None and _stored(store, sweep_id, external_id, where, tta, members):
+                log(f"[evaluate] {name}: {cell}: stored from its selected trials already, kept")
+                continue
             models = [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
             if mapped is None:
                 mapping = label_mapping(models[0].label_names, data.label_names, labels.get(name), name)
@@ -125,15 +134,16 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
                     + (f"; left out (no counterpart): {', '.join(left_out)}" if left_out else ""))
                 external_id = store.external_set(sweep_id, name, data.root.name, len(data.image_keys), mapping,
                                                  left_out)
+                if keep_stored and _stored(store, sweep_id, external_id, where, tta, members):
+                    log(f"[evaluate] {name}: {cell}: stored from its selected trials already, kept")
+                    continue
             columns = [models[0].label_names.index(t) for t in mapped]
             keys = {"image_keys": [str(k) for k in data.image_keys], "patient_keys": [str(k) for k in data.patient_keys],
                     "labels": truth}
             blocks = [{"model": "fold", "fold": m.fold, "trial_key": m.trial_key, **keys,
                        "probs": model.predict_prepared(data, tta)[:, columns]} for m, model in zip(members, models)]
             blocks.append({"model": "ensemble", **keys, "probs": np.mean([b["probs"] for b in blocks], axis=0)})
-            first = members[0]
-            store.external_predictions(sweep_id, external_id, {"backbone": first.backbone, "recipe": first.recipe,
-                                                               "variant": first.variant}, tta, blocks, mapped)
+            store.external_predictions(sweep_id, external_id, where, tta, blocks, mapped)
             log(f"[evaluate] {name}: {cell}: macro AUC of its {len(members)} fold model(s) "
                 + ", ".join(f"{_macro_auc(truth.T, b['probs'].T):.3f}" for b in blocks[:-1])
                 + f"; fold ensemble {_macro_auc(truth.T, blocks[-1]['probs'].T):.3f}"
@@ -142,6 +152,12 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     log(f"[evaluate] stored in {db} (table external_predictions, view external_results); "
         f"python -m results.report --db {db} --sweep {sweep} compares them with the internal test folds")
     return 0
+
+
+def _stored(store: ResultsStore, sweep_id: int, external_id: int, cell: dict, tta: str, members) -> bool:
+    """Whether the cell's stored predictions on the external set are those of exactly `members`' trials
+    (external_set has dropped them where the prepared set or the label mapping changed)."""
+    return store.external_trial_keys(sweep_id, external_id, cell, tta) == {m.trial_key for m in members}
 
 
 def add_arguments(parser: cli.Parser) -> None:

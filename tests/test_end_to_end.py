@@ -336,11 +336,17 @@ def test_no_planted_identifier_reaches_any_output(paper_sweep):
 
 
 def test_resuming_a_finished_sweep_adds_nothing(paper_sweep):
+    """No trial, and no external evaluation: what the first run stored is kept."""
     home, db, sweeps = paper_sweep
     before = run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0]
+    external = f"SELECT COUNT(*) FROM external_predictions e JOIN external_sets s ON s.id = e.external_id WHERE s.{MINE}"
+    stored = run_query(db, external).iloc[0, 0]
     proc = sweeps.cli("sweeper.run", *sweeps.run_args("paper"), "--resume", "--bootstrap", "0", "--no-report-images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_query(db, f"SELECT COUNT(*) FROM sweep_trials WHERE {MINE}").iloc[0, 0] == before == len(CELLS) * 2
+    # nor predicts the external set again: every cell's stored predictions come from its selected trials
+    assert proc.stdout.count("stored from its selected trials already, kept") == len(CELLS), proc.stdout[-3000:]
+    assert run_query(db, external).iloc[0, 0] == stored > 0
 
 
 # Two ways to fail: a damaged ImageNet file (the imagenet cells) and a diverging learning rate (lr 1e30);

@@ -134,3 +134,26 @@ def test_both_sides_of_the_drop_average_only_the_classes_the_external_set_can_ju
     assert run_query(url, "SELECT COUNT(*) FROM external_results WHERE external = 'narrow'").iloc[0, 0] == 0
     assert run_query(url, "SELECT COUNT(*) FROM external_results WHERE external = 'elsewhere'").iloc[0, 0] > 0
     store.engine.dispose()
+
+
+def test_the_store_names_the_trials_whose_external_predictions_it_holds(handmade):
+    """What a resumed sweep compares with its selected trials before predicting an external set again
+    (sweeper.evaluate keep_stored): per cell and augmentation, the fold models' trials, and nothing for a cell,
+    augmentation or set without predictions."""
+    from results.store import ResultsStore
+
+    url, _ = handmade
+    store = ResultsStore(url)
+    sweep_id = store.sweep_id("handmade")
+    (external_id,) = run_query(url, "SELECT id FROM external_sets").id
+    for backbone, recipe in EXTERNAL_CELLS:
+        cell = {"backbone": backbone, "recipe": recipe, "variant": ""}
+        for tta in ("none", "hflip"):
+            assert store.external_trial_keys(sweep_id, external_id, cell, tta) == {
+                f"{backbone}-{recipe}-{f}-0" for f in FOLDS}
+        assert store.external_trial_keys(sweep_id, external_id, cell, "vflip") == set()
+        assert store.external_trial_keys(sweep_id, external_id + 1, cell, "none") == set()
+    other = {"backbone": "densenet121", "recipe": "scratch", "variant": ""}
+    assert (("densenet121", "scratch") not in EXTERNAL_CELLS
+            and store.external_trial_keys(sweep_id, external_id, other, "none") == set())
+    store.engine.dispose()
