@@ -40,6 +40,8 @@ chaos: $(STAMP)
 	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest -v -s \
 		tests/test_faults.py tests/sweeper/test_cluster_and_resume.py
 
+# Also what the `ray up` test's cluster setup installed for the test nodes' user (6.2 GB), if any.
 clean:
 	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port
 	rm -rf $(VENV) .cxr-sweep
+	-if id cxrnode >/dev/null 2>&1; then rm -rf "$$(getent passwd cxrnode | cut -d: -f6)/cxr-sweep"; fi

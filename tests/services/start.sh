@@ -223,10 +223,13 @@ ssh_login() {   # ssh_login IP: our key logs in to our server there (its host ke
     ssh -q -i "$SSH/id_ed25519" -o BatchMode=yes -o ConnectTimeout=5 -o UserKnownHostsFile="$SSH/known_hosts" \
         -o StrictHostKeyChecking=yes "$SSH_USER@$1" true </dev/null 2>/dev/null
 }
+# Inside a node's namespace its own /tmp hides the real one, and with it this folder where the checkout
+# lies under /tmp: the server reads its files through a bind mount of $SSH at $NODE_FILES/<ip> instead.
+NODE_FILES=/run/cxr-sweep-sshd
 sshd_config() {  # sshd_config IP: the server for one node
     cat <<CONF
 ListenAddress $1:22
-HostKey $SSH/ssh_host_ed25519_key
+HostKey $NODE_FILES/$1/ssh_host_ed25519_key
 PidFile none
 AllowUsers $SSH_USER
 AuthorizedKeysFile .ssh/authorized_keys
@@ -273,10 +276,11 @@ start_sshd() {
         [ -s "$SSH/$ip.pid" ] && kill -KILL "$(cat "$SSH/$ip.pid")" 2>/dev/null || true
         sshd_config "$ip" >"$SSH/$ip.conf"
         install -d -m 1777 "$SSH/$ip/tmp"
+        mkdir -p "$NODE_FILES/$ip"  # an empty mount point out here; the mount is the namespace's own
         # --kill-child: stopping the unshare (stop.sh) ends sshd, the namespace's PID 1, and everything in it
         setsid unshare --pid --mount --fork --kill-child --mount-proc sh -c \
-            'mount --bind "$1" /tmp && exec /usr/sbin/sshd -D -e -f "$2"' sh "$SSH/$ip/tmp" "$SSH/$ip.conf" \
-            >>"$SSH/$ip.log" 2>&1 </dev/null 9>&- &
+            'mount --bind "$1" "$2" && mount --bind "$1/$3/tmp" /tmp && exec /usr/sbin/sshd -D -e -f "$2/$3.conf"' \
+            sh "$SSH" "$NODE_FILES/$ip" "$ip" >>"$SSH/$ip.log" 2>&1 </dev/null 9>&- &
         echo $! >"$SSH/$ip.pid"
     done
     local i

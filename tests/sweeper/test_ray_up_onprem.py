@@ -13,7 +13,7 @@ The test fills the file's lines marked EDIT and nothing else, and runs:
     ray down -y FILE
     ssh USER@WORKER '~/cxr-sweep/.venv/bin/ray stop'      # each worker: `ray down` stops the head only
 
-The first run on a machine installs the pinned environment into that venv (about 2 minutes, 6.6 GB here);
+The first run on a machine installs the pinned environment into that venv (about 1.5 minutes, 6.2 GB here);
 later runs find it installed, as a user's second `ray up` does."""
 from __future__ import annotations
 
