@@ -40,7 +40,7 @@ chaos: $(STAMP)
 	. ./.cxr-sweep/services/env && CXR_SWEEP_CHAOS_SCALE=5 $(PY) -m pytest -v -s \
 		tests/test_faults.py tests/sweeper/test_cluster_and_resume.py
 
-# Also what the `ray up` test's cluster setup installed for the test nodes' user (6.2 GB), if any.
+# Also what an interrupted `ray up` test left installed for the test nodes' user (6.2 GB), if any.
 clean:
 	-bash tests/services/stop.sh  # a server whose data dir is deleted would linger on its port
 	rm -rf $(VENV) .cxr-sweep
