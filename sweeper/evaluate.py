@@ -121,11 +121,9 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
             members = fold_models(selected, db, sweep, cell)  # the selected trials read above
             first = members[0]
             where = {"backbone": first.backbone, "recipe": first.recipe, "variant": first.variant}
-            if keep_stored and external_id is not None and _stored(store, sweep_id, external_id, where, tta, members):
-                log(f"[evaluate] {name}: {cell}: stored from its selected trials already, kept")
-                continue
-            models = [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
-            if mapped is None:
+            models = None
+            if mapped is None:  # the first cell's models name the labels the set is mapped onto
+                models = _load(members, device)
                 mapping = label_mapping(models[0].label_names, data.label_names, labels.get(name), name)
                 mapped, truth = list(mapping), mapped_truth(data, mapping)
                 left_out = [t for t in models[0].label_names if t not in mapping]
@@ -134,9 +132,10 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
                     + (f"; left out (no counterpart): {', '.join(left_out)}" if left_out else ""))
                 external_id = store.external_set(sweep_id, name, data.root.name, len(data.image_keys), mapping,
                                                  left_out)
-                if keep_stored and _stored(store, sweep_id, external_id, where, tta, members):
-                    log(f"[evaluate] {name}: {cell}: stored from its selected trials already, kept")
-                    continue
+            if keep_stored and _stored(store, sweep_id, external_id, where, tta, members):
+                log(f"[evaluate] {name}: {cell}: stored from its selected trials already, kept")
+                continue
+            models = models or _load(members, device)
             columns = [models[0].label_names.index(t) for t in mapped]
             keys = {"image_keys": [str(k) for k in data.image_keys], "patient_keys": [str(k) for k in data.patient_keys],
                     "labels": truth}
@@ -152,6 +151,10 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     log(f"[evaluate] stored in {db} (table external_predictions, view external_results); "
         f"python -m results.report --db {db} --sweep {sweep} compares them with the internal test folds")
     return 0
+
+
+def _load(members, device: str) -> list[TrainedModel]:
+    return [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
 
 
 def _stored(store: ResultsStore, sweep_id: int, external_id: int, cell: dict, tta: str, members) -> bool:
