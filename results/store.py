@@ -251,6 +251,13 @@ class ResultsStore:
                                 .group_by(Trial.status)).all()
         return {status: int(n) for status, n in rows}
 
+    def failed_trials(self, sweep_id: int) -> list[tuple[str, int, str]]:
+        """(study, fold, error) of the sweep's ERROR trials, for the run's summary."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Trial.study, Trial.fold, Trial.error).where(
+                Trial.sweep_id == sweep_id, Trial.status == "ERROR").order_by(Trial.study, Trial.fold)).all()
+        return [(study, int(fold), error or "") for study, fold, error in rows]
+
     def remove_unfinished(self, sweep_id: int) -> int:
         """Delete the sweep's trials still RUNNING (and their curves) once every Ray trial has ended: they
         were started after the last experiment snapshot of a killed driver, so Ray never resumes them

@@ -254,7 +254,7 @@ def _finish(store: ResultsStore, sweep_id: int, grid, stages: dict, stage_errors
     store.finish_sweep(sweep_id, "FINISHED" if not (failed or stage_errors) else "FINISHED_WITH_ERRORS")
     _evaluate_external(spec, options, external)
     _print_report(options, data)
-    print(summary(counts, failed, stages, stage_errors, options.db_url))
+    print(summary(counts, failed, stages, stage_errors, options.db_url, store.failed_trials(sweep_id)))
     return 0 if not (failed or stage_errors) else 1
 
 
@@ -296,12 +296,23 @@ def _print_report(options: RunOptions, data: dict[str, Path]) -> None:
     print(f"[sweeper] report: {written['html']} (and report.md, tables/, figures/ beside it); again with {again}")
 
 
-def summary(counts: dict[str, int], failed: int, stages: dict, stage_errors: dict, db_url: str) -> str:
-    """Done / pruned / failed per stage, and where the results are."""
+def summary(counts: dict[str, int], failed: int, stages: dict, stage_errors: dict, db_url: str,
+            failures: list[tuple[str, int, str]] = ()) -> str:
+    """Done / pruned / failed per stage, each failed trial's last error line, and where the results are."""
     lines = [f"[sweeper] pretraining stages: {len(stages) - len(stage_errors)} ready, {len(stage_errors)} failed"]
     lines += [f"[sweeper]   {path.name} failed: {error}" for path, error in stage_errors.items()]
     lines.append(f"[sweeper] fine-tuning trials: {counts.get('COMPLETE', 0)} complete, "
                  f"{counts.get('PRUNED', 0)} pruned by ASHA, {failed} failed")
+    lines += [f"[sweeper]   {study} fold {fold} failed: {last_line(error)}" for study, fold, error in failures[:20]]
+    if len(failures) > 20:
+        lines.append(f"[sweeper]   ... and {len(failures) - 20} more")
     lines.append(f"[sweeper] results in {db_url}"
                  + (" (failed trials: SELECT error FROM sweep_trials WHERE status = 'ERROR')" if failed else ""))
     return "\n".join(lines)
+
+
+def last_line(error: str, width: int = 300) -> str:
+    """The line of a trace that names the error (its last non-blank one), cut to `width` characters."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    text = lines[-1] if lines else "(no error text recorded)"
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 RECIPES = ("imagenet", "chexpert", "nih", "imagenet_chexpert", "imagenet_nih", "imagenet_chexpert_mixed",
            "imagenet_nih_mixed", "chexpert_nih_cotrained")
 CELLS = {(b, r) for b in ("resnet50", "densenet121") for r in RECIPES}  # the paper spec's grid
-NAME = "paper-smoke"  # 2 folds, 2 epochs at 32 px (sweeper/overrides.py SMOKE), 1 trial (tests/smoke_sweeps.py)
+NAME = "paper-smoke"  # 2 folds at 32 px (sweeper/overrides.py SMOKE), 1 trial of 1 epoch (tests/smoke_sweeps.py)
 MINE = f"sweep_id = (SELECT id FROM sweeps WHERE name = '{NAME}')"  # the DB holds zhou2020's smoke sweep too
 ZHOU = "zhou2020-smoke"  # 16 studies (variants x the holdout) of 2 trials each: a second trial, and ASHA's pruning
 
@@ -56,7 +56,7 @@ def test_db_holds_exactly_one_result_per_cell_fold_and_trial(paper_sweep):
 def test_complete_trials_ran_to_their_end_and_carry_the_end_of_trial_evaluation(paper_sweep):
     _, db, _ = paper_sweep
     trials = run_query(db, f"SELECT id, status, epochs_run FROM sweep_trials WHERE {MINE}")
-    assert ((trials["status"] == "COMPLETE") == (trials["epochs_run"] == 2)).all(), trials  # smoke: 2 epochs
+    assert ((trials["status"] == "COMPLETE") == (trials["epochs_run"] == 1)).all(), trials  # 1 epoch (smoke_sweeps)
     evaluated = run_query(db, "SELECT DISTINCT trial_id, split FROM trial_metrics WHERE split != 'val' AND "
                               f"trial_id IN (SELECT id FROM sweep_trials WHERE {MINE})")
     complete = set(trials.loc[trials["status"] == "COMPLETE", "id"])
@@ -379,6 +379,8 @@ def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_ru
     assert all("is not a usable resnet18 ImageNet weights file" in e for e in failed[:4]), failed
     assert all("NonFiniteLoss" in e and "lower the learning rate" in e for e in failed[4:]), failed
     assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 6 failed" in proc.stdout  # and the others finished
+    said = [line for line in proc.stdout.splitlines() if " failed: " in line and "[sweeper]   " in line]
+    assert len(said) == 6 and sum("NonFiniteLoss" in line for line in said) == 2, said  # each with its error
     assert "| scratch | loss=bce,lr=0.001 | none (scratch) |" in proc.stdout  # the report, variant in its own column
     assert "| imagenet | loss=weighted_bce,lr=0.001 | ImageNet | missing |" in proc.stdout
     assert "resnet18/imagenet/loss=bce,lr=0.001: 0/2" in proc.stdout  # listed as missing
