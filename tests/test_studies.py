@@ -84,6 +84,7 @@ def test_each_smoke_report_says_so_and_the_db_keeps_the_spec_as_it_ran(studies):
     for spec in ("paper", "zhou2020"):
         assert "SMOKE RUN (python -m sweeper.run --smoke)" in (studies[spec] / "report.md").read_text()
     ran = run_query(studies["db"], "SELECT name, spec_text FROM sweeps ORDER BY name")
-    for text in ran.spec_text:
+    for name, text in zip(ran.name, ran.spec_text):  # --smoke, then the fixture's --set on top
         spec = tomllib.loads(text)
-        assert spec["smoke"] is True and spec["data"]["size"] == 32 and spec["train"]["epochs"] == 2
+        assert spec["smoke"] is True and spec["data"]["size"] == 32 and spec["data"]["phantom"]["n_patients"] == 40
+        assert spec["train"]["epochs"] == {"paper-smoke": 1, "zhou2020-smoke": 2}[name]
