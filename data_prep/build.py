@@ -40,6 +40,7 @@ from data_prep.table_layout import METADATA, columns
 from data_prep.labelset import age_years, file_sha256, sex_of
 from data_prep.locate import check_missing, locate_label_set
 from data_prep.pseudonym import Pseudonymizer, load_or_create_key
+from data_prep.node_copy import file_checksums
 from vocab import cli
 
 FORMAT_VERSION = 3  # 2: labels.csv carries sex and age; folds balance image-level prevalence; 3: lossy films
@@ -108,6 +109,7 @@ def build(image_dir: Path, labels_csv: Path, out_root: Path, params: BuildSettin
             raise
         manifest.update(dataset_id=dataset_id, counts={**counts, "missing": len(located.missing)})
         (work / JOURNAL).unlink()
+        manifest["files"] = file_checksums(work)  # what a node-local copy is checked against (data_prep.node_copy)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(work, out_dir)  # atomic: a half-built set is never visible
     log(f"[data_prep] wrote {out_dir} ({counts['images']} images, {counts['rejected']} rejected)")

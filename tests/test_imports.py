@@ -38,9 +38,11 @@ def test_package_imports_only_what_the_data_flow_allows(package):
 
 
 def test_trainables_uses_only_the_reading_side_of_data_prep():
-    """The prepared data set's reader; and its decoder, for new images in trainables.predict only."""
+    """The prepared data set's reader and its node-local copy; and its decoder, for new images in
+    trainables.predict only."""
     for path in (REPO / "trainables").rglob("*.py"):
-        allowed = {"data_prep.dataset"} | ({"data_prep.decode"} if path.name == "predict.py" else set())
+        allowed = {"data_prep.dataset", "data_prep.node_copy"} | ({"data_prep.decode"} if path.name == "predict.py"
+                                                                  else set())
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("data_prep"):
                 assert node.module in allowed, f"{path.name} imports {node.module}"

@@ -23,6 +23,7 @@ import torch
 import torchvision
 
 from data_prep.dataset import PreparedDataset
+from data_prep.node_copy import node_local
 from trainables import engine
 from trainables.augment import AugmentConfig, BatchAugment
 from trainables.config import FitConfig
@@ -90,7 +91,7 @@ class _Run:
         self.cfg, device = cfg, choose_device(cfg.device)
         self.precision = engine.Precision.choose(cfg.precision, device)
         torch.manual_seed(cfg.seed)
-        self.data = PreparedDataset(cfg.data_dir)
+        self.data = PreparedDataset(node_local(cfg.data_dir, log=log))  # a copy on this node's disk, if remote
         self.split = self.data.split(cfg.outer_fold, cfg.val_fraction, seed=cfg.seed)
         _require_defined_auc(self.data, self.split.val, cfg)
         cache = Path(cfg.pretrain_cache or Path(cfg.data_dir).parent / "pretrained")

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 
 from data_prep.dataset import PreparedDataset, read_manifest
+from data_prep.node_copy import node_local
 from trainables import engine
 from trainables.feed import ImageFeed
 from trainables.losses import make_loss
@@ -159,7 +160,7 @@ def _ensure_stage(stage: Stage, path: Path, cache_dir: Path, device: torch.devic
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return path
-        trained_on = [PreparedDataset(s) for s in trained_sources(stage)]
+        trained_on = [PreparedDataset(node_local(s, log=log)) for s in trained_sources(stage)]  # data_prep.node_copy
         if stage.strategy == "co_trained":
             _check_sizes(trained_on)
         log(f"[pretrain] {stage.backbone} ({stage.init}) on {'+'.join(d.manifest['name'] for d in trained_on)} "
