@@ -220,15 +220,17 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
             if f"checkpoint_{epoch - 1:06d}" in saved and f"checkpoint_{cfg.epochs - 1:06d}" not in saved:
                 for state in storage.glob("kill/*/checkpoint_*/" + STATE_FILE) if damage else ():
                     state.write_bytes(state.read_bytes()[:1000])  # whichever one Ray restores from
-                # this test's Ray only (its raylet is our child): never a trial of a sweep another test runs
-                for process in psutil.Process().children(recursive=True):
-                    try:
-                        if process.name() == "ray::ImplicitFunc.train":
-                            process.send_signal(signal.SIGKILL)
-                            killed.append(process.pid)
-                            return
+                for process in psutil.process_iter(["pid", "name"]):
+                    if process.info["name"] != "ray::ImplicitFunc.train":
+                        continue
+                    try:  # this test's Ray only (its raylet is our child): never a trial of another test's sweep
+                        ours = os.getpid() in {parent.pid for parent in process.parents()}
                     except psutil.NoSuchProcess:
                         continue
+                    if ours:
+                        process.send_signal(signal.SIGKILL)
+                        killed.append(process.info["pid"])
+                        return
             time.sleep(0.02)
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
