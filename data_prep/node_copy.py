@@ -109,7 +109,7 @@ def node_local(root: Path | str, cache_dir: Path | str | None = None, limit_gb: 
             return copy
         needed = sum(size for size, _ in signature["files"].values())
         _make_room(cache, needed, limit_gb, keep=copy)
-        _copy(root, copy, signature, log)
+        _copy(root, copy, signature, log, "it is on a network file system" if mode == "auto" else f"{MODE_ENV}={mode}")
     return copy
 
 
@@ -121,7 +121,7 @@ def _current(copy: Path, signature: dict) -> bool:
     return record.get("source") == signature
 
 
-def _copy(root: Path, copy: Path, signature: dict, log) -> None:
+def _copy(root: Path, copy: Path, signature: dict, log, why: str) -> None:
     """Copy every file of `root` into `copy` (whole, then renamed), checking each by its SHA-256."""
     started = time.monotonic()
     recorded = json.loads((root / "manifest.json").read_text()).get("files", {})  # the build's checksums, if any
@@ -145,7 +145,7 @@ def _copy(root: Path, copy: Path, signature: dict, log) -> None:
     work.rename(copy)
     size = sum(s for s, _ in signature["files"].values())
     log(f"[data] {root.name}: copied to this node's {copy.parent} ({size / 1e9:.2f} GB in "
-        f"{time.monotonic() - started:.1f} s): it is on a network file system")
+        f"{time.monotonic() - started:.1f} s): {why}")
 
 
 def _copy_file(source: Path, target: Path) -> str:

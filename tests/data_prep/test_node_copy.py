@@ -43,6 +43,7 @@ def test_a_copy_is_made_once_reused_and_made_again_when_its_set_changes(prepared
     source, cache, said = _copy_of(prepared_dir, tmp_path), tmp_path / "cache", []
     copy = node_local(source, cache, 1, "always", log=said.append)
     assert copy == cache / source.name and len(said) == 1 and "copied to this node's" in said[0]
+    assert said[0].endswith("CXR_SWEEP_NODE_COPY=always")  # why: not a network file system here
     original, local = PreparedDataset(source), PreparedDataset(copy)
     assert np.array_equal(original.images, local.images) and original.dataset_id == local.dataset_id
     assert local.folds_sha256 == original.folds_sha256
