@@ -300,6 +300,11 @@ class ResultsStore:
                    ["sweep_id", "trial_key"])
         return before
 
+    def trial_status(self, sweep_id: int, trial_key: str) -> str | None:
+        """The trial's status, None if it has no row (a trial whose worker never started)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(Trial.status).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
+
     def set_optuna_number(self, sweep_id: int, trial_key: str, number: int) -> None:
         with self._transaction() as conn:
             conn.execute(Trial.__table__.update().where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key)

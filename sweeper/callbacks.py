@@ -51,14 +51,18 @@ class ResultsCallback(Callback):
 
     @watched(lambda self: self.db_url)
     def on_trial_start(self, iteration, trials, trial, **info):
+        before = self._register(trial)
+        if before == "ERROR":
+            self.__dict__.setdefault("reruns", set()).add(trial.trial_id)
+
+    def _register(self, trial) -> str | None:
+        """The trial's row (RUNNING), from its config; the status it had before (trial_started)."""
         fit, meta = fit_config(trial.config), trial_metadata(trial.config)
-        before = self.store.trial_started(self.sweep_id, trial.trial_id, {
+        return self.store.trial_started(self.sweep_id, trial.trial_id, {
             "backbone": fit.backbone, "recipe": meta.recipe, "variant": meta.variant, "fold": fit.outer_fold,
             "study": meta.study, "optuna_number": meta.optuna_number, "params": {"lr": fit.lr, "dropout": fit.dropout},
             "fit_config": fit.as_dict(),  # with the runtime record at its end: what sweeper.rerun needs
         })
-        if before == "ERROR":
-            self.__dict__.setdefault("reruns", set()).add(trial.trial_id)
 
     @watched(lambda self: self.db_url)
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -82,6 +86,8 @@ class ResultsCallback(Callback):
         error = _error_text(trial)
         message = error[-MAX_ERROR_CHARS:] if error else "unknown error (see Ray's trial directory)"
         record = parse_report(trial.last_result)
+        if self.store.trial_status(self.sweep_id, trial.trial_id) is None:
+            self._register(trial)  # its actor failed to start: Ray never called on_trial_start
         self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", record, message, self.label_names)
         self._progress(trial, "ERROR", record, message.strip().splitlines()[-1:] or [""])
 

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -415,3 +416,48 @@ def test_a_truncated_ray_experiment_state_is_found_and_set_aside(tmp_path):
     search.write_bytes(b"")  # seen in a chaos run: Ray then "restarts the experiment" on restore
     found, reason = damaged_experiment_state(str(tmp_path))
     assert Path(found) == search and "EOFError" in reason
+
+
+def _trainable_that_cannot_start():
+    """A Tune trainable whose actor dies in its creation task, as one on a node that cannot import the code or
+    open its storage does: Ray then reports the trial's error without ever calling on_trial_start."""
+    from ray import tune
+
+    class CannotStart(tune.Trainable):
+        def setup(self, config):
+            raise RuntimeError("this node cannot open /shared/cxr-sweep (a sentinel error)")
+
+        def step(self):
+            return {"done": True}
+
+    return CannotStart
+
+
+def test_a_trial_whose_worker_never_starts_is_recorded_with_its_error_and_listed_in_the_summary(tmp_path):
+    """A real Ray runtime and Tuner, the results callback writing a real SQLite file: the failed trial gets its
+    row and error, so that the run's summary names it (a trial that never started used to leave no row)."""
+    import ray
+    from ray import tune
+
+    from sweeper.callbacks import ResultsCallback
+    from sweeper.driver import summary
+
+    url = f"sqlite:///{tmp_path}/results.db"
+    store = ResultsStore(url)
+    sweep = store.start_sweep("nostart", "x", "", "test", [0], 1)
+    config = {"data_dir": "/d", "backbone": "resnet18", "outer_fold": 0, "lr": 1e-3, "dropout": 0.1,
+              "recipe": "scratch", "study": "cell/fold0", "optuna_number": 0}
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    try:
+        grid = tune.Tuner(_trainable_that_cannot_start(), param_space=config, run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray"), callbacks=[ResultsCallback(url, sweep, 1, LABELS)], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0))).fit()
+    finally:
+        ray.shutdown()
+    assert grid[0].error is not None
+    rows = run_query(url, "SELECT study, fold, status, error FROM sweep_trials")
+    assert rows[["study", "fold", "status"]].values.tolist() == [["cell/fold0", 0, "ERROR"]]
+    assert "this node cannot open /shared/cxr-sweep (a sentinel error)" in rows["error"][0]
+    said = summary(store.status_counts(sweep), 1, {}, {}, url, store.failed_trials(sweep)).splitlines()
+    assert said[2].startswith("[sweeper]   cell/fold0 fold 0 failed: ") and "sentinel error" in said[2], said
