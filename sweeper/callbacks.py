@@ -91,6 +91,14 @@ class ResultsCallback(Callback):
         self.store.trial_finished(self.sweep_id, trial.trial_id, "ERROR", record, message, self.label_names)
         self._progress(trial, "ERROR", record, message.strip().splitlines()[-1:] or [""])
 
+    @watched(lambda self: self.db_url)
+    def on_experiment_end(self, trials, **info):
+        """A trial Ray ended in ERROR without on_trial_error (a reused worker that could not be reset fails the
+        next trial so) gets its row and error here, so that no failure is missing from the DB."""
+        for trial in trials:
+            if trial.status == "ERROR" and self.store.trial_status(self.sweep_id, trial.trial_id) != "ERROR":
+                self.on_trial_error(0, trials, trial)
+
     def _renumber_rerun(self, trial, status: str) -> None:
         """The searcher recorded a rerun's outcome as a new Optuna trial (its first attempt stays FAIL): point
         the row at it, so that the DB and the study agree."""

@@ -174,6 +174,21 @@ def _filesystem(path: str):
     return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
 
 
+# How long a reused trial worker waits for the last trial's thread to end (Ray's default: 2 s). Stopped by ASHA
+# or finished, a trial's thread still unwinds its data loaders and gives its memory back (trainables.memory);
+# on a busy node that took longer, Ray then failed the *next* trial ("reuse requires reset_config() to ... return
+# True") without retrying it or calling any error hook. A thread that is really stuck still fails the trial.
+THREAD_END_WAIT_S = 120
+
+
+def worker_runtime_env() -> dict:
+    """The runtime environment of every worker of a sweep: it imports the trainables as it starts
+    (trainables.warm) and waits for a reused worker's last trial to end (THREAD_END_WAIT_S)."""
+    wait = os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_END_WAIT_S))
+    return {"worker_process_setup_hook": "trainables.warm.import_trainables",
+            "env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": wait}}
+
+
 def _start_ray(options: RunOptions, resources, max_concurrent: int | None, given: str | None = None) -> None:
     """A local Ray, or the cluster at --address. Every worker imports the trainables as it starts
     (trainables.warm), while the driver plans the sweep."""
@@ -181,7 +196,7 @@ def _start_ray(options: RunOptions, resources, max_concurrent: int | None, given
     try:
         ray.init(address=options.address, num_cpus=options.num_cpus if local else None,
                  include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": "trainables.warm.import_trainables"})
+                 runtime_env=worker_runtime_env())
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         if local:
             raise

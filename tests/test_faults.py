@@ -433,31 +433,77 @@ def _trainable_that_cannot_start():
     return CannotStart
 
 
-def test_a_trial_whose_worker_never_starts_is_recorded_with_its_error_and_listed_in_the_summary(tmp_path):
-    """A real Ray runtime and Tuner, the results callback writing a real SQLite file: the failed trial gets its
-    row and error, so that the run's summary names it (a trial that never started used to leave no row)."""
+def _trainable_slow_to_end(report: dict):
+    """A function trainable stopped after its first report (as ASHA stops one) whose thread then takes 3 s to end
+    (as ours can on a busy node, unwinding its data loaders and giving its memory back): longer than Ray's
+    default wait before it reuses the worker for the next trial (2 s)."""
+    import time
+
+    def slow_to_end(config):
+        from ray import tune
+
+        try:
+            tune.report(report)
+            tune.report(report)  # never returns: the trial is stopped after its first
+        finally:
+            time.sleep(3)
+
+    return slow_to_end
+
+
+def test_trial_failures_before_any_report_are_recorded_and_a_reused_worker_waits_for_its_last_trial(tmp_path):
+    """A real Ray runtime with the sweep's worker environment and Tuners, the results callback writing real
+    SQLite files. A trial whose worker never starts gets its row and error, so that the run's summary names it
+    (Ray calls on_trial_error but never on_trial_start: it used to leave no row); so does a trial Ray ended in
+    ERROR without calling on_trial_error at all, at the experiment's end. And with the sweep's wait a worker is
+    reused after a trial that is slow to end: with Ray's 2 s, the next trial failed ("reuse requires
+    reset_config() to ... return True"; CI's smoke sweep) and Ray 2.x then hangs."""
+    import threading
+
     import ray
     from ray import tune
 
     from sweeper.callbacks import ResultsCallback
-    from sweeper.driver import summary
+    from sweeper.driver import summary, worker_runtime_env
 
-    url = f"sqlite:///{tmp_path}/results.db"
-    store = ResultsStore(url)
+    class KeepTrials(tune.Callback):
+        def on_experiment_end(self, trials, **info):
+            self.trials = list(trials)
+
+    url, late = f"sqlite:///{tmp_path}/results.db", f"sqlite:///{tmp_path}/late.db"
+    store, late_store = ResultsStore(url), ResultsStore(late)
     sweep = store.start_sweep("nostart", "x", "", "test", [0], 1)
+    late_sweep = late_store.start_sweep("nostart", "x", "", "test", [0], 1)
     config = {"data_dir": "/d", "backbone": "resnet18", "outer_fold": 0, "lr": 1e-3, "dropout": 0.1,
               "recipe": "scratch", "study": "cell/fold0", "optuna_number": 0}
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+    kept, reused = KeepTrials(), []
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, runtime_env=worker_runtime_env(),
              _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"))
     try:
         grid = tune.Tuner(_trainable_that_cannot_start(), param_space=config, run_config=tune.RunConfig(
-            storage_path=str(tmp_path / "ray"), callbacks=[ResultsCallback(url, sweep, 1, LABELS)], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0))).fit()
+            name="a", storage_path=str(tmp_path / "ray"), callbacks=[ResultsCallback(url, sweep, 4, LABELS), kept],
+            verbose=0, failure_config=tune.FailureConfig(max_failures=0))).fit()
+        tuner = tune.Tuner(
+            _trainable_slow_to_end(epoch_report(epoch=1, val_auc=0.6)),
+            param_space={**config, "optuna_number": tune.grid_search([1, 2, 3])},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
+            run_config=tune.RunConfig(name="b", storage_path=str(tmp_path / "ray"), verbose=0,
+                                      callbacks=[ResultsCallback(url, sweep, 4, LABELS)],
+                                      stop={"training_iteration": 1}))
+        fitting = threading.Thread(target=lambda: reused.extend(tuner.fit()), daemon=True)
+        fitting.start()
+        fitting.join(timeout=120)
+        assert not fitting.is_alive(), "Ray hung after it could not reuse a worker whose last trial had not ended"
+        # the first Ray trial, met at the experiment's end by a callback whose DB has no row for it
+        ResultsCallback(late, late_sweep, 1, LABELS).on_experiment_end(kept.trials)
     finally:
         ray.shutdown()
-    assert grid[0].error is not None
-    rows = run_query(url, "SELECT study, fold, status, error FROM sweep_trials")
-    assert rows[["study", "fold", "status"]].values.tolist() == [["cell/fold0", 0, "ERROR"]]
+    assert grid[0].error is not None and [r.error for r in reused] == [None] * 3
+    rows = run_query(url, "SELECT study, optuna_number, status, error FROM sweep_trials ORDER BY id")
+    assert rows["status"].tolist() == ["ERROR", "PRUNED", "PRUNED", "PRUNED"], rows
     assert "this node cannot open /shared/cxr-sweep (a sentinel error)" in rows["error"][0]
     said = summary(store.status_counts(sweep), 1, {}, {}, url, store.failed_trials(sweep)).splitlines()
     assert said[2].startswith("[sweeper]   cell/fold0 fold 0 failed: ") and "sentinel error" in said[2], said
+    late_rows = run_query(late, "SELECT study, fold, status, error FROM sweep_trials")
+    assert late_rows[["study", "fold", "status"]].values.tolist() == [["cell/fold0", 0, "ERROR"]]
+    assert "sentinel error" in late_rows["error"][0]
