@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results.report import build
-from results.render import write
-from results.store import ResultsStore
+import numpy as np  # noqa: E402
+
+from results.report import build  # noqa: E402
+from results.render import write  # noqa: E402
+from results.store import ResultsStore  # noqa: E402
+from tests.handmade_sweep import epoch_report, trial_result  # noqa: E402 - records as a trainable reports them
 
 RECIPES = {"imagenet": ("regular", "imagenet", []), "chexpert": ("regular", "scratch", ["chexpert"]),
            "nih": ("regular", "scratch", ["nih"]), "imagenet_chexpert": ("regular", "imagenet", ["chexpert"]),
@@ -56,12 +60,13 @@ def fill(url: str, images: int, labels: int, trials: int, external: int = 0, fol
                     store.trial_started(sweep, key, {"backbone": b, "recipe": r, "fold": fold, "study": key,
                                                      "optuna_number": t, "params": {"lr": 10 ** rng.uniform(-5, -3)}})
                     for epoch in range(1, 11):
-                        store.epoch_reported(sweep, key, {"epoch": epoch, "val_auc": rng.uniform(0.6, 0.8),
-                                                          "val_loss": 1 / epoch, "train_loss": 1 / epoch})
+                        store.epoch_reported(sweep, key, epoch_report(epoch=epoch, val_auc=rng.uniform(0.6, 0.8),
+                                                                      val_loss=1 / epoch, train_loss=1 / epoch))
                     probs = 1 / (1 + np.exp(-(signal * (truth[rows] - 0.5) + rng.normal(size=(rows.sum(), labels)))))
-                    result = {"best_val_auc": rng.uniform(0.6, 0.8), "test_auc": rng.uniform(0.7, 0.85),
-                              "test_ap": rng.uniform(0.1, 0.3), "thresholds": [0.1] * labels,
-                              "test_auc_per_class": list(rng.uniform(0.6, 0.9, labels))}
+                    result = trial_result(labels, epoch=10, best_val_auc=rng.uniform(0.6, 0.8),
+                                          test_auc=rng.uniform(0.7, 0.85), test_ap=rng.uniform(0.1, 0.3),
+                                          thresholds=[0.1] * labels,
+                                          test_auc_per_class=list(rng.uniform(0.6, 0.9, labels)))
                     val = np.flatnonzero(~rows)[rng.random((~rows).sum()) < 0.2]  # inner validation
                     val_probs = 1 / (1 + np.exp(-(signal * (truth[val] - 0.5) + rng.normal(size=(len(val), labels)))))
                     store.trial_finished(sweep, key, "COMPLETE", result, None, names,
