@@ -28,7 +28,7 @@ from sweeper.search import PerStudyOptunaSearcher
 from sweeper.stages import artefact_rows, attach_stages, launch_stages, stage_failures
 from sweeper.spec import SweepSpec
 from sweeper.weights import preflight
-from trainables.tune_adapter import tune_fit
+from trainables.tune_adapter import TuneFit
 from vocab.errors import CxrSweepError
 
 METRIC, MODE = "val_auc", "max"
@@ -52,7 +52,7 @@ def _trial_dirname(trial) -> str:
 
 
 def _trainable(spec: SweepSpec):
-    return tune.with_resources(tune_fit, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+    return tune.with_resources(TuneFit, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
 
 
 def _new_tuner(spec: SweepSpec, plans, name: str, storage: str, callback: ResultsCallback,

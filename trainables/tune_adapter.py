@@ -1,6 +1,6 @@
 """Run `fit` as a Ray Tune function trainable: report every epoch (with a checkpoint every
 `checkpoint_every` epochs and at the end), and resume from the last checkpoint when Ray
-restarts the trial."""
+restarts the trial; from scratch when that checkpoint is unreadable or gone."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +8,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.tune.trainable import wrap_function
 
 from trainables.config import fit_config, trial_metadata
 from trainables.fit import fit
@@ -81,3 +83,23 @@ def tune_fit(config: dict) -> None:
     finally:
         del state
         release_freed_memory()
+
+
+class TuneFit(wrap_function(tune_fit)):
+    """`tune_fit` as Ray's function trainable, which restarts a trial from scratch (the same result: it is
+    seeded) when the checkpoint Ray restores it from is gone, instead of failing it. Ray's record of a sweep
+    can name a checkpoint that no longer exists: a driver killed after a trial's newer checkpoint replaced
+    it (`num_to_keep`) or the trial was pruned (its checkpoint deleted) but before Ray saved its experiment
+    state again; a resume then failed that trial twice ("does not exist on storage anymore")."""
+
+    _name = "tune_fit"  # Ray's trial names, as for the bare function
+
+    def restore(self, checkpoint_path):
+        checkpoint = getattr(checkpoint_path, "checkpoint", checkpoint_path)
+        if isinstance(checkpoint, tune.Checkpoint) and checkpoint.filesystem.get_file_info(
+                checkpoint.path).type == pyarrow.fs.FileType.NotFound:
+            warnings.warn(f"checkpoint {checkpoint.path} is gone (a newer one replaced it, or the trial was pruned, "
+                          f"after Ray last saved the sweep's state); the trial starts again from scratch",
+                          RuntimeWarning, stacklevel=2)
+            return
+        super().restore(checkpoint_path)
