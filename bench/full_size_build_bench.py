@@ -1,12 +1,13 @@
 """A full-size NIH build: films of NIH's real size (1024 x 1024, 8-bit grey PNG) in Kaggle's layout, listed by
 the first rows of the real label table, prepared at 512 px by `python -m data_prep.build nih` as a user runs it.
 Gives images/s per worker process and the peak memory of the whole process tree (the build and its decoding
-workers, sampled every 0.1 s), at two film counts: peak memory must not grow with the number of films.
+workers, sampled every 0.1 s; resident, and its anonymous part without the pages of the memmap it writes), at two film counts: peak memory must not grow with the number of films.
 
-Pixel content: a smooth body-like gradient with noise, so that PNG compression and decoding cost what a real
-film's do (NIH's PNGs are about 0.2-0.3 MB; these come out at a similar size).
+Pixel content: the phantom's chest films (phantom.anatomy: each film its own patient's anatomy and pose, with
+quantum noise), so that films differ as real ones do (the build's near-duplicate search compares them) and
+PNG decoding costs about what a real film's does.
 
-    python bench/full_size_build_bench.py [--films 1500 3000] [--workers 2] [--size 512]
+    python bench/full_size_build_bench.py [--films 800 1600] [--workers 2] [--size 512]
                                           [--table ../shared/data/nih_data_entry_2017_v2020.csv.gz]
 """
 from __future__ import annotations
@@ -31,18 +32,18 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from phantom.anatomy import film, film_pose, patient_anatomy  # noqa: E402
+
 DEFAULT_TABLE = REPO.parent / "shared" / "data" / "nih_data_entry_2017_v2020.csv.gz"
 SIDE = 1024
 
 
 def _film(args: tuple[int, str]) -> int:
-    """One 1024 x 1024 grey film at `path`; its size in bytes."""
+    """One 1024 x 1024 grey film of a phantom patient (its own anatomy and pose) at `path`; its size in bytes."""
     seed, path = args
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIDE, 0:SIDE] / SIDE
-    body = 180 * np.exp(-((x - 0.5) ** 2 / 0.08 + (y - 0.55) ** 2 / 0.15)) + 30 * y
-    pixels = np.clip(body + rng.normal(0, 6, (SIDE, SIDE)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels, "L").save(path)
+    pixels = film((SIDE, SIDE), patient_anatomy(rng), film_pose(rng), lambda *painted: None, rng)
+    Image.fromarray((pixels * 255).round().astype(np.uint8), "L").save(path)
     return Path(path).stat().st_size
 
 
@@ -59,17 +60,20 @@ def lay_out(root: Path, names: list[str], workers: int) -> float:
     return float(np.mean(sizes)) / 2**20
 
 
-def peak_tree_rss(proc: subprocess.Popen) -> tuple[int, float]:
-    """Wait for `proc`; (its exit code, the peak summed resident memory of it and its descendants in GiB)."""
-    top, peak = psutil.Process(proc.pid), 0
+def peak_tree_memory(proc: subprocess.Popen) -> tuple[int, float, float]:
+    """Wait for `proc`; (its exit code, the peak summed resident memory of it and its descendants, and the peak
+    of their anonymous part (resident less file-backed: what the build itself holds, not the pages of the memmap
+    it writes, which the kernel can drop), both in GiB)."""
+    top, peak, anonymous = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
-            family = [top, *top.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in family if p.is_running()))
+            family = [p.memory_info() for p in [top, *top.children(recursive=True)] if p.is_running()]
+            peak = max(peak, sum(m.rss for m in family))
+            anonymous = max(anonymous, sum(m.rss - m.shared for m in family))
         except psutil.Error:
             pass
         time.sleep(0.1)
-    return proc.returncode, peak / 2**30
+    return proc.returncode, peak / 2**30, anonymous / 2**30
 
 
 def build(images: Path, table: Path, out: Path, size: int, workers: int) -> dict:
@@ -77,17 +81,18 @@ def build(images: Path, table: Path, out: Path, size: int, workers: int) -> dict
     proc = subprocess.Popen([sys.executable, "-m", "data_prep.build", "nih", "--images", str(images), "--labels",
                              str(table), "--out", str(out), "--size", str(size), "--workers", str(workers)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    code, peak = peak_tree_rss(proc)
+    code, peak, anonymous = peak_tree_memory(proc)
     seconds = time.perf_counter() - started
     output = proc.stdout.read()
     if code != 0:
         raise SystemExit(f"the build failed ({code}):\n{output[-3000:]}")
-    return {"seconds": seconds, "peak_tree_rss_gib": peak, "log_tail": output.strip().splitlines()[-3:]}
+    return {"seconds": seconds, "peak_tree_rss_gib": peak, "peak_tree_anonymous_gib": anonymous,
+            "log_tail": output.strip().splitlines()[-3:]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--films", type=int, nargs="+", default=[1500, 3000])
+    parser.add_argument("--films", type=int, nargs="+", default=[800, 1600])
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
