@@ -32,9 +32,9 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.locate_bench import DEFAULT_TABLE, kaggle_paths  # noqa: E402
 from phantom.anatomy import film, film_pose, patient_anatomy  # noqa: E402
 
-DEFAULT_TABLE = REPO.parent / "shared" / "data" / "nih_data_entry_2017_v2020.csv.gz"
 SIDE = 1024
 
 
@@ -48,13 +48,8 @@ def _film(args: tuple[int, str]) -> int:
 
 
 def lay_out(root: Path, names: list[str], workers: int) -> float:
-    """Kaggle's NIH layout (`images_001/images` ... `images_012/images`, names in table order); mean MB a film."""
-    per = -(-len(names) // 12)
-    paths = []
-    for i, name in enumerate(names):
-        folder = root / f"images_{i // per + 1:03d}" / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths.append((i, str(folder / name)))
+    """Kaggle's NIH layout (bench.locate_bench.kaggle_paths), each a film; mean MB a film."""
+    paths = [(i, str(path)) for i, path in enumerate(kaggle_paths(root, names))]
     with ProcessPoolExecutor(workers) as pool:
         sizes = list(pool.map(_film, paths, chunksize=32))
     return float(np.mean(sizes)) / 2**20

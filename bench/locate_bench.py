@@ -22,14 +22,20 @@ from data_prep.locate import locate  # noqa: E402
 DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_data_entry_2017_v2020.csv.gz"
 
 
-def lay_out(root: Path, names: list[str]) -> None:
-    """Kaggle's NIH layout: the names in table order over 12 folders."""
+def kaggle_paths(root: Path, names: list[str]) -> list[Path]:
+    """Where Kaggle's NIH layout puts each name: the names in table order over 12 folders
+    (`images_001/images` ... `images_012/images`), which are made here."""
     per = -(-len(names) // 12)
-    for i, name in enumerate(names):
-        folder = root / f"images_{i // per + 1:03d}" / "images"
-        if i % per == 0:
-            folder.mkdir(parents=True)
-        (folder / name).touch()
+    paths = [root / f"images_{i // per + 1:03d}" / "images" / name for i, name in enumerate(names)]
+    for folder in dict.fromkeys(path.parent for path in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def lay_out(root: Path, names: list[str]) -> None:
+    """Kaggle's NIH layout, every listed file empty."""
+    for path in kaggle_paths(root, names):
+        path.touch()
 
 
 def main() -> int:

@@ -292,7 +292,7 @@ class ResultsStore:
         """`info`: backbone, recipe, variant, fold, study, optuna_number, params. Returns the status the trial
         had before (ERROR: a failed trial that a resumed sweep runs again), None for a new trial."""
         with self._transaction() as conn:
-            before = conn.scalar(select(Trial.status).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
+            before = conn.scalar(_status_of(sweep_id, trial_key))
             row = {k: v for k, v in info.items() if k not in ("backbone", "recipe", "variant")}
             upsert(conn, Trial.__table__, [{"sweep_id": sweep_id, "trial_key": trial_key, **row,
                                             "cell_id": self._cell_id(conn, sweep_id, info),
@@ -303,7 +303,7 @@ class ResultsStore:
     def trial_status(self, sweep_id: int, trial_key: str) -> str | None:
         """The trial's status, None if it has no row (a trial whose worker never started)."""
         with self.engine.connect() as conn:
-            return conn.scalar(select(Trial.status).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key))
+            return conn.scalar(_status_of(sweep_id, trial_key))
 
     def set_optuna_number(self, sweep_id: int, trial_key: str, number: int) -> None:
         with self._transaction() as conn:
@@ -476,6 +476,11 @@ def _split_predictions(trial_key: str, split: str, given: SplitPredictions | dic
         return SplitPredictions(**{name: given[name] for name in SplitPredictions.model_fields})
     except (KeyError, RecordError) as exc:
         raise StoreError(f"trial {trial_key}: {split} predictions: {exc}") from None
+
+
+def _status_of(sweep_id: int, trial_key: str):
+    """The query of one trial's status (no row: None)."""
+    return select(Trial.status).where(Trial.sweep_id == sweep_id, Trial.trial_key == trial_key)
 
 
 def _record(trial_key: str, given: EpochReport | dict | None) -> EpochReport | None:
