@@ -4,7 +4,8 @@ of each module running a small sweep of its own.
 
 They run as a user would: offline, with ImageNet weight files in torchvision's published layout seeded
 into a temporary TORCH_HOME, one home and one SQLite DB for both, Ray's session files under a temporary
-RAY_TMPDIR that the privacy test scans.
+RAY_TMPDIR that the privacy test scans. That folder holds a stale `ray start` record (a cluster recorded on
+the machine and gone since), which must not capture them (tests/sweeper/test_ray_address.py).
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ class SmokeSweeps:
 
 @pytest.fixture(scope="session")
 def smoke_sweeps(tmp_path_factory) -> SmokeSweeps:
-    from tests.helpers import sweep_env
+    from tests.helpers import dead_port, sweep_env
 
     root = tmp_path_factory.mktemp("studies")
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # a short path: Ray's sockets live there
+    (Path(ray_tmp) / "ray").mkdir()
+    (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port()}")  # `ray start`'s record
     env = sweep_env(root, TORCH_HOME=str(root / "torch"), CXR_SWEEP_OFFLINE="1", CXR_SWEEP_UNVERIFIED_WEIGHTS="1",
                     RAY_TMPDIR=ray_tmp)
     seeded = subprocess.run([sys.executable, "-c", "from tests.published_weights import seed_published\n"

@@ -20,7 +20,6 @@ from results.query import run_query
 from results.load import load
 from results.analysis import Analysis
 from phantom.generate import PSEUDONYM_KEY
-from tests.helpers import run_cli, spec_text, sweep_env
 
 pytestmark = pytest.mark.slow
 
@@ -349,43 +348,8 @@ def test_resuming_a_finished_sweep_adds_nothing(paper_sweep):
     assert run_query(db, external).iloc[0, 0] == stored > 0
 
 
-# Two ways to fail: a damaged ImageNet file (the imagenet cells) and a diverging learning rate (lr 1e30);
-# failures this certain are not retried (max_failures = 0), a retry would only fail again.
-FAILING = spec_text("failing", data={"phantom": {"seed": 1}}, recipes={"imagenet": {"init": "imagenet"}},
-                    grid={"recipe": ["scratch", "imagenet"], "loss": ["bce", "weighted_bce"], "lr": [1e-3, 1e30],
-                          "exclude": [{"recipe": "imagenet", "lr": 1e30}, {"loss": "weighted_bce", "lr": 1e30}]},
-                    resources={"max_failures": 0})
-
-
-def test_failing_trials_are_recorded_with_their_error_the_rest_finish_and_the_run_exits_1(tmp_path):
-    spec = tmp_path / "failing.toml"
-    spec.write_text(FAILING)
-    db = f"sqlite:///{tmp_path}/results.db"
-    # A damaged ImageNet file whose hash check is waved through: present before Ray starts, so the
-    # imagenet trials start and fail as they load it (a missing file would stop the sweep before Ray)
-    torch_home = tmp_path / "torch-home"
-    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
-    (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"damaged")
-    env = sweep_env(tmp_path, CXR_SWEEP_OFFLINE="1", TORCH_HOME=str(torch_home), CXR_SWEEP_UNVERIFIED_WEIGHTS="1")
-    proc = run_cli("sweeper.run", "--spec", spec, "--home", tmp_path / "home", "--db", db, "--num-cpus", "2",
-                   "--sweep", "failing", "--bootstrap", "50", "--no-report-images", env=env, timeout=900)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
-    assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 2 + ["ERROR"] * 2 + ["COMPLETE"] * 2
-    assert rows["variant"].tolist() == [  # grid axes beyond backbone and recipe
-        *["loss=bce,lr=0.001"] * 2, *["loss=weighted_bce,lr=0.001"] * 2,  # imagenet
-        *["loss=bce,lr=0.001"] * 2, *["loss=bce,lr=1e+30"] * 2, *["loss=weighted_bce,lr=0.001"] * 2]  # scratch
-    failed = rows.loc[rows["status"] == "ERROR", "error"].tolist()
-    assert all("is not a usable resnet18 ImageNet weights file" in e for e in failed[:4]), failed
-    assert all("NonFiniteLoss" in e and "lower the learning rate" in e for e in failed[4:]), failed
-    assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 6 failed" in proc.stdout  # and the others finished
-    said = [line for line in proc.stdout.splitlines() if " failed: " in line and "[sweeper]   " in line]
-    assert len(said) == 6 and sum("NonFiniteLoss" in line for line in said) == 2, said  # each with its error
-    assert "| scratch | loss=bce,lr=0.001 | none (scratch) |" in proc.stdout  # the report, variant in its own column
-    assert "| imagenet | loss=weighted_bce,lr=0.001 | ImageNet | missing |" in proc.stdout
-    assert "resnet18/imagenet/loss=bce,lr=0.001: 0/2" in proc.stdout  # listed as missing
-    assert "### Loss comparison" in proc.stdout
-    assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"
+# Failing trials (recorded with their error, the rest finish, exit 1): the toy source kind's sweep in
+# tests/data_prep/test_source_kinds.py, which fails some of its trials on purpose.
 
 
 def test_selection_reads_the_validation_auc_of_the_predictions_it_keeps(paper_sweep):

@@ -2,11 +2,10 @@
 ids), and a new kind written as one module (tests/data_prep/toy_sources/toy.py, following docs/design.md §5)
 is built by the build and labels commands and by a spec's KIND:FOLDER with its own options, flags, help,
 layout and missing-image message, is checked for its uncertainty policy like every kind with one, and flows
-through a sweep into the results DB and the report."""
+through a sweep into the results DB and the report (the sweep that also fails some trials on purpose)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ from sweeper import datasets as sweeper_datasets
 from sweeper import spec as sweeper_spec
 from sweeper.datasets import ensure_datasets
 from sweeper.spec import SpecError, parse_spec
+from results.query import run_query
 from tests.conftest import TEST_KEY
 from tests.data_prep import toy_sources
 
@@ -208,25 +208,57 @@ def test_a_malformed_declaration_stops_its_import_with_what_to_write(toy_kind, c
         register(SourceKind(**declared))
 
 
+# Two ways to fail: a damaged ImageNet file (the imagenet cells) and a diverging learning rate (lr 1e30);
+# failures this certain are not retried (max_failures = 0), a retry would only fail again.
+FAILING = {"recipes": {"imagenet": {"init": "imagenet"}},
+           "grid": {"backbone": ["resnet18"], "recipe": ["scratch", "imagenet"], "loss": ["bce", "weighted_bce"],
+                    "lr": [1e-3, 1e30], "exclude": [{"recipe": "imagenet", "lr": 1e30},
+                                                    {"loss": "weighted_bce", "lr": 1e30}]},
+           "resources": {"max_failures": 0}}
+
+
 @pytest.mark.slow
-def test_the_toy_kind_flows_through_a_sweep_into_the_results_db_and_the_report(toy_kind, tmp_path):
-    """A set the toy kind built, given to a real sweep (local Ray, 2 folds x 1 trial x 1 epoch at 32 px)."""
-    from tests.helpers import run_cli, sweep_args, sweep_env, write_spec  # SMALL_SPEC: resnet18 from scratch
+def test_the_toy_kind_flows_through_a_sweep_into_the_results_db_and_the_report_and_failing_trials_are_recorded(
+        toy_kind, tmp_path):
+    """A set the toy kind built, the target of a real sweep (local Ray, 2 folds x 1 trial x 1 epoch at 32 px, 5
+    variants) whose imagenet and diverging trials fail: they are recorded with their error, the rest finish and
+    report, and the run exits 1."""
+    from tests.helpers import run_cli, sweep_args, sweep_env, write_spec  # SMALL_SPEC: resnet18
 
     export = write_toy(tmp_path / "export", subjects=24, seed=1)
     prepared = build(export, export, tmp_path / "prepared", BuildSettings(
         size=32, folds=2, source=toy_kind[0].options(), near_duplicates="off", workers=1), name="toy", key=TEST_KEY,
         log=lambda *_: None)
-    spec = write_spec(tmp_path / "toy.toml", "toy", data={"target": ""})
+    spec = write_spec(tmp_path / "toy.toml", "toy", data={"target": ""}, **FAILING)
+    # A damaged ImageNet file whose hash check is waved through: present before Ray starts, so the
+    # imagenet trials start and fail as they load it (a missing file would stop the sweep before Ray)
+    torch_home = tmp_path / "torch-home"
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"damaged")
+    env = sweep_env(tmp_path, CXR_SWEEP_OFFLINE="1", TORCH_HOME=str(torch_home), CXR_SWEEP_UNVERIFIED_WEIGHTS="1")
     home = tmp_path / "home"
     done = run_cli("sweeper.run", *sweep_args(spec, home, "toy", "--data", f"target={prepared}", "--num-cpus", "2",
-                                              "--bootstrap", "50", "--no-report-images"),
-                   env=sweep_env(tmp_path), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with sqlite3.connect(home / "results.db") as db:
-        statuses = [row[0] for row in db.execute("SELECT status FROM sweep_trials")]
-        classes = {row[0] for row in db.execute("SELECT DISTINCT class_name FROM trial_metrics")}
-    assert statuses == ["COMPLETE", "COMPLETE"] and {"Spots", "Stripes"} <= classes
+                                              "--bootstrap", "50", "--no-report-images"), env=env, timeout=900)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    db = f"sqlite:///{home}/results.db"
+    rows = run_query(db, "SELECT recipe, variant, status, error FROM trial_summary ORDER BY recipe, variant, fold")
+    assert rows["status"].tolist() == ["ERROR"] * 4 + ["COMPLETE"] * 2 + ["ERROR"] * 2 + ["COMPLETE"] * 2
+    assert rows["variant"].tolist() == [  # grid axes beyond backbone and recipe
+        *["loss=bce,lr=0.001"] * 2, *["loss=weighted_bce,lr=0.001"] * 2,  # imagenet
+        *["loss=bce,lr=0.001"] * 2, *["loss=bce,lr=1e+30"] * 2, *["loss=weighted_bce,lr=0.001"] * 2]  # scratch
+    failed = rows.loc[rows["status"] == "ERROR", "error"].tolist()
+    assert all("is not a usable resnet18 ImageNet weights file" in e for e in failed[:4]), failed
+    assert all("NonFiniteLoss" in e and "lower the learning rate" in e for e in failed[4:]), failed
+    assert "fine-tuning trials: 4 complete, 0 pruned by ASHA, 6 failed" in done.stdout  # and the others finished
+    said = [line for line in done.stdout.splitlines() if " failed: " in line and "[sweeper]   " in line]
+    assert len(said) == 6 and sum("NonFiniteLoss" in line for line in said) == 2, said  # each with its error
+    assert "| scratch | loss=bce,lr=0.001 | none (scratch) |" in done.stdout  # the report, variant in its own column
+    assert "| imagenet | loss=weighted_bce,lr=0.001 | ImageNet | missing |" in done.stdout
+    assert "resnet18/imagenet/loss=bce,lr=0.001: 0/2" in done.stdout  # listed as missing
+    assert "### Loss comparison" in done.stdout
+    assert run_query(db, "SELECT status FROM sweeps").iloc[0, 0] == "FINISHED_WITH_ERRORS"
+    classes = set(run_query(db, "SELECT DISTINCT class_name FROM trial_metrics")["class_name"])
+    assert {"Spots", "Stripes"} <= classes  # the toy kind's labels, from its own table
     page = (home / "reports" / "toy" / "report.html").read_text()
     assert f"Data set target ({prepared.name})" in page and "<td>toy</td>" in page and "Stripes" in page
     assert json.loads((prepared / "manifest.json").read_text())["params"]["source"]["kind"] == "toy"

@@ -33,7 +33,8 @@ def test_the_aws_cluster_mounts_shared_storage_on_every_node():
 @pytest.mark.parametrize("path", ["cluster.yaml", "docs/cluster-onprem.yaml"])
 def test_every_node_of_a_cluster_file_starts_ray_with_token_authentication(path):
     """The token travels as a file outside the repository, readable by its user only; every `ray start`
-    and every driver on a node runs with RAY_AUTH_MODE=token (tests/sweeper/test_cluster_token.py runs such a cluster)."""
+    and every driver on a node runs with RAY_AUTH_MODE=token (test_ray_up_onprem.py and test_slurm.py run such
+    clusters)."""
     config = yaml.safe_load((REPO / path).read_text())
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()

@@ -5,7 +5,6 @@ Before, `ray.init(address=None)` attached to the last cluster `ray start` had re
 GCS" forever."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -45,16 +44,11 @@ def test_address_auto_with_no_cluster_recorded_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stale_ray_start_record_does_not_capture_a_sweep_without_address(tmp_path):
-    """A `ray start` cluster recorded in Ray's temp folder and gone since: the sweep runs on its own local Ray."""
-    ray_tmp = Path(f"/tmp/r{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
-    (ray_tmp / "ray").mkdir(parents=True, exist_ok=True)
-    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port()}")
-    try:
-        proc, _ = _run(tmp_path, RAY_TMPDIR=str(ray_tmp))
-    finally:
-        subprocess.run(["rm", "-rf", str(ray_tmp)])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Started a local Ray instance" in proc.stdout + proc.stderr
-    trials = run_query(f"sqlite:///{tmp_path}/home/results.db", "SELECT status FROM sweep_trials")
-    assert trials["status"].tolist() == ["COMPLETE", "COMPLETE"]  # one trial per fold
+def test_a_stale_ray_start_record_does_not_capture_a_sweep_without_address(smoke_sweeps):
+    """A `ray start` cluster recorded in Ray's temp folder and gone since (tests/smoke_sweeps.py leaves one in
+    the smoke sweeps' RAY_TMPDIR): each sweep ran on its own local Ray."""
+    for spec in ("paper", "zhou2020"):
+        assert "Started a local Ray instance" in smoke_sweeps.stdout[spec] + smoke_sweeps.stderr[spec]
+        trials = run_query(smoke_sweeps.db, "SELECT t.status FROM sweep_trials t JOIN sweeps s ON s.id = t.sweep_id "
+                                            f"WHERE s.name = '{spec}-smoke'")
+        assert len(trials) and set(trials["status"]) <= {"COMPLETE", "PRUNED"}

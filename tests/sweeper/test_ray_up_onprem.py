@@ -9,6 +9,7 @@ The test fills the file's lines marked EDIT and nothing else, and runs:
     ray get-auth-token --generate
     ray up -y FILE
     ray exec FILE 'cd ~/cxr-sweep && .venv/bin/python -m sweeper.run --spec SPEC --address auto --home ...'
+    (nodes with no token or another one, and a sweep's driver without it, refused beside the running cluster)
     ray up -y FILE                                        # again, as after editing the file: quick
     ray down -y FILE
     ssh USER@WORKER '~/cxr-sweep/.venv/bin/ray stop'      # each worker: `ray down` stops the head only
@@ -20,8 +21,10 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,9 +186,7 @@ def _run_as_documented(machines: Machines, cluster: Path, env: dict, shared: Pat
     ray("exec", str(cluster), f"cd ~/cxr-sweep && .venv/bin/python -m sweeper.run --spec {shared}/spec.toml "
         f"--address auto --home {shared}/cxr-sweep --storage {shared}/cxr-sweep/ray --name onprem "
         f"--report-bootstrap 0 --no-report-images")
-    stranger = join_cluster(f"{HEAD}:6379", {**env, "HOME": str(stranger_tmp), "RAY_TMPDIR": str(stranger_tmp)},
-                            "--num-cpus=1")
-    assert stranger.returncode != 0 and TOKEN_REFUSED in stranger.stdout + stranger.stderr
+    outputs += _strangers_are_refused(env, shared, stranger_tmp)
     started = time.monotonic()
     ray("up", "-y", str(cluster))
     second_up_s = time.monotonic() - started
@@ -198,6 +199,27 @@ def _run_as_documented(machines: Machines, cluster: Path, env: dict, shared: Pat
         assert machines.ssh(ip, f"{VENV_RAY} stop").returncode == 0
     return {"outputs": outputs, "second_up_s": second_up_s, "left_on_head": left_on_head,
             "left": machines.ray_processes()}
+
+
+def _strangers_are_refused(env: dict, shared: Path, stranger_tmp: Path) -> list[subprocess.CompletedProcess]:
+    """Nodes and a driver beside the cluster without its token: a node with none, a node with another one,
+    and a sweep's driver (`--address HEAD:6379`, as from a user's own machine), which stops with exit 2 and
+    says what to set. What they printed."""
+    stranger = {**env, "HOME": str(stranger_tmp), "RAY_TMPDIR": str(stranger_tmp)}
+    wrong = stranger_tmp / "another_token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    said = []
+    for node_env in (stranger, {**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}):
+        node = join_cluster(f"{HEAD}:6379", node_env, "--num-cpus=1")
+        assert node.returncode != 0 and TOKEN_REFUSED in node.stdout + node.stderr, node.stderr[-2000:]
+        said.append(node)
+    driver = run_command([sys.executable, "-m", "sweeper.run", "--spec", f"{shared}/spec.toml", "--address",
+                          f"{HEAD}:6379", "--home", str(stranger_tmp / "home"), "--sweep", "stranger"],
+                         {**stranger, "RAY_gcs_server_port_wait_time_s": "3"})  # gives up after 3 tries, not 20
+    assert driver.returncode == 2, driver.stdout[-2000:] + driver.stderr[-2000:]
+    assert "refused this driver" in driver.stderr and "RAY_AUTH_TOKEN_PATH" in driver.stderr, driver.stderr[-2000:]
+    return [*said, driver]
 
 
 def _fresh_checkout(into: Path) -> Path:
