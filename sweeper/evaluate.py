@@ -20,19 +20,18 @@ can be made from a copied DB without torch).
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from data_prep.dataset import PreparedDataset
-from data_prep.sources.target import load_mapping
-from results.choose import fold_models, selected_trials
-from results.load import latest_sweep, reading
-from results.store import ResultsStore
-from sweeper.predict import read_checkpoint
-from trainables.predict import TTA, TrainedModel
 from vocab import cli
 from vocab.errors import CxrSweepError
+from vocab.names import TTA
+
+if TYPE_CHECKING:  # imported where used: `--help` and a mistyped flag answer without torch
+    from data_prep.dataset import PreparedDataset
+    from results.store import ResultsStore
+    from trainables.predict import TrainedModel
 
 COMMAND = cli.Command(
     name="evaluate", module="sweeper.evaluate",
@@ -62,6 +61,8 @@ def label_mapping(targets: list[str], theirs: list[str], mapping_file: str | Non
             raise ExternalError(f"external set {name}: none of its labels ({', '.join(theirs)}) is one of the "
                                 f"target's ({', '.join(targets)}); give a mapping with --mapping {name}=MAPPING.toml")
         return found
+    from data_prep.sources.target import load_mapping
+
     mapping = load_mapping(mapping_file)
     unknown = [t for t in mapping.names if t not in targets]
     if unknown:
@@ -89,6 +90,8 @@ def mapped_truth(data: PreparedDataset, mapping: dict[str, list[str]]) -> np.nda
 
 
 def _macro_auc(truth: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
     scores = [roc_auc_score(truth[k][~np.isnan(truth[k])], probs[k][~np.isnan(truth[k])])
               for k in range(truth.shape[0]) if 0 < np.nansum(truth[k]) < (~np.isnan(truth[k])).sum()]
     return float(np.mean(scores)) if scores else float("nan")
@@ -100,6 +103,11 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
     `keep_stored` (the sweep driver at the end of every run, a resume included): a cell whose stored
     predictions on the same prepared set, label mapping and augmentation come from exactly its selected
     trials keeps them instead of predicting again."""
+    from data_prep.dataset import PreparedDataset
+    from results.choose import fold_models, selected_trials
+    from results.load import latest_sweep, reading
+    from results.store import ResultsStore
+
     with reading(db) as conn:
         sweep = sweep or latest_sweep(conn, db)
         selected = selected_trials(conn, sweep)
@@ -154,6 +162,9 @@ def evaluate(db: str, sweep: str | None, externals: dict[str, str], labels: dict
 
 
 def _load(members, device: str) -> list[TrainedModel]:
+    from sweeper.predict import read_checkpoint
+    from trainables.predict import TrainedModel
+
     return [TrainedModel.load(read_checkpoint(m.checkpoint), device, source=m.checkpoint) for m in members]
 
 

@@ -19,17 +19,18 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.fs
 from tqdm import tqdm
 
 from results.choose import ChosenTrial, cell_models, validation_predictions
 from results.operating_points import check_rule, fit_threshold
-from trainables.explain import heatmap_overlays, layer_grid, layer_outputs, safe_name, write_png
-from trainables.predict import TTA, PredictError, TrainedModel, image_files
-from trainables.tune_adapter import STATE_FILE
 from vocab import cli
+from vocab.names import TTA
+
+if TYPE_CHECKING:  # torch and Ray are imported where used: `--help` and a mistyped flag answer without them
+    from trainables.predict import TrainedModel
 
 COMMAND = cli.Command(
     name="predict", module="sweeper.predict",
@@ -73,6 +74,11 @@ def add_arguments(parser: cli.Parser) -> None:
 
 def read_checkpoint(uri: str) -> bytes:
     """The state file of a checkpoint directory kept in Ray's storage (a path, or s3:// gs:// ...)."""
+    import pyarrow.fs
+
+    from trainables.predict import PredictError
+    from trainables.tune_adapter import STATE_FILE
+
     where = f"{uri.rstrip('/')}/{STATE_FILE}"
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(where if "://" in where else Path(where).resolve().as_uri())
@@ -134,6 +140,8 @@ def _line(path: Path, probs: np.ndarray, model: TrainedModel, every: bool) -> st
 
 def explain(model: TrainedModel, image: np.ndarray, probs: np.ndarray, out: Path, stem: str) -> list[Path]:
     """Grad-CAM over the input for each label above its threshold (else the most likely one), per branch."""
+    from trainables.explain import heatmap_overlays, safe_name, write_png
+
     labels = np.flatnonzero(probs > model.thresholds)
     labels = labels[np.argsort(-probs[labels])] if len(labels) else np.argsort(-probs)[:1]
     written = []
@@ -147,11 +155,15 @@ def explain(model: TrainedModel, image: np.ndarray, probs: np.ndarray, out: Path
 
 
 def show_layers(model: TrainedModel, image: np.ndarray, out: Path) -> list[Path]:
+    from trainables.explain import layer_grid, layer_outputs, safe_name, write_png
+
     return [write_png(layer_grid(output), out / f"{safe_name(name)}.png", scale_to=256)
             for name, output in layer_outputs(model.model, model.tensor(image)).items()]
 
 
 def _load(chosen: ChosenTrial, device: str) -> TrainedModel:
+    from trainables.predict import TrainedModel
+
     return TrainedModel.load(read_checkpoint(chosen.checkpoint), device, source=chosen.checkpoint)
 
 
@@ -181,6 +193,9 @@ def _predictions(files: list[Path], models: list[TrainedModel], args):
 
 
 def run(args) -> int:
+    from trainables.explain import safe_name
+    from trainables.predict import PredictError, image_files
+
     files = image_files(args.inputs)
     if not files:
         raise PredictError(f"no image files under {', '.join(map(str, args.inputs))}")

@@ -19,12 +19,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-import torch
 
-from data_prep.dataset import PreparedDataset
 from results.trial_record import TrialRecord, trial_record
-from trainables.config import fit_config
-from trainables.fit import fit
 from vocab import cli
 from vocab.errors import CxrSweepError
 from vocab.records import Runtime, TrialPredictions
@@ -68,6 +64,12 @@ def add_arguments(parser: cli.Parser) -> None:
 
 def repeat(record: TrialRecord, data_dir: str | None = None, log=print) -> tuple[TrialPredictions, dict]:
     """(the re-run's predictions, its runtime record) from the recorded config and runtime."""
+    import torch  # here: `--help` and a mistyped flag answer without torch
+
+    from data_prep.dataset import PreparedDataset
+    from trainables.config import fit_config
+    from trainables.fit import fit
+
     config = {**record.fit_config, **({"data_dir": data_dir} if data_dir else {})}
     data = PreparedDataset(config["data_dir"])
     if data.dataset_id != record.runtime["dataset_id"]:

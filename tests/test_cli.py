@@ -195,9 +195,12 @@ def test_phantom_prepare_labels_folds_and_summary_on_a_small_nih_set(tmp_path, p
 
 
 def test_query_report_status_and_help_import_neither_torch_nor_ray(home):
-    """results runs on a laptop without torch (docs/design.md §2): the command imports only the chosen module."""
+    """results runs on a laptop without torch (docs/design.md §2): the command imports only the chosen module.
+    The commands that apply models (predict, evaluate, rerun) import torch only to apply them: their help
+    answers at once."""
     code = (f"import sys\nfrom sweeper.cli import main\n"
             f"for argv in (['--help'], ['query', '--help'], ['report', '--help'], ['status', '--help'],"
+            f" ['predict', '--help'], ['evaluate', '--help'], ['rerun', '--help'],"
             f" ['query', '--home', {str(home)!r}, 'SELECT COUNT(*) AS n FROM sweeps'],"
             f" ['status', '--home', {str(home)!r}]):\n"
             f"    assert main(argv) == 0, argv\n"

@@ -259,7 +259,11 @@ def test_a_trial_worker_killed_mid_epoch_resumes_to_the_uninterrupted_result(pre
     else:
         # from the last checkpoint Ray had registered (none yet, when killed right after epoch 1: from scratch)
         assert after == list(range(after[0], 7)) and (after[0] > 1 or kill_after == 1)
-        assert [r["epoch"] for r in reports] == [1, 2, 3, 4, 5, 6]  # no epoch lost or recorded twice
+        # No epoch recorded twice. Ray's own result.json may lack the lines of the killed worker that Ray had not
+        # copied to the storage yet: restoring a trial, it copies the storage's result.json over its local one
+        # (ray/tune/logger/json.py, log_trial_start), so a kill right after epoch 1 can lose that line there.
+        epochs = [r["epoch"] for r in reports]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 6 and set(after) <= set(epochs), epochs
 
 
 FULL_DISK_SPEC = spec_text("fulldisk", grid={"backbone": ["mobilenet_v2"]}, train={"epochs": 2},

@@ -28,9 +28,9 @@ from trainables.models import Classifier
 from trainables.recipe import recipe_architecture
 from trainables.tune_adapter import STATE_FILE
 from vocab.errors import CxrSweepError
+from vocab.names import TTA
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
-TTA = ("none", "hflip")  # test-time augmentation: none, or the mean with the horizontally flipped image
 
 
 class HorizontalFlip(torch.nn.Module):

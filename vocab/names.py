@@ -13,6 +13,7 @@ FINAL_SPLITS = ("test", "outer_train")  # what a trial's end-of-trial evaluation
 # operating points and calibration are fitted on
 PREDICTION_SPLITS = ("test", "val")
 FOLD_MARK = "/fold"
+TTA = ("none", "hflip")  # test-time augmentation: none, or the mean with the horizontally flipped image
 
 def cell_name(backbone: str, recipe: str, variant: str = "") -> str:
     """BACKBONE/RECIPE, or BACKBONE/RECIPE/VARIANT (the further axes, `loss=bce,lr=0.01`): how the DB,
