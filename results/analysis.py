@@ -139,6 +139,13 @@ class Analysis:
             columns = None  # all of them: the same numbers as the cell's own interval
         if (key, metric, columns) not in self._resamples:
             take = (lambda a: a) if columns is None else (lambda a: a[:, list(columns)])
+            if metric in stats.RANKING:  # AUC and AP together: one sort per class and resample block for both
+                truth, probs = take(pooled["truth"]), take(pooled["probs"])
+                both = (stats.resampled_ranking(truth, probs, pooled["patients"], n_boot=self.n_boot, seed=self.seed)
+                        if self.n_boot > 0 else {m: np.empty(0) for m in stats.RANKING})
+                for m in stats.RANKING:
+                    self._resamples[(key, m, columns)] = (stats.point_estimate(m, truth, probs), both[m])
+                return self._resamples[(key, metric, columns)]
             thresholds = self._thresholds(metric, pooled)
             args = (metric, take(pooled["truth"]), take(pooled["probs"]))
             th = None if thresholds is None else take(thresholds)

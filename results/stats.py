@@ -129,20 +129,28 @@ def weighted_metric(metric: str, truth, probs, weights, thresholds=None) -> np.n
     if not len(truth) or not truth.shape[1]:  # no image or no class: undefined in every resample
         return np.full(len(weights) if weights.ndim > 1 else 1, np.nan)
     weights = weights.reshape(-1, len(truth))
+    if metric in RANKING:
+        return _weighted_ranking(truth, probs, weights)[RANKING.index(metric)]
     declared = registry.metric(metric)
-    if metric not in RANKING:
-        numerator, denominator = registry.pooled_columns(declared, *registry.counted(declared, truth, probs, thresholds))
+    numerator, denominator = registry.pooled_columns(declared, *registry.counted(declared, truth, probs, thresholds))
     out = np.empty(len(weights))
     step = max(1, CELLS // max(1, len(truth)))
     for start in range(0, len(out), step):
-        w = weights[start:start + step]
-        if metric in RANKING:
-            columns = np.stack([weighted_auc_ap(truth[:, k], probs[:, k], w)[RANKING.index(metric)]
-                                for k in range(truth.shape[1])], axis=1)
-            out[start:start + step] = _macro(columns)
-        else:
-            out[start:start + step] = registry.weighted_values(declared, numerator, denominator, w)
+        out[start:start + step] = registry.weighted_values(declared, numerator, denominator, weights[start:start + step])
     return out
+
+
+def _weighted_ranking(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(macro AUC, macro AP) for every row of `weights` (resamples x images): both from one sort and one set of
+    running sums per class and chunk of rows (weighted_auc_ap), in the order of RANKING."""
+    out = np.empty((len(RANKING), len(weights)))
+    step = max(1, CELLS // max(1, len(truth)))
+    for start in range(0, len(weights), step):
+        w = weights[start:start + step]
+        per_class = [weighted_auc_ap(truth[:, k], probs[:, k], w) for k in range(truth.shape[1])]
+        for m in range(len(RANKING)):
+            out[m, start:start + step] = _macro(np.stack([both[m] for both in per_class], axis=1))
+    return tuple(out)
 
 
 _DRAWS: dict = {}  # (patients' count, n_boot, seed) -> the draws' blocks: a report asks for the same ones often
@@ -194,6 +202,19 @@ def resampled(metric: str, truth, probs, patients, thresholds=None, n_boot: int 
     values = np.concatenate([weighted_metric(metric, truth, probs, w, thresholds)
                              for w in patient_weights(patients, n_boot, seed)] or [np.empty(0)])
     return values[~np.isnan(values)]
+
+
+def resampled_ranking(truth, probs, patients, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """`resampled` of AUC and of AP at once ({metric: values}, the same numbers): on the same resamples both
+    come from one sort per class, where asking for each alone sorts twice (a report asks for both)."""
+    truth, probs, _ = _check(RANKING[0], truth, probs, None)
+    if len(patients) != len(truth):
+        raise ValueError(f"{len(patients)} patient keys for {len(truth)} images")
+    if not len(truth) or not truth.shape[1]:  # no image or no class: undefined in every resample
+        return {metric: np.empty(0) for metric in RANKING}
+    blocks = [_weighted_ranking(truth, probs, w.reshape(-1, len(truth))) for w in patient_weights(patients, n_boot, seed)]
+    values = [np.concatenate([block[m] for block in blocks] or [np.empty(0)]) for m in range(len(RANKING))]
+    return {metric: v[~np.isnan(v)] for metric, v in zip(RANKING, values)}
 
 
 def cluster_bootstrap(metric: str, truth, probs, patients, thresholds=None, n_boot: int = 1000,

@@ -293,3 +293,23 @@ def test_no_class_or_no_image_is_undefined_not_an_error():
     assert np.isnan(stats.point_estimate("auc", np.zeros((5, 0)), np.zeros((5, 0))))
     assert np.isnan(stats.point_estimate("ap", np.zeros((0, 2)), np.zeros((0, 2))))
     assert list(stats.patient_weights([], 10)) == []
+
+
+def test_auc_and_ap_resampled_together_are_scikit_learns_on_each_resample_and_resampled_alone():
+    """One sort per class for both (what a report asks for) gives, resample by resample, scikit-learn's macro
+    AUC and AP with the resample's patient counts as sample_weight, and `resampled`'s numbers for each alone.
+    300 resamples: two of the generator's blocks; an unknown label left out per class."""
+    truth, probs = random_cell(120, 3, seed=7, unknown=0.1)
+    patients = np.repeat(np.arange(60), 2).astype(str)  # two images per patient
+    together = stats.resampled_ranking(truth, probs, patients, n_boot=300, seed=4)
+    weights = np.concatenate(list(stats.patient_weights(patients, 300, 4)))
+    scorers = {"auc": roc_auc_score, "ap": average_precision_score}
+    for metric, scorer in scorers.items():
+        assert np.array_equal(together[metric], stats.resampled(metric, truth, probs, patients, n_boot=300, seed=4))
+        assert len(together[metric]) == 300  # every class has positives and negatives in every resample here
+        for r in (0, 1, 255, 256, 299):  # both blocks
+            per_class = []
+            for k in range(truth.shape[1]):
+                known = ~np.isnan(truth[:, k])
+                per_class.append(scorer(truth[known, k], probs[known, k], sample_weight=weights[r][known]))
+            assert together[metric][r] == pytest.approx(np.mean(per_class), abs=1e-12), (metric, r)
